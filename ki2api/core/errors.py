@@ -1,0 +1,164 @@
+"""One error tree for the whole gateway. Front doors render it; nothing else is caught.
+
+    GatewayError                      500 api_error          (never raised on purpose)
+    ├── InvalidRequest                400 invalid_request_error
+    │   ├── ContextLengthExceeded     400 context_length_exceeded
+    │   └── UpstreamRejected          400 the service refused the request's shape
+    ├── AuthenticationFailed          401 the client's API key
+    ├── PermissionDenied              403
+    ├── NotFound                      404
+    │   └── ModelNotFound             404 model_not_found
+    ├── RequestTooLarge               413
+    ├── RateLimited                   429 (the gateway's own per-key limit)
+    ├── NotConfigured                 503 no credentials / no API key on a Space
+    └── UpstreamError                 502 something between us and Kiro failed
+        ├── UpstreamAuthFailed        502 the account's token was refused / cannot be refreshed
+        ├── QuotaExceeded             429 insufficient_quota
+        ├── UpstreamThrottled         429 rate_limit_exceeded
+        ├── UpstreamUnavailable       503 (Anthropic: 529 overloaded_error)
+        ├── NoHealthyAccount          503 every account is cooling down or disabled
+        ├── UpstreamTimeout           504
+        └── UpstreamProtocolError     502 corrupt or cut event stream
+
+Each class carries its HTTP status and the ``type`` / ``code`` each client format expects;
+``should_retry`` tells OpenAI's SDK (``x-should-retry``) whether trying again can help.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    openai_type: ClassVar[str] = "api_error"
+    openai_code: ClassVar[str | None] = "internal_error"
+    anthropic_type: ClassVar[str] = "api_error"
+    should_retry: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.retry_after = retry_after
+        if code is not None:
+            self.openai_code = code  # type: ignore[misc]
+        if status is not None:
+            self.status = status  # type: ignore[misc]
+
+
+class InvalidRequest(GatewayError):
+    status = 400
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_request"
+    anthropic_type = "invalid_request_error"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    openai_code = "context_length_exceeded"
+
+
+class UpstreamRejected(InvalidRequest):
+    openai_code = "upstream_rejected"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    openai_type = "authentication_error"
+    openai_code = "invalid_api_key"
+    anthropic_type = "authentication_error"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    openai_type = "permission_error"
+    openai_code = "permission_denied"
+    anthropic_type = "permission_error"
+
+
+class NotFound(GatewayError):
+    status = 404
+    openai_type = "invalid_request_error"
+    openai_code = "not_found"
+    anthropic_type = "not_found_error"
+
+
+class ModelNotFound(NotFound):
+    openai_code = "model_not_found"
+
+
+class RequestTooLarge(GatewayError):
+    status = 413
+    openai_type = "invalid_request_error"
+    openai_code = "request_too_large"
+    anthropic_type = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    openai_type = "rate_limit_error"
+    openai_code = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_error"
+    should_retry = True
+
+
+class NotConfigured(GatewayError):
+    status = 503
+    openai_type = "server_error"
+    openai_code = "not_configured"
+    anthropic_type = "api_error"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    openai_type = "server_error"
+    openai_code = "upstream_error"
+    anthropic_type = "api_error"
+    should_retry = True
+
+
+class UpstreamAuthFailed(UpstreamError):
+    openai_code = "upstream_auth_failed"
+    should_retry = False
+
+
+class QuotaExceeded(UpstreamError):
+    status = 429
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
+    anthropic_type = "rate_limit_error"
+    should_retry = False
+
+
+class UpstreamThrottled(UpstreamError):
+    status = 429
+    openai_type = "rate_limit_error"
+    openai_code = "rate_limit_exceeded"
+    anthropic_type = "rate_limit_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    openai_code = "upstream_unavailable"
+    anthropic_type = "overloaded_error"
+
+
+class NoHealthyAccount(UpstreamUnavailable):
+    openai_code = "no_healthy_account"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    openai_code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    openai_code = "upstream_protocol_error"

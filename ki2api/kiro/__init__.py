@@ -1,0 +1,1 @@
+"""Everything that speaks to the Kiro upstream: codec, events, request builder, client, auth."""

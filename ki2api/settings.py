@@ -1,0 +1,124 @@
+"""Settings, read once from the environment (on a Space: its secrets and variables).
+
+The names are part of the public interface and documented in the README. Nothing here holds
+state: the app is built from a :class:`Settings` value (``create_app(settings)``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_API_KEY = "ki2api-key-2024"
+DEFAULT_REGION = "us-east-1"
+
+
+def default_token_file(environ: Mapping[str, str] | None = None) -> Path:
+    """Where the Kiro IDE keeps its login, on Windows, macOS and Linux alike."""
+    env = os.environ if environ is None else environ
+    home = env.get("USERPROFILE") if os.name == "nt" else None
+    base = Path(home) if home else Path(env.get("HOME") or Path.home())
+    return base / ".aws" / "sso" / "cache" / "kiro-auth-token.json"
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    return float(raw) if raw not in (None, "") else default
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    first_byte: float = 60.0  # the model may think a while before the first frame
+    idle: float = 60.0  # longest silence between two frames
+    refresh: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- the gateway's own API ---
+    api_key: str = DEFAULT_API_KEY
+    api_key_is_default: bool = True
+    admin_key: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8989
+    on_space: bool = False
+    space_host: str | None = None
+    demo: bool = False
+    log_level: str = "info"
+
+    # --- Kiro credentials (the accounts module reads and extends these) ---
+    kiro_access_token: str | None = None
+    kiro_refresh_token: str | None = None
+    kiro_token_file: Path = field(default_factory=default_token_file)
+    kiro_token_file_explicit: bool = False
+    kiro_auth_method: str | None = None  # social | idc
+    kiro_client_id: str | None = None
+    kiro_client_secret: str | None = None
+    kiro_profile_arn: str | None = None
+    kiro_accounts: str | None = None  # JSON list, or a path to a JSON file
+    kiro_region: str = DEFAULT_REGION
+
+    # --- upstream URLs (all overridable; {region} is filled in) ---
+    kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
+    kiro_refresh_url: str = "https://prod.{region}.auth.desktop.kiro.dev/refreshToken"
+    kiro_oidc_url: str = "https://oidc.{region}.amazonaws.com/token"
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    # --- limits ---
+    max_body_bytes: int = 20 * 1024 * 1024
+    upstream_attempts: int = 3
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        on_space = bool(env.get("SPACE_ID"))
+        api_key = env.get("API_KEY") or DEFAULT_API_KEY
+        token_file = env.get("KIRO_TOKEN_FILE")
+        values: dict[str, object] = dict(
+            api_key=api_key,
+            api_key_is_default=not env.get("API_KEY"),
+            admin_key=env.get("ADMIN_KEY") or None,
+            host=env.get("HOST") or ("0.0.0.0" if on_space else "127.0.0.1"),
+            port=int(env.get("PORT") or (7860 if on_space else 8989)),
+            on_space=on_space,
+            space_host=env.get("SPACE_HOST") or None,
+            demo=_flag(env.get("KI2API_DEMO")),
+            log_level=(env.get("LOG_LEVEL") or "info").lower(),
+            kiro_access_token=env.get("KIRO_ACCESS_TOKEN") or None,
+            kiro_refresh_token=env.get("KIRO_REFRESH_TOKEN") or None,
+            kiro_token_file=(
+                Path(token_file).expanduser() if token_file else default_token_file(env)
+            ),
+            kiro_token_file_explicit=bool(token_file),
+            kiro_auth_method=(env.get("KIRO_AUTH_METHOD") or "").lower() or None,
+            kiro_client_id=env.get("KIRO_CLIENT_ID") or None,
+            kiro_client_secret=env.get("KIRO_CLIENT_SECRET") or None,
+            kiro_profile_arn=env.get("KIRO_PROFILE_ARN") or None,
+            kiro_accounts=env.get("KIRO_ACCOUNTS") or None,
+            kiro_region=env.get("KIRO_REGION") or DEFAULT_REGION,
+            timeouts=Timeouts(
+                connect=_float(env, "KIRO_CONNECT_TIMEOUT", 10.0),
+                first_byte=_float(env, "KIRO_FIRST_BYTE_TIMEOUT", 60.0),
+                idle=_float(env, "KIRO_IDLE_TIMEOUT", 60.0),
+            ),
+            max_body_bytes=int(env.get("MAX_BODY_BYTES") or 20 * 1024 * 1024),
+        )
+        for name, url_var in (
+            ("kiro_api_url", "KIRO_API_URL"),
+            ("kiro_refresh_url", "KIRO_REFRESH_URL"),
+            ("kiro_oidc_url", "KIRO_OIDC_URL"),
+        ):
+            if env.get(url_var):
+                values[name] = env[url_var]
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def url(self, template: str, region: str | None = None) -> str:
+        return template.replace("{region}", region or self.kiro_region)
