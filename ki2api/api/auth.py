@@ -1,0 +1,63 @@
+"""API-key checks shared by every front door and the admin API.
+
+Keys come as ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` and are compared in
+constant time. On a Hugging Face Space without an ``API_KEY`` secret the API refuses to serve
+with the well-known default key, and says how to set one.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+
+from ki2api.core.errors import AuthenticationFailed, NotConfigured, PermissionDenied
+from ki2api.settings import Settings
+
+SPACE_SETUP_MESSAGE = (
+    "This Space has no API_KEY secret, so its API is switched off (the default key is public). "
+    "Open the Space's Settings → Variables and secrets, add a secret named API_KEY with a long "
+    "random value, and restart the Space; then send it as 'Authorization: Bearer <API_KEY>'."
+)
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = request.headers.get("x-api-key")
+    return key.strip() if key else None
+
+
+def keys_match(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode("utf-8"), expected.encode("utf-8"))
+
+
+def check_api_key(request: Request, settings: Settings) -> None:
+    """Raise the error the client should see, or return when the key is right."""
+    if settings.on_space and settings.api_key_is_default:
+        raise NotConfigured(SPACE_SETUP_MESSAGE)
+    key = presented_key(request)
+    if key is None:
+        raise AuthenticationFailed(
+            "Missing API key: send 'Authorization: Bearer <API_KEY>' or 'x-api-key: <API_KEY>'."
+        )
+    if not keys_match(key, settings.api_key):
+        raise AuthenticationFailed("Incorrect API key provided.")
+
+
+def check_admin_key(request: Request, settings: Settings) -> None:
+    """The admin API takes ``ADMIN_KEY`` when one is set, else the API key."""
+    expected = settings.admin_key or settings.api_key
+    if settings.admin_key is None and settings.on_space and settings.api_key_is_default:
+        raise NotConfigured(SPACE_SETUP_MESSAGE)
+    key = presented_key(request)
+    if key is None:
+        raise AuthenticationFailed("Missing admin key.")
+    if keys_match(key, expected):
+        return
+    if settings.admin_key is not None and keys_match(key, settings.api_key):
+        raise PermissionDenied("The API key may not use the admin API: send ADMIN_KEY.")
+    raise AuthenticationFailed("Incorrect admin key provided.")
