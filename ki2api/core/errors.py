@@ -13,6 +13,7 @@
     ├── NotConfigured                 503 no credentials / no API key on a Space
     └── UpstreamError                 502 something between us and Kiro failed
         ├── UpstreamAuthFailed        502 the account's token was refused / cannot be refreshed
+        │   └── TokenExpired          502 "bearer token invalid": refresh once and retry
         ├── QuotaExceeded             429 insufficient_quota
         ├── UpstreamThrottled         429 rate_limit_exceeded
         ├── UpstreamUnavailable       503 (Anthropic: 529 overloaded_error)
@@ -128,6 +129,10 @@ class UpstreamError(GatewayError):
 class UpstreamAuthFailed(UpstreamError):
     openai_code = "upstream_auth_failed"
     should_retry = False
+
+
+class TokenExpired(UpstreamAuthFailed):
+    openai_code = "upstream_token_expired"
 
 
 class QuotaExceeded(UpstreamError):

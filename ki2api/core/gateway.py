@@ -1,0 +1,333 @@
+"""The pipeline driver shared by every front door and the UI.
+
+``Gateway.open`` does everything that can fail before the first byte reaches a client: model
+lookup, request building, choosing an account (refreshing its token), connecting, checking the
+status, retrying and failing over. It returns a :class:`DeltaStream`; from then on failures
+travel inside the stream as :class:`StreamError` deltas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from ki2api.core.conversation import conversation_id_for
+from ki2api.core.deltas import (
+    Delta,
+    ReasoningDelta,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.core.errors import (
+    GatewayError,
+    InvalidRequest,
+    NoHealthyAccount,
+    QuotaExceeded,
+    TokenExpired,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamThrottled,
+)
+from ki2api.core.limits import OutputLimiter
+from ki2api.core.request import ChatRequest
+from ki2api.core.stats import RequestRecord, RequestStats
+from ki2api.kiro.accounts import AccountPool, Lease
+from ki2api.kiro.client import KiroClient, KiroResponse
+from ki2api.kiro.events import KiroEventParser
+from ki2api.kiro.models import ModelCatalog, ModelInfo
+from ki2api.kiro.request_builder import KiroRequest, build_kiro_request
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api.gateway")
+
+_BACKOFF_BASE = 0.2
+_BACKOFF_CAP = 2.0
+
+
+def _backoff(attempt: int) -> float:
+    delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+    return delay * (0.5 + random.random() / 2)
+
+
+class DeltaStream:
+    """An open answer: ``async for delta in stream``; ``await stream.aclose()`` cancels it."""
+
+    def __init__(
+        self,
+        *,
+        response: KiroResponse,
+        parser: KiroEventParser,
+        lease: Lease,
+        model: ModelInfo,
+        request: ChatRequest,
+        stats: RequestStats | None,
+        started: float,
+    ) -> None:
+        self.model = model
+        self.requested_model = request.model
+        self.account = lease.credential.label
+        self.started = started
+        self.first_delta_at: float | None = None
+        self._response = response
+        self._parser = parser
+        self._lease = lease
+        self._stats = stats
+        limited = request.max_tokens is not None or bool(request.stop)
+        self._limiter = OutputLimiter(request.max_tokens, request.stop) if limited else None
+        self._streamed = request.stream
+        self._iterator = self._run()
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        return self._iterator
+
+    async def aclose(self) -> None:
+        await self._iterator.aclose()
+
+    async def _run(self) -> AsyncIterator[Delta]:
+        parser, limiter = self._parser, self._limiter
+        error: GatewayError | None = None
+        output_tokens = 0
+        if self._stats is not None:
+            self._stats.active_streams += 1
+        try:
+            async for frame in self._response.frames():
+                for delta in parser.feed(frame):
+                    if isinstance(delta, StreamError):
+                        error = delta.error
+                        yield delta
+                        return
+                    if self.first_delta_at is None:
+                        self.first_delta_at = time.perf_counter()
+                    if limiter is None:
+                        yield delta
+                        continue
+                    for out in limiter.feed(delta):
+                        yield out
+                    if limiter.stop is not None:
+                        usage = parser.usage()
+                        output_tokens = usage.output_tokens
+                        yield usage
+                        yield limiter.stop
+                        return
+            for delta in parser.finish():
+                if isinstance(delta, Usage):
+                    output_tokens = delta.output_tokens
+                if limiter is not None and isinstance(delta, Stop):
+                    for out in limiter.flush():
+                        yield out
+                    delta = limiter.stop or delta
+                yield delta
+        except GatewayError as exc:
+            error = exc
+            log.warning("upstream failed mid-stream on %s: %s", self.account, exc.message)
+            yield StreamError(exc)
+        finally:
+            await self._response.aclose()
+            if error is None:
+                self._lease.succeeded()
+            elif isinstance(error, UpstreamError):
+                self._lease.failed(error)
+            if self._stats is not None:
+                self._stats.active_streams -= 1
+                now = time.perf_counter()
+                self._stats.add(
+                    RequestRecord(
+                        finished_at=time.time(),
+                        model=self.model.id,
+                        account=self.account,
+                        latency=now - self.started,
+                        ttft=None
+                        if self.first_delta_at is None
+                        else self.first_delta_at - self.started,
+                        output_tokens=output_tokens,
+                        error=None if error is None else str(error.openai_code),
+                        streamed=self._streamed,
+                    )
+                )
+
+
+@dataclass(slots=True)
+class CompletedToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer, assembled from the same stream the streaming front doors render."""
+
+    text: str = ""
+    reasoning: str = ""
+    reasoning_signature: str | None = None
+    tool_calls: list[CompletedToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+    stop: Stop = field(default_factory=lambda: Stop(StopReason.END_TURN))
+
+
+async def collect(stream: DeltaStream) -> Completion:
+    """Drain a stream into a :class:`Completion`; an in-stream failure is raised (nothing has
+    been sent to the client yet, so it can still become a proper HTTP error)."""
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, CompletedToolCall] = {}
+    args: dict[int, list[str]] = {}
+    done = Completion()
+    try:
+        async for delta in stream:
+            if isinstance(delta, TextDelta):
+                text.append(delta.text)
+            elif isinstance(delta, ReasoningDelta):
+                reasoning.append(delta.text)
+                done.reasoning_signature = delta.signature or done.reasoning_signature
+            elif isinstance(delta, ToolCallStart):
+                args[delta.index] = []
+                calls[delta.index] = CompletedToolCall(delta.id, delta.name, "")
+            elif isinstance(delta, ToolCallArgs):
+                args[delta.index].append(delta.fragment)
+            elif isinstance(delta, ToolCallEnd):
+                # Only calls that ended are complete: a cut one is never passed on.
+                calls[delta.index].arguments = "".join(args[delta.index])
+                done.tool_calls.append(calls[delta.index])
+            elif isinstance(delta, Usage):
+                done.usage = delta
+            elif isinstance(delta, Stop):
+                done.stop = delta
+            elif isinstance(delta, StreamError):
+                raise delta.error
+    finally:
+        await stream.aclose()
+    done.text = "".join(text)
+    done.reasoning = "".join(reasoning)
+    return done
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        client: KiroClient,
+        pool: AccountPool,
+        catalog: ModelCatalog,
+        stats: RequestStats | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+        self.catalog = catalog
+        self.stats = stats or RequestStats()
+
+    async def open(
+        self,
+        request: ChatRequest,
+        *,
+        conversation_header: str | None = None,
+        lease: Lease | None = None,
+    ) -> DeltaStream:
+        """Start an answer. ``lease`` (e.g. a visitor's own token) bypasses the account pool."""
+        started = time.perf_counter()
+        model = self.catalog.resolve(request.model)
+        conversation_id = conversation_id_for(request, conversation_header)
+        built: dict[str | None, KiroRequest] = {}
+
+        def body_for(profile_arn: str | None) -> KiroRequest:
+            # Accounts differ in profileArn only; build once per distinct value.
+            if profile_arn not in built:
+                built[profile_arn] = build_kiro_request(
+                    request,
+                    model=model,
+                    profile_arn=profile_arn,
+                    conversation_id=conversation_id,
+                )
+            return built[profile_arn]
+
+        tried: set[str] = set()
+        last: GatewayError | None = None
+        attempts = max(1, self.settings.upstream_attempts)
+        for attempt in range(attempts):
+            current = lease
+            if current is None:
+                try:
+                    current = await self.pool.acquire(exclude=frozenset(tried))
+                except NoHealthyAccount as exc:
+                    raise _final_error(last, exc) from None
+            kiro_request = body_for(current.credential.profile_arn)
+            try:
+                response = await self._open_with_refresh(kiro_request, current)
+            except InvalidRequest:
+                current.succeeded()  # the account is fine; the request is not
+                raise
+            except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
+                current.failed(exc)
+                last = exc
+                if lease is not None:
+                    raise
+                tried.add(current.credential.label)
+                log.info(
+                    "account %s failed (%s); trying another",
+                    current.credential.label,
+                    exc.openai_code,
+                )
+                continue
+            except UpstreamError as exc:
+                current.failed(exc)
+                last = exc
+                if lease is not None and attempt == attempts - 1:
+                    raise
+                log.info(
+                    "Kiro failed (%s), attempt %d of %d", exc.openai_code, attempt + 1, attempts
+                )
+                if attempt < attempts - 1:
+                    await asyncio.sleep(_backoff(attempt))
+                continue
+            parser = KiroEventParser(
+                tool_names=kiro_request.tool_names,
+                split_thinking=request.reasoning is not None or model.thinking,
+                prompt_tokens_estimate=max(1, kiro_request.prompt_chars // 4),
+                context_window=model.context_window,
+            )
+            return DeltaStream(
+                response=response,
+                parser=parser,
+                lease=current,
+                model=model,
+                request=request,
+                stats=self.stats,
+                started=started,
+            )
+        assert last is not None
+        raise last
+
+    async def _open_with_refresh(self, kiro_request: KiroRequest, lease: Lease) -> KiroResponse:
+        try:
+            return await self.client.open(kiro_request.body, lease.credential)
+        except TokenExpired as exc:
+            credential = await lease.token_rejected()
+            if credential is None:
+                raise UpstreamAuthFailed(
+                    f"{exc.message}; refreshing the account's token did not help"
+                ) from exc
+            return await self.client.open(kiro_request.body, credential)
+
+
+def _final_error(last: GatewayError | None, exhausted: NoHealthyAccount) -> GatewayError:
+    """What to tell the client once every account has been tried."""
+    if isinstance(last, QuotaExceeded) or (
+        isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
+    ):
+        return last  # the client can act on these (new account, new login)
+    if last is not None:
+        return NoHealthyAccount(
+            f"{exhausted.message} Last error: {last.message}", retry_after=exhausted.retry_after
+        )
+    return exhausted
