@@ -74,6 +74,10 @@ class Settings:
     # --- limits ---
     max_body_bytes: int = 20 * 1024 * 1024
     upstream_attempts: int = 3
+    max_image_bytes: int = 5 * 1024 * 1024
+    image_fetch_timeout: float = 10.0
+    allow_private_image_urls: bool = False
+    keepalive_interval: float = 15.0  # SSE comment / Anthropic ping while the upstream is silent
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -109,6 +113,8 @@ class Settings:
                 idle=_float(env, "KIRO_IDLE_TIMEOUT", 60.0),
             ),
             max_body_bytes=int(env.get("MAX_BODY_BYTES") or 20 * 1024 * 1024),
+            max_image_bytes=int(env.get("MAX_IMAGE_BYTES") or 5 * 1024 * 1024),
+            allow_private_image_urls=_flag(env.get("ALLOW_PRIVATE_IMAGE_URLS")),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

@@ -1,0 +1,65 @@
+"""Request plumbing shared by the front doors: bounded JSON bodies, disconnect-aware awaits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from starlette.requests import Request
+
+from ki2api.core.errors import InvalidRequest, RequestTooLarge
+
+T = TypeVar("T")
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+    if not body:
+        raise InvalidRequest("Request body is empty: send a JSON object.")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
+
+
+class ClientDisconnected(Exception):
+    """The client went away before the answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it as soon as the client disconnects.
+
+    Servers do not cancel a handler whose client leaves while it is still computing a
+    non-streamed answer; without this the upstream request would run on for nothing.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if watcher.done() and task.cancelled() is not False:
+            raise ClientDisconnected from None
+        raise
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher

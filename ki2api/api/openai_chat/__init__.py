@@ -1,0 +1,1 @@
+"""OpenAI Chat Completions: wire models (protocol), rendering (serving), routes (router)."""

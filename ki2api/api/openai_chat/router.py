@@ -1,0 +1,74 @@
+"""Thin routes for ``/v1/chat/completions`` and ``/v1/models``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
+
+from ki2api.api.auth import check_api_key
+from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconnected
+from ki2api.api.errors import openai_error_response
+from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
+from ki2api.api.openai_chat.serving import ChatCompletionsService
+from ki2api.core.errors import GatewayError
+from ki2api.kiro.models import ModelCatalog
+from ki2api.settings import Settings
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+CLIENT_CLOSED = 499
+
+
+def create_openai_router(
+    settings: Settings,
+    get_service: Callable[[], ChatCompletionsService],
+    get_catalog: Callable[[], ModelCatalog],
+    images: ImageLoaderFactory,
+) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def list_models(request: Request) -> Response:
+        try:
+            check_api_key(request, settings)
+        except GatewayError as exc:
+            return openai_error_response(exc)
+        data = [
+            {"id": m.id, "object": "model", "created": 1_700_000_000, "owned_by": m.owned_by}
+            for m in get_catalog().list()
+        ]
+        return Response(
+            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
+        )
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        service = get_service()
+        try:
+            check_api_key(request, settings)
+            wire = parse_wire(await read_json_body(request, settings.max_body_bytes))
+            chat_request = await to_chat_request(wire, images.loader())
+            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
+            chat = await unless_disconnected(
+                request,
+                service.open(
+                    chat_request,
+                    include_usage=include_usage,
+                    conversation_header=request.headers.get("x-conversation-id"),
+                ),
+            )
+            if chat_request.stream:
+                return StreamingResponse(
+                    service.sse(chat), media_type="text/event-stream", headers=SSE_HEADERS
+                )
+            body = await unless_disconnected(request, service.complete(chat))
+        except GatewayError as exc:
+            return openai_error_response(exc)
+        except ClientDisconnected:
+            return Response(status_code=CLIENT_CLOSED)
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    return router

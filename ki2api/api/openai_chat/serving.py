@@ -1,0 +1,175 @@
+"""OpenAI chat completions: render the delta stream as chunks or as one completion.
+
+No FastAPI here. The constant part of every chunk is serialised once per answer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ki2api.api.errors import openai_error_body
+from ki2api.api.sse import with_heartbeat
+from ki2api.core.deltas import (
+    ReasoningDelta,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.request import ChatRequest
+
+FINISH_REASONS = {
+    StopReason.END_TURN: "stop",
+    StopReason.STOP_SEQUENCE: "stop",
+    StopReason.TOOL_USE: "tool_calls",
+    StopReason.MAX_TOKENS: "length",
+    StopReason.CONTENT_FILTERED: "content_filter",
+}
+DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def usage_body(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cache_read_tokens},
+    }
+
+
+@dataclass(slots=True)
+class OpenChat:
+    request: ChatRequest
+    stream: DeltaStream
+    include_usage: bool
+    id: str
+    created: int
+
+
+class ChatCompletionsService:
+    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+        self.gateway = gateway
+        self.keepalive_interval = keepalive_interval
+
+    async def open(
+        self, request: ChatRequest, *, include_usage: bool, conversation_header: str | None
+    ) -> OpenChat:
+        stream = await self.gateway.open(request, conversation_header=conversation_header)
+        return OpenChat(
+            request=request,
+            stream=stream,
+            include_usage=include_usage,
+            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            created=int(time.time()),
+        )
+
+    async def sse(self, chat: OpenChat) -> AsyncIterator[bytes]:
+        model = orjson.dumps(chat.request.model).decode()
+        tail_usage = ',"usage":null' if chat.include_usage else ""
+        head = (
+            f'data: {{"id":"{chat.id}","object":"chat.completion.chunk","created":{chat.created},'
+            f'"model":{model},"system_fingerprint":null,"choices":[{{"index":0,"delta":'
+        ).encode()
+        open_tail = f',"logprobs":null,"finish_reason":null}}]{tail_usage}}}\n\n'.encode()
+        dumps = orjson.dumps
+
+        def chunk(delta: dict[str, Any]) -> bytes:
+            return head + dumps(delta) + open_tail
+
+        usage: Usage | None = None
+        stream = chat.stream
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            async for delta in with_heartbeat(stream, self.keepalive_interval):
+                if delta is None:
+                    yield KEEPALIVE
+                elif isinstance(delta, TextDelta):
+                    yield chunk({"content": delta.text})
+                elif isinstance(delta, ReasoningDelta):
+                    if delta.text:
+                        yield chunk({"reasoning_content": delta.text})
+                elif isinstance(delta, ToolCallArgs):
+                    call = {"index": delta.index, "function": {"arguments": delta.fragment}}
+                    yield chunk({"tool_calls": [call]})
+                elif isinstance(delta, ToolCallStart):
+                    call = {
+                        "index": delta.index,
+                        "id": delta.id,
+                        "type": "function",
+                        "function": {"name": delta.name, "arguments": ""},
+                    }
+                    yield chunk({"tool_calls": [call]})
+                elif isinstance(delta, Usage):
+                    usage = delta
+                elif isinstance(delta, Stop):
+                    finish = dumps(FINISH_REASONS[delta.reason])
+                    yield (
+                        head
+                        + b'{},"logprobs":null,"finish_reason":'
+                        + finish
+                        + f"}}]{tail_usage}}}\n\n".encode()
+                    )
+                    if chat.include_usage and usage is not None:
+                        body = {
+                            "id": chat.id,
+                            "object": "chat.completion.chunk",
+                            "created": chat.created,
+                            "model": chat.request.model,
+                            "system_fingerprint": None,
+                            "choices": [],
+                            "usage": usage_body(usage),
+                        }
+                        yield b"data: " + dumps(body) + b"\n\n"
+                    yield DONE
+                    return
+                elif isinstance(delta, StreamError):
+                    yield b"data: " + dumps(openai_error_body(delta.error)) + b"\n\n"
+                    return
+        finally:
+            await stream.aclose()
+
+    async def complete(self, chat: OpenChat) -> dict[str, Any]:
+        return render_completion(chat, await collect(chat.stream))
+
+
+def render_completion(chat: OpenChat, done: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": done.text or None}
+    if done.reasoning:
+        message["reasoning_content"] = done.reasoning
+    if done.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for call in done.tool_calls
+        ]
+    message["refusal"] = None
+    return {
+        "id": chat.id,
+        "object": "chat.completion",
+        "created": chat.created,
+        "model": chat.request.model,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": FINISH_REASONS[done.stop.reason],
+            }
+        ],
+        "usage": usage_body(done.usage),
+    }

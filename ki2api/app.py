@@ -1,0 +1,153 @@
+"""``create_app(settings)``: the one ASGI app — API routes first, then the UI mounted at ``/``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from starlette.responses import Response
+
+from ki2api import __version__
+from ki2api.api.admin import create_admin_router
+from ki2api.api.errors import openai_error_response
+from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.openai_chat.router import create_openai_router
+from ki2api.api.openai_chat.serving import ChatCompletionsService
+from ki2api.core.errors import GatewayError
+from ki2api.core.gateway import Gateway
+from ki2api.core.stats import RequestStats
+from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.client import KiroClient, create_http_client
+from ki2api.kiro.models import ModelCatalog
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api")
+
+DEMO_ACCESS_TOKEN = "demo-access-token"
+
+
+@dataclass
+class Runtime:
+    """What the lifespan builds; routes and the UI reach it through ``app.state.runtime``."""
+
+    settings: Settings  # effective settings (demo mode points the URLs at the simulator)
+    http: httpx.AsyncClient
+    pool: AccountPool
+    gateway: Gateway
+    catalog: ModelCatalog
+    chat: ChatCompletionsService
+    stats: RequestStats
+    simulator: Any = None
+
+
+def demo_settings(settings: Settings, simulator_url: str) -> Settings:
+    return replace(
+        settings,
+        kiro_api_url=f"{simulator_url}/generateAssistantResponse",
+        kiro_refresh_url=f"{simulator_url}/refreshToken",
+        kiro_oidc_url=f"{simulator_url}/token",
+        kiro_access_token=DEMO_ACCESS_TOKEN,
+        kiro_refresh_token=None,
+        kiro_accounts=None,
+        kiro_token_file_explicit=False,
+        kiro_token_file=settings.kiro_token_file.with_name("ki2api-demo-no-such-file.json"),
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http: httpx.AsyncClient | None = None,
+    pool: AccountPool | None = None,
+    catalog: ModelCatalog | None = None,
+    with_ui: bool = True,
+) -> FastAPI:
+    """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
+    catalog = catalog or ModelCatalog()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        simulator = None
+        effective = settings
+        if settings.demo:
+            from ki2api.simulator import SimulatorServer
+
+            simulator = SimulatorServer()
+            simulator.start()
+            effective = demo_settings(settings, simulator.url)
+            log.info(
+                "demo mode: answers come from the built-in Kiro simulator at %s", simulator.url
+            )
+        client = http or create_http_client(effective)
+        accounts = pool or AccountPool.from_settings(effective, client)
+        await accounts.start()
+        stats = RequestStats()
+        gateway = Gateway(effective, KiroClient(client, effective), accounts, catalog, stats)
+        app.state.runtime = Runtime(
+            settings=effective,
+            http=client,
+            pool=accounts,
+            gateway=gateway,
+            catalog=catalog,
+            chat=ChatCompletionsService(gateway, settings.keepalive_interval),
+            stats=stats,
+            simulator=simulator,
+        )
+        try:
+            yield
+        finally:
+            await accounts.aclose()
+            if http is None:
+                await client.aclose()
+            if simulator is not None:
+                simulator.stop()
+
+    app = FastAPI(
+        title="Ki2API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+
+    def runtime() -> Runtime:
+        return app.state.runtime  # type: ignore[no-any-return]
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        # Last line of defence: a bug must still answer in the client's format, without a trace.
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return openai_error_response(GatewayError("Internal error in the gateway."))
+
+    @app.get("/health")
+    async def health() -> Response:
+        rt = runtime()
+        body = {
+            "status": "ok",
+            "version": __version__,
+            "demo": settings.demo,
+            "accounts_usable": rt.pool.usable_count(),
+            "active_streams": rt.stats.active_streams,
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    images = ImageLoaderFactory(settings, lambda: runtime().http)
+    app.include_router(
+        create_openai_router(settings, lambda: runtime().chat, lambda: catalog, images)
+    )
+    app.include_router(create_admin_router(lambda: runtime().pool, settings))
+
+    if with_ui:
+        try:
+            from ki2api.ui import mount_ui
+        except ImportError:  # the UI is optional for API-only deployments
+            mount_ui = None
+        if mount_ui is not None:
+            app = mount_ui(app, settings, runtime)
+    return app

@@ -1,0 +1,62 @@
+"""Serve the app with uvicorn: ``python app.py`` and ``ki2api serve`` both end here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+import uvicorn
+
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def serve(settings: Settings) -> None:
+    from ki2api.app import create_app
+
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
+    log.info("Ki2API listening on http://%s:%d (API at /v1, UI at /)", shown, settings.port)
+    if settings.api_key_is_default:
+        if settings.on_space:
+            log.warning("no API_KEY secret: the API is switched off until one is set")
+        else:
+            log.warning(
+                "using the well-known default API key; set API_KEY before exposing this server"
+            )
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=settings.on_space,
+        forwarded_allow_ips="*" if settings.on_space else None,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="app.py", description="Run the Ki2API gateway.")
+    parser.add_argument("--demo", action="store_true", help="answer from the built-in simulator")
+    parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: PORT, 7860 on a Space, or 8989)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.demo:
+        settings = replace(settings, demo=True)
+    if args.host:
+        settings = replace(settings, host=args.host)
+    if args.port:
+        settings = replace(settings, port=args.port)
+    serve(settings)
