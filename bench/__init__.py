@@ -1,0 +1,1 @@
+"""Benchmarks for Ki2API. Each module runs on its own: ``python -m bench.<name>``."""
