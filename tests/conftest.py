@@ -1,0 +1,35 @@
+"""Shared fixtures. Every test runs with a clean environment and a temporary home directory,
+so nothing reads the developer's real Kiro login or API keys."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
+ISOLATED_NAMES = {"API_KEY", "ADMIN_KEY", "HOST", "PORT", "RATE_LIMIT", "CORS_ORIGINS"}
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    for name in list(os.environ):
+        if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
+            monkeypatch.delenv(name, raising=False)
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    return home
+
+
+@pytest.fixture
+def capture_dir() -> Iterator[Path]:
+    if not FIXTURES.is_dir():
+        pytest.skip("../shared/fixtures/kiro-captures is not present")
+    yield FIXTURES
