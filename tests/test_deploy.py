@@ -1,0 +1,557 @@
+"""``ki2api deploy`` against a fake Hugging Face Hub on a loopback uvicorn server.
+
+The fake implements only the endpoints ``huggingface_hub`` calls for whoami, create_repo,
+get/add Space secrets, list_repo_files, create_commit (validate-yaml, preupload, commit) and
+get_space_runtime, and records every call so the tests can check the arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ki2api.cli import main
+from ki2api.deploy import DeployError, DeployOptions, deploy, space_host
+from ki2api.deploy_files import space_files
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOOD_TOKEN = "hf_good_token_0123456789"
+REFRESH = "aorAAAAAGrefresh-token-value-7d1c"
+ACCESS = "aoaAAAAAGaccess-token-value-91ab"
+
+
+@dataclass
+class FakeSpace:
+    private: bool
+    sdk: str
+    files: dict[str, bytes] = field(default_factory=lambda: {".gitattributes": b"*.bin lfs\n"})
+    secrets: dict[str, str] = field(default_factory=dict)
+    commits: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeHub:
+    url: str = ""
+    user: str = "alice"
+    orgs: tuple[str, ...] = ("team",)
+    role: str = "write"
+    create_status: int | None = None  # force an error answer on /api/repos/create
+    space_host: str | None = None  # what space_info reports as the Space's host
+    stages: list[str] = field(default_factory=lambda: ["BUILDING", "APP_STARTING", "RUNNING"])
+    spaces: dict[str, FakeSpace] = field(default_factory=dict)
+    calls: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def paths(self) -> list[str]:
+        return [f"{method} {path}" for method, path, _ in self.calls]
+
+
+def _fake_hub_app(hub: FakeHub) -> Starlette:
+    def authorized(request: Request) -> bool:
+        return request.headers.get("authorization") == f"Bearer {GOOD_TOKEN}"
+
+    def denied() -> JSONResponse:
+        return JSONResponse({"error": "Invalid credentials in Authorization header"}, 401)
+
+    def space(request: Request) -> FakeSpace | None:
+        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
+        return hub.spaces.get(repo_id)
+
+    async def record(request: Request) -> Any:
+        body = await request.body()
+        try:
+            payload: Any = json.loads(body) if body else None
+        except ValueError:
+            payload = body.decode()
+        hub.calls.append((request.method, request.url.path, payload))
+        return payload
+
+    async def whoami(request: Request) -> JSONResponse:
+        await record(request)
+        if not authorized(request):
+            return denied()
+        return JSONResponse(
+            {
+                "type": "user",
+                "name": hub.user,
+                "orgs": [{"name": org} for org in hub.orgs],
+                "auth": {"type": "access_token", "accessToken": {"role": hub.role}},
+            }
+        )
+
+    async def create(request: Request) -> JSONResponse:
+        payload = await record(request)
+        if not authorized(request):
+            return denied()
+        repo_id = f"{payload['organization']}/{payload['name']}"
+        url = f"{hub.url}/spaces/{repo_id}"
+        if hub.create_status is not None:
+            return JSONResponse({"error": "refused by the fake"}, hub.create_status)
+        if repo_id in hub.spaces:  # the Hub's answer when the repo exists
+            return JSONResponse({"error": "You already created this space repo", "url": url}, 409)
+        hub.spaces[repo_id] = FakeSpace(
+            private=payload.get("visibility") == "private", sdk=payload["sdk"]
+        )
+        return JSONResponse({"url": url, "name": repo_id})
+
+    async def repo_info(request: Request) -> JSONResponse:
+        await record(request)
+        target = space(request)
+        if target is None:
+            return JSONResponse({"error": "Repository not found"}, 404)
+        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
+        return JSONResponse(
+            {"id": repo_id, "sdk": target.sdk, "private": target.private, "host": hub.space_host}
+        )
+
+    async def secrets(request: Request) -> JSONResponse:
+        payload = await record(request)
+        target = space(request)
+        if target is None:
+            return JSONResponse({"error": "Repository not found"}, 404)
+        if request.method == "POST":
+            target.secrets[payload["key"]] = payload["value"]
+            return JSONResponse({})
+        return JSONResponse(
+            {key: {"updatedAt": "2026-01-01T00:00:00.000Z"} for key in target.secrets}
+        )
+
+    async def tree(request: Request) -> JSONResponse:
+        await record(request)
+        target = space(request)
+        if target is None:
+            return JSONResponse({"error": "Repository not found"}, 404)
+        return JSONResponse(
+            [
+                {"type": "file", "path": p, "oid": "0" * 40, "size": len(b)}
+                for p, b in target.files.items()
+            ]
+        )
+
+    async def validate_yaml(request: Request) -> JSONResponse:
+        await record(request)
+        return JSONResponse({"errors": [], "warnings": []})
+
+    async def preupload(request: Request) -> JSONResponse:
+        payload = await record(request)
+        files = [
+            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
+            for f in payload["files"]
+        ]
+        return JSONResponse({"files": files})
+
+    async def commit(request: Request) -> JSONResponse:
+        await record(request)
+        target = space(request)
+        if target is None:
+            return JSONResponse({"error": "Repository not found"}, 404)
+        lines = [json.loads(line) for line in hub.calls[-1][2].splitlines() if line.strip()]
+        for line in lines:
+            value = line["value"]
+            if line["key"] == "file":
+                target.files[value["path"]] = base64.b64decode(value["content"])
+            elif line["key"] == "deletedFile":
+                target.files.pop(value["path"], None)
+        oid = f"{len(target.commits) + 1:040x}"
+        target.commits.append(oid)
+        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
+        return JSONResponse(
+            {"commitUrl": f"{hub.url}/spaces/{repo_id}/commit/{oid}", "commitOid": oid}
+        )
+
+    async def runtime(request: Request) -> JSONResponse:
+        await record(request)
+        target = space(request)
+        if target is None:
+            return JSONResponse({"error": "Repository not found"}, 404)
+        stage = hub.stages.pop(0) if len(hub.stages) > 1 else hub.stages[0]
+        sha = target.commits[-1] if target.commits else None
+        body: dict[str, Any] = {
+            "stage": stage,
+            "hardware": {"current": None, "requested": "cpu-basic"},
+        }
+        if sha:
+            body["sha"] = sha
+        if stage.endswith("ERROR"):
+            body["errorMessage"] = "ModuleNotFoundError: No module named 'nope'\nmore lines"
+        return JSONResponse(body)
+
+    space_path = "/api/spaces/{owner}/{name}"
+    return Starlette(
+        routes=[
+            Route("/api/whoami-v2", whoami),
+            Route("/api/repos/create", create, methods=["POST"]),
+            Route("/api/validate-yaml", validate_yaml, methods=["POST"]),
+            Route(space_path, repo_info),
+            Route(space_path + "/secrets", secrets, methods=["GET", "POST"]),
+            Route(space_path + "/tree/{rev}", tree),
+            Route(space_path + "/preupload/{rev}", preupload, methods=["POST"]),
+            Route(space_path + "/commit/{rev}", commit, methods=["POST"]),
+            Route(space_path + "/runtime", runtime),
+        ]
+    )
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    state = FakeHub()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    state.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(_fake_hub_app(state), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    yield state
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture
+def no_stored_hf_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "hf" / "token"))
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A home directory holding a social Kiro login."""
+    cache = tmp_path / "home" / ".aws" / "sso" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "kiro-auth-token.json").write_text(
+        json.dumps(
+            {
+                "accessToken": ACCESS,
+                "refreshToken": REFRESH,
+                "expiresAt": "2030-01-01T00:00:00.000Z",
+                "profileArn": "arn:aws:codewhisperer:us-east-1:123456789012:profile/TEST",
+                "authMethod": "social",
+                "provider": "Github",
+                "region": "us-east-1",
+            }
+        )
+    )
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A copy of what matters in a checkout, plus the clutter that must never be uploaded."""
+    root = tmp_path / "checkout"
+    for name in space_files(REPO_ROOT):
+        target = root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((REPO_ROOT / name).read_bytes())
+    if not (root / "app.py").exists():  # the app may not be written yet in this checkout
+        (root / "app.py").write_text("print('ki2api')\n")
+    for junk in (
+        ".env",
+        "kiro-auth-token.json",
+        "ki2api/kiro-auth-token.json",
+        "ki2api/server.pem",
+        "ki2api/__pycache__/x.cpython-311.pyc",
+        "tests/test_x.py",
+        ".venv/lib/site.py",
+        ".git/config",
+        "docs/deploy.md",
+    ):
+        (root / junk).parent.mkdir(parents=True, exist_ok=True)
+        (root / junk).write_text("junk\n")
+    return root
+
+
+def _options(hub: FakeHub, checkout: Path, **overrides: Any) -> DeployOptions:
+    values: dict[str, Any] = dict(
+        space="alice/my_gateway",
+        token=GOOD_TOKEN,
+        endpoint=hub.url,
+        root=checkout,
+        poll_interval=0.01,
+        timeout=10.0,
+    )
+    values.update(overrides)
+    return DeployOptions(**values)
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {"HOME": str(home), "USERPROFILE": str(home)}
+
+
+def test_space_host_follows_the_hf_space_naming() -> None:
+    assert space_host("Alice/My_Gateway.v2") == "alice-my-gateway-v2.hf.space"
+
+
+def test_deploy_creates_the_space_sets_secrets_uploads_and_waits(
+    hub: FakeHub, checkout: Path, home: Path
+) -> None:
+    lines: list[str] = []
+    result = deploy(_options(hub, checkout, private=True), env=_env(home), say=lines.append)
+
+    # create_repo: a private Gradio Space under alice
+    create = next(p for m, path, p in hub.calls if path == "/api/repos/create")
+    assert create == {
+        "name": "my_gateway",
+        "organization": "alice",
+        "visibility": "private",
+        "type": "space",
+        "sdk": "gradio",
+    }
+    space = hub.spaces["alice/my_gateway"]
+
+    # secrets: the Kiro login plus a generated API key
+    assert space.secrets["KIRO_REFRESH_TOKEN"] == REFRESH
+    assert space.secrets["KIRO_ACCESS_TOKEN"] == ACCESS
+    assert space.secrets["KIRO_AUTH_METHOD"] == "social"
+    assert space.secrets["KIRO_REGION"] == "us-east-1"
+    assert space.secrets["KIRO_PROFILE_ARN"].endswith(":profile/TEST")
+    assert "KIRO_CLIENT_SECRET" not in space.secrets
+    api_key = space.secrets["API_KEY"]
+    assert result.api_key == api_key and len(api_key) >= 40
+
+    # upload: the app and its package, nothing secret and no clutter
+    uploaded = set(space.files) - {".gitattributes"}
+    assert {"app.py", "README.md", "requirements.txt", "ki2api/__init__.py"} <= uploaded
+    assert "ki2api/deploy.py" in uploaded
+    assert all(not p.startswith(("tests/", ".venv/", ".git/", "docs/")) for p in uploaded)
+    assert all(
+        "kiro-auth-token" not in p and not p.endswith((".pem", ".pyc", ".env")) for p in uploaded
+    )
+    assert ".env" not in uploaded
+    assert all(
+        REFRESH.encode() not in body and ACCESS.encode() not in body
+        for body in space.files.values()
+    )
+    assert space.files["app.py"] == (checkout / "app.py").read_bytes()
+
+    # order: whoami, create, secrets, upload, runtime until RUNNING on the new commit
+    order = [p for p in hub.paths() if not p.endswith(("validate-yaml", "preupload/main"))]
+    assert order[0] == "GET /api/whoami-v2"
+    assert order[1] == "POST /api/repos/create"
+    first_upload = order.index("POST /api/spaces/alice/my_gateway/commit/main")
+    assert max(i for i, p in enumerate(order) if p.endswith("/secrets")) < first_upload
+    assert order[-3:] == ["GET /api/spaces/alice/my_gateway/runtime"] * 3
+    assert result.stage == "RUNNING"
+
+    # output: progress, the key exactly once, the base URL and a test command
+    text = "\n".join(lines)
+    assert text.count(api_key) == 1
+    assert REFRESH not in text and ACCESS not in text and GOOD_TOKEN not in text
+    assert "https://alice-my-gateway.hf.space/v1" in text
+    assert "curl https://alice-my-gateway.hf.space/v1/chat/completions" in text
+    assert "building" in text and "running" in text
+    assert result.base_url == "https://alice-my-gateway.hf.space/v1"
+
+
+def test_redeploy_keeps_the_api_key_and_removes_stale_modules(
+    hub: FakeHub, checkout: Path, home: Path
+) -> None:
+    first = deploy(_options(hub, checkout), env=_env(home), say=lambda _: None)
+    space = hub.spaces["alice/my_gateway"]
+    space.files["ki2api/old_module.py"] = b"gone = True\n"
+    hub.stages = ["RUNNING_BUILDING", "RUNNING"]
+    lines: list[str] = []
+    hub.space_host = "https://alice-my-gateway.hf.space"
+    second = deploy(_options(hub, checkout), env=_env(home), say=lines.append)
+    assert second.base_url == "https://alice-my-gateway.hf.space/v1"
+    assert "Updating the existing Space alice/my_gateway." in lines
+    assert second.api_key is None and space.secrets["API_KEY"] == first.api_key
+    assert "ki2api/old_module.py" not in space.files
+    assert ".gitattributes" in space.files  # files outside the package are left alone
+    assert len(space.commits) == 2 and first.api_key not in "\n".join(lines)
+
+    third = deploy(_options(hub, checkout, new_api_key=True), env=_env(home), say=lambda _: None)
+    assert third.api_key and third.api_key != first.api_key
+    assert space.secrets["API_KEY"] == third.api_key
+
+
+def test_code_only_touches_no_secret_and_needs_no_kiro_login(
+    hub: FakeHub, checkout: Path, tmp_path: Path
+) -> None:
+    result = deploy(
+        _options(hub, checkout, code_only=True, wait=False),
+        env={"HOME": str(tmp_path / "empty")},
+        say=lambda _: None,
+    )
+    assert result.api_key is None and result.stage is None
+    assert not any(path.endswith("/secrets") for _, path, _ in hub.calls)
+    assert not any(path.endswith("/runtime") for _, path, _ in hub.calls)
+    assert "app.py" in hub.spaces["alice/my_gateway"].files
+
+
+def test_idc_login_ships_the_client_from_the_file_beside_it(
+    hub: FakeHub, checkout: Path, home: Path
+) -> None:
+    cache = home / ".aws" / "sso" / "cache"
+    token_file = cache / "kiro-auth-token.json"
+    data = json.loads(token_file.read_text())
+    data.update(authMethod="IdC", provider="BuilderId", clientIdHash="abc123")
+    token_file.write_text(json.dumps(data))
+    (cache / "abc123.json").write_text(
+        json.dumps({"clientId": "client-id-1", "clientSecret": "client-secret-value-xyz"})
+    )
+    deploy(_options(hub, checkout, wait=False), env=_env(home), say=lambda _: None)
+    secrets = hub.spaces["alice/my_gateway"].secrets
+    assert secrets["KIRO_AUTH_METHOD"] == "idc"
+    assert secrets["KIRO_CLIENT_ID"] == "client-id-1"
+    assert secrets["KIRO_CLIENT_SECRET"] == "client-secret-value-xyz"
+
+
+def test_given_api_key_and_token_file_options_are_used(
+    hub: FakeHub, checkout: Path, home: Path, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "login.json"
+    elsewhere.write_text(
+        json.dumps({"refreshToken": "other-refresh-token-0000", "authMethod": "social"})
+    )
+    deploy(
+        _options(hub, checkout, api_key="my-own-key-123456", kiro_token_file=elsewhere, wait=False),
+        env=_env(tmp_path / "nobody"),
+        say=lambda _: None,
+    )
+    secrets = hub.spaces["alice/my_gateway"].secrets
+    assert secrets["API_KEY"] == "my-own-key-123456"
+    assert secrets["KIRO_REFRESH_TOKEN"] == "other-refresh-token-0000"
+
+
+def test_deploy_through_the_cli_prints_progress_and_exits_0(
+    hub: FakeHub, checkout: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("HF_TOKEN", GOOD_TOKEN)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    code = main(["deploy", "--space", "my_gateway", "--no-wait", "--source", str(checkout)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "signed in as alice; Space: alice/my_gateway" in out
+    assert "Uploading" in out and "export KI2API_KEY=" in out
+    assert hub.spaces["alice/my_gateway"].secrets["API_KEY"] in out
+
+
+# --- failures: one sentence, exit code 1, no traceback ----------------------------------------
+
+
+def _fails(hub: FakeHub, checkout: Path, env: dict[str, str], **overrides: Any) -> str:
+    with pytest.raises(DeployError) as caught:
+        deploy(_options(hub, checkout, **overrides), env=env, say=lambda _: None)
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith(".")
+    return message
+
+
+def test_no_hf_token(hub: FakeHub, checkout: Path, home: Path, no_stored_hf_token: None) -> None:
+    message = _fails(hub, checkout, _env(home), token=None)
+    assert message.startswith("No Hugging Face token found")
+    assert "hf auth login" in message and not hub.calls
+
+
+def test_rejected_hf_token(hub: FakeHub, checkout: Path, home: Path) -> None:
+    message = _fails(hub, checkout, _env(home), token="hf_wrong")
+    assert "refused the token" in message and "hf_wrong" not in message
+
+
+def test_read_only_token(hub: FakeHub, checkout: Path, home: Path) -> None:
+    hub.role = "read"
+    assert "read-only" in _fails(hub, checkout, _env(home))
+    assert "POST /api/repos/create" not in hub.paths()
+
+
+def test_namespace_of_someone_else(hub: FakeHub, checkout: Path, home: Path) -> None:
+    message = _fails(hub, checkout, _env(home), space="bob/gateway")
+    assert "not a member of bob" in message and "--space alice/gateway" in message
+
+
+@pytest.mark.parametrize(
+    ("status", "words"),
+    [(403, "may not write"), (402, "paid plan"), (500, "answered 500")],
+)
+def test_create_refused(hub: FakeHub, checkout: Path, home: Path, status: int, words: str) -> None:
+    hub.create_status = status
+    message = _fails(hub, checkout, _env(home))
+    assert words in message
+    assert not any(path.endswith("/secrets") for _, path, _ in hub.calls)
+
+
+def test_name_taken_by_a_space_of_another_kind(hub: FakeHub, checkout: Path, home: Path) -> None:
+    hub.spaces["alice/my_gateway"] = FakeSpace(private=False, sdk="docker")
+    message = _fails(hub, checkout, _env(home))
+    assert "taken by a docker Space" in message
+    assert not any(path.endswith(("/secrets", "/commit/main")) for _, path, _ in hub.calls)
+
+
+def test_no_kiro_login(hub: FakeHub, checkout: Path, tmp_path: Path) -> None:
+    message = _fails(hub, checkout, {"HOME": str(tmp_path / "nobody")})
+    assert message.startswith("No Kiro login found at")
+    assert "--kiro-token-file" in message
+    assert "POST /api/repos/create" not in hub.paths()  # nothing half-created
+
+
+def test_idc_login_without_its_client_file(hub: FakeHub, checkout: Path, home: Path) -> None:
+    token_file = home / ".aws" / "sso" / "cache" / "kiro-auth-token.json"
+    data = json.loads(token_file.read_text())
+    data.update(authMethod="IdC", clientIdHash="missing")
+    token_file.write_text(json.dumps(data))
+    assert "missing.json is missing" in _fails(hub, checkout, _env(home))
+
+
+def test_hub_unreachable(checkout: Path, home: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(DeployError) as caught:
+        deploy(
+            DeployOptions(space="alice/x", token=GOOD_TOKEN, endpoint=closed, root=checkout),
+            env=_env(home),
+            say=lambda _: None,
+        )
+    assert str(caught.value).startswith(f"Cannot reach {closed}")
+
+
+def test_space_that_fails_to_build(hub: FakeHub, checkout: Path, home: Path) -> None:
+    hub.stages = ["BUILDING", "BUILD_ERROR"]
+    message = _fails(hub, checkout, _env(home))
+    assert "BUILD_ERROR (ModuleNotFoundError: No module named 'nope')" in message
+    assert "?logs=container" in message
+
+
+def test_space_that_does_not_start_in_time(hub: FakeHub, checkout: Path, home: Path) -> None:
+    hub.stages = ["BUILDING"]
+    message = _fails(hub, checkout, _env(home), timeout=0.1)
+    assert "still building" in message and "--timeout" in message
+
+
+def test_a_token_inside_an_uploaded_file_stops_the_upload(
+    hub: FakeHub, checkout: Path, home: Path
+) -> None:
+    (checkout / "ki2api" / "notes.txt").write_text(f"my token: {REFRESH}\n")
+    message = _fails(hub, checkout, _env(home))
+    assert message.startswith("ki2api/notes.txt contains one of your tokens")
+    assert "POST /api/repos/create" not in hub.paths()
+
+
+def test_cli_failure_is_one_line_on_stderr(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, no_stored_hf_token: None
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    code = main(["deploy", "--space", "alice/x", "--endpoint", hub.url])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert err.startswith("error: No Hugging Face token found") and err.count("\n") == 1
+    assert "Traceback" not in out + err
