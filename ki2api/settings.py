@@ -64,6 +64,7 @@ class Settings:
     kiro_profile_arn: str | None = None
     kiro_accounts: str | None = None  # JSON list, or a path to a JSON file
     kiro_region: str = DEFAULT_REGION
+    kiro_pool_strategy: str = "lru"  # lru | round_robin | first
 
     # --- upstream URLs (all overridable; {region} is filled in) ---
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
@@ -107,6 +108,7 @@ class Settings:
             kiro_profile_arn=env.get("KIRO_PROFILE_ARN") or None,
             kiro_accounts=env.get("KIRO_ACCOUNTS") or None,
             kiro_region=env.get("KIRO_REGION") or DEFAULT_REGION,
+            kiro_pool_strategy=(env.get("KIRO_POOL_STRATEGY") or "lru").strip().lower(),
             timeouts=Timeouts(
                 connect=_float(env, "KIRO_CONNECT_TIMEOUT", 10.0),
                 first_byte=_float(env, "KIRO_FIRST_BYTE_TIMEOUT", 60.0),

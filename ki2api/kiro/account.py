@@ -1,0 +1,391 @@
+"""One account's live state: current tokens, health, counters, and its single-flight refresh.
+
+States: ``healthy``; ``cooling_down`` until a time (quota, throttling, a failed refresh);
+``needs_login`` (the refresh token is dead, or there is none and the token expired);
+``disabled`` (the service refused the account: suspended, not authorised).
+
+However many requests find the token stale at once, one refresh runs (a shared task that a
+cancelled waiter cannot abort); the others wait for it and use its result. Accounts that came
+from a login file re-read it before refreshing (another program may have refreshed already) and
+write refreshed tokens back to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from ki2api.core.errors import GatewayError
+from ki2api.kiro.credentials import (
+    AccountSpec,
+    Credential,
+    CredentialError,
+    format_time,
+    mask_secret,
+)
+from ki2api.kiro.refresh import NeedsLogin, RefreshResult
+from ki2api.kiro.tokenfile import (
+    FileStamp,
+    LoginFile,
+    digest_of,
+    load_login_file,
+    stamp_of,
+    update_login_file,
+)
+from ki2api.kiro.usage_limits import UsageLimits
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api.accounts")
+
+State = Literal["healthy", "cooling_down", "needs_login", "disabled"]
+Refresher = Callable[[AccountSpec], Awaitable[RefreshResult]]
+Clock = Callable[[], float]
+
+REFRESH_MARGIN = 300.0  # refresh this long before expiresAt
+REFRESH_FAILURE_COOLDOWN = 15.0  # after a refresh that failed for a reason other than the login
+
+
+@dataclass(frozen=True, slots=True)
+class AccountStatus:
+    """What the admin API, ``/health`` and the UI show; holds no secret."""
+
+    label: str
+    source: str
+    auth_method: str
+    token: str  # masked
+    expires_at: datetime | None
+    state: State
+    until: datetime | None
+    reason: str | None
+    requests: int
+    errors: int
+    last_error: str | None
+    usage: UsageLimits | None
+    can_refresh: bool
+
+    @property
+    def description(self) -> str:
+        """``healthy`` | ``cooling down until 12:00:05Z (why)`` | ``needs login: why`` | ..."""
+        if self.state == "healthy":
+            return "healthy"
+        if self.state == "cooling_down" and self.until is not None:
+            when = self.until.astimezone(UTC).strftime("%H:%M:%SZ")
+            return f"cooling down until {when}" + (f" ({self.reason})" if self.reason else "")
+        text = self.state.replace("_", " ")
+        return f"{text}: {self.reason}" if self.reason else text
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "source": self.source,
+            "auth_method": self.auth_method,
+            "token": self.token,
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "state": self.state,
+            "until": self.until.isoformat() if self.until else None,
+            "reason": self.reason,
+            "description": self.description,
+            "requests": self.requests,
+            "errors": self.errors,
+            "last_error": self.last_error,
+            "usage": self.usage.to_dict() if self.usage else None,
+            "can_refresh": self.can_refresh,
+        }
+
+
+class Account:
+    def __init__(
+        self,
+        spec: AccountSpec,
+        *,
+        settings: Settings,
+        refresher: Refresher,
+        clock: Clock = time.monotonic,
+        login_file: LoginFile | None = None,
+    ) -> None:
+        self.spec = spec
+        self._settings = settings
+        self._refresher = refresher
+        self._clock = clock
+        self.state: State = "healthy"
+        self.reason: str | None = None
+        self._until: float | None = None  # monotonic end of a cooldown
+        self.requests = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.last_used = 0.0
+        self.usage: UsageLimits | None = None
+        self._throttle_streak = 0
+        self._force_refresh = False  # the service refused a token we thought was fine
+        self._inflight: asyncio.Task[None] | None = None
+        self._stamp: FileStamp | None = login_file.stamp if login_file else None
+        self._digest: str | None = login_file.digest if login_file else None
+        if not spec.access_token and not spec.can_refresh:
+            self.set_needs_login("no usable token yet")
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    # --- health ------------------------------------------------------------------------------
+
+    def usable(self) -> bool:
+        if self.state == "cooling_down" and self._until is not None:
+            if self._clock() >= self._until:
+                self._set_healthy()
+        return self.state == "healthy"
+
+    def cooldown_remaining(self) -> float | None:
+        if self.state != "cooling_down" or self._until is None:
+            return None
+        return max(0.0, self._until - self._clock())
+
+    def _set_healthy(self) -> None:
+        self.state, self.reason, self._until = "healthy", None, None
+
+    def cool_down(self, seconds: float, reason: str) -> None:
+        if self.state in ("needs_login", "disabled"):
+            return  # a worse state wins
+        until = self._clock() + max(0.0, seconds)
+        if self.state == "cooling_down" and self._until is not None and self._until > until:
+            return
+        self.state, self.reason, self._until = "cooling_down", reason, until
+        log.info("account %s cooling down for %.1fs: %s", self.label, seconds, reason)
+
+    def set_needs_login(self, reason: str) -> None:
+        self.state, self.reason, self._until = "needs_login", reason, None
+        log.warning("account %s needs a new Kiro login: %s", self.label, reason)
+
+    def disable(self, reason: str) -> None:
+        self.state, self.reason, self._until = "disabled", reason, None
+        log.warning("account %s disabled: %s", self.label, reason)
+
+    def enable(self) -> None:
+        self._set_healthy()
+        self._throttle_streak = 0
+
+    def record_error(self, error: GatewayError | str) -> None:
+        self.errors += 1
+        self.last_error = error if isinstance(error, str) else error.message
+
+    def record_success(self) -> None:
+        self._throttle_streak = 0
+
+    def throttled(self, retry_after: float | None, base: float, cap: float) -> None:
+        self._throttle_streak += 1
+        delay = retry_after if retry_after is not None else base * 2 ** (self._throttle_streak - 1)
+        self.cool_down(min(delay, cap), "throttled by Kiro")
+
+    def mark_token_suspect(self) -> None:
+        self._force_refresh = True
+
+    def status(self) -> AccountStatus:
+        remaining = self.cooldown_remaining()
+        self.usable()  # settles an ended cooldown
+        until = (
+            datetime.now(UTC) + timedelta(seconds=remaining)
+            if remaining is not None and self.state == "cooling_down"
+            else None
+        )
+        return AccountStatus(
+            label=self.label,
+            source=self.spec.source,
+            auth_method=self.spec.auth_method,
+            token=mask_secret(self.spec.access_token or self.spec.refresh_token),
+            expires_at=self.spec.expires_at,
+            state=self.state,
+            until=until,
+            reason=self.reason,
+            requests=self.requests,
+            errors=self.errors,
+            last_error=self.last_error,
+            usage=self.usage,
+            can_refresh=self.spec.can_refresh,
+        )
+
+    def credential(self) -> Credential | None:
+        return self.spec.credential()
+
+    # --- the login file ----------------------------------------------------------------------
+
+    def sync_from_file(self, *, thorough: bool = False) -> bool:
+        """Adopt the login file's tokens if another program changed it; True when adopted.
+
+        The quick check compares the file's stamp (one ``stat``); ``thorough`` also compares the
+        contents, for writes that left the stamp unchanged.
+        """
+        path = self.spec.token_file
+        if path is None:
+            return False
+        stamp = stamp_of(path)
+        if stamp is None:
+            return False
+        if stamp == self._stamp and (not thorough or digest_of(path) == self._digest):
+            return False
+        try:
+            fresh = load_login_file(
+                path, label=self.label, source=self.spec.source, settings=self._settings
+            )
+        except CredentialError as exc:
+            # Half-written by another program, most likely: keep what we have, look again later.
+            log.warning("account %s: cannot use %s right now: %s", self.label, path, exc)
+            return False
+        self._stamp, self._digest = fresh.stamp, fresh.digest
+        new = fresh.spec
+        if (new.access_token, new.refresh_token) == (
+            self.spec.access_token,
+            self.spec.refresh_token,
+        ):
+            self.spec = new  # other fields (expiry, profile) may still have changed
+            return False
+        self.spec = new
+        self._force_refresh = False
+        if self.state in ("needs_login", "disabled"):
+            self._set_healthy()  # a new login revives the account
+        log.info(
+            "account %s: picked up new tokens from %s (token %s)",
+            self.label,
+            path,
+            mask_secret(new.access_token),
+        )
+        return True
+
+    async def _write_back(self, result: RefreshResult) -> None:
+        path = self.spec.token_file
+        if path is None:
+            return
+        updates: dict[str, object] = {
+            "accessToken": result.access_token,
+            "expiresAt": format_time(result.expires_at),
+        }
+        if result.refresh_token:
+            updates["refreshToken"] = result.refresh_token
+        if result.profile_arn:
+            updates["profileArn"] = result.profile_arn
+        try:
+            self._stamp, self._digest = await asyncio.to_thread(update_login_file, path, updates)
+        except (OSError, CredentialError) as exc:
+            # The new tokens still work from memory; a later successful write will persist them.
+            log.error(
+                "account %s: could not write refreshed tokens to %s: %s", self.label, path, exc
+            )
+
+    # --- refresh -----------------------------------------------------------------------------
+
+    def needs_refresh(self) -> bool:
+        if not self.spec.can_refresh:
+            return False
+        return self._force_refresh or self.spec.expires_within(REFRESH_MARGIN)
+
+    async def refresh(self, stale_token: str | None) -> None:
+        """Refresh unless the token already moved on from ``stale_token``; one flight at a time."""
+        if self.spec.access_token != stale_token and self.spec.access_token is not None:
+            return
+        task = self._inflight
+        if task is None or task.done():
+            task = asyncio.create_task(self._refresh_now(), name=f"refresh {self.label}")
+            task.add_done_callback(_retrieve_exception)
+            self._inflight = task
+        await asyncio.shield(task)
+
+    async def _refresh_now(self) -> None:
+        stale = self.spec.access_token
+        if self.sync_from_file(thorough=True) and not self.spec.expires_within(REFRESH_MARGIN):
+            return  # another program refreshed it for us
+        try:
+            result = await self._refresher(self.spec)
+        except NeedsLogin as exc:
+            # The file may hold a newer refresh token than ours (another program rotated it).
+            if self.sync_from_file(thorough=True) and self.spec.access_token != stale:
+                return
+            self.record_error(exc)
+            self.set_needs_login(exc.message)
+            raise
+        except GatewayError as exc:
+            self.record_error(exc)
+            self.cool_down(REFRESH_FAILURE_COOLDOWN, f"refresh failed: {exc.message}")
+            raise
+        self.spec = replace(
+            self.spec,
+            access_token=result.access_token,
+            refresh_token=result.refresh_token or self.spec.refresh_token,
+            expires_at=result.expires_at,
+            profile_arn=result.profile_arn or self.spec.profile_arn,
+        )
+        self._force_refresh = False
+        if self.state == "cooling_down" and (self.reason or "").startswith("refresh failed"):
+            self._set_healthy()
+        log.info(
+            "account %s refreshed (token %s, expires %s%s)",
+            self.label,
+            mask_secret(result.access_token),
+            format_time(result.expires_at),
+            ", refresh token rotated" if result.refresh_token else "",
+        )
+        await self._write_back(result)
+
+    async def ensure_fresh(self) -> Credential:
+        """The credential to use now, refreshing first when it is (nearly) expired.
+
+        Raises the refresh's error when the token cannot be used (the account's state is set).
+        A refresh that fails while the old token is still valid is logged and the old token used.
+        """
+        self.sync_from_file()
+        if self.needs_refresh():
+            try:
+                await self.refresh(self.spec.access_token)
+            except NeedsLogin:
+                raise
+            except GatewayError:
+                if self.spec.expires_within(0) or self._force_refresh:
+                    raise
+                log.warning(
+                    "account %s: early refresh failed; the token is still valid", self.label
+                )
+        credential = self.credential()
+        if credential is None or (self.spec.expires_within(0) and not self.spec.can_refresh):
+            reason = "the access token has expired and there is no refresh token"
+            self.set_needs_login(reason)
+            raise NeedsLogin(f"account {self.label!r}: {reason}")
+        return credential
+
+    async def recover_rejected_token(self, rejected: str) -> Credential | None:
+        """The service refused ``rejected`` as expired: a newer token, or None if none helps."""
+        if self.state in ("needs_login", "disabled"):
+            return None
+        if self.spec.access_token not in (None, rejected):
+            return self.credential()  # already refreshed by a concurrent request
+        if self._inflight is None or self._inflight.done():
+            # Before spending a refresh, look whether another program already did.
+            if self.sync_from_file(thorough=True) and self.spec.access_token != rejected:
+                return self.credential()
+        if not self.spec.can_refresh:
+            self.set_needs_login("Kiro refused the access token and there is no refresh token")
+            return None
+        try:
+            await self.refresh(rejected)
+        except GatewayError:
+            return None  # the state says why (needs login / cooling down)
+        if self.spec.access_token == rejected:
+            return None
+        return self.credential()
+
+    async def aclose(self) -> None:
+        task = self._inflight
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, GatewayError):
+                pass
+
+
+def _retrieve_exception(task: asyncio.Task[None]) -> None:
+    # Waiters may all be gone (cancelled); mark the outcome as seen so asyncio does not warn.
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,423 @@
+"""The account pool: which account serves a request, and what a failure does to that account.
+
+    pool = AccountPool.from_settings(settings, http)
+    lease = await pool.acquire(exclude=frozenset(tried))   # NotConfigured / NoHealthyAccount
+    lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
+    lease.succeeded() / lease.failed(error)
+
+Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
+``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
+
+What ``failed`` does:
+
+    QuotaExceeded        out of rotation until the quota resets (retry_after, else a default)
+    UpstreamThrottled    short back-off of this account (retry_after, else 1 s doubling to 30 s)
+    NeedsLogin           needs login (the refresh token is dead)
+    TokenExpired         the token is refreshed before its next use
+    UpstreamAuthFailed   disabled, with the service's reason (suspended, not authorised)
+    anything else        counted only (5xx, timeouts: the gateway retries)
+
+Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.account`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ki2api.core.errors import (
+    GatewayError,
+    InvalidRequest,
+    NoHealthyAccount,
+    NotConfigured,
+    NotFound,
+    QuotaExceeded,
+    TokenExpired,
+    UpstreamAuthFailed,
+    UpstreamThrottled,
+)
+from ki2api.kiro.account import Account, AccountStatus, Clock, Refresher
+from ki2api.kiro.credentials import (
+    LABEL_PATTERN,
+    AccountSpec,
+    Credential,
+    CredentialError,
+    parse_pasted_token,
+)
+from ki2api.kiro.refresh import NeedsLogin, RefreshResult, refresh_tokens
+from ki2api.kiro.sources import Source, account_source, file_source, load_sources, unique_label
+from ki2api.kiro.usage_limits import UsageLimits, fetch_usage_limits
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api.accounts")
+
+STRATEGIES = ("lru", "round_robin", "first")
+QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
+THROTTLE_BASE = 1.0
+THROTTLE_CAP = 30.0
+RETRY_AFTER_CAP = 6 * 3600.0
+
+NOT_CONFIGURED_MESSAGE = (
+    "No Kiro account is configured. Set KIRO_ACCESS_TOKEN and/or KIRO_REFRESH_TOKEN "
+    "(Space secrets or environment), point KIRO_TOKEN_FILE at a kiro-auth-token.json, list "
+    "accounts in KIRO_ACCOUNTS, add one with POST /admin/accounts, or log in to Kiro on this "
+    "machine (the login is read from {path})."
+)
+
+
+class Lease:
+    """One request's use of one account. ``credential`` changes if ``token_rejected`` refreshes."""
+
+    __slots__ = ("_account", "_pool", "credential", "_settled", "_rejected", "_done")
+
+    def __init__(self, account: Account, pool: AccountPool | None, credential: Credential) -> None:
+        self._account = account
+        self._pool = pool
+        self.credential = credential
+        self._settled = False  # the account's state was already decided by token_rejected
+        self._rejected = False
+        self._done = False
+
+    @property
+    def spec(self) -> AccountSpec:
+        """The account's current tokens (an ephemeral lease's caller keeps them after a refresh)."""
+        return self._account.spec
+
+    async def token_rejected(self) -> Credential | None:
+        """The service said the token is invalid: a newer credential, or None if none can help."""
+        if self._rejected:
+            return None  # once per lease: a second rejection is not fixed by another refresh
+        self._rejected = True
+        new = await self._account.recover_rejected_token(self.credential.access_token)
+        if new is None:
+            self._settled = True
+            return None
+        self.credential = new
+        return new
+
+    def failed(self, error: GatewayError) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._account.record_error(error)
+        if not self._settled:
+            apply_failure(self._account, error)
+
+    def succeeded(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._account.record_success()
+
+    def __repr__(self) -> str:
+        return f"Lease({self.credential!r})"
+
+
+def apply_failure(account: Account, error: GatewayError) -> None:
+    if isinstance(error, QuotaExceeded):
+        account.cool_down(_quota_cooldown(account, error), f"quota used up: {error.message}")
+    elif isinstance(error, UpstreamThrottled):
+        retry = min(error.retry_after, RETRY_AFTER_CAP) if error.retry_after is not None else None
+        account.throttled(retry, THROTTLE_BASE, THROTTLE_CAP)
+    elif isinstance(error, NeedsLogin):
+        account.set_needs_login(error.message)
+    elif isinstance(error, TokenExpired):
+        account.mark_token_suspect()
+    elif isinstance(error, UpstreamAuthFailed):
+        account.disable(error.message)
+
+
+def _quota_cooldown(account: Account, error: QuotaExceeded) -> float:
+    if error.retry_after is not None:
+        return min(error.retry_after, 31 * 24 * 3600.0)
+    usage = account.usage
+    if usage is not None and usage.resets_at is not None:
+        seconds = (usage.resets_at - datetime.now(UTC)).total_seconds()
+        if seconds > 0:
+            return seconds
+    return QUOTA_COOLDOWN
+
+
+class AccountPool:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        strategy: str | None = None,
+        clock: Clock = time.monotonic,
+        refresher: Refresher | None = None,
+    ) -> None:
+        self._settings = settings
+        self._http = http
+        chosen = (strategy or settings.kiro_pool_strategy or "lru").lower()
+        if chosen not in STRATEGIES:
+            log.error("unknown KIRO_POOL_STRATEGY %r; using lru", chosen)
+            chosen = "lru"
+        self.strategy = chosen
+        self._clock = clock
+        self._refresher: Refresher = refresher or self._refresh_with_http
+        self._accounts: dict[str, Account] = {}
+        self._next = 0  # round_robin position
+        self.problems: list[str] = []  # sources that could not be used (shown to the admin)
+        self._pending_default_file: Path | None = None
+
+    async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
+        return await refresh_tokens(self._http, self._settings, spec)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> AccountPool:
+        pool = cls(settings, http)
+        found = load_sources(settings)
+        pool.problems.extend(found.problems)
+        pool._pending_default_file = found.pending_default_file
+        for src in found.accounts:
+            pool._add_source(src)
+        return pool
+
+    async def start(self) -> None:
+        states = ", ".join(f"{a.label} ({a.status().description})" for a in self._accounts.values())
+        log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
+
+    async def aclose(self) -> None:
+        for account in list(self._accounts.values()):
+            await account.aclose()
+
+    # --- membership --------------------------------------------------------------------------
+
+    def _add_source(self, src: Source) -> Account:
+        account = Account(
+            src.spec,
+            settings=self._settings,
+            refresher=self._refresher,
+            clock=self._clock,
+            login_file=src.login_file,
+        )
+        if src.missing_reason is not None:
+            account.set_needs_login(src.missing_reason)
+        self._accounts[account.label] = account
+        return account
+
+    def add_account(
+        self,
+        data: Mapping[str, Any] | AccountSpec,
+        *,
+        label: str | None = None,
+        replace_existing: bool = False,
+        source: str = "admin",
+    ) -> AccountStatus:
+        """Add an account given as fields / a login file's contents, or as a spec.
+
+        Raises ``InvalidRequest`` for unusable input or a label / account already in the pool
+        (unless ``replace_existing``).
+        """
+        if label is not None and not LABEL_PATTERN.match(label):
+            raise InvalidRequest("a label is 1-64 letters, digits and . _ @ + -", param="label")
+        try:
+            if isinstance(data, AccountSpec):
+                src = Source(replace(data, label=label or data.label, source=source))
+            else:
+                fields = dict(data)
+                if label is not None:
+                    fields["label"] = label
+                taken = set() if replace_existing else set(self._accounts)
+                src = account_source(
+                    fields,
+                    default_label=unique_label("added", set(self._accounts)),
+                    source=source,
+                    settings=self._settings,
+                    taken=taken,
+                )
+        except CredentialError as exc:
+            raise InvalidRequest(str(exc)) from None
+        new_label = src.spec.label
+        if new_label in self._accounts and not replace_existing:
+            raise InvalidRequest(f"an account labelled {new_label!r} exists", param="label")
+        identity = src.spec.identity()
+        for other in self._accounts.values():
+            if other.label != new_label and identity and other.spec.identity() == identity:
+                raise InvalidRequest(f"this account is already in the pool as {other.label!r}")
+        old = self._accounts.pop(new_label, None)
+        if old is not None:
+            log.info("account %s replaced", new_label)
+        account = self._add_source(src)
+        log.info("account %s added (%s, %s)", account.label, src.spec.source, src.spec.auth_method)
+        return account.status()
+
+    def remove_account(self, label: str) -> None:
+        account = self._get(label)
+        del self._accounts[account.label]
+        log.info("account %s removed", label)
+
+    def _get(self, label: str) -> Account:
+        account = self._accounts.get(label)
+        if account is None:
+            raise NotFound(f"no account labelled {label!r}")
+        return account
+
+    def _adopt_default_file(self) -> None:
+        """The user logged in to Kiro after start-up: take the new login file into the pool."""
+        path = self._pending_default_file
+        if path is None or not path.exists():
+            return
+        self._pending_default_file = None
+        self._add_source(
+            file_source(
+                path, label=unique_label("kiro-login", set(self._accounts)), settings=self._settings
+            )
+        )
+        log.info("found a Kiro login at %s", path)
+
+    # --- visibility --------------------------------------------------------------------------
+
+    def snapshot(self) -> list[AccountStatus]:
+        self._adopt_default_file()
+        self._revive_from_files()
+        return [a.status() for a in self._accounts.values()]
+
+    def usable_count(self) -> int:
+        return sum(1 for a in self._accounts.values() if a.usable())
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    # --- choosing ----------------------------------------------------------------------------
+
+    def _revive_from_files(self) -> None:
+        # An account out of rotation for its login comes back when its file changes (one stat).
+        for account in self._accounts.values():
+            if account.state in ("needs_login", "disabled") and account.spec.token_file:
+                account.sync_from_file()
+
+    def _choose(self, skip: set[str]) -> Account | None:
+        accounts = list(self._accounts.values())
+        candidates = [a for a in accounts if a.label not in skip and a.usable()]
+        if not candidates:
+            return None
+        if self.strategy == "first":
+            return candidates[0]
+        if self.strategy == "round_robin":
+            n = len(accounts)
+            for step in range(n):
+                account = accounts[(self._next + step) % n]
+                if account in candidates:
+                    self._next = (self._next + step + 1) % n
+                    return account
+        return min(candidates, key=lambda a: a.last_used)
+
+    async def acquire(self, exclude: frozenset[str] = frozenset()) -> Lease:
+        self._adopt_default_file()
+        if not self._accounts:
+            raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=self._settings.kiro_token_file))
+        self._revive_from_files()
+        skip = set(exclude)
+        while True:
+            account = self._choose(skip)
+            if account is None:
+                raise self._no_healthy(exclude)
+            account.last_used = self._clock()  # before any await: spreads concurrent requests
+            try:
+                credential = await account.ensure_fresh()
+            except GatewayError as exc:
+                log.info("account %s unusable: %s", account.label, exc.message)
+                skip.add(account.label)
+                continue
+            account.requests += 1
+            return Lease(account, self, credential)
+
+    def _no_healthy(self, exclude: frozenset[str]) -> NoHealthyAccount:
+        waits = [w for a in self._accounts.values() if (w := a.cooldown_remaining()) is not None]
+        retry_after = min(waits) if waits else None
+        parts = []
+        for account in self._accounts.values():
+            if account.label in exclude and account.state == "healthy":
+                parts.append(f"{account.label}: already tried")
+            else:
+                parts.append(f"{account.label}: {account.status().description}")
+        hint = ""
+        if any(a.state == "needs_login" for a in self._accounts.values()):
+            hint = (
+                " Log in to Kiro again (or update the account's refresh token), then retry "
+                "or POST /admin/accounts/{label}/refresh."
+            )
+        return NoHealthyAccount(
+            "No Kiro account can take this request right now: " + "; ".join(parts) + "." + hint,
+            retry_after=retry_after,
+        )
+
+    # --- one-off credentials (a visitor's own token in the UI) ------------------------------
+
+    async def ephemeral_lease(self, spec: AccountSpec | str) -> Lease:
+        """A lease on an account that is not in the pool: refreshed in memory only, never saved.
+
+        ``spec`` is an :class:`AccountSpec` (e.g. from :func:`parse_pasted_token`) or the pasted
+        text itself. After use, ``lease.spec`` holds the current tokens for the caller to keep.
+        Raises ``InvalidRequest`` for unusable text, ``NeedsLogin`` / ``Upstream*`` errors when
+        the token cannot be refreshed.
+        """
+        if isinstance(spec, str):
+            try:
+                spec = parse_pasted_token(spec, self._settings)
+            except CredentialError as exc:
+                raise InvalidRequest(str(exc)) from None
+        account = Account(
+            replace(spec, token_file=None, client_file=None),
+            settings=self._settings,
+            refresher=self._refresher,
+            clock=self._clock,
+        )
+        if account.state != "healthy":
+            raise NeedsLogin(f"the token for {spec.label!r} cannot be used: {account.reason}")
+        credential = await account.ensure_fresh()
+        return Lease(account, None, credential)
+
+    # --- admin actions -----------------------------------------------------------------------
+
+    async def refresh_account(self, label: str) -> AccountStatus:
+        """Refresh now (re-reading its login file first); success puts it back in rotation."""
+        account = self._get(label)
+        if account.spec.token_file is not None and account.sync_from_file(thorough=True):
+            account.enable()
+            if not account.needs_refresh():
+                return account.status()
+        if not account.spec.can_refresh:
+            raise InvalidRequest(
+                f"account {label!r} cannot be refreshed "
+                + ("(an API key)" if account.spec.is_api_key else "(no refresh token / client)")
+            )
+        account.mark_token_suspect()
+        await account.refresh(account.spec.access_token)
+        account.enable()
+        return account.status()
+
+    async def fetch_usage(self, label: str) -> UsageLimits:
+        """Ask the service for the account's remaining credits (on demand only)."""
+        account = self._get(label)
+        credential = await account.ensure_fresh()
+        try:
+            usage = await fetch_usage_limits(self._http, self._settings, credential)
+        except TokenExpired:
+            newer = await account.recover_rejected_token(credential.access_token)
+            if newer is None:
+                raise
+            usage = await fetch_usage_limits(self._http, self._settings, newer)
+        account.usage = usage
+        return usage
+
+
+__all__ = [
+    "AccountPool",
+    "AccountSpec",
+    "AccountStatus",
+    "Credential",
+    "Lease",
+    "NeedsLogin",
+    "parse_pasted_token",
+]
