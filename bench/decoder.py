@@ -27,6 +27,7 @@ from pathlib import Path
 import botocore
 from botocore.eventstream import EventStreamBuffer
 
+from ki2api.kiro import eventstream
 from ki2api.kiro.eventstream import EventStreamDecoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,6 +81,17 @@ def run_ours(captures: Chunks) -> int:
     return frames
 
 
+def run_ours_cold(captures: Chunks) -> int:
+    """As run_ours, but every answer starts with an empty header cache (a fresh process)."""
+    frames = 0
+    for chunks in captures:
+        eventstream._header_cache.clear()
+        decoder = EventStreamDecoder()
+        for chunk in chunks:
+            frames += len(decoder.feed(chunk))
+    return frames
+
+
 def run_botocore(captures: Chunks) -> int:
     frames = 0
     for chunks in captures:
@@ -112,11 +124,16 @@ def frames_per_second(run: Runner, captures: Chunks, iterations: int, repeats: i
 class Row:
     mode: str
     ours: float
+    ours_cold: float
     botocore: float
 
     @property
     def ratio(self) -> float:
         return self.ours / self.botocore
+
+    @property
+    def cold_ratio(self) -> float:
+        return self.ours_cold / self.botocore
 
 
 def measure(iterations: int, repeats: int) -> list[Row]:
@@ -130,6 +147,7 @@ def measure(iterations: int, repeats: int) -> list[Row]:
             Row(
                 mode,
                 frames_per_second(run_ours, chunks, iterations, repeats),
+                frames_per_second(run_ours_cold, chunks, iterations, repeats),
                 frames_per_second(run_botocore, chunks, iterations, repeats),
             )
         )
@@ -148,11 +166,15 @@ def cpu_model() -> str:
 
 def table(rows: Sequence[Row]) -> str:
     lines = [
-        "| chunking | Ki2API frames/s | botocore frames/s | ratio |",
-        "| --- | ---: | ---: | ---: |",
+        "| chunking | Ki2API frames/s | botocore frames/s | ratio "
+        "| Ki2API, cold cache | ratio, cold |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        lines.append(f"| {row.mode} | {row.ours:,.0f} | {row.botocore:,.0f} | {row.ratio:.1f}x |")
+        lines.append(
+            f"| {row.mode} | {row.ours:,.0f} | {row.botocore:,.0f} | **{row.ratio:.1f}x** "
+            f"| {row.ours_cold:,.0f} | {row.cold_ratio:.1f}x |"
+        )
     return "\n".join(lines)
 
 
@@ -164,16 +186,25 @@ def section(rows: Sequence[Row], iterations: int, repeats: int) -> str:
     verdict = "met" if worst >= TARGET_RATIO else "NOT met"
     return f"""{SECTION}
 
-`EventStreamDecoder` (`ki2api/kiro/eventstream.py`) against botocore's `EventStreamBuffer` on the
-three real upstream captures ({len(captures)} files, {size:,} bytes, {frames} frames), a fresh
-decoder per capture, the same pre-cut chunks for both, best of {repeats} runs of {iterations}
-passes. Both check both CRCs and parse every header block; ours reuses parsed header blocks
-(Kiro repeats the same few), builds frames as tuples, and never rescans a partial frame.
+`EventStreamDecoder` (`ki2api/kiro/eventstream.py`) against botocore's `EventStreamBuffer` on
+the real upstream captures ({len(captures)} files, {size:,} bytes, {frames} frames): a fresh
+decoder per capture, the same pre-cut chunks for both, best of {repeats} timed runs of
+{iterations} passes each, garbage collector off while timing. Both verify both CRCs of every
+frame. botocore parses every header block and re-slices its whole buffer per message; ours
+parses each distinct header block once per process (Kiro repeats the same few, so in a running
+gateway, as here after the warm-up pass, every block is a cache hit), builds frames as tuples,
+and looks at a partial frame again only once enough bytes have arrived to complete it.
+
+"Cold cache" empties the header cache before every answer, as if each were the first one
+after a start: the worst case for ours.
+
+"One frame per read" is closest to a live answer, where frames arrive a few milliseconds apart
+and each network read holds one; "64-byte reads" is the worst case for per-call overhead.
 
 {table(rows)}
 
-Target (issue 9): at least {TARGET_RATIO:.0f}x botocore's frames/s — **{verdict}** (lowest ratio
-{worst:.1f}x).
+Target (issue 9): at least {TARGET_RATIO:.0f}x botocore's frames/s in every row, warm cache as in
+a running gateway — **{verdict}** (lowest ratio {worst:.1f}x; issue 2 asks for 3x).
 
 Machine: {cpu_model()}, {os.cpu_count()} cores; Python {platform.python_version()},
 botocore {botocore.__version__}; measured {dt.date.today().isoformat()}.

@@ -189,10 +189,10 @@ class EventStreamDecoder:
             raise EventStreamError("decoder already failed on an earlier error; start a new one")
         buffer = self._buffer
         if buffer:
-            buffer += data
-            if len(buffer) < self._need:
+            if len(buffer) + len(data) < self._need:
+                buffer += data
                 return []
-            data = bytes(buffer)
+            data = b"".join((buffer, data))  # one copy into immutable bytes
             buffer.clear()
         elif len(data) < _PRELUDE_LEN:
             buffer += data
