@@ -379,20 +379,21 @@ def failing_feed(decoder: EventStreamDecoder, data: bytes) -> EventStreamError:
 def test_any_bit_flip_in_the_prelude_is_a_prelude_checksum_mismatch(bit: int) -> None:
     error = failing_feed(EventStreamDecoder(), flip_bit(SAMPLE, bit))
     assert type(error) is ChecksumMismatch
-    assert "prelude CRC mismatch at byte 0" in str(error)
+    assert "prelude CRC mismatch at stream byte 0" in str(error)
 
 
 def test_any_bit_flip_after_the_prelude_is_a_message_checksum_mismatch() -> None:
     for bit in range(96, len(SAMPLE) * 8):
         error = failing_feed(EventStreamDecoder(), SAMPLE + flip_bit(SAMPLE, bit))
         assert type(error) is ChecksumMismatch, bit
-        assert f"message CRC mismatch in the frame at byte {len(SAMPLE)}" in str(error)
+        assert f"message CRC mismatch in the frame at stream byte {len(SAMPLE)}" in str(error)
 
 
-def test_frames_before_a_corrupt_one_are_not_lost_across_feeds() -> None:
+def test_errors_name_the_offset_in_the_whole_stream() -> None:
     decoder = EventStreamDecoder()
-    assert len(decoder.feed(SAMPLE)) == 1
-    with pytest.raises(ChecksumMismatch):
+    assert len(decoder.feed(SAMPLE + SAMPLE[:20])) == 1
+    assert decoder.feed(SAMPLE[20:]) != []
+    with pytest.raises(ChecksumMismatch, match=f"frame at stream byte {2 * len(SAMPLE)}:"):
         decoder.feed(flip_bit(SAMPLE, 8 * (len(SAMPLE) - 1)))
 
 

@@ -168,7 +168,7 @@ class EventStreamDecoder:
     recovered safely), so the decoder refuses further input.
     """
 
-    __slots__ = ("_buffer", "_failed", "_need", "max_frame_size")
+    __slots__ = ("_buffer", "_consumed", "_failed", "_need", "max_frame_size")
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self._buffer = bytearray()
@@ -176,6 +176,7 @@ class EventStreamDecoder:
         # Bytes the buffer must hold before decoding can progress: a prelude, or a whole frame
         # once its prelude has been checked.
         self._need = _PRELUDE_LEN
+        self._consumed = 0  # stream offset of the buffer's first byte, for error messages
         self.max_frame_size = max_frame_size
 
     @property
@@ -211,7 +212,7 @@ class EventStreamDecoder:
                 crc = _crc32(data[pos : pos + 8])
                 if crc != prelude_crc:
                     raise ChecksumMismatch(
-                        f"prelude CRC mismatch at byte {pos}: "
+                        f"prelude CRC mismatch at stream byte {self._consumed + pos}: "
                         f"computed {crc:#010x}, frame says {prelude_crc:#010x}"
                     )
                 if total > self.max_frame_size:
@@ -235,7 +236,7 @@ class EventStreamDecoder:
                 (message_crc,) = _CRC.unpack_from(data, crc_at)
                 if crc != message_crc:
                     raise ChecksumMismatch(
-                        f"message CRC mismatch in the frame at byte {pos}: "
+                        f"message CRC mismatch in the frame at stream byte {self._consumed + pos}: "
                         f"computed {crc:#010x}, frame says {message_crc:#010x}"
                     )
                 headers_end = pos + _PRELUDE_LEN + headers_len
@@ -246,6 +247,7 @@ class EventStreamDecoder:
         except EventStreamError:
             self._failed = True
             raise
+        self._consumed += pos
         if pos < size:
             buffer += data[pos:] if size - pos < _COPY_LIMIT else memoryview(data)[pos:]
         return frames
