@@ -15,8 +15,10 @@ from starlette.responses import Response
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
+from ki2api.api.auth import check_admin_key
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.core.errors import GatewayError
@@ -119,6 +121,22 @@ def create_app(
     def runtime() -> Runtime:
         return app.state.runtime  # type: ignore[no-any-return]
 
+    metrics = Metrics()
+    metrics.add_collector(
+        CallbackCollector(
+            "ki2api_active_streams",
+            "Answers in flight",
+            "kind",
+            lambda: {"all": float(runtime().stats.active_streams)},
+        )
+    )
+    metrics.add_collector(
+        CallbackCollector(
+            "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
+        )
+    )
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Last line of defence: a bug must still answer in the client's format, without a trace.
@@ -137,6 +155,15 @@ def create_app(
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        if settings.admin_key:
+            try:
+                check_admin_key(request, settings)
+            except GatewayError as exc:
+                return openai_error_response(exc)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
     images = ImageLoaderFactory(settings, lambda: runtime().http)
     app.include_router(
         create_openai_router(settings, lambda: runtime().chat, lambda: catalog, images)
@@ -151,3 +178,11 @@ def create_app(
         if mount_ui is not None:
             app = mount_ui(app, settings, runtime)
     return app
+
+
+def _account_states(rt: Runtime) -> dict[str, float]:
+    counts: dict[str, float] = {}
+    for account in rt.pool.snapshot():
+        state = str(getattr(account, "state", "unknown")).split(":")[0]
+        counts[state] = counts.get(state, 0) + 1
+    return counts

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from ki2api.core.context import note_error
 from ki2api.core.errors import GatewayError
 
 ANTHROPIC_OVERLOADED_STATUS = 529
@@ -44,6 +45,7 @@ def error_headers(error: GatewayError) -> dict[str, str]:
 
 
 def openai_error_response(error: GatewayError) -> Response:
+    note_error(error.openai_code)
     return Response(
         orjson.dumps(openai_error_body(error)),
         status_code=error.status,
@@ -53,6 +55,7 @@ def openai_error_response(error: GatewayError) -> Response:
 
 
 def anthropic_error_response(error: GatewayError) -> Response:
+    note_error(error.openai_code)
     return Response(
         orjson.dumps(anthropic_error_body(error)),
         status_code=anthropic_status(error),

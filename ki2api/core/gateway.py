@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from ki2api.core.context import current_request
 from ki2api.core.conversation import conversation_id_for
 from ki2api.core.deltas import (
     Delta,
@@ -85,6 +86,11 @@ class DeltaStream:
         limited = request.max_tokens is not None or bool(request.stop)
         self._limiter = OutputLimiter(request.max_tokens, request.stop) if limited else None
         self._streamed = request.stream
+        self._context = current_request.get()
+        if self._context is not None:
+            self._context.model = model.id
+            self._context.account = self.account
+            self._context.streamed = request.stream
         self._iterator = self._run()
 
     def __aiter__(self) -> AsyncIterator[Delta]:
@@ -108,6 +114,8 @@ class DeltaStream:
                         return
                     if self.first_delta_at is None:
                         self.first_delta_at = time.perf_counter()
+                        if self._context is not None:
+                            self._context.ttft = self.first_delta_at - self.started
                     if limiter is None:
                         yield delta
                         continue
@@ -133,6 +141,8 @@ class DeltaStream:
             yield StreamError(exc)
         finally:
             await self._response.aclose()
+            if error is not None and self._context is not None:
+                self._context.error = str(error.openai_code)
             if error is None:
                 self._lease.succeeded()
             elif isinstance(error, UpstreamError):

@@ -1,0 +1,150 @@
+"""Request ids, a structured access log, and Prometheus metrics.
+
+A pure ASGI middleware, so streamed bodies pass through untouched and the log line is written
+when the last byte has gone out (its latency is the whole answer's).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ki2api.core.context import RequestContext, current_request
+
+access_log = logging.getLogger("ki2api.access")
+
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_API_PREFIXES = ("/v1/", "/admin/", "/health", "/metrics")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ki2api_requests", "HTTP requests to the API", ["path", "status"], registry=r
+        )
+        self.errors = Counter("ki2api_errors", "Errors returned, by code", ["code"], registry=r)
+        self.latency = Histogram(
+            "ki2api_request_seconds",
+            "Whole-answer latency",
+            ["path"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "ki2api_time_to_first_token_seconds",
+            "Time to the first content delta",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CallbackCollector(Collector):
+    """Gauges read at scrape time (account states, refresh counts) from a callable."""
+
+    def __init__(self, name: str, doc: str, label: str, read: Callable[[], dict[str, float]]):
+        self._name, self._doc, self._label, self._read = name, doc, label, read
+
+    def collect(self) -> Any:
+        family = GaugeMetricFamily(self._name, self._doc, labels=[self._label])
+        try:
+            values = self._read()
+        except Exception:  # a scrape must never fail because of a half-started app
+            values = {}
+        for key, value in values.items():
+            family.add_metric([key], value)
+        yield family
+
+
+def _route_label(path: str) -> str:
+    # Bounded label values: API paths as they are, everything else (UI assets) folded.
+    if path.startswith("/admin/accounts"):
+        return "/admin/accounts"
+    return path if path.startswith(_API_PREFIXES) else "other"
+
+
+class ObservabilityMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else None
+        ctx = RequestContext(request_id or f"req_{uuid.uuid4().hex}")
+        token = current_request.set(ctx)
+        started = time.perf_counter()
+        status = 500
+        rid_header = (b"x-request-id", ctx.request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), rid_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            current_request.reset(token)
+            self._record(scope, ctx, status, time.perf_counter() - started)
+
+    def _record(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
+        path = scope.get("path", "")
+        label = _route_label(path)
+        if label == "other":
+            return
+        m = self.metrics
+        m.requests.labels(label, str(status)).inc()
+        m.latency.labels(label).observe(elapsed)
+        if ctx.ttft is not None:
+            m.ttft.observe(ctx.ttft)
+        if ctx.error:
+            m.errors.labels(ctx.error).inc()
+        if path.startswith("/v1/"):
+            access_log.info(
+                "method=%s path=%s status=%d model=%s account=%s latency_ms=%.1f ttft_ms=%s "
+                "error=%s request_id=%s",
+                scope.get("method"),
+                path,
+                status,
+                ctx.model or "-",
+                ctx.account or "-",
+                elapsed * 1000,
+                "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",
+                ctx.error or "-",
+                ctx.request_id,
+            )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            try:
+                return str(value.decode("latin-1"))
+            except UnicodeDecodeError:
+                return None
+    return None
