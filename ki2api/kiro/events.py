@@ -54,10 +54,15 @@ class ThinkingSplitter:
     __slots__ = ("_held", "_state")
 
     def __init__(self) -> None:
-        self._state = "start"  # start → thinking → answer
+        self._state = "start"  # start → thinking → after (drop the blank line) → answer
         self._held = ""
 
     def feed(self, text: str) -> list[TextDelta | ReasoningDelta]:
+        if self._state == "after":
+            text = text.lstrip("\n")
+            if not text:
+                return []
+            self._state = "answer"
         if self._state == "answer":
             return [TextDelta(text)] if text else []
         self._held += text
@@ -78,11 +83,9 @@ class ThinkingSplitter:
             reasoning, rest = self._held[:end], self._held[end + len(_CLOSE_TAG) :]
             if reasoning:
                 out.append(ReasoningDelta(reasoning))
-            self._state = "answer"
+            self._state = "after"
             self._held = ""
-            rest = rest.lstrip("\n")
-            if rest:
-                out.append(TextDelta(rest))
+            out.extend(self.feed(rest))
             return out
         keep = _partial_suffix(self._held, _CLOSE_TAG)
         ready = self._held[: len(self._held) - keep]
