@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ki2api import __version__
@@ -148,9 +149,80 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _accounts(args: argparse.Namespace) -> int:
-    from ki2api.cli_accounts import run_accounts
+    import asyncio
 
-    return run_accounts(refresh=args.refresh)
+    return asyncio.run(_list_accounts(refresh=args.refresh))
+
+
+async def _list_accounts(*, refresh: bool) -> int:
+    from ki2api.core.errors import GatewayError
+    from ki2api.kiro.accounts import NOT_CONFIGURED_MESSAGE, AccountPool
+    from ki2api.kiro.client import create_http_client
+    from ki2api.settings import Settings
+
+    settings = Settings.from_env()
+    failed = False
+    async with create_http_client(settings) as http:
+        pool = AccountPool.from_settings(settings, http)
+        try:
+            for problem in pool.problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            statuses = pool.snapshot()
+            if not statuses:
+                print(NOT_CONFIGURED_MESSAGE.format(path=settings.kiro_token_file), file=sys.stderr)
+                return 1
+            if refresh:
+                for status in statuses:
+                    try:
+                        await pool.refresh_account(status.label)
+                        print(f"refreshed {status.label}")
+                    except GatewayError as exc:
+                        failed = True
+                        print(f"could not refresh {status.label}: {exc.message}", file=sys.stderr)
+                statuses = pool.snapshot()
+            _print_table(
+                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"],
+                [
+                    [
+                        s.label,
+                        s.source,
+                        s.auth_method,
+                        s.token,
+                        _expiry(s.expires_at),
+                        s.description,
+                    ]
+                    for s in statuses
+                ],
+            )
+        finally:
+            await pool.aclose()
+    return 1 if failed else 0
+
+
+def _expiry(when: datetime | None, now: datetime | None = None) -> str:
+    """``2026-01-01 12:00Z (in 42 min)`` / ``... (expired 3 h ago)`` / ``unknown``."""
+    if when is None:
+        return "unknown"
+    seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    span = abs(seconds)
+    if span >= 2 * 86400:
+        amount = f"{span / 86400:.0f} d"
+    elif span >= 5400:
+        amount = f"{span / 3600:.0f} h"
+    else:
+        amount = f"{span / 60:.0f} min"
+    relative = f"in {amount}" if seconds >= 0 else f"expired {amount} ago"
+    return f"{when.astimezone(UTC):%Y-%m-%d %H:%MZ} ({relative})"
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -1,0 +1,246 @@
+"""The ``ki2api`` command as a user runs it: help, serve, accounts (list and refresh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from ki2api import cli
+from ki2api.settings import Settings
+from tests.servers import ServerThread
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCESS = "aoaAAAAAGold-access-token-91ab"
+REFRESH = "aorAAAAAGrefresh-token-value-7d1c"
+NEW_ACCESS = "aoaAAAAAGfresh-access-token-42cd"
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "ki2api", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _login_file(home: Path, **fields: Any) -> Path:
+    path = home / ".aws" / "sso" / "cache" / "kiro-auth-token.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "accessToken": ACCESS,
+        "refreshToken": REFRESH,
+        "expiresAt": (datetime.now(UTC) + timedelta(minutes=42)).isoformat(),
+        "authMethod": "social",
+        "provider": "Github",
+        "region": "us-east-1",
+        **fields,
+    }
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_help_lists_every_command() -> None:
+    result = _run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "simulate", "accounts", "deploy"):
+        assert command in result.stdout
+
+
+def test_deploy_help_shows_its_options() -> None:
+    result = _run("deploy", "--help")
+    assert result.returncode == 0
+    for option in ("--space", "--private", "--token", "--api-key", "--kiro-token-file"):
+        assert option in result.stdout
+    assert "--no-wait" in result.stdout
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main([])
+    assert exited.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.startswith("ki2api 0.")
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+def test_serve_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ki2api.server
+
+    seen: list[Settings] = []
+    monkeypatch.setattr(ki2api.server, "serve", seen.append)
+    monkeypatch.setenv("PORT", "7000")
+    monkeypatch.setenv("API_KEY", "from-env-key-123")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--port", "9123", "--demo"]) == 0
+    (settings,) = seen
+    assert (settings.host, settings.port, settings.demo) == ("0.0.0.0", 9123, True)
+    assert settings.api_key == "from-env-key-123"
+
+    seen.clear()
+    assert cli.main(["serve"]) == 0
+    assert (seen[0].host, seen[0].port, seen[0].demo) == ("127.0.0.1", 7000, False)
+
+
+def test_serve_rejects_a_bad_port(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", "--port", "70000"])
+    assert exited.value.code == 2
+    assert "not a TCP port" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_demo_answers_on_the_given_port(tmp_path: Path) -> None:
+    port = _free_port()
+    env = {
+        "HOME": str(tmp_path),
+        "API_KEY": "cli-test-key-0123",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ki2api", "serve", "--demo", "--port", str(port)],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        health = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        if health is None:
+            process.terminate()
+            pytest.fail("the server did not answer:\n" + process.communicate(timeout=20)[0][-3000:])
+        assert health.status_code == 200
+        assert health.json()["demo"] is True
+        models = httpx.get(
+            f"http://127.0.0.1:{port}/v1/models",
+            headers={"Authorization": "Bearer cli-test-key-0123"},
+            timeout=5,
+        )
+        assert models.status_code == 200 and models.json()["data"]
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    assert f"listening on http://localhost:{port}" in output
+    assert "cli-test-key-0123" not in output
+
+
+# --- accounts -----------------------------------------------------------------------------------
+
+
+def test_accounts_lists_the_login_file_masked(
+    isolated_env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _login_file(isolated_env)
+    assert cli.main(["accounts"]) == 0
+    out = capsys.readouterr().out
+    header, row = out.strip().splitlines()
+    assert header.split() == ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"]
+    assert "kiro-login" in row and "social" in row and "healthy" in row
+    assert "…91ab" in row and "(in 4" in row  # 41-42 minutes left
+    assert ACCESS not in out and REFRESH not in out
+
+
+def test_accounts_without_any_login_says_how_to_add_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["accounts"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("No Kiro account is configured") and "kiro-auth-token.json" in err
+
+
+def test_accounts_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KIRO_ACCESS_TOKEN", ACCESS)
+    assert cli.main(["accounts"]) == 0
+    out = capsys.readouterr().out
+    assert "…91ab" in out and ACCESS not in out
+
+
+def test_accounts_command_as_a_subprocess(tmp_path: Path) -> None:
+    _login_file(tmp_path)
+    result = _run("accounts", env={"HOME": str(tmp_path), "USERPROFILE": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert "kiro-login" in result.stdout and ACCESS not in result.stdout
+
+
+class _RefreshService:
+    """A loopback stand-in for Kiro's social refresh endpoint."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.status = status
+        self.bodies: list[Any] = []
+        self.app = Starlette(routes=[Route("/refreshToken", self.refresh, methods=["POST"])])
+
+    async def refresh(self, request: Request) -> JSONResponse:
+        self.bodies.append(json.loads(await request.body()))
+        if self.status != 200:
+            return JSONResponse(
+                {"error": "invalid_grant", "message": "Invalid refresh token provided"},
+                self.status,
+            )
+        return JSONResponse({"accessToken": NEW_ACCESS, "expiresIn": 3600})
+
+
+def test_accounts_refresh_gets_a_new_token_and_writes_it_back(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token_file = _login_file(isolated_env)
+    service = _RefreshService()
+    with ServerThread(service.app) as server:
+        monkeypatch.setenv("KIRO_REFRESH_URL", f"{server.url}/refreshToken")
+        assert cli.main(["accounts", "--refresh"]) == 0
+    out = capsys.readouterr().out
+    assert service.bodies == [{"refreshToken": REFRESH}]
+    assert "refreshed kiro-login" in out and "…42cd" in out and NEW_ACCESS not in out
+    assert json.loads(token_file.read_text())["accessToken"] == NEW_ACCESS
+
+
+def test_accounts_refresh_with_a_dead_login_exits_1(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _login_file(isolated_env)
+    service = _RefreshService(status=400)
+    with ServerThread(service.app) as server:
+        monkeypatch.setenv("KIRO_REFRESH_URL", f"{server.url}/refreshToken")
+        assert cli.main(["accounts", "--refresh"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("could not refresh kiro-login:")
+    assert "needs login" in captured.out
+    assert REFRESH not in captured.out + captured.err
