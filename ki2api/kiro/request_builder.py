@@ -140,12 +140,12 @@ def build_kiro_request(
         thinking=thinking,
         specs=specs,
     )
-    body, dropped = builder.fit(max_body_bytes)
+    body, raw, dropped = builder.fit(max_body_bytes)
     return KiroRequest(
-        body=body,
+        body=raw,
         tool_names=names.reverse,
         trimmed_messages=dropped,
-        prompt_chars=builder.prompt_chars(dropped),
+        prompt_chars=_prompt_chars(body),
     )
 
 
@@ -346,7 +346,7 @@ class _BodyBuilder:
     thinking: str
     specs: list[dict[str, Any]]
 
-    def fit(self, max_bytes: int) -> tuple[bytes, int]:
+    def fit(self, max_bytes: int) -> tuple[dict[str, Any], bytes, int]:
         """The body with the fewest oldest turns dropped that fits in ``max_bytes``."""
         plain = [self._entry(turn) for turn in self.history]
         sizes = [len(_dumps(e)) for e in plain]
@@ -359,8 +359,8 @@ class _BodyBuilder:
         for start in range(0, max(last, 0) + 1, 2):
             size = self._size(start, plain, tail)
             if size <= max_bytes:
-                body = _dumps(self._body(start, plain))
-                return body, start
+                body = self._body(start, plain)
+                return body, _dumps(body), start
         raise ContextLengthExceeded(
             f"The conversation is too long for the service even after leaving out its older "
             f"messages (the smallest request is {self._size(max(last, 0), plain, tail)} bytes, "
@@ -449,17 +449,20 @@ class _BodyBuilder:
             user["userInputMessageContext"] = context
         return {"userInputMessage": user}
 
-    def prompt_chars(self, start: int) -> int:
-        """Characters of text the model reads (for a local token estimate)."""
-        total = len(self.system) + len(self.thinking) + len(self.current_text)
-        total += len(_dumps(self.specs))
-        for turn in [*self.history[start:], self.current]:
-            total += len(turn.text)
-            if isinstance(turn, _Assistant):
-                total += sum(len(_dumps(u["input"])) + len(u["name"]) for u in turn.uses)
-            else:
-                total += sum(len(r["content"][0]["text"]) for r in turn.results)
-        return total - len(self.current.text)  # current_text already includes it
+
+def _prompt_chars(body: dict[str, Any]) -> int:
+    """Characters of text the model reads (for a local token estimate)."""
+    state = body["conversationState"]
+    total = 0
+    for entry in [*state.get("history", []), state["currentMessage"]]:
+        msg = entry.get("userInputMessage") or entry["assistantResponseMessage"]
+        total += len(msg["content"])
+        total += sum(len(u["name"]) + len(_dumps(u["input"])) for u in msg.get("toolUses", []))
+        context = msg.get("userInputMessageContext", {})
+        total += sum(len(r["content"][0]["text"]) for r in context.get("toolResults", []))
+        if context.get("tools"):
+            total += len(_dumps(context["tools"]))
+    return total
 
 
 def _user_placeholder(turn: _User, current: bool) -> str:
