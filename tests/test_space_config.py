@@ -184,3 +184,20 @@ def test_space_with_api_key_serves(space_app_url: Any) -> None:
         )
     assert answer.status_code == 200
     assert answer.json()["data"]
+
+
+# --- the documented commands exist ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/deploy.md"])
+def test_documented_ki2api_commands_parse(doc: str) -> None:
+    import shlex
+
+    from ki2api.cli import build_parser
+
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    commands = re.findall(r"python -m ki2api ([^`#\n]*)", text)
+    assert commands
+    for command in commands:
+        args = shlex.split(command.replace("...", "x").replace("$(id -u)", "1000"))
+        build_parser().parse_args(args)  # exits (fails the test) on an unknown command/option
