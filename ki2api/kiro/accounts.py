@@ -173,8 +173,17 @@ class AccountPool:
         return await refresh_tokens(self._http, self._settings, spec)
 
     @classmethod
-    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> AccountPool:
-        pool = cls(settings, http)
+    def from_settings(
+        cls,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        strategy: str | None = None,
+        clock: Clock = time.monotonic,
+        refresher: Refresher | None = None,
+    ) -> AccountPool:
+        """Every configured source (see :mod:`ki2api.kiro.sources`); never raises."""
+        pool = cls(settings, http, strategy=strategy, clock=clock, refresher=refresher)
         found = load_sources(settings)
         pool.problems.extend(found.problems)
         pool._pending_default_file = found.pending_default_file

@@ -26,6 +26,7 @@ AuthMethod = Literal["social", "idc", "api_key"]
 # Social logins share this profile (protocol doc, "profileArn").
 SOCIAL_PROFILE_ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"
 API_KEY_PREFIX = "ksk_"
+_BARE_TOKEN = re.compile(r"[A-Za-z0-9+/=_.:~-]{8,8192}")
 LABEL_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
@@ -315,7 +316,7 @@ def parse_pasted_token(text: str, settings: Settings, label: str = "session") ->
     text = (text or "").strip()
     if not text:
         raise CredentialError("paste a Kiro login (kiro-auth-token.json), an API key or a token")
-    if text.startswith("{"):
+    if text[:1] in ("{", "["):
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
@@ -325,7 +326,7 @@ def parse_pasted_token(text: str, settings: Settings, label: str = "session") ->
         data.pop("tokenFile", None)  # a visitor may not make the server read its files
         data.pop("token_file", None)
         return spec_from_mapping(data, label=label, source="pasted", settings=settings)
-    if any(c.isspace() for c in text):
-        raise CredentialError("a token has no spaces in it")
+    if not _BARE_TOKEN.fullmatch(text):
+        raise CredentialError("that does not look like a Kiro token (no spaces or quotes in one)")
     key = "refreshToken" if text.startswith("aor") else "accessToken"
     return spec_from_mapping({key: text}, label=label, source="pasted", settings=settings)
