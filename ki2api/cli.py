@@ -137,14 +137,20 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    import importlib.util
     import runpy
 
+    if importlib.util.find_spec("ki2api.simulator.__main__") is None:
+        print("error: this installation has no Kiro simulator (ki2api.simulator).", file=sys.stderr)
+        return 1
     # The simulator owns its options; hand it the rest of the command line.
-    sys.argv = ["ki2api simulate", *args.args]
+    saved, sys.argv = sys.argv, ["ki2api simulate", *args.args]
     try:
         runpy.run_module("ki2api.simulator", run_name="__main__", alter_sys=True)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
     return 0
 
 

@@ -27,7 +27,7 @@ from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from ki2api import __version__
 from ki2api.deploy_files import find_leaked_secrets, space_files
-from ki2api.deploy_kiro import KiroLoginError, kiro_secrets
+from ki2api.deploy_kiro import KiroLoginError, kiro_login
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
@@ -210,10 +210,14 @@ class _Deployer:
         kiro: dict[str, str] = {}
         if not opts.code_only:
             try:
-                kiro = kiro_secrets(self.env, opts.kiro_token_file)
+                login = kiro_login(self.env, opts.kiro_token_file)
             except KiroLoginError as exc:
                 raise DeployError(str(exc)) from exc
-            self.say(f"Found a Kiro login ({kiro.get('KIRO_AUTH_METHOD', 'from KIRO_ACCOUNTS')}).")
+            kiro = login.secrets
+            method = kiro.get("KIRO_AUTH_METHOD")
+            self.say(
+                f"Using the Kiro login from {login.source}" + (f" ({method})." if method else ".")
+            )
 
         files = space_files(opts.root)
         if "app.py" not in files or "ki2api/__init__.py" not in files:

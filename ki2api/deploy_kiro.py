@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ _ENV_SECRETS = (
 
 class KiroLoginError(Exception):
     """No usable Kiro login; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class KiroLogin:
+    secrets: dict[str, str] = field(repr=False)
+    source: str  # where it came from, for the progress line (never a secret)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -54,19 +61,21 @@ def secrets_from_login_file(path: Path) -> dict[str, str]:
         )
     data = _read_json(path)
     refresh = data.get("refreshToken")
-    if not isinstance(refresh, str) or not refresh:
+    access = data.get("accessToken")
+    is_api_key = isinstance(access, str) and access.startswith("ksk_")  # never refreshed
+    if not is_api_key and (not isinstance(refresh, str) or not refresh):
         raise KiroLoginError(
             f"The Kiro login file {path} has no refreshToken: sign in to the Kiro IDE again."
         )
     method = str(data.get("authMethod") or "social").lower()
     secrets = {
-        "KIRO_REFRESH_TOKEN": refresh,
+        "KIRO_REFRESH_TOKEN": str(refresh or ""),
         "KIRO_ACCESS_TOKEN": str(data.get("accessToken") or ""),
         "KIRO_AUTH_METHOD": method,
         "KIRO_PROFILE_ARN": str(data.get("profileArn") or ""),
         "KIRO_REGION": str(data.get("region") or ""),
     }
-    if method == "idc":
+    if method == "idc" and not is_api_key:
         client_file = path.parent / f"{data.get('clientIdHash') or ''}.json"
         if not data.get("clientIdHash") or not client_file.is_file():
             raise KiroLoginError(
@@ -105,13 +114,15 @@ def secrets_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return secrets
 
 
-def kiro_secrets(env: Mapping[str, str], token_file: Path | None = None) -> dict[str, str]:
+def kiro_login(env: Mapping[str, str], token_file: Path | None = None) -> KiroLogin:
     """Pick the login to ship to the Space, in the order given in the module docstring."""
     if token_file is not None:
-        return secrets_from_login_file(token_file.expanduser())
+        path = token_file.expanduser()
+        return KiroLogin(secrets_from_login_file(path), str(path))
     from_env = secrets_from_env(env)
     if from_env:
-        return from_env
+        names = sorted(name for name in from_env if name in ("KIRO_ACCOUNTS", "KIRO_REFRESH_TOKEN"))
+        return KiroLogin(from_env, "the environment (" + ", ".join(names or from_env) + ")")
     configured = env.get("KIRO_TOKEN_FILE")
     path = Path(configured).expanduser() if configured else default_token_file(env)
-    return secrets_from_login_file(path)
+    return KiroLogin(secrets_from_login_file(path), str(path))

@@ -431,6 +431,36 @@ def test_given_api_key_and_token_file_options_are_used(
     assert secrets["KIRO_REFRESH_TOKEN"] == "other-refresh-token-0000"
 
 
+def test_login_from_the_environment_wins_over_the_default_file(
+    hub: FakeHub, checkout: Path, home: Path, tmp_path: Path
+) -> None:
+    accounts = tmp_path / "accounts.json"
+    accounts.write_text('[{"label": "a", "refreshToken": "accounts-file-refresh-0001"}]')
+    env = {**_env(home), "KIRO_ACCOUNTS": str(accounts), "KIRO_REFRESH_TOKEN": "env-refresh-01234"}
+    lines: list[str] = []
+    deploy(_options(hub, checkout, wait=False), env=env, say=lines.append)
+    secrets = hub.spaces["alice/my_gateway"].secrets
+    assert secrets["KIRO_ACCOUNTS"] == accounts.read_text()  # the JSON, not a local path
+    assert secrets["KIRO_REFRESH_TOKEN"] == "env-refresh-01234"
+    assert "KIRO_ACCESS_TOKEN" not in secrets  # nothing from the login file
+    assert any("the environment (KIRO_ACCOUNTS, KIRO_REFRESH_TOKEN)" in line for line in lines)
+
+
+def test_kiro_api_key_login_needs_no_refresh_token(
+    hub: FakeHub, checkout: Path, tmp_path: Path
+) -> None:
+    login = tmp_path / "key.json"
+    login.write_text('{"accessToken": "ksk_0123456789abcdef"}')
+    deploy(
+        _options(hub, checkout, wait=False, kiro_token_file=login),
+        env={"HOME": str(tmp_path)},
+        say=lambda _: None,
+    )
+    secrets = hub.spaces["alice/my_gateway"].secrets
+    assert secrets["KIRO_ACCESS_TOKEN"] == "ksk_0123456789abcdef"
+    assert "KIRO_REFRESH_TOKEN" not in secrets
+
+
 def test_deploy_through_the_cli_prints_progress_and_exits_0(
     hub: FakeHub, checkout: Path, home: Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
