@@ -1,0 +1,159 @@
+"""``SimulatorServer``: the simulator on a real uvicorn server, in a background thread.
+
+::
+
+    with SimulatorServer() as sim:
+        httpx.post(f"{sim.url}/generateAssistantResponse", ...)
+        sim.state.enqueue(text_answer("hi"))
+
+The socket is bound before the thread starts (port 0 picks a free port), so ``sim.url`` is
+known at once and the server accepts connections when ``start()`` returns. ``stop()`` first
+ends every answer still playing (stalled ones included), then stops uvicorn, so it never hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+from ki2api.simulator.app import create_simulator_app
+from ki2api.simulator.player import TRANSPORT_SCOPE_KEY, LiveStreams
+from ki2api.simulator.state import SimulatorState
+
+_START_TIMEOUT = 10.0
+
+
+class TransportExposingProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    """uvicorn's HTTP protocol, plus the connection's transport in each request's scope, so
+    the simulator can drop a connection the way a failing network does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        inner: ASGIApp = self.app  # type: ignore[has-type]
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            scope[TRANSPORT_SCOPE_KEY] = self.transport
+            await inner(scope, receive, send)
+
+        self.app = app
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def make_config(app: ASGIApp, *, log_level: str = "warning") -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        http=TransportExposingProtocol,
+        lifespan="off",
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        timeout_keep_alive=30,
+    )
+
+
+def url_for(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class SimulatorServer:
+    """A running simulator. Use as a (sync or async) context manager, or ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        state: SimulatorState | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        log_level: str = "warning",
+    ) -> None:
+        self.state = state if state is not None else SimulatorState()
+        self.host = host
+        self.port = port
+        self.app = create_simulator_app(self.state)
+        self._log_level = log_level
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.url = ""
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> SimulatorServer:
+        if self._thread is not None:
+            raise RuntimeError("simulator already started")
+        self._socket = bind_socket(self.host, self.port)
+        self.port = self._socket.getsockname()[1]
+        self.url = url_for(self._socket)
+        self._server = uvicorn.Server(make_config(self.app, log_level=self._log_level))
+        sock, server = self._socket, self._server
+        self._thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="kiro-simulator", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + _START_TIMEOUT
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the simulator did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End every answer being played, stop uvicorn and join its thread."""
+        server, thread = self._server, self._thread
+        if server is not None and thread is not None:
+            live: LiveStreams = self.app.state.live_streams
+            live.close_all()
+            self.state.wait_idle(timeout=min(timeout, 2.0))
+            server.should_exit = True
+            thread.join(timeout)
+            if thread.is_alive():
+                logging.getLogger(__name__).warning("simulator did not stop in time; forcing")
+                server.force_exit = True
+                thread.join(timeout)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> SimulatorServer:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.stop)
