@@ -213,9 +213,10 @@ def answer_text(prompt: Prompt) -> str:
             f"你说：「{_clip(prompt.text)}」（共 {len(prompt.text)} 个字符）。"
         )
     words = len(prompt.text.split())
+    unit = "word" if words == 1 else "words"
     return (
         f"{SIMULATOR_TAG} This is a simulated answer, not a real model. "
-        f"You said: “{_clip(prompt.text)}” ({words} word{"" if words == 1 else "s"})."
+        f"You said: “{_clip(prompt.text)}” ({words} {unit})."
     )
 
 

@@ -13,7 +13,9 @@ from ki2api.kiro.eventstream import EventStreamDecoder
 from ki2api.simulator.accounts import SOCIAL_PROFILE_ARN
 
 
-def tool_spec(name: str, description: str = "A tool.", schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def tool_spec(
+    name: str, description: str = "A tool.", schema: dict[str, Any] | None = None
+) -> dict[str, Any]:
     schema = schema if schema is not None else {"type": "object", "properties": {}}
     return {
         "toolSpecification": {
@@ -82,6 +84,4 @@ def decode_events(data: bytes) -> list[tuple[str | None, Any]]:
 
 def answer_text(data: bytes) -> str:
     """The text of every ``assistantResponseEvent`` in a complete answer."""
-    return "".join(
-        p["content"] for t, p in decode_events(data) if t == "assistantResponseEvent"
-    )
+    return "".join(p["content"] for t, p in decode_events(data) if t == "assistantResponseEvent")
