@@ -43,14 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer from the built-in Kiro simulator (no Kiro account needed)",
     )
 
-    simulate = sub.add_parser(
+    sub.add_parser(
         "simulate",
         help="run the Kiro simulator alone",
         description="Run the Kiro look-alike server (python -m ki2api.simulator); "
         "any further arguments go to it.",
         add_help=False,
     )
-    simulate.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     accounts = sub.add_parser(
         "accounts",
@@ -137,21 +136,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    import importlib.util
-    import runpy
-
-    if importlib.util.find_spec("ki2api.simulator.__main__") is None:
+    try:
+        from ki2api.simulator.__main__ import main as simulator_main
+    except ImportError:
         print("error: this installation has no Kiro simulator (ki2api.simulator).", file=sys.stderr)
         return 1
-    # The simulator owns its options; hand it the rest of the command line.
-    saved, sys.argv = sys.argv, ["ki2api simulate", *args.args]
+    # The simulator owns its options (--port, --latency-ms, faults, ...): pass the rest on.
     try:
-        runpy.run_module("ki2api.simulator", run_name="__main__", alter_sys=True)
-    except SystemExit as exc:
+        return simulator_main(args.args)
+    except SystemExit as exc:  # its own --help or a usage error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        sys.argv = saved
-    return 0
 
 
 def _accounts(args: argparse.Namespace) -> int:
@@ -260,7 +254,12 @@ _COMMANDS = {"serve": _serve, "simulate": _simulate, "accounts": _accounts, "dep
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "simulate":
+        args.args = extra  # the simulator parses its own options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _COMMANDS[args.command](args)
     except KeyboardInterrupt:

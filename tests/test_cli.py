@@ -160,6 +160,40 @@ def test_serve_demo_answers_on_the_given_port(tmp_path: Path) -> None:
     assert "cli-test-key-0123" not in output
 
 
+# --- simulate ---------------------------------------------------------------------------------
+
+
+def test_simulate_runs_the_simulator_with_its_own_options() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ki2api", "simulate", "--port", "0", "--latency-ms", "1"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        url = line.strip().rpartition(" ")[2]
+        assert line.startswith("Ki2API Kiro simulator listening on http://127.0.0.1:"), line
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)
+
+
+def test_simulate_passes_help_to_the_simulator() -> None:
+    result = _run("simulate", "--help")
+    assert result.returncode == 0 and "--latency-ms" in result.stdout
+
+
+def test_other_commands_reject_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["accounts", "--latency-ms", "1"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --latency-ms 1" in capsys.readouterr().err
+
+
 # --- accounts -----------------------------------------------------------------------------------
 
 
