@@ -24,6 +24,24 @@ from ki2api.settings import Settings, Timeouts
 from tests.servers import ServerThread
 
 
+USAGE_ANSWER = {
+    "nextDateReset": 1893456000,  # 2030-01-01
+    "subscriptionInfo": {"subscriptionTitle": "KIRO FREE"},
+    "usageBreakdownList": [
+        {
+            "resourceType": "CREDIT",
+            "currentUsageWithPrecision": 12.5,
+            "usageLimitWithPrecision": 50.0,
+            "freeTrialInfo": {
+                "freeTrialStatus": "ACTIVE",
+                "currentUsageWithPrecision": 100.0,
+                "usageLimitWithPrecision": 500.0,
+            },
+        }
+    ],
+}
+
+
 @dataclass
 class FakeAuth:
     """Kiro's two refresh endpoints, scriptable: valid refresh tokens, rotation, faults, delay.
@@ -37,6 +55,8 @@ class FakeAuth:
     delay: float = 0.0
     status: int | None = None  # force an error answer
     calls: list[dict[str, Any]] = field(default_factory=list)
+    usage_calls: list[dict[str, Any]] = field(default_factory=list)
+    refused_access: set[str] = field(default_factory=set)  # answered as expired tokens
     issued: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -46,6 +66,7 @@ class FakeAuth:
                 Route("/refreshToken", self._social, methods=["POST"]),
                 Route("/token", self._idc, methods=["POST"]),
                 Route("/{region}/refreshToken", self._social, methods=["POST"]),
+                Route("/getUsageLimits", self._usage, methods=["GET"]),
             ]
         )
 
@@ -93,6 +114,17 @@ class FakeAuth:
         answer = self._issue(rt)
         answer["profileArn"] = "arn:aws:codewhisperer:us-east-1:111111111111:profile/FROMREFRESH"
         return JSONResponse(answer)
+
+    async def _usage(self, request: Request) -> Response:
+        with self.lock:
+            self.usage_calls.append({"url": str(request.url), "headers": dict(request.headers)})
+        token = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if token in self.refused_access:
+            return JSONResponse(
+                {"message": "The bearer token included in the request is invalid."},
+                status_code=403,
+            )
+        return JSONResponse(USAGE_ANSWER)
 
     async def _idc(self, request: Request) -> Response:
         body = await self._record(request)

@@ -227,7 +227,8 @@ class AccountPool:
         Raises ``InvalidRequest`` for unusable input or a label / account already in the pool
         (unless ``replace_existing``).
         """
-        if label is not None and not LABEL_PATTERN.match(label):
+        wanted = label if label is not None else getattr(data, "label", None)
+        if wanted is not None and not LABEL_PATTERN.match(wanted):
             raise InvalidRequest("a label is 1-64 letters, digits and . _ @ + -", param="label")
         try:
             if isinstance(data, AccountSpec):
@@ -236,13 +237,12 @@ class AccountPool:
                 fields = dict(data)
                 if label is not None:
                     fields["label"] = label
-                taken = set() if replace_existing else set(self._accounts)
                 src = account_source(
                     fields,
-                    default_label=unique_label("added", set(self._accounts)),
+                    default_label=self.free_label("added"),
                     source=source,
                     settings=self._settings,
-                    taken=taken,
+                    taken=set(),  # a label given here is refused if taken, not renamed
                 )
         except CredentialError as exc:
             raise InvalidRequest(str(exc)) from None
@@ -259,6 +259,10 @@ class AccountPool:
         account = self._add_source(src)
         log.info("account %s added (%s, %s)", account.label, src.spec.source, src.spec.auth_method)
         return account.status()
+
+    def free_label(self, base: str) -> str:
+        """``base`` if no account has it, else ``base-2``, ``base-3``, ..."""
+        return unique_label(base, set(self._accounts))
 
     def remove_account(self, label: str) -> None:
         account = self._get(label)
