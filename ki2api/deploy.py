@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError
 
 from ki2api import __version__
+
+try:  # huggingface_hub 2.x talks through httpx2, 1.x through httpx
+    from httpx2 import TransportError
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    from httpx import TransportError  # type: ignore[assignment]
 from ki2api.deploy_files import find_leaked_secrets, space_files
 from ki2api.deploy_kiro import KiroLoginError, kiro_login
 
@@ -34,6 +38,9 @@ TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 # Stages after which waiting longer will not help.
 _FAILED_STAGES = {"BUILD_ERROR", "RUNTIME_ERROR", "CONFIG_ERROR", "PAUSED", "STOPPED", "DELETING"}
+
+# Secrets that are not secret on their own: shown in full in the progress lines.
+_PLAIN_SECRETS = {"KIRO_AUTH_METHOD", "KIRO_REGION"}
 
 Say = Callable[[str], None]
 
@@ -124,7 +131,7 @@ def _hub(doing: str, repo_id: str, endpoint: str) -> Iterator[None]:
             f"Hugging Face gave an answer ki2api cannot use while {doing} "
             f"({exc.__class__.__name__}: {first_line}): check README.md and try again."
         ) from exc
-    except (httpx2.TransportError, OSError) as exc:
+    except (TransportError, OSError) as exc:
         raise DeployError(
             f"Cannot reach {endpoint} while {doing} ({exc.__class__.__name__}): check your "
             "internet connection or proxy (HTTPS_PROXY) and run the command again."
@@ -280,7 +287,11 @@ class _Deployer:
         for key, value in values.items():
             with self.hub(f"setting the secret {key}", repo_id):
                 self.api.add_space_secret(repo_id, key, value)
-            self.say(f"  {key} = {mask(value)}")
+            if key == "API_KEY":
+                shown = "(shown at the end)" if api_key != opts.api_key else "(yours)"
+            else:
+                shown = value if key in _PLAIN_SECRETS else mask(value)
+            self.say(f"  {key} = {shown}")
         if api_key is None:
             self.say("  API_KEY: keeping the Space's existing key (--new-api-key replaces it)")
         return api_key
