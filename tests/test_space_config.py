@@ -35,7 +35,7 @@ def _gradio_pin() -> str:
     raise AssertionError("requirements.txt must pin gradio==X.Y.Z")
 
 
-def _yaml(name: str) -> dict[str, Any]:
+def _yaml(name: str) -> dict[Any, Any]:
     data = yaml.safe_load((ROOT / name).read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
@@ -126,7 +126,7 @@ def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
 # --- GitHub workflows -----------------------------------------------------------------------
 
 
-def _on(workflow: dict[str, Any]) -> Any:
+def _on(workflow: dict[Any, Any]) -> Any:
     return workflow.get("on", workflow.get(True))  # YAML 1.1 reads a bare `on` as True
 
 
