@@ -22,13 +22,16 @@ SPACE_SETUP_MESSAGE = (
 
 
 def presented_key(request: Request) -> str | None:
+    # x-api-key wins: on a private Space the Hub's proxy needs the HF token in Authorization.
+    key = request.headers.get("x-api-key")
+    if key and key.strip():
+        return key.strip()
     auth = request.headers.get("authorization")
     if auth:
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = request.headers.get("x-api-key")
-    return key.strip() if key else None
+    return None
 
 
 def keys_match(presented: str, expected: str) -> bool:
