@@ -352,7 +352,8 @@ def test_without_tools_all_tool_traffic_becomes_text() -> None:
         asst("checking", call("c1", cmd="ls")),
         user(results=[result("c1", "file.txt")]),
     ]
-    for fields in ({}, {"tools": [BASH], "tool_choice": ToolChoice("none")}):
+    options: list[dict[str, Any]] = [{}, {"tools": [BASH], "tool_choice": ToolChoice("none")}]
+    for fields in options:
         body, built = build(messages, **fields)
         assert "userInputMessageContext" not in current(body)
         assert "toolUses" not in history(body)[1]["assistantResponseMessage"]

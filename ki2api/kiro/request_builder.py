@@ -72,6 +72,7 @@ EFFORT_BUDGET = {"low": 4_000, "medium": 16_000, "high": 32_000}
 MAX_THINKING_BUDGET = 128_000
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_TAG = re.compile(r"<thinking_mode>", re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -431,7 +432,10 @@ class _BodyBuilder:
             # A history turn holding only the system text needs no placeholder after it.
             placeholder = "" if preamble and not current else _user_placeholder(turn, current)
             content = _join(preamble, placeholder)
-        if current and self.thinking:
+        if turn.results:
+            # Thinking tags on a turn with tool results are refused: defuse any in quoted text.
+            content = _TAG.sub("<thinking_mode\u200b>", content)
+        elif current and self.thinking:
             content = f"{self.thinking}\n{content}"
         user: dict[str, Any] = {
             "content": content,
