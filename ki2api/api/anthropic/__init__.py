@@ -1,0 +1,1 @@
+"""Anthropic Messages: wire models (protocol), rendering (serving), routes (router)."""

@@ -1,0 +1,256 @@
+"""Anthropic Messages: render the delta stream as message events or as one message.
+
+No FastAPI here. Event order (what the ``anthropic`` SDK's accumulator checks)::
+
+    message_start
+    (content_block_start · content_block_delta* · content_block_stop)*   indices 0, 1, 2 ...
+    message_delta (stop_reason, stop_sequence, usage) · message_stop
+
+with ``ping`` events whenever the upstream is silent for ``keepalive_interval`` seconds and an
+``error`` event (then nothing) for a failure after the first byte. A thinking block ends with a
+``signature_delta`` (the service's signature, else :data:`PLACEHOLDER_SIGNATURE`). A tool call
+the service cut off (``Stop(MAX_TOKENS)`` without ``ToolCallEnd``) has already started its
+block: the block is closed and the message ends with ``stop_reason: max_tokens``, as Anthropic
+does when ``max_tokens`` cuts a tool call.
+
+``message_start`` carries an estimate of ``input_tokens`` (Kiro counts only at the end);
+``message_delta`` carries the final counts, which the SDK's accumulator takes over.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ki2api.api.anthropic.counting import estimate_request_tokens
+from ki2api.api.errors import anthropic_error_body
+from ki2api.api.sse import with_heartbeat
+from ki2api.core.deltas import (
+    ReasoningDelta,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.request import ChatRequest
+
+STOP_REASONS = {
+    StopReason.END_TURN: "end_turn",
+    StopReason.TOOL_USE: "tool_use",
+    StopReason.MAX_TOKENS: "max_tokens",
+    StopReason.STOP_SEQUENCE: "stop_sequence",
+    StopReason.CONTENT_FILTERED: "refusal",
+}
+PLACEHOLDER_SIGNATURE = "ki2api-unsigned"
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+MESSAGE_STOP = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+_DELTA = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT = b',"delta":{"type":"text_delta","text":'
+_THINKING = b',"delta":{"type":"thinking_delta","thinking":'
+_JSON = b',"delta":{"type":"input_json_delta","partial_json":'
+_END = b"}}\n\n"
+
+dumps = orjson.dumps
+
+
+def event(name: str, body: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + dumps(body) + b"\n\n"
+
+
+def usage_body(usage: Usage) -> dict[str, int]:
+    # Anthropic's input_tokens leaves out the tokens read from the cache; ours includes them.
+    return {
+        "input_tokens": max(usage.input_tokens - usage.cache_read_tokens, 0),
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": usage.cache_read_tokens,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A finished call's JSON arguments as the object Anthropic's ``input`` must be."""
+    if not arguments.strip():
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+@dataclass(slots=True)
+class OpenMessage:
+    request: ChatRequest
+    stream: DeltaStream
+    id: str
+    input_estimate: int
+
+
+class _Blocks:
+    """Content-block bookkeeping for one streamed message: at most one block open at a time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.open_kind: str | None = None
+        self.open_index = -1
+        self.signature: str | None = None
+        self.tool_blocks: dict[int, int] = {}  # tool call index → block index
+
+    def start(self, kind: str, block: dict[str, Any]) -> list[bytes]:
+        out = self.close()
+        self.open_kind, self.open_index = kind, self.count
+        self.count += 1
+        body = {"type": "content_block_start", "index": self.open_index, "content_block": block}
+        out.append(event("content_block_start", body))
+        return out
+
+    def close(self) -> list[bytes]:
+        if self.open_kind is None:
+            return []
+        out: list[bytes] = []
+        index = self.open_index
+        if self.open_kind == "thinking":
+            signature = {"type": "signature_delta", "signature": self.signature}
+            if not self.signature:
+                signature["signature"] = PLACEHOLDER_SIGNATURE
+            delta = {"type": "content_block_delta", "index": index, "delta": signature}
+            out.append(event("content_block_delta", delta))
+        out.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        self.open_kind, self.signature = None, None
+        return out
+
+
+class MessagesService:
+    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+        self.gateway = gateway
+        self.keepalive_interval = keepalive_interval
+
+    async def open(self, request: ChatRequest, *, conversation_header: str | None) -> OpenMessage:
+        stream = await self.gateway.open(request, conversation_header=conversation_header)
+        return OpenMessage(
+            request=request,
+            stream=stream,
+            id=f"msg_{uuid.uuid4().hex[:24]}",
+            input_estimate=estimate_request_tokens(request),
+        )
+
+    def count_tokens(self, request: ChatRequest) -> int:
+        """The estimate of :mod:`ki2api.api.anthropic.counting`; unknown models are a 404."""
+        self.gateway.catalog.resolve(request.model)
+        return estimate_request_tokens(request)
+
+    async def sse(self, msg: OpenMessage) -> AsyncIterator[bytes]:
+        blocks = _Blocks()
+        usage: Usage | None = None
+        stream = msg.stream
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": msg.id,
+                "type": "message",
+                "role": "assistant",
+                "model": msg.request.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage_body(Usage(msg.input_estimate, 0)),
+            },
+        }
+        try:
+            yield event("message_start", start)
+            async for delta in with_heartbeat(aiter(stream), self.keepalive_interval):
+                if delta is None:
+                    yield PING
+                elif isinstance(delta, TextDelta):
+                    if not delta.text:
+                        continue
+                    if blocks.open_kind != "text":
+                        for out in blocks.start("text", {"type": "text", "text": ""}):
+                            yield out
+                    yield _DELTA + b"%d" % blocks.open_index + _TEXT + dumps(delta.text) + _END
+                elif isinstance(delta, ReasoningDelta):
+                    if blocks.open_kind != "thinking":
+                        if not delta.text:
+                            continue  # a lone signature with no reasoning to sign
+                        thinking = {"type": "thinking", "thinking": "", "signature": ""}
+                        for out in blocks.start("thinking", thinking):
+                            yield out
+                    blocks.signature = delta.signature or blocks.signature
+                    if delta.text:
+                        index = b"%d" % blocks.open_index
+                        yield _DELTA + index + _THINKING + dumps(delta.text) + _END
+                elif isinstance(delta, ToolCallStart):
+                    tool_use = {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}}
+                    for out in blocks.start("tool_use", tool_use):
+                        yield out
+                    blocks.tool_blocks[delta.index] = blocks.open_index
+                elif isinstance(delta, ToolCallArgs):
+                    block_index = blocks.tool_blocks.get(delta.index)
+                    if delta.fragment and block_index is not None:
+                        index = b"%d" % block_index
+                        yield _DELTA + index + _JSON + dumps(delta.fragment) + _END
+                elif isinstance(delta, ToolCallEnd):
+                    if blocks.open_index == blocks.tool_blocks.get(delta.index):
+                        for out in blocks.close():
+                            yield out
+                elif isinstance(delta, Usage):
+                    usage = delta
+                elif isinstance(delta, Stop):
+                    for out in blocks.close():  # also a tool call cut off by max_tokens
+                        yield out
+                    final = usage or Usage(msg.input_estimate, 0)
+                    body = {
+                        "type": "message_delta",
+                        "delta": {
+                            "stop_reason": STOP_REASONS[delta.reason],
+                            "stop_sequence": _stop_sequence(delta),
+                        },
+                        "usage": usage_body(final),
+                    }
+                    yield event("message_delta", body)
+                    yield MESSAGE_STOP
+                    return
+                elif isinstance(delta, StreamError):
+                    yield event("error", anthropic_error_body(delta.error))
+                    return
+        finally:
+            await stream.aclose()
+
+    async def complete(self, msg: OpenMessage) -> dict[str, Any]:
+        return render_message(msg, await collect(msg.stream))
+
+
+def _stop_sequence(stop: Stop) -> str | None:
+    return stop.stop_sequence if stop.reason == StopReason.STOP_SEQUENCE else None
+
+
+def render_message(msg: OpenMessage, done: Completion) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if done.reasoning:
+        signature = done.reasoning_signature or PLACEHOLDER_SIGNATURE
+        content.append({"type": "thinking", "thinking": done.reasoning, "signature": signature})
+    if done.text or not (done.tool_calls or done.reasoning):
+        content.append({"type": "text", "text": done.text})
+    content.extend(
+        {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call.arguments)}
+        for call in done.tool_calls
+    )
+    return {
+        "id": msg.id,
+        "type": "message",
+        "role": "assistant",
+        "model": msg.request.model,
+        "content": content,
+        "stop_reason": STOP_REASONS[done.stop.reason],
+        "stop_sequence": _stop_sequence(done.stop),
+        "usage": usage_body(done.usage),
+    }

@@ -1,0 +1,1 @@
+"""OpenAI Responses (stateless): wire models (protocol), rendering (serving), routes (router)."""

@@ -1,0 +1,396 @@
+"""OpenAI Responses: render the delta stream as response events or as one response object.
+
+No FastAPI here. Output items follow the order of the deltas (typically a ``reasoning`` item,
+a ``message`` item, then ``function_call`` items), one item open at a time. A streamed answer::
+
+    response.created · response.in_progress
+    per item: response.output_item.added
+      reasoning:  reasoning_summary_part.added · reasoning_summary_text.delta* ·
+                  reasoning_summary_text.done · reasoning_summary_part.done
+      message:    content_part.added · output_text.delta* · output_text.done · content_part.done
+      call:       function_call_arguments.delta* · function_call_arguments.done
+    response.output_item.done
+    response.completed | response.incomplete (max_output_tokens, content_filter)
+
+Every event carries a ``sequence_number`` counting from 0. A failure after the first byte is an
+``error`` event followed by ``response.failed``. While the upstream is silent an SSE comment keeps
+the connection alive. A tool call the service cut off ends as an ``incomplete`` item (its
+arguments are never reported as done) and the response as ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ki2api.api.responses.protocol import ResponsesWire
+from ki2api.api.sse import with_heartbeat
+from ki2api.core.deltas import (
+    ReasoningDelta,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.core.errors import GatewayError
+from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.request import ChatRequest
+from ki2api.core.tokens import estimate_tokens
+
+KEEPALIVE = b": keep-alive\n\n"
+INCOMPLETE_REASONS = {
+    StopReason.MAX_TOKENS: "max_output_tokens",
+    StopReason.CONTENT_FILTERED: "content_filter",
+}
+
+dumps = orjson.dumps
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def usage_body(usage: Usage, reasoning: str) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "input_tokens_details": {"cached_tokens": usage.cache_read_tokens, "cache_write_tokens": 0},
+        "output_tokens": usage.output_tokens,
+        # Kiro does not split its count; the reasoning share is estimated from its text.
+        "output_tokens_details": {
+            "reasoning_tokens": min(estimate_tokens(reasoning), usage.output_tokens)
+        },
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def error_code(error: GatewayError) -> str:
+    """``Response.error.code`` takes a fixed set of values; two of them fit gateway errors."""
+    return "rate_limit_exceeded" if error.status == 429 else "server_error"
+
+
+@dataclass(slots=True)
+class OpenResponse:
+    request: ChatRequest
+    wire: ResponsesWire
+    stream: DeltaStream
+    id: str
+    created_at: int
+
+    def body(
+        self,
+        status: str,
+        output: list[dict[str, Any]],
+        usage: dict[str, Any] | None = None,
+        *,
+        incomplete: str | None = None,
+        error: GatewayError | None = None,
+    ) -> dict[str, Any]:
+        """The response object; request settings are echoed as OpenAI does."""
+        wire = self.wire
+        reasoning = wire.reasoning
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": None
+            if error is None
+            else {"code": error_code(error), "message": error.message},
+            "incomplete_details": None if incomplete is None else {"reason": incomplete},
+            "instructions": wire.instructions,
+            "max_output_tokens": wire.max_output_tokens,
+            "model": self.request.model,
+            "output": output,
+            "parallel_tool_calls": True
+            if wire.parallel_tool_calls is None
+            else wire.parallel_tool_calls,
+            "previous_response_id": None,
+            "reasoning": {
+                "effort": reasoning.effort if reasoning else None,
+                "summary": reasoning.summary if reasoning else None,
+            },
+            "store": False,  # nothing is stored (see the protocol module)
+            "temperature": wire.temperature,
+            "text": wire.text or {"format": {"type": "text"}},
+            "tool_choice": wire.tool_choice or "auto",
+            "tools": wire.tools or [],
+            "top_p": wire.top_p,
+            "truncation": "disabled",
+            "usage": usage,
+            "user": wire.user,
+            "metadata": wire.metadata or {},
+        }
+
+
+def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
+    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    return {
+        "type": "message",
+        "id": item_id,
+        "status": status,
+        "role": "assistant",
+        "content": [part],
+    }
+
+
+def _reasoning_item(item_id: str, text: str) -> dict[str, Any]:
+    return {
+        "type": "reasoning",
+        "id": item_id,
+        "summary": [{"type": "summary_text", "text": text}] if text else [],
+    }
+
+
+def _call_item(
+    item_id: str, call_id: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item_id,
+        "call_id": call_id,
+        "name": name,
+        "arguments": arguments,
+        "status": status,
+    }
+
+
+@dataclass(slots=True)
+class _Item:
+    kind: str  # reasoning | message | function_call
+    index: int  # output_index
+    id: str
+    head: bytes  # '"item_id":"…","output_index":N' for the pre-serialised delta events
+    pieces: list[str] = field(default_factory=list)
+    call_id: str = ""
+    name: str = ""
+
+    def where(self) -> dict[str, Any]:
+        return {"item_id": self.id, "output_index": self.index}
+
+
+class _Events:
+    """Numbers the events and keeps the output items of one streamed response."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.open: _Item | None = None
+        self.calls: dict[int, _Item] = {}  # tool call index → its item
+        self.reasoning: list[str] = []
+
+    def event(self, kind: str, body: dict[str, Any]) -> bytes:
+        body = {"type": kind, **body, "sequence_number": self.seq}
+        self.seq += 1
+        return b"event: " + kind.encode() + b"\ndata: " + dumps(body) + b"\n\n"
+
+    def delta(self, kind: bytes, item: _Item, extra: bytes, text: str) -> bytes:
+        seq = self.seq
+        self.seq += 1
+        return (
+            b"event: " + kind + b'\ndata: {"type":"' + kind + b'",' + item.head + extra
+            + b',"delta":' + dumps(text) + b',"sequence_number":%d}\n\n' % seq
+        )  # fmt: skip
+
+    def start(self, kind: str, prefix: str, item: dict[str, Any]) -> tuple[_Item, list[bytes]]:
+        out = self.close("completed")
+        index = len(self.output)
+        item_id = _new_id(prefix)
+        item["id"] = item_id
+        self.output.append(item)
+        head = b'"item_id":' + dumps(item_id) + b',"output_index":%d' % index
+        self.open = _Item(kind, index, item_id, head)
+        out.append(self.event("response.output_item.added", {"output_index": index, "item": item}))
+        return self.open, out
+
+    def close(self, status: str) -> list[bytes]:
+        item, self.open = self.open, None
+        if item is None:
+            return []
+        text = "".join(item.pieces)
+        where = item.where()
+        out: list[bytes] = []
+        if item.kind == "reasoning":
+            final = _reasoning_item(item.id, text)
+            part = {"type": "summary_text", "text": text}
+            out.append(
+                self.event(
+                    "response.reasoning_summary_text.done",
+                    {**where, "summary_index": 0, "text": text},
+                )
+            )
+            out.append(
+                self.event(
+                    "response.reasoning_summary_part.done",
+                    {**where, "summary_index": 0, "part": part},
+                )
+            )
+        elif item.kind == "message":
+            final = _message_item(item.id, text, status)
+            out.append(
+                self.event(
+                    "response.output_text.done",
+                    {**where, "content_index": 0, "text": text, "logprobs": []},
+                )
+            )
+            out.append(
+                self.event(
+                    "response.content_part.done",
+                    {**where, "content_index": 0, "part": final["content"][0]},
+                )
+            )
+        else:
+            final = _call_item(item.id, item.call_id, item.name, text, status)
+            if status == "completed":
+                out.append(
+                    self.event(
+                        "response.function_call_arguments.done",
+                        {**where, "name": item.name, "arguments": text},
+                    )
+                )
+        self.output[item.index] = final
+        out.append(
+            self.event("response.output_item.done", {"output_index": item.index, "item": final})
+        )
+        return out
+
+
+class ResponsesService:
+    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+        self.gateway = gateway
+        self.keepalive_interval = keepalive_interval
+
+    async def open(
+        self, request: ChatRequest, wire: ResponsesWire, *, conversation_header: str | None
+    ) -> OpenResponse:
+        stream = await self.gateway.open(request, conversation_header=conversation_header)
+        return OpenResponse(
+            request=request,
+            wire=wire,
+            stream=stream,
+            id=_new_id("resp"),
+            created_at=int(time.time()),
+        )
+
+    async def sse(self, resp: OpenResponse) -> AsyncIterator[bytes]:
+        ev = _Events()
+        usage: Usage | None = None
+        stream = resp.stream
+        try:
+            start = resp.body("in_progress", [])
+            yield ev.event("response.created", {"response": start})
+            yield ev.event("response.in_progress", {"response": start})
+            async for delta in with_heartbeat(aiter(stream), self.keepalive_interval):
+                if delta is None:
+                    yield KEEPALIVE
+                elif isinstance(delta, TextDelta):
+                    if not delta.text:
+                        continue
+                    item = ev.open
+                    if item is None or item.kind != "message":
+                        added = {**_message_item("", "", "in_progress"), "content": []}
+                        item, out = ev.start("message", "msg", added)
+                        part = {
+                            "type": "output_text",
+                            "text": "",
+                            "annotations": [],
+                            "logprobs": [],
+                        }
+                        body = {**item.where(), "content_index": 0, "part": part}
+                        out.append(ev.event("response.content_part.added", body))
+                        for chunk in out:
+                            yield chunk
+                    item.pieces.append(delta.text)
+                    yield ev.delta(
+                        b"response.output_text.delta",
+                        item,
+                        b',"content_index":0,"logprobs":[]',
+                        delta.text,
+                    )
+                elif isinstance(delta, ReasoningDelta):
+                    if not delta.text:
+                        continue
+                    item = ev.open
+                    if item is None or item.kind != "reasoning":
+                        item, out = ev.start("reasoning", "rs", _reasoning_item("", ""))
+                        part = {"type": "summary_text", "text": ""}
+                        body = {**item.where(), "summary_index": 0, "part": part}
+                        out.append(ev.event("response.reasoning_summary_part.added", body))
+                        for chunk in out:
+                            yield chunk
+                    item.pieces.append(delta.text)
+                    ev.reasoning.append(delta.text)
+                    yield ev.delta(
+                        b"response.reasoning_summary_text.delta",
+                        item,
+                        b',"summary_index":0',
+                        delta.text,
+                    )
+                elif isinstance(delta, ToolCallStart):
+                    call = _call_item("", delta.id, delta.name, "", "in_progress")
+                    item, out = ev.start("function_call", "fc", call)
+                    item.call_id, item.name = delta.id, delta.name
+                    ev.calls[delta.index] = item
+                    for chunk in out:
+                        yield chunk
+                elif isinstance(delta, ToolCallArgs):
+                    item = ev.calls.get(delta.index)
+                    if item is not None and delta.fragment:
+                        item.pieces.append(delta.fragment)
+                        yield ev.delta(
+                            b"response.function_call_arguments.delta", item, b"", delta.fragment
+                        )
+                elif isinstance(delta, ToolCallEnd):
+                    if ev.open is not None and ev.open is ev.calls.get(delta.index):
+                        for chunk in ev.close("completed"):
+                            yield chunk
+                elif isinstance(delta, Usage):
+                    usage = delta
+                elif isinstance(delta, Stop):
+                    incomplete = INCOMPLETE_REASONS.get(delta.reason)
+                    for chunk in ev.close("incomplete" if incomplete else "completed"):
+                        yield chunk
+                    final = usage_body(usage or Usage(0, 0), "".join(ev.reasoning))
+                    status = "incomplete" if incomplete else "completed"
+                    body = resp.body(status, ev.output, final, incomplete=incomplete)
+                    yield ev.event(f"response.{status}", {"response": body})
+                    return
+                elif isinstance(delta, StreamError):
+                    error = delta.error
+                    yield ev.event(
+                        "error",
+                        {"code": error.openai_code, "message": error.message, "param": error.param},
+                    )
+                    body = resp.body("failed", ev.output, error=error)
+                    yield ev.event("response.failed", {"response": body})
+                    return
+        finally:
+            await stream.aclose()
+
+    async def complete(self, resp: OpenResponse) -> dict[str, Any]:
+        return render_response(resp, await collect(resp.stream))
+
+
+def render_response(resp: OpenResponse, done: Completion) -> dict[str, Any]:
+    incomplete = INCOMPLETE_REASONS.get(done.stop.reason)
+    status = "incomplete" if incomplete else "completed"
+    output: list[dict[str, Any]] = []
+    if done.reasoning:
+        output.append(_reasoning_item(_new_id("rs"), done.reasoning))
+    if done.text or not done.tool_calls:
+        output.append(_message_item(_new_id("msg"), done.text, status))
+    output.extend(
+        _call_item(_new_id("fc"), call.id, call.name, call.arguments, "completed")
+        for call in done.tool_calls
+    )
+    usage = usage_body(done.usage, done.reasoning)
+    return resp.body(status, output, usage, incomplete=incomplete)
