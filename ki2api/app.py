@@ -15,12 +15,16 @@ from starlette.responses import Response
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
+from ki2api.api.anthropic.router import create_anthropic_router
+from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_admin_key
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
+from ki2api.api.responses.router import create_responses_router
+from ki2api.api.responses.serving import ResponsesService
 from ki2api.core.errors import GatewayError
 from ki2api.core.gateway import Gateway
 from ki2api.core.stats import RequestStats
@@ -44,6 +48,8 @@ class Runtime:
     gateway: Gateway
     catalog: ModelCatalog
     chat: ChatCompletionsService
+    messages: MessagesService
+    responses: ResponsesService
     stats: RequestStats
     simulator: Any = None
 
@@ -98,6 +104,8 @@ def create_app(
             gateway=gateway,
             catalog=catalog,
             chat=ChatCompletionsService(gateway, settings.keepalive_interval),
+            messages=MessagesService(gateway, settings.keepalive_interval),
+            responses=ResponsesService(gateway, settings.keepalive_interval),
             stats=stats,
             simulator=simulator,
         )
@@ -168,6 +176,8 @@ def create_app(
     app.include_router(
         create_openai_router(settings, lambda: runtime().chat, lambda: catalog, images)
     )
+    app.include_router(create_anthropic_router(settings, lambda: runtime().messages, images))
+    app.include_router(create_responses_router(settings, lambda: runtime().responses, images))
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
 
     if with_ui:
