@@ -1,0 +1,83 @@
+"""Connect: this deployment's base URL and copy-paste snippets for common clients."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ki2api.settings import DEFAULT_API_KEY, Settings
+from ki2api.ui.i18n import t
+
+KEY_PLACEHOLDER = "$KI2API_KEY"
+
+
+def base_url(settings: Settings, headers: Mapping[str, str] | None) -> str:
+    """``https://{SPACE_HOST}`` on a Space, else the scheme and host the browser used."""
+    if settings.space_host:
+        return f"https://{settings.space_host}"
+    headers = headers or {}
+    host = headers.get("x-forwarded-host") or headers.get("host")
+    if not host:
+        shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+        return f"http://{shown}:{settings.port}"
+    scheme = (headers.get("x-forwarded-proto") or "http").split(",")[0].strip()
+    scheme = scheme if scheme in ("http", "https") else "http"
+    return f"{scheme}://{host.split(',')[0].strip()}"
+
+
+def shown_key(settings: Settings) -> str:
+    """The public default key may be shown (it is in the README); a real one never is."""
+    return DEFAULT_API_KEY if settings.api_key_is_default and not settings.on_space else ""
+
+
+def snippets(base: str, key: str, model: str) -> dict[str, str]:
+    literal = key or KEY_PLACEHOLDER
+    py_key = f'"{key}"' if key else 'os.environ["KI2API_KEY"]'
+    py_import = "" if key else "import os\n"
+    return {
+        "curl": (
+            f"curl {base}/v1/chat/completions \\\n"
+            f'  -H "Authorization: Bearer {literal}" \\\n'
+            '  -H "Content-Type: application/json" \\\n'
+            f'  -d \'{{"model": "{model}", "stream": true,\n'
+            '       "messages": [{"role": "user", "content": "Hello!"}]}\''
+        ),
+        "openai": (
+            f"{py_import}from openai import OpenAI\n\n"
+            f'client = OpenAI(base_url="{base}/v1", api_key={py_key})\n'
+            "stream = client.chat.completions.create(\n"
+            f'    model="{model}",\n'
+            '    messages=[{"role": "user", "content": "Hello!"}],\n'
+            "    stream=True,\n"
+            ")\n"
+            "for chunk in stream:\n"
+            '    print(chunk.choices[0].delta.content or "", end="", flush=True)\n'
+        ),
+        "anthropic": (
+            f"{py_import}import anthropic\n\n"
+            f'client = anthropic.Anthropic(base_url="{base}", api_key={py_key})\n'
+            "message = client.messages.create(\n"
+            f'    model="{model}",\n'
+            "    max_tokens=1024,\n"
+            '    messages=[{"role": "user", "content": "Hello!"}],\n'
+            ")\n"
+            "print(message.content[0].text)\n"
+        ),
+        "editor": (
+            "# Continue (config.yaml); Cline / Cursor / others: the same three values under\n"
+            '# "OpenAI Compatible" (base URL, API key, model id)\n'
+            "models:\n"
+            f"  - name: {model} (Ki2API)\n"
+            "    provider: openai\n"
+            f"    model: {model}\n"
+            f"    apiBase: {base}/v1\n"
+            f"    apiKey: {literal}\n"
+        ),
+    }
+
+
+def intro(settings: Settings, base: str, models: list[str], lang: str) -> str:
+    lines = [t("connect_intro", lang, base=base)]
+    key = shown_key(settings)
+    lines.append(t("key_default", lang, key=key) if key else t("key_secret", lang))
+    lines.append(t("models_title", lang, models=", ".join(f"`{m}`" for m in models)))
+    return "\n\n".join(lines)

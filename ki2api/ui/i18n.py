@@ -1,0 +1,222 @@
+"""The page's words in English and 简体中文, and the registry that re-labels the page on a switch.
+
+Text that handlers produce (status tables, snippets, chat notes) is looked up with :func:`t`;
+static labels and Markdown are registered once with :meth:`Texts.add` and updated together when
+the visitor picks a language.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import gradio as gr
+
+Lang = Literal["en", "zh"]
+LANGUAGES: dict[str, Lang] = {"English": "en", "简体中文": "zh"}
+
+STRINGS: dict[str, tuple[str, str]] = {
+    # header
+    "tagline": (
+        "An **OpenAI- and Anthropic-compatible API** in front of the Claude models of a "
+        "[Kiro](https://kiro.dev) account. Point any `openai` / `anthropic` SDK, curl or your "
+        "editor at this address — try a model below, then copy a snippet from **Connect**.",
+        "在 [Kiro](https://kiro.dev) 账号的 Claude 模型前提供 **OpenAI / Anthropic 兼容接口**。"
+        "任何 `openai` / `anthropic` SDK、curl 或编辑器都可以直接连接本地址 —— 先在下面试用模型，"
+        "再到 **连接** 页复制代码。",
+    ),
+    "demo_banner": (
+        "**Demo mode** — answers come from Ki2API's built-in **simulator**, not from a real model. "
+        "Set a Kiro login (or paste your own token under **Tokens**) for real answers.",
+        "**演示模式** —— 回答来自 Ki2API 内置的 **模拟器**，不是真实模型。"
+        "配置 Kiro 登录（或在 **令牌** 页粘贴你自己的令牌）即可获得真实回答。",
+    ),
+    "space_setup_title": (
+        "**This Space has no `API_KEY` secret yet, so its API is switched off.**",
+        "**此 Space 还没有设置 `API_KEY` 密钥，因此 API 处于关闭状态。**",
+    ),
+    "space_setup_steps": (
+        "1. Open the Space's **Settings → Variables and secrets**.\n"
+        "2. Add a secret named `API_KEY` with a long random value.\n"
+        "3. Restart the Space, then send it as `Authorization: Bearer <API_KEY>`.",
+        "1. 打开 Space 的 **Settings → Variables and secrets**。\n"
+        "2. 新建名为 `API_KEY` 的 secret，值为一段足够长的随机字符串。\n"
+        "3. 重启 Space，之后请求时带上 `Authorization: Bearer <API_KEY>`。",
+    ),
+    "language": ("Language / 语言", "语言 / Language"),
+    # playground
+    "chat": ("Chat", "对话"),
+    "chat_placeholder": (
+        "Ask anything. Answers stream in as they are generated.",
+        "随便问点什么，回答会实时流式显示。",
+    ),
+    "message": ("Message", "消息"),
+    "message_placeholder": ("Type a message and press Enter", "输入消息后按回车发送"),
+    "send": ("Send", "发送"),
+    "stop": ("Stop", "停止"),
+    "clear": ("New chat", "新对话"),
+    "model": ("Model", "模型"),
+    "system": ("System prompt", "系统提示词"),
+    "system_placeholder": ("Optional: how the model should behave", "可选：设定模型的行为"),
+    "thinking": ("Show thinking (reasoning)", "显示思考过程（推理）"),
+    "tools": (
+        "Offer example tools (get_weather, get_time)",
+        "提供示例工具（get_weather、get_time）",
+    ),
+    "settings": ("Settings", "设置"),
+    "metrics_idle": (
+        "Time to first token and speed appear here after each answer.",
+        "每次回答后，这里会显示首字延迟和生成速度。",
+    ),
+    "ttft": ("first token", "首字延迟"),
+    "speed": ("tokens/s", "tokens/秒"),
+    "tokens_out": ("output tokens", "输出 tokens"),
+    "stopped": ("stopped", "已停止"),
+    "thinking_title": ("Thinking", "思考过程"),
+    "tool_title": ("Tool call", "工具调用"),
+    "error_prefix": ("The gateway could not answer", "网关无法回答"),
+    "using_pool": ("Answers use the server's Kiro accounts.", "回答使用服务器配置的 Kiro 账号。"),
+    "using_own": (
+        "Answers use **your own token** {masked}.",
+        "回答使用 **你自己的令牌** {masked}。",
+    ),
+    # tokens
+    "own_token_title": ("### Your own Kiro token", "### 你自己的 Kiro 令牌"),
+    "own_token_help": (
+        "Paste a Kiro access token, refresh token, API key (`ksk_…`) or the whole content of "
+        "`~/.aws/sso/cache/kiro-auth-token.json`. It stays **in this browser tab's session only**: "
+        "it is used for your playground chats, never saved on the server, never shown again in "
+        "full, and gone when you close the tab.",
+        "粘贴 Kiro 的 access token、refresh token、API key（`ksk_…`），或 "
+        "`~/.aws/sso/cache/kiro-auth-token.json` 的完整内容。"
+        "令牌**只保存在当前浏览器标签页的会话中**："
+        "仅用于你自己的试用对话，不会存到服务器，不会再次完整显示，关闭标签页后即失效。",
+    ),
+    "token_box": ("Kiro token or kiro-auth-token.json", "Kiro 令牌或 kiro-auth-token.json"),
+    "use_token": ("Use this token", "使用此令牌"),
+    "forget_token": ("Forget it", "清除"),
+    "no_own_token": (
+        "No token of your own: chats use the server's accounts.",
+        "未设置自己的令牌：对话使用服务器的账号。",
+    ),
+    "own_token_set": (
+        "Using your token {masked} ({method}{expiry}) in this tab only.",
+        "当前标签页正在使用你的令牌 {masked}（{method}{expiry}）。",
+    ),
+    "expires": (", expires {when}", "，{when} 过期"),
+    "bad_token": ("That token cannot be used: {why}", "无法使用该令牌：{why}"),
+    "admin_title": ("### Pool accounts (administrator)", "### 账号池（管理员）"),
+    "admin_help": (
+        "Sign in with `ADMIN_KEY` (or the API key when no admin key is set) to add, refresh and "
+        "remove the server's accounts. The sign-in lasts for this tab only.",
+        "使用 `ADMIN_KEY`（未设置时使用 API key）登录后，可添加、刷新、删除服务器的账号。"
+        "登录状态只在当前标签页有效。",
+    ),
+    "admin_key": ("Admin key", "管理员密钥"),
+    "sign_in": ("Sign in", "登录"),
+    "sign_out": ("Sign out", "退出"),
+    "signed_in": ("Signed in as administrator.", "已以管理员身份登录。"),
+    "signed_out": ("Not signed in.", "未登录。"),
+    "wrong_key": ("Wrong key.", "密钥错误。"),
+    "admin_disabled": (
+        "Administration is off: this Space has no API_KEY secret.",
+        "管理功能已关闭：此 Space 未设置 API_KEY。",
+    ),
+    "new_account": (
+        "New account: token or kiro-auth-token.json",
+        "新账号：令牌或 kiro-auth-token.json",
+    ),
+    "new_label": ("Label (optional)", "标签（可选）"),
+    "add_account": ("Add account", "添加账号"),
+    "account": ("Account", "账号"),
+    "refresh_account": ("Refresh token", "刷新令牌"),
+    "remove_account": ("Remove", "删除"),
+    "added": ("Added account {label}.", "已添加账号 {label}。"),
+    "refreshed": ("Refreshed {label}: {state}.", "已刷新 {label}：{state}。"),
+    "removed": ("Removed {label}.", "已删除 {label}。"),
+    "need_admin": ("Sign in as administrator first.", "请先以管理员身份登录。"),
+    "failed": ("Failed: {why}", "失败：{why}"),
+    # status
+    "status_title": ("### Accounts", "### 账号"),
+    "traffic_title": ("### Traffic (last 15 minutes)", "### 流量（最近 15 分钟）"),
+    "col_label": ("label", "标签"),
+    "col_state": ("state", "状态"),
+    "col_token": ("token", "令牌"),
+    "col_expires": ("token expires", "令牌过期"),
+    "col_requests": ("requests", "请求"),
+    "col_errors": ("errors", "错误"),
+    "col_note": ("note", "备注"),
+    "no_accounts": ("no accounts configured", "未配置账号"),
+    "expired": ("expired", "已过期"),
+    "unknown": ("unknown", "未知"),
+    "in": ("in {d}", "{d} 后"),
+    "requests": ("requests", "请求"),
+    "errors": ("errors", "错误"),
+    "latency": ("latency p50 / p95", "延迟 p50 / p95"),
+    "ttft_p50": ("first token p50", "首字延迟 p50"),
+    "active": ("answers in flight", "进行中的回答"),
+    "usable": ("usable accounts", "可用账号"),
+    "plot_title": ("Latency of recent requests (s)", "最近请求的延迟（秒）"),
+    "plot_empty": (
+        "No requests yet — send one in the playground.",
+        "还没有请求 —— 去试用页发一条吧。",
+    ),
+    "series_latency": ("total", "总耗时"),
+    "series_ttft": ("first token", "首字"),
+    # connect
+    "connect_intro": (
+        "Base URL of this deployment: **`{base}`** — OpenAI clients use **`{base}/v1`**. "
+        "Send the API key as `Authorization: Bearer …` (or `x-api-key`).",
+        "本部署的地址：**`{base}`** —— OpenAI 客户端使用 **`{base}/v1`**。"
+        "请求时通过 `Authorization: Bearer …`（或 `x-api-key`）携带 API key。",
+    ),
+    "key_default": (
+        "This server uses the **default** API key `{key}` (fine on your own machine; set `API_KEY` "
+        "before exposing it).",
+        "本服务器使用**默认** API key `{key}`（本机使用没问题；对外开放前请设置 `API_KEY`）。",
+    ),
+    "key_secret": (
+        "Replace `$KI2API_KEY` with the API key the owner of this deployment gave you.",
+        "把 `$KI2API_KEY` 换成部署者提供给你的 API key。",
+    ),
+    "models_title": ("**Models:** {models}", "**可用模型：** {models}"),
+    "snippet_curl": ("curl", "curl"),
+    "snippet_openai": ("Python — openai SDK", "Python —— openai SDK"),
+    "snippet_anthropic": ("Python — anthropic SDK", "Python —— anthropic SDK"),
+    "snippet_editor": (
+        "Editors (Continue, Cline, Cursor …): an OpenAI-compatible provider",
+        "编辑器（Continue、Cline、Cursor 等）：OpenAI 兼容提供方",
+    ),
+}
+
+
+def t(key: str, lang: str = "en", **values: object) -> str:
+    en, zh = STRINGS[key]
+    text = zh if lang == "zh" else en
+    return text.format(**values) if values else text
+
+
+def lang_from_header(accept_language: str | None) -> Lang:
+    """Chinese for browsers that prefer it (first listed language), else English."""
+    first = (accept_language or "").split(",")[0].strip().lower()
+    return "zh" if first.startswith("zh") else "en"
+
+
+@dataclass
+class Texts:
+    """Components whose props follow the language: ``add(box, label="model")``."""
+
+    entries: list[tuple[gr.components.Component | gr.blocks.BlockContext, dict[str, str]]] = field(
+        default_factory=list
+    )
+
+    def add(self, component: Any, **props: str) -> Any:
+        self.entries.append((component, props))
+        return component
+
+    @property
+    def components(self) -> list[Any]:
+        return [c for c, _ in self.entries]
+
+    def updates(self, lang: str) -> list[Any]:
+        return [gr.update(**{p: t(k, lang) for p, k in props.items()}) for _, props in self.entries]

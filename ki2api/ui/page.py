@@ -1,0 +1,337 @@
+"""The Blocks layout and its events. Handlers live in the sibling modules; this file wires them.
+
+Session values (``gr.State``, server side, one per browser tab): the language, the visitor's own
+token spec and the admin flag. Every event is private (``api_visibility="private"``): the page's
+handlers are not an API, and several take or return secrets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+
+from ki2api.api.auth import SPACE_SETUP_MESSAGE
+from ki2api.kiro.credentials import AccountSpec
+from ki2api.kiro.models import ModelCatalog
+from ki2api.settings import Settings
+from ki2api.ui import connect, status
+from ki2api.ui.i18n import LANGUAGES, Texts, lang_from_header, t
+from ki2api.ui.playground import make_chat_handler
+from ki2api.ui.tokens import TokenHandlers, describe_own, using_line
+
+if TYPE_CHECKING:
+    from ki2api.app import Runtime
+
+PRIVATE: dict[str, Any] = {"api_visibility": "private"}
+STATUS_EVERY = 5.0
+
+
+def _setup_text(lang: str) -> str:
+    if lang == "zh":
+        return t("space_setup_title", lang) + "\n\n" + t("space_setup_steps", lang)
+    return t("space_setup_title", lang) + "\n\n" + SPACE_SETUP_MESSAGE
+
+
+def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
+    texts = Texts()
+    tokens = TokenHandlers(settings, runtime)
+    default_models = [m.id for m in ModelCatalog().list()]
+
+    with gr.Blocks(
+        title="Ki2API — OpenAI & Anthropic API for Kiro", analytics_enabled=False
+    ) as page:
+        lang = gr.State("en")
+        own = gr.State(None)  # the visitor's AccountSpec: never leaves the server
+        admin = gr.State(False)
+
+        with gr.Row(elem_id="ki-header", equal_height=True):
+            gr.Markdown("# 🪁 Ki2API", elem_id="ki-brand")
+            language = gr.Radio(
+                list(LANGUAGES), value="English", show_label=False, container=False,
+                elem_id="ki-lang",
+            )  # fmt: skip
+        texts.add(gr.Markdown(t("tagline"), elem_id="ki-tagline"), value="tagline")
+        if settings.demo:
+            texts.add(
+                gr.Markdown(t("demo_banner"), elem_id="ki-demo", elem_classes=["ki-banner"]),
+                value="demo_banner",
+            )
+        setup = gr.Markdown(
+            _setup_text("en"),
+            elem_id="ki-setup",
+            elem_classes=["ki-banner"],
+            visible=settings.on_space and settings.api_key_is_default,
+        )
+
+        with gr.Tabs():
+            with gr.Tab("Playground · 试用", id="playground") as playground_tab:
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        chatbot = texts.add(
+                            gr.Chatbot(
+                                label=t("chat"),
+                                placeholder=t("chat_placeholder"),
+                                height=440,
+                                elem_id="ki-chat",
+                                buttons=["copy"],
+                                feedback_options=None,
+                            ),
+                            label="chat",
+                            placeholder="chat_placeholder",
+                        )
+                        with gr.Row(equal_height=True):
+                            box = texts.add(
+                                gr.Textbox(
+                                    show_label=False,
+                                    placeholder=t("message_placeholder"),
+                                    scale=6,
+                                    lines=1,
+                                    max_lines=8,
+                                    elem_id="ki-message",
+                                    autofocus=True,
+                                ),
+                                placeholder="message_placeholder",
+                            )
+                            send = texts.add(
+                                gr.Button(t("send"), variant="primary", scale=1, elem_id="ki-send"),
+                                value="send",
+                            )
+                            stop = texts.add(
+                                gr.Button(t("stop"), variant="stop", scale=1, elem_id="ki-stop"),
+                                value="stop",
+                            )
+                        metrics = gr.Markdown(t("metrics_idle"), elem_id="ki-metrics")
+                    with gr.Column(scale=1, min_width=260):
+                        model = texts.add(
+                            gr.Dropdown(
+                                default_models,
+                                value=default_models[0],
+                                label=t("model"),
+                                elem_id="ki-model",
+                            ),
+                            label="model",
+                        )
+                        system = texts.add(
+                            gr.Textbox(
+                                label=t("system"),
+                                placeholder=t("system_placeholder"),
+                                lines=3,
+                                elem_id="ki-system",
+                            ),
+                            label="system",
+                            placeholder="system_placeholder",
+                        )
+                        thinking = texts.add(gr.Checkbox(label=t("thinking")), label="thinking")
+                        use_tools = texts.add(gr.Checkbox(label=t("tools")), label="tools")
+                        using = gr.Markdown(t("using_pool"), elem_id="ki-using")
+                        clear = texts.add(gr.Button(t("clear"), size="sm"), value="clear")
+
+            with gr.Tab("Tokens · 令牌", id="tokens") as tokens_tab:
+                texts.add(gr.Markdown(t("own_token_title")), value="own_token_title")
+                texts.add(
+                    gr.Markdown(t("own_token_help"), elem_classes=["ki-muted"]),
+                    value="own_token_help",
+                )
+                own_box = texts.add(
+                    gr.Textbox(label=t("token_box"), type="password", elem_id="ki-own-token"),
+                    label="token_box",
+                )
+                with gr.Row():
+                    use_btn = texts.add(
+                        gr.Button(t("use_token"), variant="primary", elem_id="ki-use-token"),
+                        value="use_token",
+                    )
+                    forget_btn = texts.add(gr.Button(t("forget_token")), value="forget_token")
+                own_status = gr.Markdown(t("no_own_token"), elem_id="ki-own-status")
+
+                texts.add(gr.Markdown(t("admin_title")), value="admin_title")
+                texts.add(
+                    gr.Markdown(t("admin_help"), elem_classes=["ki-muted"]), value="admin_help"
+                )
+                with gr.Row(equal_height=True):
+                    admin_box = texts.add(
+                        gr.Textbox(
+                            label=t("admin_key"), type="password", scale=4, elem_id="ki-admin-key"
+                        ),
+                        label="admin_key",
+                    )
+                    sign_in = texts.add(
+                        gr.Button(t("sign_in"), scale=1, elem_id="ki-sign-in"), value="sign_in"
+                    )
+                    sign_out = texts.add(gr.Button(t("sign_out"), scale=1), value="sign_out")
+                admin_status = gr.Markdown(t("signed_out"), elem_id="ki-admin-status")
+                with gr.Column(visible=False) as admin_panel:
+                    with gr.Row(equal_height=True):
+                        new_account = texts.add(
+                            gr.Textbox(
+                                label=t("new_account"),
+                                type="password",
+                                scale=4,
+                                elem_id="ki-new-account",
+                            ),
+                            label="new_account",
+                        )
+                        new_label = texts.add(
+                            gr.Textbox(label=t("new_label"), scale=2, elem_id="ki-new-label"),
+                            label="new_label",
+                        )
+                        add_btn = texts.add(
+                            gr.Button(t("add_account"), variant="primary", elem_id="ki-add"),
+                            value="add_account",
+                        )
+                    with gr.Row(equal_height=True):
+                        account = texts.add(
+                            gr.Dropdown([], label=t("account"), scale=3, elem_id="ki-account"),
+                            label="account",
+                        )
+                        refresh_btn = texts.add(
+                            gr.Button(t("refresh_account")), value="refresh_account"
+                        )
+                        remove_btn = texts.add(
+                            gr.Button(t("remove_account"), variant="stop"), value="remove_account"
+                        )
+                    admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
+
+            with gr.Tab("Status · 状态", id="status") as status_tab:
+                texts.add(gr.Markdown(t("traffic_title")), value="traffic_title")
+                summary = gr.Markdown("", elem_id="ki-summary")
+                plot = texts.add(
+                    gr.LinePlot(
+                        status.latency_frame_empty(),
+                        x="time",
+                        y="seconds",
+                        color="series",
+                        label=t("plot_title"),
+                        height=240,
+                        elem_id="ki-plot",
+                    ),
+                    label="plot_title",
+                )
+                texts.add(gr.Markdown(t("status_title")), value="status_title")
+                table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)
+                timer = gr.Timer(STATUS_EVERY, active=False)
+
+            with gr.Tab("Connect · 连接", id="connect") as connect_tab:
+                connect_intro = gr.Markdown("", elem_id="ki-connect")
+                codes = {
+                    "curl": gr.Code(language="shell", label="curl", elem_id="ki-code-curl"),
+                    "openai": gr.Code(language="python", label="openai", elem_id="ki-code-openai"),
+                    "anthropic": gr.Code(language="python", label="anthropic"),
+                    "editor": gr.Code(language="yaml", label="editor"),
+                }
+
+        # --- rendering that depends on the language / the request ------------------------
+
+        def render_status(lang_code: str) -> tuple[str, Any, Any]:
+            rt = runtime()
+            return (
+                status.traffic_summary(rt, lang_code),
+                status.latency_frame(rt, lang_code),
+                status.accounts_table(rt, lang_code),
+            )
+
+        def render_connect(lang_code: str, request: gr.Request | None) -> list[Any]:
+            rt = runtime()
+            models = [m.id for m in rt.catalog.list()]
+            headers = dict(request.headers) if request is not None else None
+            base = connect.base_url(settings, headers)
+            snippets = connect.snippets(base, connect.shown_key(settings), models[0])
+            labels = {k: t(f"snippet_{k}", lang_code) for k in codes}
+            return [connect.intro(settings, base, models, lang_code)] + [
+                gr.update(value=snippets[k], label=labels[k]) for k in codes
+            ]
+
+        def render_all(choice: str, spec: AccountSpec | None, request: gr.Request) -> list[Any]:
+            if choice in LANGUAGES:
+                lang_code = LANGUAGES[choice]
+            else:  # page load: the browser's preferred language
+                lang_code = lang_from_header(request.headers.get("accept-language"))
+            name = next(k for k, v in LANGUAGES.items() if v == lang_code)
+            models = [m.id for m in runtime().catalog.list()]
+            return [
+                lang_code,
+                name,
+                _setup_text(lang_code),
+                t("metrics_idle", lang_code),
+                using_line(spec, lang_code),
+                describe_own(spec, lang_code),
+                gr.update(choices=models),
+                *render_status(lang_code),
+                *render_connect(lang_code, request),
+                *texts.updates(lang_code),
+            ]
+
+        all_outputs = [
+            lang,
+            language,
+            setup,
+            metrics,
+            using,
+            own_status,
+            model,
+            summary,
+            plot,
+            table,
+            connect_intro,
+            *codes.values(),
+            *texts.components,
+        ]
+        page.load(render_all, [gr.State(""), own], all_outputs, **PRIVATE)
+        language.input(render_all, [language, own], all_outputs, **PRIVATE)
+
+        # --- playground ------------------------------------------------------------------
+
+        chat = make_chat_handler(runtime)
+        chat_io: dict[str, Any] = {
+            "fn": chat,
+            "inputs": [box, chatbot, model, system, thinking, use_tools, own, lang],
+            "outputs": [chatbot, box, metrics, own],
+            "show_progress": "minimal",
+            **PRIVATE,
+        }
+        submitted = box.submit(**chat_io)
+        clicked = send.click(**chat_io)
+        stop.click(None, None, None, cancels=[submitted, clicked], **PRIVATE)
+        clear.click(
+            lambda code: ([], t("metrics_idle", code)), [lang], [chatbot, metrics], **PRIVATE
+        )
+
+        # --- tokens ----------------------------------------------------------------------
+
+        use_io = [own, own_status, own_box, using]
+        use_btn.click(tokens.use_token, [own_box, own, lang], use_io, **PRIVATE)
+        own_box.submit(tokens.use_token, [own_box, own, lang], use_io, **PRIVATE)
+        forget_btn.click(tokens.forget_token, [lang], [own, own_status, using], **PRIVATE)
+
+        sign_in_io = [admin, admin_status, admin_box, admin_panel, account]
+        sign_in.click(tokens.sign_in, [admin_box, lang], sign_in_io, **PRIVATE)
+        admin_box.submit(tokens.sign_in, [admin_box, lang], sign_in_io, **PRIVATE)
+        sign_out.click(tokens.sign_out, [lang], [admin, admin_status, admin_panel], **PRIVATE)
+        add_btn.click(
+            tokens.add_account,
+            [admin, new_account, new_label, lang],
+            [admin_msg, new_account, account],
+            **PRIVATE,
+        )
+        refresh_btn.click(
+            tokens.refresh_account, [admin, account, lang], [admin_msg, account], **PRIVATE
+        )
+        remove_btn.click(
+            tokens.remove_account, [admin, account, lang], [admin_msg, account], **PRIVATE
+        )
+
+        # --- status: refresh while the tab is open ---------------------------------------
+
+        status_io = [summary, plot, table]
+        timer.tick(render_status, [lang], status_io, show_progress="hidden", **PRIVATE)
+        status_tab.select(
+            lambda code: (*render_status(code), gr.Timer(active=True)),
+            [lang],
+            [*status_io, timer],
+            **PRIVATE,
+        )
+        for other in (playground_tab, tokens_tab, connect_tab):
+            other.select(lambda: gr.Timer(active=False), None, [timer], **PRIVATE)
+    return page

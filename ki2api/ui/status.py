@@ -1,0 +1,104 @@
+"""Status: accounts (masked) with state and expiry countdown, recent traffic, a latency plot."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ki2api.ui.i18n import t
+
+if TYPE_CHECKING:
+    from ki2api.app import Runtime
+
+WINDOW = 900.0  # the last 15 minutes
+PLOT_POINTS = 200
+
+STATE_ICONS = {"healthy": "🟢", "cooling_down": "🟡", "needs_login": "🔴", "disabled": "⚫"}
+
+
+def countdown(when: datetime, now: datetime, lang: str) -> str:
+    seconds = int((when - now).total_seconds())
+    if seconds <= 0:
+        return t("expired", lang)
+    if seconds < 60:
+        span = f"{seconds} s"
+    elif seconds < 3600:
+        span = f"{seconds // 60} min"
+    elif seconds < 48 * 3600:
+        span = f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    else:
+        span = f"{seconds // 86400} d"
+    return t("in", lang, d=span)
+
+
+def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
+    now = datetime.now(UTC)
+    columns = [
+        t(k, lang)
+        for k in (
+            "col_label",
+            "col_state",
+            "col_token",
+            "col_expires",
+            "col_requests",
+            "col_errors",
+            "col_note",
+        )
+    ]
+    rows = []
+    for account in rt.pool.snapshot():
+        expires = countdown(account.expires_at, now, lang) if account.expires_at else "—"
+        note = account.reason or account.last_error or ""
+        if account.state == "cooling_down" and account.until is not None:
+            note = f"{t('in', lang, d=countdown(account.until, now, lang))} · {note}"
+        rows.append(
+            [
+                account.label,
+                f"{STATE_ICONS.get(account.state, '')} {account.state.replace('_', ' ')}",
+                account.token,  # already masked by the pool
+                expires,
+                account.requests,
+                account.errors,
+                note[:160],
+            ]
+        )
+    if not rows:
+        rows.append([t("no_accounts", lang), "", "", "", 0, 0, ""])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _seconds(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def traffic_summary(rt: Runtime, lang: str) -> str:
+    s = rt.stats.summary(WINDOW)
+    cells = [
+        (t("requests", lang), str(s.count)),
+        (t("errors", lang), str(s.errors)),
+        (t("latency", lang), f"{_seconds(s.p50)} / {_seconds(s.p95)}"),
+        (t("ttft_p50", lang), _seconds(s.ttft_p50)),
+        (t("active", lang), str(rt.stats.active_streams)),
+        (t("usable", lang), f"{rt.pool.usable_count()} / {len(rt.pool)}"),
+    ]
+    header = "| " + " | ".join(name for name, _ in cells) + " |"
+    line = "|" + "---|" * len(cells)
+    values = "| " + " | ".join(f"**{v}**" for _, v in cells) + " |"
+    return "\n".join([header, line, values])
+
+
+def latency_frame_empty() -> pd.DataFrame:
+    return pd.DataFrame({"time": pd.Series(dtype="datetime64[ns]"), "seconds": [], "series": []})
+
+
+def latency_frame(rt: Runtime, lang: str) -> pd.DataFrame:
+    """Long form for a LinePlot: one row per request and series (total, first token)."""
+    rows: list[tuple[datetime, float, str]] = []
+    for record in rt.stats.recent(WINDOW)[-PLOT_POINTS:]:
+        when = datetime.fromtimestamp(record.finished_at)
+        rows.append((when, round(record.latency, 3), t("series_latency", lang)))
+        if record.ttft is not None:
+            rows.append((when, round(record.ttft, 3), t("series_ttft", lang)))
+    return pd.DataFrame(rows, columns=["time", "seconds", "series"])

@@ -1,0 +1,30 @@
+"""The page's look: a Gradio theme plus a little CSS for the header, banners and metrics."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+THEME = gr.themes.Soft(
+    primary_hue="indigo",
+    secondary_hue="violet",
+    neutral_hue="slate",
+    # Local fonts only: no request to Google Fonts (blocked in some regions, slow offline).
+    font=["system-ui", "-apple-system", "Segoe UI", "PingFang SC", "Microsoft YaHei", "sans-serif"],
+    font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+)
+
+CSS = """
+.gradio-container { max-width: 1180px !important; margin: 0 auto; }
+#ki-header { align-items: center; gap: 12px; }
+#ki-header h1 { margin: 0; font-size: 1.9rem; }
+#ki-brand { flex-grow: 1; }
+#ki-lang { max-width: 260px; }
+#ki-tagline p { font-size: 1.02rem; color: var(--body-text-color-subdued); margin-top: 0; }
+.ki-banner { border-radius: 10px; padding: 10px 16px !important; }
+.ki-banner p, .ki-banner li { margin: 2px 0; }
+#ki-demo { background: #fff7e6; border: 1px solid #f5c26b; color: #5c3b00; }
+#ki-setup { background: #fdecec; border: 1px solid #ef9a9a; color: #6b1010; }
+#ki-metrics p { font-size: 0.9rem; color: var(--body-text-color-subdued); margin: 4px 2px; }
+#ki-using p { font-size: 0.88rem; }
+.ki-muted p { font-size: 0.9rem; color: var(--body-text-color-subdued); }
+"""
