@@ -16,6 +16,7 @@ import asyncio
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
@@ -94,31 +95,44 @@ def with_bad_crc(frame: bytes) -> bytes:
 class _Channel:
     """One response: lazy start, body writes, clean end, error answer or dropped connection."""
 
-    def __init__(self, scope: Scope, send: Send, renderer: Renderer, record: RequestRecord) -> None:
+    def __init__(
+        self,
+        scope: Scope,
+        send: Send,
+        renderer: Renderer,
+        record: RequestRecord,
+        on_end: Callable[[], None],
+    ) -> None:
         self.scope = scope
         self.send = send
         self.renderer = renderer
         self.record = record
+        # Called just before the last byte leaves (or the connection drops), so a client that
+        # has the whole answer finds the request log already complete.
+        self.on_end = on_end
         self.started = False
         self.dropped = False
-        self.status: int | None = None
+        # After a corrupt frame or garbage no client can decode more: later text is not "sent".
+        self.poisoned = False
 
     async def _start(self, status: int, headers: dict[str, str]) -> None:
         self.started = True
-        self.status = status
+        self.record.status = status
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
         await self.send({"type": "http.response.start", "status": status, "headers": raw})
 
-    async def write(self, data: bytes, text: str, frames: int = 1) -> None:
+    async def write(self, data: bytes, text: str, frames: int = 1, poison: bool = False) -> None:
         try:
             out = self.renderer.render(data)
         except RenderError:
             await self.drop()
             return
+        self.poisoned = self.poisoned or poison
         record = self.record
         record.bytes_sent += len(data)
         record.frames_sent += frames
-        record.sent_text += text
+        if not self.poisoned:
+            record.sent_text += text
         if self.renderer.buffered:
             return
         if not self.started:
@@ -136,6 +150,7 @@ class _Channel:
             if self.renderer.buffered:
                 headers["content-length"] = str(len(tail))
             await self._start(200, headers)
+        self.on_end()
         await self.send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def http_error(self, step: HttpError) -> None:
@@ -146,11 +161,13 @@ class _Channel:
         headers.setdefault("content-type", "application/json")
         headers["content-length"] = str(len(body))
         await self._start(status, headers)
+        self.on_end()
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def drop(self) -> None:
         transport = self.scope.get(TRANSPORT_SCOPE_KEY)
         self.dropped = True
+        self.on_end()
         if transport is None:
             raise ConnectionDropped("scripted connection drop")
         transport.close()
@@ -172,11 +189,11 @@ async def play(
             wrote = True
             data = step.encode()
             if isinstance(step, Garbage):
-                await channel.write(data, "", frames=0)
+                await channel.write(data, "", frames=0, poison=True)
                 continue
             if corrupt_next:
                 corrupt_next = False
-                await channel.write(with_bad_crc(data), "")
+                await channel.write(with_bad_crc(data), "", poison=True)
                 continue
             if isinstance(step, Event):
                 text = event_text(step.event_type, step.payload)
@@ -190,7 +207,7 @@ async def play(
         elif isinstance(step, CorruptCrc):
             corrupt_next = True
         elif isinstance(step, CutMidFrame):
-            await channel.write(step.half(), "", frames=0)
+            await channel.write(step.half(), "", frames=0, poison=True)
             if step.abort:
                 await channel.drop()
             else:
@@ -262,9 +279,19 @@ class ScriptResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state, record = self.state, self.record
-        channel = _Channel(scope, send, self.renderer, record)
         stop = asyncio.Event()
         handle = (asyncio.get_running_loop(), stop)
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.live.discard(handle)
+                state.stream_closed()
+                state.finish_record(record)
+
+        channel = _Channel(scope, send, self.renderer, record, end)
         self.live.add(handle)
         state.stream_opened()
         player = asyncio.ensure_future(
@@ -297,6 +324,4 @@ class ScriptResponse(Response):
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.live.discard(handle)
-            state.stream_closed()
-            state.finish_record(record, channel.status)
+            end()

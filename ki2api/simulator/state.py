@@ -49,7 +49,9 @@ class RequestRecord:
     account: str | None = None  # label of the known account whose token was used
     script: str | None = None  # name of the script that answered
     fault: str | None = None  # name of the injected fault, if any
-    sent_text: str = ""  # text of every assistantResponseEvent actually written
+    # Text of every assistantResponseEvent written before any corrupt frame or garbage: what a
+    # correct client could show.
+    sent_text: str = ""
     frames_sent: int = 0
     bytes_sent: int = 0
     finished: float | None = None
