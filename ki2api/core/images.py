@@ -37,7 +37,6 @@ _MEDIA_TYPES: dict[str, ImageFormat] = {
     "image/gif": "gif",
     "image/webp": "webp",
 }
-_PARAM = "messages"
 
 
 def sniff_format(data: bytes) -> ImageFormat | None:
@@ -53,7 +52,7 @@ def sniff_format(data: bytes) -> ImageFormat | None:
 
 
 def _checked(
-    data: bytes, declared: str | None, *, max_bytes: int, param: str, where: str
+    data: bytes, declared: str | None, *, max_bytes: int, param: str | None, where: str
 ) -> ImagePart:
     if not data:
         raise InvalidRequest(f"The image {where} is empty.", param=param)
@@ -85,7 +84,7 @@ def _checked(
     return ImagePart(format=found, data=data)
 
 
-def _b64decode(text: str, *, max_bytes: int, param: str, where: str) -> bytes:
+def _b64decode(text: str, *, max_bytes: int, param: str | None, where: str) -> bytes:
     compact = "".join(text.split())
     if len(compact) > (max_bytes + 2) // 3 * 4 + 4:
         raise InvalidRequest(
@@ -100,7 +99,7 @@ def _b64decode(text: str, *, max_bytes: int, param: str, where: str) -> bytes:
 
 
 def decode_base64_image(
-    media_type: str, data: str, *, max_bytes: int = DEFAULT_MAX_BYTES, param: str = _PARAM
+    media_type: str, data: str, *, max_bytes: int = DEFAULT_MAX_BYTES, param: str | None = None
 ) -> ImagePart:
     """An Anthropic ``{"type": "base64", "media_type", "data"}`` image source."""
     where = "in the base64 source"
@@ -109,7 +108,7 @@ def decode_base64_image(
 
 
 def decode_data_url(
-    url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, param: str = _PARAM
+    url: str, *, max_bytes: int = DEFAULT_MAX_BYTES, param: str | None = None
 ) -> ImagePart:
     """``data:image/png;base64,...`` (base64 or percent-encoded)."""
     where = "in the data URL"
@@ -139,7 +138,7 @@ async def _resolve(host: str, port: int) -> list[str]:
 
 
 async def _target(
-    url: httpx.URL, allow_private: bool, param: str
+    url: httpx.URL, allow_private: bool, param: str | None
 ) -> tuple[httpx.URL, dict[str, str], dict[str, str]]:
     """(URL to connect to, extra headers, request extensions); refuses non-public hosts."""
     if url.scheme not in ("http", "https") or not url.host:
@@ -176,7 +175,7 @@ async def load_image_url(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float = 10.0,
     allow_private: bool = False,
-    param: str = _PARAM,
+    param: str | None = None,
 ) -> ImagePart:
     """A ``data:`` URL decoded, or an ``http(s)`` URL fetched within ``max_bytes`` and ``timeout``
     seconds (for the whole fetch, redirects included)."""
@@ -195,7 +194,12 @@ async def load_image_url(
 
 
 async def _fetch(
-    url: str, http: httpx.AsyncClient, max_bytes: int, allow_private: bool, param: str, shown: str
+    url: str,
+    http: httpx.AsyncClient,
+    max_bytes: int,
+    allow_private: bool,
+    param: str | None,
+    shown: str,
 ) -> bytes:
     try:
         current = httpx.URL(url)

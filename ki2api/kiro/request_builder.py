@@ -355,25 +355,26 @@ class _BodyBuilder:
         tail = [0] * (len(plain) + 1)
         for i in range(len(plain) - 1, -1, -1):
             tail[i] = tail[i + 1] + sizes[i] + 1
+        skeleton = len(_dumps(self._body(len(plain), plain, bare=True)))
         # A current message answering tool calls keeps the assistant turn that made them.
         last = len(plain) if not self.current.results else len(plain) - 2
         for start in range(0, max(last, 0) + 1, 2):
-            size = self._size(start, plain, tail)
+            size = self._size(start, plain, tail, skeleton)
             if size <= max_bytes:
                 body = self._body(start, plain)
                 return body, _dumps(body), start
         raise ContextLengthExceeded(
             f"The conversation is too long for the service even after leaving out its older "
-            f"messages (the smallest request is {self._size(max(last, 0), plain, tail)} bytes, "
+            f"messages (the smallest request is {self._size(max(last, 0), plain, tail, skeleton)} "
+            "bytes, "
             f"the limit is {max_bytes}). Shorten the latest message, the system prompt or the "
             "tool results.",
             param="messages",
         )
 
-    def _size(self, start: int, plain: list[dict[str, Any]], tail: list[int]) -> int:
+    def _size(self, start: int, plain: list[dict[str, Any]], tail: list[int], skeleton: int) -> int:
         if start >= len(plain):
             return len(_dumps(self._body(start, plain)))
-        skeleton = len(_dumps(self._body(len(plain), plain, bare=True)))
         first = len(_dumps(self._first(start)))
         # skeleton has "history":[]; add entries and the commas between them (tail counts one
         # comma per entry, the last entry has none).
