@@ -664,3 +664,81 @@ def test_mask_secret():
     assert mask_secret(None) == ""
     spec = AccountSpec(label="x", source="t", auth_method="social", access_token="t" * 30)
     assert "t" * 8 not in repr(spec)
+
+
+# --- more ways the field goes wrong -------------------------------------------------------------
+
+
+async def test_an_older_login_saved_by_another_program_does_not_replace_ours(auth, http, tmp_path):
+    fake, url = auth
+    fake.valid.add("refresh-token-file-0001")
+    fake.rotate = True
+    path = login_file(tmp_path / "kiro-auth-token.json", expiresAt=iso(EXPIRED))
+    pool = AccountPool.from_settings(auth_settings(url, kiro_token_file=path), http)
+    assert (await pool.acquire()).credential.access_token == "access-token-issued-0001-xyz"
+    # The IDE, unaware of our refresh, saves the login it had (older expiry, dead refresh token).
+    login_file(path, expiresAt=iso(timedelta(minutes=20)))
+    lease = await pool.acquire()
+    assert lease.credential.access_token == "access-token-issued-0001-xyz"
+    assert pool.snapshot()[0].state == "healthy"
+
+
+async def test_after_a_failed_refresh_more_rejections_do_not_hammer_the_endpoint(
+    auth, http, tmp_path
+):
+    fake, url = auth
+    fake.valid.add("refresh-hammer-0001")
+    settings = auth_settings(url, kiro_token_file=tmp_path / "absent.json")
+    pool = pool_of(settings, http, account("a", at="access-hammer-001", rt="refresh-hammer-0001"))
+    first, late = await pool.acquire(), await pool.acquire()
+    fake.status = 503
+    assert await first.token_rejected() is None
+    assert await late.token_rejected() is None  # arrives after the failure: no second call
+    assert len(fake.calls) == 1
+
+
+async def test_a_broken_login_file_is_reported_once_not_per_request(auth, http, tmp_path, caplog):
+    _fake, url = auth
+    path = login_file(tmp_path / "kiro-auth-token.json")
+    settings = auth_settings(url, kiro_token_file=path, kiro_access_token="access-env-0000001")
+    pool = AccountPool.from_settings(settings, http, strategy="first")
+    path.write_bytes(b'{"accessToken": "half-writ')
+    caplog.set_level(logging.WARNING, logger="ki2api.accounts")
+    for _ in range(5):  # meanwhile the tokens read before keep serving
+        lease = await pool.acquire(exclude=frozenset({"env"}))
+        assert lease.credential.access_token == "access-token-file-0001"
+    assert sum("cannot use" in r.getMessage() for r in caplog.records) == 1
+    assert "half-writ" not in caplog.text
+    login_file(path, accessToken="access-repaired-0001")
+    lease = await pool.acquire(exclude=frozenset({"env"}))
+    assert lease.credential.access_token == "access-repaired-0001"
+
+
+async def test_shutdown_lets_a_refresh_in_flight_save_its_rotated_token(auth, http, tmp_path):
+    fake, url = auth
+    fake.valid.add("refresh-token-file-0001")
+    fake.rotate = True
+    fake.delay = 0.3
+    path = login_file(tmp_path / "kiro-auth-token.json", expiresAt=iso(EXPIRED))
+    pool = AccountPool.from_settings(auth_settings(url, kiro_token_file=path), http)
+    request = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.1)
+    request.cancel()  # the server is shutting down: requests are cancelled first
+    await pool.aclose()
+    assert orjson.loads(path.read_bytes())["refreshToken"] == "refresh-token-rotated-0001-xyz"
+
+
+async def test_removing_an_account_while_it_refreshes(auth, http, tmp_path):
+    fake, url = auth
+    fake.valid.add("refresh-remove-0001")
+    fake.delay = 0.2
+    settings = auth_settings(url, kiro_token_file=tmp_path / "absent.json")
+    pool = pool_of(settings, http, account("a", rt="refresh-remove-0001", expires=EXPIRED))
+    request = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.05)
+    pool.remove_account("a")
+    lease = await request  # the request that was already waiting still gets its token
+    assert lease.credential.access_token == "access-token-issued-0001-xyz"
+    with pytest.raises(NotConfigured):
+        await pool.acquire()
+    await pool.aclose()

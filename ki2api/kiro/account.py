@@ -13,6 +13,7 @@ write refreshed tokens back to it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -123,10 +124,16 @@ class Account:
         self._throttle_streak = 0
         self._force_refresh = False  # the service refused a token we thought was fine
         self._inflight: asyncio.Task[None] | None = None
+        self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
+        self._writing = False
         self._stamp: FileStamp | None = login_file.stamp if login_file else None
         self._digest: str | None = login_file.digest if login_file else None
         if not spec.access_token and not spec.can_refresh:
-            self.set_needs_login("no usable token yet")
+            self.set_needs_login(
+                "an IdC login needs its OIDC client (clientId / clientSecret) to refresh"
+                if spec.auth_method == "idc" and spec.refresh_token
+                else "no access token and no refresh token"
+            )
 
     @property
     def label(self) -> str:
@@ -220,8 +227,8 @@ class Account:
         contents, for writes that left the stamp unchanged.
         """
         path = self.spec.token_file
-        if path is None:
-            return False
+        if path is None or self._writing:
+            return False  # while we write, the file is ours (old or new, both known)
         stamp = stamp_of(path)
         if stamp is None:
             return False
@@ -232,7 +239,9 @@ class Account:
                 path, label=self.label, source=self.spec.source, settings=self._settings
             )
         except CredentialError as exc:
-            # Half-written by another program, most likely: keep what we have, look again later.
+            # Half-written by another program, most likely: keep what we have, and look again
+            # once it changes (remembering the stamp keeps this from being logged per request).
+            self._stamp, self._digest = stamp, None
             log.warning("account %s: cannot use %s right now: %s", self.label, path, exc)
             return False
         self._stamp, self._digest = fresh.stamp, fresh.digest
@@ -242,6 +251,11 @@ class Account:
             self.spec.refresh_token,
         ):
             self.spec = new  # other fields (expiry, profile) may still have changed
+            return False
+        if self._is_older(new):
+            # Another program saved a login older than ours (it had not seen our refresh):
+            # our tokens are the live ones.
+            log.warning("account %s: %s holds older tokens than ours; kept ours", self.label, path)
             return False
         self.spec = new
         self._force_refresh = False
@@ -255,6 +269,12 @@ class Account:
         )
         return True
 
+    def _is_older(self, other: AccountSpec) -> bool:
+        if self.state in ("needs_login", "disabled") or not self.spec.access_token:
+            return False
+        mine, theirs = self.spec.expires_at, other.expires_at
+        return mine is not None and theirs is not None and theirs < mine - timedelta(minutes=1)
+
     async def _write_back(self, result: RefreshResult) -> None:
         path = self.spec.token_file
         if path is None:
@@ -267,6 +287,7 @@ class Account:
             updates["refreshToken"] = result.refresh_token
         if result.profile_arn:
             updates["profileArn"] = result.profile_arn
+        self._writing = True
         try:
             self._stamp, self._digest = await asyncio.to_thread(update_login_file, path, updates)
         except (OSError, CredentialError) as exc:
@@ -274,6 +295,8 @@ class Account:
             log.error(
                 "account %s: could not write refreshed tokens to %s: %s", self.label, path, exc
             )
+        finally:
+            self._writing = False
 
     # --- refresh -----------------------------------------------------------------------------
 
@@ -308,6 +331,7 @@ class Account:
             raise
         except GatewayError as exc:
             self.record_error(exc)
+            self._refresh_backoff_until = self._clock() + REFRESH_FAILURE_COOLDOWN
             self.cool_down(REFRESH_FAILURE_COOLDOWN, f"refresh failed: {exc.message}")
             raise
         self.spec = replace(
@@ -360,6 +384,8 @@ class Account:
             return None
         if self.spec.access_token not in (None, rejected):
             return self.credential()  # already refreshed by a concurrent request
+        if self._clock() < self._refresh_backoff_until and not self.refreshing():
+            return None  # a refresh just failed (outage): do not hammer the endpoint
         if self._inflight is None or self._inflight.done():
             # Before spending a refresh, look whether another program already did.
             if self.sync_from_file(thorough=True) and self.spec.access_token != rejected:
@@ -375,14 +401,22 @@ class Account:
             return None
         return self.credential()
 
-    async def aclose(self) -> None:
+    def refreshing(self) -> bool:
+        return self._inflight is not None and not self._inflight.done()
+
+    async def aclose(self, grace: float = 3.0) -> None:
+        """Let a refresh in flight finish (a rotated token must not be lost), then stop it."""
         task = self._inflight
-        if task is not None and not task.done():
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(task), grace)
+        except (TimeoutError, GatewayError):
+            pass
+        if not task.done():
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except (asyncio.CancelledError, GatewayError):
-                pass
 
 
 def _retrieve_exception(task: asyncio.Task[None]) -> None:

@@ -22,6 +22,7 @@ Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accoun
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -168,6 +169,7 @@ class AccountPool:
         self._next = 0  # round_robin position
         self.problems: list[str] = []  # sources that could not be used (shown to the admin)
         self._pending_default_file: Path | None = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
         return await refresh_tokens(self._http, self._settings, spec)
@@ -196,8 +198,9 @@ class AccountPool:
         log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
 
     async def aclose(self) -> None:
-        for account in list(self._accounts.values()):
-            await account.aclose()
+        await asyncio.gather(
+            *(a.aclose() for a in self._accounts.values()), *self._closing, return_exceptions=True
+        )
 
     # --- membership --------------------------------------------------------------------------
 
@@ -267,6 +270,10 @@ class AccountPool:
     def remove_account(self, label: str) -> None:
         account = self._get(label)
         del self._accounts[account.label]
+        if account.refreshing():  # let it finish in the background (it has a loop, then)
+            closing = asyncio.ensure_future(account.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         log.info("account %s removed", label)
 
     def _get(self, label: str) -> Account:
