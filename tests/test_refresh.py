@@ -23,7 +23,6 @@ from ki2api.kiro.refresh import NeedsLogin, refresh_tokens
 from ki2api.settings import Settings, Timeouts
 from tests.servers import ServerThread
 
-
 USAGE_ANSWER = {
     "nextDateReset": 1893456000,  # 2030-01-01
     "subscriptionInfo": {"subscriptionTitle": "KIRO FREE"},
