@@ -39,6 +39,7 @@ from ki2api.simulator import (
     capture,
     capture_bytes,
     capture_names,
+    faults,
     get_fault,
     parallel_tool_use_answer,
     text_answer,
@@ -57,10 +58,19 @@ AUTH = {"Authorization": "Bearer test-token"}
 SHARED_CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
 
 
-@pytest.fixture
-def sim() -> Iterator[SimulatorServer]:
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[SimulatorServer]:
     with SimulatorServer() as server:
         yield server
+
+
+@pytest.fixture
+def sim(shared_server: SimulatorServer) -> SimulatorServer:
+    """One server for the module, with a fresh state for each test."""
+    shared_server.app.state.live_streams.close_all()
+    assert shared_server.state.wait_idle()
+    shared_server.state.reset()
+    return shared_server
 
 
 @pytest.fixture
@@ -504,10 +514,10 @@ def test_stall_and_slow_faults(sim: SimulatorServer, client: httpx.Client) -> No
     assert sim.state.wait_idle()
     assert sim.state.requests[-1].closed_by_client
 
-    sim.state.enqueue(get_fault("slow_frames"))
+    sim.state.enqueue(faults.slow_frames(0.1))
     started = time.monotonic()
     assert SIMULATOR_TAG in answer_text(chat(client, sim).content)
-    assert time.monotonic() - started >= 1.0  # several frames, 0.5 s apart
+    assert time.monotonic() - started >= 0.4  # several frames, 0.1 s apart
 
 
 def test_every_named_fault_is_covered() -> None:

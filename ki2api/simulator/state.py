@@ -120,26 +120,58 @@ class SimulatorState:
         refresh_latency: float = 0.0,
         profile_arn: str = SOCIAL_PROFILE_ARN,
     ) -> None:
-        self.latency = latency
-        self.chunk_interval = chunk_interval
-        self.fault_rate = fault_rate
-        self.random_faults = tuple(random_faults)
-        self.model_ids = frozenset(model_ids)
-        self.max_body_bytes = max_body_bytes
-        self.refresh_latency = refresh_latency
-        self.profile_arn = profile_arn
-        self.available_models: list[dict[str, Any]] = _default_models()
-        self.accounts = AccountBook(
-            require_known_tokens=require_known_tokens, token_ttl=access_token_ttl
-        )
-        self.requests: list[RequestRecord] = []
-        self.refresh_calls: list[RefreshCall] = []
-        self.open_streams = 0
-        self._rng = random.Random(fault_seed)
-        self._queue: deque[QueueItem] = deque()
-        self._refresh_faults: deque[HttpError] = deque()
-        self._ids = 0
         self._changed = threading.Condition(threading.RLock())
+        self.reset(
+            latency=latency,
+            chunk_interval=chunk_interval,
+            require_known_tokens=require_known_tokens,
+            fault_rate=fault_rate,
+            fault_seed=fault_seed,
+            random_faults=random_faults,
+            model_ids=model_ids,
+            max_body_bytes=max_body_bytes,
+            access_token_ttl=access_token_ttl,
+            refresh_latency=refresh_latency,
+            profile_arn=profile_arn,
+        )
+
+    def reset(
+        self,
+        *,
+        latency: float = 0.0,
+        chunk_interval: float = 0.0,
+        require_known_tokens: bool = False,
+        fault_rate: float = 0.0,
+        fault_seed: int | None = 0,
+        random_faults: Collection[str] = RANDOM_FAULTS,
+        model_ids: Collection[str] = KNOWN_MODEL_IDS,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        access_token_ttl: float = DEFAULT_TOKEN_TTL,
+        refresh_latency: float = 0.0,
+        profile_arn: str = SOCIAL_PROFILE_ARN,
+    ) -> None:
+        """Back to a fresh state: settings, accounts, queues and logs (one server can then
+        serve many tests). Call it while no answer is playing."""
+        with self._changed:
+            self.latency = latency
+            self.chunk_interval = chunk_interval
+            self.fault_rate = fault_rate
+            self.random_faults = tuple(random_faults)
+            self.model_ids = frozenset(model_ids)
+            self.max_body_bytes = max_body_bytes
+            self.refresh_latency = refresh_latency
+            self.profile_arn = profile_arn
+            self.available_models: list[dict[str, Any]] = _default_models()
+            self.accounts = AccountBook(
+                require_known_tokens=require_known_tokens, token_ttl=access_token_ttl
+            )
+            self.requests: list[RequestRecord] = []
+            self.refresh_calls: list[RefreshCall] = []
+            self.open_streams = 0
+            self._rng = random.Random(fault_seed)
+            self._queue: deque[QueueItem] = deque()
+            self._refresh_faults: deque[HttpError] = deque()
+            self._ids = 0
 
     # --- settings that live in the account book ------------------------------------------
 
