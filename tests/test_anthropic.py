@@ -12,11 +12,13 @@ import anthropic
 import httpx
 import orjson
 import pytest
+from anthropic.types import MessageParam
 
 from ki2api.app import create_app
 from ki2api.settings import Settings
 from ki2api.simulator import Delay, Script, SimulatorServer
 from ki2api.simulator.scripts import (
+    Step,
     parallel_tool_use_answer,
     reasoning_events,
     text_answer,
@@ -30,7 +32,7 @@ from tests.servers import ServerThread
 KEY = "test-key-anthropic"
 MODEL = "claude-sonnet-4-6"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32  # the gateway sniffs the format from the magic bytes
-X = [{"role": "user", "content": "x"}]
+X: list[MessageParam] = [{"role": "user", "content": "x"}]
 BAD_BASE64 = {"type": "base64", "media_type": "image/png", "data": "@@"}
 TOOLS = [
     {
@@ -211,7 +213,7 @@ def test_two_tool_agent_loop(sim, client, streamed):
     sim.state.enqueue(text_answer(final_text))
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Weather and time in Paris?"}]
 
-    def ask() -> anthropic.types.Message:
+    def ask() -> Any:
         if not streamed:
             return client.messages.create(
                 model=MODEL, max_tokens=1024, tools=TOOLS, messages=messages
@@ -344,7 +346,7 @@ def test_truncated_tool_call(sim, client, gateway):
 
 
 def test_raw_sse_sequence_and_indices(sim, gateway):
-    steps = [
+    steps: list[Step] = [
         *reasoning_events("Thinking it over.", chunks=2),
         *text_events("Checking the weather.", chunks=3),
         *tool_use_events("get_weather", "tooluse_w", '{"city": "Oslo"}', fragments=2),
@@ -411,7 +413,12 @@ def test_raw_sse_sequence_and_indices(sim, gateway):
 
 
 def test_ping_events_while_the_upstream_is_silent(sim, gateway, client):
-    steps = [*text_events("Slow ", 1), Delay(0.7), *text_events("answer.", 1), *trailer()]
+    steps: list[Step] = [
+        *text_events("Slow ", 1),
+        Delay(0.7),
+        *text_events("answer.", 1),
+        *trailer(),
+    ]
     sim.state.enqueue(Script(tuple(steps)))
     events = sse_events(gateway, hello())
     names = [n for n, _ in events]
@@ -510,7 +517,7 @@ def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
     body = response.json()
     assert body["type"] == "error" and body["error"]["type"] == kind
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body["error"]["message"]  # type: ignore[no-any-return]
+    return str(body["error"]["message"])
 
 
 @pytest.mark.parametrize(
