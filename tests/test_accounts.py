@@ -742,3 +742,19 @@ async def test_removing_an_account_while_it_refreshes(auth, http, tmp_path):
     with pytest.raises(NotConfigured):
         await pool.acquire()
     await pool.aclose()
+
+
+async def test_a_rotated_refresh_token_from_a_secret_is_flagged(auth, http, tmp_path, caplog):
+    fake, url = auth
+    fake.valid.add("refresh-secret-00001")
+    fake.rotate = True
+    caplog.set_level(logging.WARNING, logger="ki2api.accounts")
+    settings = auth_settings(
+        url, kiro_token_file=tmp_path / "absent.json", kiro_refresh_token="refresh-secret-00001"
+    )
+    pool = AccountPool.from_settings(settings, http)
+    lease = await pool.acquire()
+    assert await lease.token_rejected() is not None  # a second rotation: still one warning
+    (warning,) = [r.getMessage() for r in caplog.records if "rotated" in r.getMessage()]
+    assert "account env" in warning and "KIRO_TOKEN_FILE" in warning
+    assert "refresh-token-rotated" not in caplog.text

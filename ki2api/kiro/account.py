@@ -126,6 +126,7 @@ class Account:
         self._inflight: asyncio.Task[None] | None = None
         self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
         self._writing = False
+        self._rotation_noted = False
         self._stamp: FileStamp | None = login_file.stamp if login_file else None
         self._digest: str | None = login_file.digest if login_file else None
         if not spec.access_token and not spec.can_refresh:
@@ -351,6 +352,20 @@ class Account:
             format_time(result.expires_at),
             ", refresh token rotated" if result.refresh_token else "",
         )
+        if (
+            result.refresh_token
+            and self.spec.token_file is None
+            and self.spec.source != "pasted"  # the session keeps lease.spec itself
+            and not self._rotation_noted
+        ):
+            self._rotation_noted = True
+            log.warning(
+                "account %s: Kiro rotated its refresh token; the new one is kept in memory only, "
+                "so the configured one (%s) may stop working after a restart. Use a login file "
+                "(KIRO_TOKEN_FILE) for this account, or update the secret.",
+                self.label,
+                self.spec.source,
+            )
         await self._write_back(result)
 
     async def ensure_fresh(self) -> Credential:
