@@ -335,7 +335,9 @@ async def to_chat_request(
         else:
             messages.append(await convert.message(m.role, m.content, i))
     if not messages:
-        raise InvalidRequest("messages: at least one user message is required.", param="messages")
+        raise InvalidRequest(
+            "messages: at least one user or assistant message is required.", param="messages"
+        )
     request = ChatRequest(
         model=wire.model,
         messages=messages,
