@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.stack import Stack, StackFactory, make_stack_factory
+
 ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
 ISOLATED_NAMES = {"API_KEY", "ADMIN_KEY", "HOST", "PORT", "RATE_LIMIT", "CORS_ORIGINS"}
 
@@ -32,3 +34,14 @@ def capture_dir() -> Iterator[Path]:
     if not FIXTURES.is_dir():
         pytest.skip("../shared/fixtures/kiro-captures is not present")
     yield FIXTURES
+
+
+@pytest.fixture
+def stack_factory() -> Iterator[StackFactory]:
+    """Start simulator + gateway on loopback; call it with env overrides (``""`` removes one)."""
+    yield from make_stack_factory()
+
+
+@pytest.fixture
+def stack(stack_factory: StackFactory) -> Stack:
+    return stack_factory()

@@ -1,4 +1,4 @@
-"""Server-sent events helpers: keep-alive ticks while the upstream is silent."""
+"""Server-sent events helpers: keep-alive ticks, and a response that notices disconnects."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import TypeVar
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 
@@ -34,5 +38,32 @@ async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIter
     finally:
         if pending is not None:
             pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                await pending
+            # Wait, shielded, for the read to unwind: the source must be closed by the time
+            # this generator is (it owns the upstream connection).
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                    await pending
+
+
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that stops its body as soon as the client disconnects.
+
+    Under ASGI spec 2.4+ Starlette notices a departed client only on its next write; with a
+    silent upstream that can be many seconds of a Kiro request running for nobody. Listening
+    for ``http.disconnect`` alongside the body cancels it at once, and closing the body closes
+    the upstream request.
+    """
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream_then_stop() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-write
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream_then_stop)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 from ki2api.core.context import current_request
@@ -95,6 +95,9 @@ class DeltaStream:
 
     def __aiter__(self) -> AsyncIterator[Delta]:
         return self._iterator
+
+    def __anext__(self) -> Awaitable[Delta]:
+        return self._iterator.__anext__()
 
     async def aclose(self) -> None:
         await self._iterator.aclose()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ki2api.api.auth import check_api_key
 from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconnected
@@ -14,6 +14,7 @@ from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
 from ki2api.api.openai_chat.serving import ChatCompletionsService
+from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.kiro.models import ModelCatalog
 from ki2api.settings import Settings
@@ -61,9 +62,7 @@ def create_openai_router(
                 ),
             )
             if chat_request.stream:
-                return StreamingResponse(
-                    service.sse(chat), media_type="text/event-stream", headers=SSE_HEADERS
-                )
+                return EventStreamResponse(service.sse(chat), headers=SSE_HEADERS)
             body = await unless_disconnected(request, service.complete(chat))
         except GatewayError as exc:
             return openai_error_response(exc)
