@@ -6,8 +6,9 @@ every path the API does not, so ``/v1/...``, ``/health`` and ``/admin/...`` keep
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import gradio as gr
 from fastapi import FastAPI
@@ -19,10 +20,40 @@ from ki2api.ui.theme import CSS, THEME
 if TYPE_CHECKING:
     from ki2api.app import Runtime
 
+T = TypeVar("T")
+
 CONCURRENCY = 32  # chats (and other events) that run at once, per event
 
 
 def mount_ui(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
+    return _in_a_running_loop(lambda: _mount(app, settings, runtime))
+
+
+def _in_a_running_loop(build: Callable[[], T]) -> T:
+    """Run ``build`` where an event loop is running.
+
+    Gradio creates its locks with a helper that, outside a running loop, makes a new event loop
+    each time and leaves the old one unclosed (a ResourceWarning per loop). A short-lived loop
+    of our own, closed afterwards, avoids that; asyncio locks bind to a loop only when used.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return build()
+
+    async def run() -> T:
+        return build()
+
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(run())
+    finally:
+        loop.close()
+
+
+def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     page = build_page(settings, runtime)
     page.queue(default_concurrency_limit=CONCURRENCY)
     return gr.mount_gradio_app(

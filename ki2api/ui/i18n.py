@@ -157,6 +157,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "active": ("answers in flight", "进行中的回答"),
     "usable": ("usable accounts", "可用账号"),
     "plot_title": ("Latency of recent requests (s)", "最近请求的延迟（秒）"),
+    "plot_x": ("minutes ago (0 = now)", "几分钟前（0 = 现在）"),
     "plot_empty": (
         "No requests yet — send one in the playground.",
         "还没有请求 —— 去试用页发一条吧。",

@@ -81,7 +81,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                             label="chat",
                             placeholder="chat_placeholder",
                         )
-                        with gr.Row(equal_height=True):
+                        with gr.Row(elem_classes=["ki-bottom"]):
                             box = texts.add(
                                 gr.Textbox(
                                     show_label=False,
@@ -95,11 +95,23 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                                 placeholder="message_placeholder",
                             )
                             send = texts.add(
-                                gr.Button(t("send"), variant="primary", scale=1, elem_id="ki-send"),
+                                gr.Button(
+                                    t("send"),
+                                    variant="primary",
+                                    scale=0,
+                                    min_width=96,
+                                    elem_id="ki-send",
+                                ),
                                 value="send",
                             )
                             stop = texts.add(
-                                gr.Button(t("stop"), variant="stop", scale=1, elem_id="ki-stop"),
+                                gr.Button(
+                                    t("stop"),
+                                    variant="stop",
+                                    scale=0,
+                                    min_width=96,
+                                    elem_id="ki-stop",
+                                ),
                                 value="stop",
                             )
                         metrics = gr.Markdown(t("metrics_idle"), elem_id="ki-metrics")
@@ -128,71 +140,85 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                         using = gr.Markdown(t("using_pool"), elem_id="ki-using")
                         clear = texts.add(gr.Button(t("clear"), size="sm"), value="clear")
 
-            with gr.Tab("Tokens · 令牌", id="tokens") as tokens_tab:
-                texts.add(gr.Markdown(t("own_token_title")), value="own_token_title")
-                texts.add(
-                    gr.Markdown(t("own_token_help"), elem_classes=["ki-muted"]),
-                    value="own_token_help",
-                )
-                own_box = texts.add(
-                    gr.Textbox(label=t("token_box"), type="password", elem_id="ki-own-token"),
-                    label="token_box",
-                )
-                with gr.Row():
-                    use_btn = texts.add(
-                        gr.Button(t("use_token"), variant="primary", elem_id="ki-use-token"),
-                        value="use_token",
+            with gr.Tab("Tokens · 令牌", id="tokens") as tokens_tab, gr.Row():
+                with gr.Column(scale=1, variant="panel"):
+                    texts.add(gr.Markdown(t("own_token_title")), value="own_token_title")
+                    texts.add(
+                        gr.Markdown(t("own_token_help"), elem_classes=["ki-muted"]),
+                        value="own_token_help",
                     )
-                    forget_btn = texts.add(gr.Button(t("forget_token")), value="forget_token")
-                own_status = gr.Markdown(t("no_own_token"), elem_id="ki-own-status")
-
-                texts.add(gr.Markdown(t("admin_title")), value="admin_title")
-                texts.add(
-                    gr.Markdown(t("admin_help"), elem_classes=["ki-muted"]), value="admin_help"
-                )
-                with gr.Row(equal_height=True):
-                    admin_box = texts.add(
-                        gr.Textbox(
-                            label=t("admin_key"), type="password", scale=4, elem_id="ki-admin-key"
-                        ),
-                        label="admin_key",
+                    own_box = texts.add(
+                        gr.Textbox(label=t("token_box"), type="password", elem_id="ki-own-token"),
+                        label="token_box",
                     )
-                    sign_in = texts.add(
-                        gr.Button(t("sign_in"), scale=1, elem_id="ki-sign-in"), value="sign_in"
+                    with gr.Row():
+                        use_btn = texts.add(
+                            gr.Button(t("use_token"), variant="primary", elem_id="ki-use-token"),
+                            value="use_token",
+                        )
+                        forget_btn = texts.add(gr.Button(t("forget_token")), value="forget_token")
+                    own_status = gr.Markdown(t("no_own_token"), elem_id="ki-own-status")
+                with gr.Column(scale=1, variant="panel"):
+                    texts.add(gr.Markdown(t("admin_title")), value="admin_title")
+                    texts.add(
+                        gr.Markdown(t("admin_help"), elem_classes=["ki-muted"]), value="admin_help"
                     )
-                    sign_out = texts.add(gr.Button(t("sign_out"), scale=1), value="sign_out")
-                admin_status = gr.Markdown(t("signed_out"), elem_id="ki-admin-status")
-                with gr.Column(visible=False) as admin_panel:
-                    with gr.Row(equal_height=True):
-                        new_account = texts.add(
+                    with gr.Row(elem_classes=["ki-bottom"]):
+                        admin_box = texts.add(
                             gr.Textbox(
-                                label=t("new_account"),
+                                label=t("admin_key"),
                                 type="password",
                                 scale=4,
-                                elem_id="ki-new-account",
+                                elem_id="ki-admin-key",
+                            ),
+                            label="admin_key",
+                        )
+                        sign_in = texts.add(
+                            gr.Button(t("sign_in"), scale=0, min_width=100, elem_id="ki-sign-in"),
+                            value="sign_in",
+                        )
+                        sign_out = texts.add(
+                            gr.Button(t("sign_out"), scale=0, min_width=100), value="sign_out"
+                        )
+                    admin_status = gr.Markdown(t("signed_out"), elem_id="ki-admin-status")
+                    with gr.Column(visible=False) as admin_panel:
+                        new_account = texts.add(
+                            gr.Textbox(
+                                label=t("new_account"), type="password", elem_id="ki-new-account"
                             ),
                             label="new_account",
                         )
-                        new_label = texts.add(
-                            gr.Textbox(label=t("new_label"), scale=2, elem_id="ki-new-label"),
-                            label="new_label",
-                        )
-                        add_btn = texts.add(
-                            gr.Button(t("add_account"), variant="primary", elem_id="ki-add"),
-                            value="add_account",
-                        )
-                    with gr.Row(equal_height=True):
-                        account = texts.add(
-                            gr.Dropdown([], label=t("account"), scale=3, elem_id="ki-account"),
-                            label="account",
-                        )
-                        refresh_btn = texts.add(
-                            gr.Button(t("refresh_account")), value="refresh_account"
-                        )
-                        remove_btn = texts.add(
-                            gr.Button(t("remove_account"), variant="stop"), value="remove_account"
-                        )
-                    admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
+                        with gr.Row(elem_classes=["ki-bottom"]):
+                            new_label = texts.add(
+                                gr.Textbox(label=t("new_label"), scale=2, elem_id="ki-new-label"),
+                                label="new_label",
+                            )
+                            add_btn = texts.add(
+                                gr.Button(
+                                    t("add_account"),
+                                    variant="primary",
+                                    scale=0,
+                                    min_width=130,
+                                    elem_id="ki-add",
+                                ),
+                                value="add_account",
+                            )
+                        with gr.Row(elem_classes=["ki-bottom"]):
+                            account = texts.add(
+                                gr.Dropdown([], label=t("account"), scale=3, elem_id="ki-account"),
+                                label="account",
+                            )
+                            refresh_btn = texts.add(
+                                gr.Button(t("refresh_account"), scale=0, min_width=130),
+                                value="refresh_account",
+                            )
+                            remove_btn = texts.add(
+                                gr.Button(
+                                    t("remove_account"), variant="stop", scale=0, min_width=100
+                                ),
+                                value="remove_account",
+                            )
+                        admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
 
             with gr.Tab("Status · 状态", id="status") as status_tab:
                 texts.add(gr.Markdown(t("traffic_title")), value="traffic_title")
@@ -200,14 +226,17 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 plot = texts.add(
                     gr.LinePlot(
                         status.latency_frame_empty(),
-                        x="time",
+                        x="minutes",
                         y="seconds",
+                        x_title=t("plot_x"),
+                        x_lim=[-status.WINDOW / 60, 0],
                         color="series",
                         label=t("plot_title"),
                         height=240,
                         elem_id="ki-plot",
                     ),
                     label="plot_title",
+                    x_title="plot_x",
                 )
                 texts.add(gr.Markdown(t("status_title")), value="status_title")
                 table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -90,15 +91,19 @@ def traffic_summary(rt: Runtime, lang: str) -> str:
 
 
 def latency_frame_empty() -> pd.DataFrame:
-    return pd.DataFrame({"time": pd.Series(dtype="datetime64[ns]"), "seconds": [], "series": []})
+    return pd.DataFrame({"minutes": [], "seconds": [], "series": []})
 
 
 def latency_frame(rt: Runtime, lang: str) -> pd.DataFrame:
-    """Long form for a LinePlot: one row per request and series (total, first token)."""
-    rows: list[tuple[datetime, float, str]] = []
+    """Long form for a LinePlot: x is minutes before now (numbers: no datetime conversions),
+    one row per request and series (total, first token)."""
+    now = time.time()
+    rows: list[tuple[float, float, str]] = []
     for record in rt.stats.recent(WINDOW)[-PLOT_POINTS:]:
-        when = datetime.fromtimestamp(record.finished_at)
-        rows.append((when, round(record.latency, 3), t("series_latency", lang)))
+        ago = round((record.finished_at - now) / 60, 3)
+        rows.append((ago, round(record.latency, 3), t("series_latency", lang)))
         if record.ttft is not None:
-            rows.append((when, round(record.ttft, 3), t("series_ttft", lang)))
-    return pd.DataFrame(rows, columns=["time", "seconds", "series"])
+            rows.append((ago, round(record.ttft, 3), t("series_ttft", lang)))
+    if not rows:
+        return latency_frame_empty()
+    return pd.DataFrame(rows, columns=["minutes", "seconds", "series"])

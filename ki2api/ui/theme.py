@@ -26,5 +26,6 @@ CSS = """
 #ki-setup { background: #fdecec; border: 1px solid #ef9a9a; color: #6b1010; }
 #ki-metrics p { font-size: 0.9rem; color: var(--body-text-color-subdued); margin: 4px 2px; }
 #ki-using p { font-size: 0.88rem; }
+.ki-bottom { align-items: flex-end; }
 .ki-muted p { font-size: 0.9rem; color: var(--body-text-color-subdued); }
 """

@@ -1,0 +1,215 @@
+"""The web page in headless Chromium, served by a real uvicorn, answering from the simulator.
+
+Chats stream in, Stop closes the upstream request, a pasted token stays in its own tab, the
+admin adds an account, the language switch works; screenshots go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ki2api.app import DEMO_ACCESS_TOKEN, create_app
+from ki2api.settings import Settings
+from ki2api.simulator import Delay, Script, text_answer
+from ki2api.simulator.scripts import text_events
+from tests.servers import ServerThread
+
+CHROMIUM = Path("/usr/bin/chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+API_KEY = "ui-test-api-key-0123456789"
+ADMIN_KEY = "ui-test-admin-key-0123456789"
+VISITOR_TOKEN = "visitor-own-token-abcdefghij-9876"
+POOL_TOKEN = "added-pool-token-klmnopqrst-4321"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs /usr/bin/chromium"),
+    # Gradio's queue statistics use a pandas option that pandas 3 deprecates (not our code).
+    pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning"),
+]
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThread, Any]]:
+    home = tmp_path_factory.mktemp("ui-home")
+    settings = Settings(
+        demo=True,
+        api_key=API_KEY,
+        api_key_is_default=False,
+        admin_key=ADMIN_KEY,
+        kiro_token_file=home / "kiro-auth-token.json",
+    )
+    app = create_app(settings)
+    with ServerThread(app) as srv:
+        yield srv, app.state.runtime
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser: Any, url: str, locale: str = "en-US") -> Any:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, locale=locale)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    page.goto(url + "/")
+    expect(page.locator("#ki-message textarea")).to_be_visible()
+    return page
+
+
+def send(page: Any, text: str) -> None:
+    page.locator("#ki-message textarea").fill(text)
+    page.locator("#ki-send").click()
+
+
+def bearer_of_last_request(sim: Any) -> str:
+    return str(sim.requests[-1].headers.get("authorization"))
+
+
+def test_playground_streams_answers_with_thinking_and_tools(server, browser) -> None:
+    srv, rt = server
+    sim = rt.simulator.state
+    sim.chunk_interval = 0.03  # visible streaming, and a measurable speed
+    page = open_page(browser, srv.url)
+    expect(page.locator("#ki-demo")).to_contain_text("simulator")
+
+    send(page, "Hello! What does this gateway do?")
+    chat = page.locator("#ki-chat")
+    expect(chat).to_contain_text("This is a simulated answer", timeout=15_000)
+    expect(chat).to_contain_text("What does this gateway do?")
+    expect(page.locator("#ki-metrics")).to_contain_text("first token")
+    expect(page.locator("#ki-metrics")).to_contain_text("tokens/s")
+    assert bearer_of_last_request(sim) == f"Bearer {DEMO_ACCESS_TOKEN}"
+    expect(page.locator("#ki-message textarea")).to_have_value("")
+
+    page.get_by_label("Show thinking (reasoning)").check()
+    page.get_by_label("Offer example tools (get_weather, get_time)").check()
+    send(page, "Use get_weather for Shanghai, please.")
+    expect(chat).to_contain_text("Thinking")
+    expect(chat).to_contain_text("Tool call: get_weather")
+    expect(chat).to_contain_text("Simulated reasoning about")
+    body = sim.requests[-1].body
+    tools = body["conversationState"]["currentMessage"]["userInputMessage"][
+        "userInputMessageContext"
+    ]["tools"]
+    assert {t["toolSpecification"]["name"] for t in tools} == {"get_weather", "get_time"}
+    page.screenshot(path=str(SCREENSHOTS / "playground.png"))
+    page.context.close()
+
+
+def test_stop_closes_the_upstream_request(server, browser) -> None:
+    srv, rt = server
+    sim = rt.simulator.state
+    sim.chunk_interval = 0.0
+    steps = text_events("The first words arrive, ", 1) + [Delay(30.0)]
+    sim.enqueue(Script(tuple(steps) + tuple(text_answer("never sent").steps), "slow"))
+    page = open_page(browser, srv.url)
+    send(page, "Tell me a very long story.")
+    expect(page.locator("#ki-chat")).to_contain_text("The first words arrive")
+    page.locator("#ki-stop").click()
+    assert sim.wait_for(lambda s: s.requests[-1].closed_by_client, timeout=5)
+    assert sim.wait_idle(timeout=5)
+    expect(page.locator("#ki-chat")).not_to_contain_text("never sent")
+    page.context.close()
+
+
+def test_pasted_token_stays_in_its_own_tab(server, browser) -> None:
+    srv, rt = server
+    sim = rt.simulator.state
+    mine = open_page(browser, srv.url)
+    mine.get_by_role("tab", name=re.compile("Tokens")).click()
+    mine.locator("#ki-own-token input").fill(VISITOR_TOKEN)
+    mine.locator("#ki-use-token").click()
+    expect(mine.locator("#ki-own-status")).to_contain_text("…9876")
+    expect(mine.locator("#ki-own-token input")).to_have_value("")
+    assert VISITOR_TOKEN not in mine.content()
+
+    mine.get_by_role("tab", name=re.compile("Playground")).click()
+    expect(mine.locator("#ki-using")).to_contain_text("…9876")
+    send(mine, "Who pays for this answer?")
+    expect(mine.locator("#ki-chat")).to_contain_text("Who pays for this answer?", timeout=10_000)
+    expect(mine.locator("#ki-chat")).to_contain_text("simulated answer")
+    assert bearer_of_last_request(sim) == f"Bearer {VISITOR_TOKEN}"
+
+    other = open_page(browser, srv.url)
+    expect(other.locator("#ki-using")).not_to_contain_text("9876")
+    send(other, "And this one?")
+    expect(other.locator("#ki-chat")).to_contain_text("simulated answer")
+    assert bearer_of_last_request(sim) == f"Bearer {DEMO_ACCESS_TOKEN}"
+    other.get_by_role("tab", name=re.compile("Tokens")).click()
+    expect(other.locator("#ki-own-status")).to_contain_text("No token of your own")
+    assert VISITOR_TOKEN not in other.content()
+    other.context.close()
+
+    # The first tab still uses its own token.
+    send(mine, "Still mine?")
+    expect(mine.locator("#ki-chat")).to_contain_text("Still mine?")
+    expect(mine.locator("#ki-chat")).to_contain_text("“Still mine?”")
+    assert bearer_of_last_request(sim) == f"Bearer {VISITOR_TOKEN}"
+    mine.context.close()
+
+
+def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> None:
+    srv, rt = server
+    page = open_page(browser, srv.url)
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    expect(page.locator("#ki-new-account")).to_be_hidden()
+    page.locator("#ki-admin-key input").fill(API_KEY)  # ADMIN_KEY is set: the API key is not
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-admin-status")).to_contain_text("Wrong key")
+    page.locator("#ki-admin-key input").fill(ADMIN_KEY)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in")
+    page.locator("#ki-new-account input").fill(POOL_TOKEN)
+    page.locator("#ki-new-label textarea").fill("team-2")
+    page.locator("#ki-add").click()
+    expect(page.locator("#ki-admin-msg")).to_contain_text("Added account team-2")
+    assert "team-2" in {a.label for a in rt.pool.snapshot()}
+    assert POOL_TOKEN not in page.content()
+
+    page.get_by_role("tab", name=re.compile("Status")).click()
+    table = page.locator("#ki-accounts")
+    expect(table).to_contain_text("team-2")
+    expect(table).to_contain_text("…4321")
+    expect(page.locator("#ki-summary")).to_contain_text("requests")
+    assert POOL_TOKEN not in page.content()
+    page.wait_for_timeout(500)  # the plot draws after the data arrives
+    page.screenshot(path=str(SCREENSHOTS / "status.png"), full_page=True)
+
+    page.get_by_role("tab", name=re.compile("Connect")).click()
+    expect(page.locator("#ki-connect")).to_contain_text(f"{srv.url}/v1")
+    expect(page.locator("#ki-code-openai")).to_contain_text(f'base_url="{srv.url}/v1"')
+    assert API_KEY not in page.content() and ADMIN_KEY not in page.content()
+    page.screenshot(path=str(SCREENSHOTS / "connect.png"), full_page=True)
+    page.context.close()
+
+
+def test_language_follows_the_browser_and_the_switch(server, browser) -> None:
+    srv, _ = server
+    page = open_page(browser, srv.url, locale="zh-CN")
+    expect(page.locator("#ki-send")).to_have_text("发送")
+    expect(page.locator("#ki-demo")).to_contain_text("模拟器")
+    page.locator("#ki-lang").get_by_text("English").click()
+    expect(page.locator("#ki-send")).to_have_text("Send")
+    expect(page.locator("#ki-demo")).to_contain_text("simulator")
+    page.context.close()
