@@ -340,8 +340,15 @@ async def test_refresh_outage_with_a_still_valid_token_keeps_serving(http, tmp_p
     near = account(
         "a", at="access-valid-00001", rt="refresh-x-0000001", expires=timedelta(minutes=3)
     )
-    pool = pool_of(settings, http, near)
-    assert (await pool.acquire()).credential.access_token == "access-valid-00001"
+    clock = FakeClock()
+    pool = pool_of(settings, http, near, clock=clock)
+    for _ in range(3):  # one failed attempt, then a pause before the next
+        assert (await pool.acquire()).credential.access_token == "access-valid-00001"
+    (row,) = pool.snapshot()
+    assert row.state == "healthy" and row.errors == 1
+    clock.advance(16)
+    await pool.acquire()
+    assert pool.snapshot()[0].errors == 2  # tried again after the pause
 
 
 async def test_refresh_outage_with_an_expired_token_is_a_short_cooldown(http, tmp_path):
@@ -758,3 +765,12 @@ async def test_a_rotated_refresh_token_from_a_secret_is_flagged(auth, http, tmp_
     (warning,) = [r.getMessage() for r in caplog.records if "rotated" in r.getMessage()]
     assert "account env" in warning and "KIRO_TOKEN_FILE" in warning
     assert "refresh-token-rotated" not in caplog.text
+
+
+async def test_a_failed_manual_refresh_leaves_a_valid_token_in_service(http, tmp_path):
+    settings = auth_settings("http://127.0.0.1:9", kiro_token_file=tmp_path / "absent.json")
+    pool = pool_of(settings, http, account("a", at="access-manual-0001", rt="refresh-manual-001"))
+    with pytest.raises(UpstreamUnavailable):
+        await pool.refresh_account("a")
+    assert pool.snapshot()[0].state == "healthy"
+    assert (await pool.acquire()).credential.access_token == "access-manual-0001"

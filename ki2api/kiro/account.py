@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from ki2api.core.errors import GatewayError
+from ki2api.core.errors import GatewayError, UpstreamUnavailable
 from ki2api.kiro.credentials import (
     AccountSpec,
     Credential,
@@ -301,6 +301,9 @@ class Account:
 
     # --- refresh -----------------------------------------------------------------------------
 
+    def _token_unusable(self) -> bool:
+        return self._force_refresh or self.spec.expires_within(0)
+
     def needs_refresh(self) -> bool:
         if not self.spec.can_refresh:
             return False
@@ -333,7 +336,8 @@ class Account:
         except GatewayError as exc:
             self.record_error(exc)
             self._refresh_backoff_until = self._clock() + REFRESH_FAILURE_COOLDOWN
-            self.cool_down(REFRESH_FAILURE_COOLDOWN, f"refresh failed: {exc.message}")
+            if self._token_unusable():  # else it keeps serving until it expires
+                self.cool_down(REFRESH_FAILURE_COOLDOWN, f"refresh failed: {exc.message}")
             raise
         self.spec = replace(
             self.spec,
@@ -343,6 +347,7 @@ class Account:
             profile_arn=result.profile_arn or self.spec.profile_arn,
         )
         self._force_refresh = False
+        self._refresh_backoff_until = 0.0
         if self.state == "cooling_down" and (self.reason or "").startswith("refresh failed"):
             self._set_healthy()
         log.info(
@@ -376,15 +381,22 @@ class Account:
         """
         self.sync_from_file()
         if self.needs_refresh():
-            try:
-                await self.refresh(self.spec.access_token)
-            except NeedsLogin:
-                raise
-            except GatewayError:
-                if self.spec.expires_within(0) or self._force_refresh:
+            wait = self._refresh_backoff_until - self._clock()
+            if wait <= 0:
+                try:
+                    await self.refresh(self.spec.access_token)
+                except NeedsLogin:
                     raise
-                log.warning(
-                    "account %s: early refresh failed; the token is still valid", self.label
+                except GatewayError:
+                    if self._token_unusable():
+                        raise
+                    log.warning(
+                        "account %s: early refresh failed; the token is still valid", self.label
+                    )
+            elif self._token_unusable():  # a refresh failed moments ago: do not hammer it
+                self.cool_down(wait, "refresh failed recently")
+                raise UpstreamUnavailable(
+                    f"account {self.label!r}: refreshing its token failed moments ago"
                 )
         credential = self.credential()
         if credential is None or (self.spec.expires_within(0) and not self.spec.can_refresh):
@@ -399,7 +411,10 @@ class Account:
             return None
         if self.spec.access_token not in (None, rejected):
             return self.credential()  # already refreshed by a concurrent request
+        self._force_refresh = True  # whatever its expiry says, this token is dead
         if self._clock() < self._refresh_backoff_until and not self.refreshing():
+            wait = self._refresh_backoff_until - self._clock()
+            self.cool_down(wait, "refresh failed recently")
             return None  # a refresh just failed (outage): do not hammer the endpoint
         if self._inflight is None or self._inflight.done():
             # Before spending a refresh, look whether another program already did.

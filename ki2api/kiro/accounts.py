@@ -412,7 +412,6 @@ class AccountPool:
                 f"account {label!r} cannot be refreshed "
                 + ("(an API key)" if account.spec.is_api_key else "(no refresh token / client)")
             )
-        account.mark_token_suspect()
         await account.refresh(account.spec.access_token)
         account.enable()
         return account.status()
