@@ -16,7 +16,7 @@ from anthropic.types import MessageParam
 
 from ki2api.app import create_app
 from ki2api.settings import Settings
-from ki2api.simulator import Delay, Script, SimulatorServer
+from ki2api.simulator import Delay, Script, SimulatorServer, Stall
 from ki2api.simulator.scripts import (
     Step,
     parallel_tool_use_answer,
@@ -647,3 +647,34 @@ def test_count_tokens(sim, client, gateway):
         gateway + "/v1/messages/count_tokens", json={"model": MODEL, "messages": []}
     )
     anthropic_error(response, 401, "authentication_error")
+
+
+# --- disconnects -------------------------------------------------------------------------------
+
+
+def upstream_closed(sim: SimulatorServer) -> bool:
+    return sim.state.wait_for(
+        lambda s: bool(s.requests) and s.requests[-1].closed_by_client and s.open_streams == 0,
+        timeout=5,
+    )
+
+
+def test_client_leaving_a_stream_closes_the_upstream(sim, gateway):
+    sim.state.enqueue(Script((*text_events("First words", 1), Stall())))
+    with httpx.stream(
+        "POST",
+        gateway + "/v1/messages",
+        json=hello(stream=True),
+        headers={"x-api-key": KEY},
+    ) as response:
+        for line in response.iter_lines():
+            if "text_delta" in line:
+                break
+    assert upstream_closed(sim)
+
+
+def test_client_leaving_before_a_whole_answer_closes_the_upstream(sim, gateway):
+    sim.state.enqueue(Script((*text_events("First words", 1), Stall())))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway + "/v1/messages", json=hello(), headers={"x-api-key": KEY}, timeout=0.5)
+    assert upstream_closed(sim)

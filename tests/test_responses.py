@@ -15,7 +15,7 @@ import pytest
 
 from ki2api.app import create_app
 from ki2api.settings import Settings
-from ki2api.simulator import Delay, Script, SimulatorServer
+from ki2api.simulator import Delay, Script, SimulatorServer, Stall
 from ki2api.simulator.scripts import (
     Step,
     parallel_tool_use_answer,
@@ -423,3 +423,20 @@ def test_missing_key_is_401_and_unknown_model_is_404(gateway, client):
     with pytest.raises(openai.NotFoundError) as caught:
         client.responses.create(model="gpt-9-turbo", input="Hi")
     assert caught.value.code == "model_not_found"
+
+
+def test_client_leaving_a_stream_closes_the_upstream(sim, gateway):
+    sim.state.enqueue(Script((*text_events("First words", 1), Stall())))
+    with httpx.stream(
+        "POST",
+        gateway + "/v1/responses",
+        json={"model": MODEL, "input": "Hi", "stream": True},
+        headers={"authorization": f"Bearer {KEY}"},
+    ) as response:
+        for line in response.iter_lines():
+            if "output_text.delta" in line:
+                break
+    assert sim.state.wait_for(
+        lambda s: bool(s.requests) and s.requests[-1].closed_by_client and s.open_streams == 0,
+        timeout=5,
+    )
