@@ -31,10 +31,12 @@ from ki2api.simulator.scripts import (
     capture,
     capture_bytes,
     capture_names,
+    message_metadata_event,
     split_text,
     text_answer,
     tool_use_answer,
 )
+from ki2api.simulator.state import SimulatorState
 
 
 @given(st.text(), st.integers(min_value=1, max_value=50))
@@ -54,6 +56,28 @@ def test_script_text_body_and_concatenation() -> None:
     assert as_script(HttpError(500, {})).steps == (HttpError(500, {}),)
     assert as_script([Stall()]).steps == (Stall(),)
     assert as_script(script) is script
+
+
+def test_trailer_events() -> None:
+    events = {
+        e.event_type: e.payload
+        for e in text_answer("x", tokens=(120, 30), usage=0.01, context_usage=54.36).steps
+        if isinstance(e, Event)
+    }
+    assert events["meteringEvent"]["usage"] == 0.01
+    assert events["contextUsageEvent"] == {"contextUsagePercentage": 54.36}
+    assert events["metadataEvent"] == {"inputTokenCount": 120, "outputTokenCount": 30}
+    meta = message_metadata_event(100, 20, cache_read_input_tokens=5, conversation_id="c")
+    assert meta.payload["tokenUsage"]["totalTokens"] == 125
+    assert meta.payload["conversationId"] == "c"
+
+
+def test_request_log_is_bounded_and_masked() -> None:
+    state = SimulatorState(log_limit=10)
+    for _ in range(30):
+        state.new_record("/p", "path", {"authorization": "Bearer secret-token"}, 0)
+    assert 10 <= len(state.requests) <= 11 and state.requests[-1].id == 30
+    assert "secret" not in repr(state.requests[-1])
 
 
 def test_truncated_tool_use_has_no_stop_and_no_trailer() -> None:

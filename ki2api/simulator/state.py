@@ -33,7 +33,7 @@ QueueItem = Script | Fault
 Scriptable = Script | Step | Iterable[Step]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class RequestRecord:
     """One chat request as the simulator saw it, and what it did with it."""
 
@@ -62,13 +62,24 @@ class RequestRecord:
     def done(self) -> bool:
         return self.finished is not None
 
+    def __repr__(self) -> str:
+        # Short, and without headers or body: they hold tokens.
+        return (
+            f"RequestRecord(#{self.id} {self.style} {self.path} status={self.status} "
+            f"script={self.script!r} fault={self.fault!r} refusal={self.refusal!r} "
+            f"closed_by_client={self.closed_by_client})"
+        )
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, repr=False)
 class RefreshCall:
     path: str
-    body: Any
+    body: Any  # the parsed JSON body (it holds the refresh token and client secret)
     time: float
     status: int
+
+    def __repr__(self) -> str:
+        return f"RefreshCall({self.path} status={self.status})"
 
 
 def _default_models() -> list[dict[str, Any]]:
@@ -102,7 +113,8 @@ class SimulatorState:
     - ``require_known_tokens``: only issued / registered tokens are accepted;
     - ``fault_rate`` with ``random_faults`` (names in ``faults.FAULTS``), drawn from a seeded RNG;
     - ``model_ids`` the validator accepts, ``max_body_bytes``, ``available_models``;
-    - ``refresh_latency`` (s) before a refresh answer, ``access_token_ttl`` (s).
+    - ``refresh_latency`` (s) before a refresh answer, ``access_token_ttl`` (s);
+    - ``log_limit``: the newest requests kept in ``requests`` (None: all).
     """
 
     def __init__(
@@ -119,6 +131,7 @@ class SimulatorState:
         access_token_ttl: float = DEFAULT_TOKEN_TTL,
         refresh_latency: float = 0.0,
         profile_arn: str = SOCIAL_PROFILE_ARN,
+        log_limit: int | None = 10_000,
     ) -> None:
         self._changed = threading.Condition(threading.RLock())
         self.reset(
@@ -133,6 +146,7 @@ class SimulatorState:
             access_token_ttl=access_token_ttl,
             refresh_latency=refresh_latency,
             profile_arn=profile_arn,
+            log_limit=log_limit,
         )
 
     def reset(
@@ -149,6 +163,7 @@ class SimulatorState:
         access_token_ttl: float = DEFAULT_TOKEN_TTL,
         refresh_latency: float = 0.0,
         profile_arn: str = SOCIAL_PROFILE_ARN,
+        log_limit: int | None = 10_000,
     ) -> None:
         """Back to a fresh state: settings, accounts, queues and logs (one server can then
         serve many tests). Call it while no answer is playing."""
@@ -161,6 +176,7 @@ class SimulatorState:
             self.max_body_bytes = max_body_bytes
             self.refresh_latency = refresh_latency
             self.profile_arn = profile_arn
+            self.log_limit = log_limit
             self.available_models: list[dict[str, Any]] = _default_models()
             self.accounts = AccountBook(
                 require_known_tokens=require_known_tokens, token_ttl=access_token_ttl
@@ -305,6 +321,10 @@ class SimulatorState:
                 self._ids, path, style, headers, None, body_size, time.monotonic()
             )
             self.requests.append(record)
+            limit = self.log_limit
+            if limit is not None and len(self.requests) > limit + limit // 10:
+                # Trimmed in batches (amortised O(1)) so a long soak keeps bounded memory.
+                del self.requests[: len(self.requests) - limit]
             self._changed.notify_all()
             return record
 
