@@ -68,6 +68,7 @@ def create_openai_router(
             return openai_error_response(exc)
         except ClientDisconnected:
             return Response(status_code=CLIENT_CLOSED)
-        return Response(orjson.dumps(body), media_type="application/json")
+        headers = {"x-ki2api-warning": "; ".join(chat.warnings)} if chat.warnings else None
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
     return router

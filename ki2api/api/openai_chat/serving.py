@@ -5,16 +5,18 @@ No FastAPI here. The constant part of every chunk is serialised once per answer.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from ki2api.api.errors import openai_error_body
 from ki2api.api.sse import with_heartbeat
+from ki2api.core.compliance import normalise_json_answer, tool_choice_problem
 from ki2api.core.deltas import (
     ReasoningDelta,
     Stop,
@@ -27,6 +29,8 @@ from ki2api.core.deltas import (
 )
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.request import ChatRequest
+
+log = logging.getLogger("ki2api.openai")
 
 FINISH_REASONS = {
     StopReason.END_TURN: "stop",
@@ -55,6 +59,7 @@ class OpenChat:
     include_usage: bool
     id: str
     created: int
+    warnings: list[str] = field(default_factory=list)
 
 
 class ChatCompletionsService:
@@ -89,6 +94,7 @@ class ChatCompletionsService:
 
         usage: Usage | None = None
         stream = chat.stream
+        called: list[str] = []
         try:
             yield chunk({"role": "assistant", "content": ""})
             async for delta in with_heartbeat(stream, self.keepalive_interval):
@@ -103,6 +109,7 @@ class ChatCompletionsService:
                     call = {"index": delta.index, "function": {"arguments": delta.fragment}}
                     yield chunk({"tool_calls": [call]})
                 elif isinstance(delta, ToolCallStart):
+                    called.append(delta.name)
                     call = {
                         "index": delta.index,
                         "id": delta.id,
@@ -131,6 +138,10 @@ class ChatCompletionsService:
                             "usage": usage_body(usage),
                         }
                         yield b"data: " + dumps(body) + b"\n\n"
+                    problem = tool_choice_problem(chat.request, called)
+                    if problem:
+                        log.warning("%s (%s)", problem, chat.id)
+                        yield f": warning: {problem}\n\n".encode()
                     yield DONE
                     return
                 elif isinstance(delta, StreamError):
@@ -140,7 +151,15 @@ class ChatCompletionsService:
             await stream.aclose()
 
     async def complete(self, chat: OpenChat) -> dict[str, Any]:
-        return render_completion(chat, await collect(chat.stream))
+        done = await collect(chat.stream)
+        problems = [tool_choice_problem(chat.request, [c.name for c in done.tool_calls])]
+        if chat.request.response_schema is not None and done.text:
+            done.text, problem = normalise_json_answer(done.text, chat.request.response_schema)
+            problems.append(problem)
+        chat.warnings = [p for p in problems if p]
+        for problem in chat.warnings:
+            log.warning("%s (%s)", problem, chat.id)
+        return render_completion(chat, done)
 
 
 def render_completion(chat: OpenChat, done: Completion) -> dict[str, Any]:
