@@ -113,6 +113,9 @@ def test_playground_streams_answers_with_thinking_and_tools(server, browser) -> 
         "userInputMessageContext"
     ]["tools"]
     assert {t["toolSpecification"]["name"] for t in tools} == {"get_weather", "get_time"}
+    assert sim.wait_idle(timeout=5)
+    expect(page.locator("#ki-chat")).to_contain_text('"city"')  # the call's arguments
+    page.wait_for_timeout(600)  # let the last update and the end of the event render
     page.screenshot(path=str(SCREENSHOTS / "playground.png"))
     page.context.close()
 

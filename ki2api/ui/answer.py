@@ -147,7 +147,7 @@ class AnswerView:
         for view in self.tools.values():
             title = f"🔧 {t('tool_title', self.lang)}: {view.name}"
             args = "".join(view.args) or "{}"
-            meta = {"title": title, "status": "done" if view.done else "pending"}
+            meta = {"title": title}  # no status: stays open, the arguments are the point
             out.append({"role": "assistant", "content": f"```json\n{args}\n```", "metadata": meta})
         if self.error is not None:
             note = f"⚠️ {t('error_prefix', self.lang)}: {self.error}"

@@ -1,0 +1,129 @@
+"""The page's pure parts: how deltas become chat messages, history, snippets, countdowns, keys."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ki2api.core.deltas import (
+    ReasoningDelta,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.core.errors import UpstreamError
+from ki2api.settings import Settings
+from ki2api.ui.answer import AnswerView, history_to_messages
+from ki2api.ui.connect import base_url, shown_key, snippets
+from ki2api.ui.i18n import STRINGS, lang_from_header, t
+from ki2api.ui.status import countdown
+from ki2api.ui.tokens import admin_key_ok, describe_own
+
+
+def test_answer_view_separates_thinking_text_and_tool_calls() -> None:
+    view = AnswerView()
+    for delta in (
+        ReasoningDelta("Let me think."),
+        TextDelta("Hello"),
+        TextDelta(", world"),
+        ToolCallStart(0, "call_1", "get_weather"),
+        ToolCallArgs(0, '{"city": '),
+        ToolCallArgs(0, '"Paris"}'),
+        ToolCallEnd(0),
+        Usage(10, 42),
+        Stop(StopReason.TOOL_USE),
+    ):
+        view.feed(delta)
+    thinking, text, tool = view.messages()
+    assert thinking["content"] == "Let me think."
+    assert thinking["metadata"]["status"] == "done"
+    assert text == {"role": "assistant", "content": "Hello, world"}
+    assert tool["metadata"]["title"].endswith("get_weather")
+    assert '{"city": "Paris"}' in tool["content"]
+    assert view.tokens == 42
+    assert view.ttft is not None and "42 output tokens" in view.metrics("m")
+
+
+def test_every_update_holds_the_whole_answer_so_far() -> None:
+    view = AnswerView()
+    view.feed(TextDelta("Hel"))
+    assert view.messages()[-1]["content"] == "Hel"
+    view.feed(TextDelta("lo"))
+    assert view.messages()[-1]["content"] == "Hello"
+
+
+def test_a_stream_error_is_shown_after_the_partial_answer() -> None:
+    view = AnswerView(lang="zh")
+    view.feed(TextDelta("partial"))
+    view.feed(StreamError(UpstreamError("Kiro went away")))
+    messages = view.messages()
+    assert messages[0]["content"] == "partial"
+    assert "Kiro went away" in messages[-1]["content"] and "网关" in messages[-1]["content"]
+
+
+def test_history_keeps_the_conversation_and_drops_page_notes() -> None:
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": "thinking…", "metadata": {"title": "Thinking"}},
+        {"role": "assistant", "content": [{"type": "text", "text": "Hello!"}]},
+        {"role": "assistant", "content": "more", "metadata": None},
+        {"role": "user", "content": "  "},
+    ]
+    messages = history_to_messages(history)
+    assert [(m.role, m.text) for m in messages] == [("user", "Hi"), ("assistant", "Hello!\n\nmore")]
+
+
+def test_base_url_prefers_the_space_host_then_the_request() -> None:
+    space = Settings(on_space=True, space_host="me-ki2api.hf.space")
+    assert base_url(space, {"host": "10.0.0.1:7860"}) == "https://me-ki2api.hf.space"
+    local = Settings()
+    assert base_url(local, {"host": "example.org:8989"}) == "http://example.org:8989"
+    proxied = {"host": "inner:80", "x-forwarded-host": "gw.example", "x-forwarded-proto": "https"}
+    assert base_url(local, proxied) == "https://gw.example"
+    assert base_url(local, {"host": "h", "x-forwarded-proto": "javascript"}) == "http://h"
+    assert base_url(Settings(host="0.0.0.0", port=7000), None) == "http://127.0.0.1:7000"
+
+
+def test_snippets_show_only_the_public_default_key() -> None:
+    assert shown_key(Settings()) == "ki2api-key-2024"
+    assert shown_key(Settings(api_key="real-secret", api_key_is_default=False)) == ""
+    assert shown_key(Settings(on_space=True)) == ""
+    code = snippets("https://gw.example", "", "claude-sonnet-4-6")
+    assert 'base_url="https://gw.example/v1"' in code["openai"]
+    assert 'base_url="https://gw.example"' in code["anthropic"]
+    assert "$KI2API_KEY" in code["curl"] and "apiBase: https://gw.example/v1" in code["editor"]
+
+
+def test_admin_key_follows_the_admin_api_rule() -> None:
+    both = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-1234567")
+    assert admin_key_ok("adm-1234567", both)
+    assert not admin_key_ok("api-key-1234567", both)
+    only_api = Settings(api_key="api-key-1234567", api_key_is_default=False)
+    assert admin_key_ok(" api-key-1234567 ", only_api)
+    assert not admin_key_ok("", only_api)
+    assert not admin_key_ok("ki2api-key-2024", Settings(on_space=True))  # public default key
+
+
+def test_countdown_and_masked_own_token() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert countdown(now + timedelta(minutes=42, seconds=5), now, "en") == "in 42 min"
+    assert countdown(now + timedelta(hours=3, minutes=2), now, "zh") == "3 h 2 min 后"
+    assert countdown(now - timedelta(seconds=1), now, "en") == "expired"
+    from ki2api.kiro.credentials import parse_pasted_token
+
+    spec = parse_pasted_token("visitor-token-abcdefgh-9876", Settings())
+    shown = describe_own(spec, "en")
+    assert "…9876" in shown and "abcdefgh" not in shown
+
+
+def test_every_string_has_both_languages() -> None:
+    for key, (en, zh) in STRINGS.items():
+        assert en.strip() and zh.strip(), key
+    assert t("send", "zh") == "发送" and t("send") == "Send"
+    assert lang_from_header("zh-CN,zh;q=0.9,en;q=0.8") == "zh"
+    assert lang_from_header("en-US,zh;q=0.5") == "en"
+    assert lang_from_header(None) == "en"
