@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ki2api.api.anthropic.protocol import parse_wire, to_chat_request
+from ki2api.core.errors import GatewayError
 from ki2api.core.request import ImagePart
 from ki2api.kiro.models import ModelCatalog
 from ki2api.kiro.request_builder import build_kiro_request
@@ -192,6 +193,96 @@ def test_anthropic_conversations_become_accepted_kiro_bodies(body: dict[str, Any
         model=CATALOG.resolve(request.model),
         profile_arn=ARN,
         conversation_id="0b6d9a7e-3f0c-4c1e-9d55-2f0f8f7b1a11",
+    )
+    reason = validate_request(orjson.loads(built.body))
+    assert reason is None, reason
+
+
+# --- anything at all: a clear 400 or an accepted body, never a crash ------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+BLOCK_TYPES = [
+    "text",
+    "image",
+    "document",
+    "search_result",
+    "tool_use",
+    "tool_result",
+    "thinking",
+    "redacted_thinking",
+    "server_tool_use",
+    None,
+]
+BLOCK_KEYS = [
+    "text",
+    "source",
+    "id",
+    "name",
+    "input",
+    "tool_use_id",
+    "content",
+    "is_error",
+    "title",
+]
+fuzzy_blocks = st.fixed_dictionaries(
+    {"type": st.sampled_from(BLOCK_TYPES)},
+    optional={
+        **dict.fromkeys(BLOCK_KEYS, json_values),
+        "source": st.fixed_dictionaries(
+            {"type": st.sampled_from(["base64", "url", "text", "content", "file"])},
+            optional={"media_type": json_values, "data": json_values, "url": json_values},
+        ),
+    },
+)
+fuzzy_messages = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "tool"]),
+        "content": st.one_of(json_values, st.lists(fuzzy_blocks, max_size=4)),
+    }
+)
+fuzzy_bodies = st.fixed_dictionaries(
+    {
+        "model": st.just("claude-sonnet-4-6"),
+        "max_tokens": st.one_of(st.integers(1, 100), st.integers(-1, 100), json_values),
+        "messages": st.lists(fuzzy_messages, max_size=4),
+    },
+    optional={
+        "system": st.one_of(json_values, st.lists(fuzzy_blocks, max_size=2)),
+        "tools": st.one_of(
+            json_values,
+            st.lists(
+                st.fixed_dictionaries(
+                    {"name": json_values},
+                    optional={"type": json_values, "input_schema": json_values},
+                ),
+                max_size=2,
+            ),
+        ),
+        "tool_choice": json_values,
+        "thinking": json_values,
+        "stop_sequences": json_values,
+        "output_config": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fuzzy_bodies)
+def test_any_body_is_a_400_or_an_accepted_request(body: dict[str, Any]) -> None:
+    try:
+        wire = parse_wire(body)
+        request = asyncio.run(to_chat_request(wire, load_image, max_image_bytes=1024))
+    except GatewayError as exc:
+        assert exc.status == 400 and exc.message
+        return
+    built = build_kiro_request(
+        request, model=CATALOG.resolve(request.model), profile_arn=ARN, conversation_id="c-1"
     )
     reason = validate_request(orjson.loads(built.body))
     assert reason is None, reason

@@ -258,7 +258,9 @@ class _Converter:
 def _search_result_text(block: dict[str, Any]) -> str:
     title = block.get("title") if isinstance(block.get("title"), str) else ""
     inner = block.get("content")
-    texts = [b.get("text", "") for b in inner or [] if isinstance(b, dict)]
+    texts = (
+        [b.get("text", "") for b in inner if isinstance(b, dict)] if isinstance(inner, list) else []
+    )
     body = "\n".join(t for t in texts if isinstance(t, str))
     source = block.get("source") if isinstance(block.get("source"), str) else ""
     return f"[Search result: {title} ({source})]\n{body}"
@@ -348,6 +350,6 @@ async def to_chat_request(
     )
     if isinstance(wire, MessagesWire):
         request.max_tokens = wire.max_tokens
-        request.stop = list(wire.stop_sequences or [])
+        request.stop = [s for s in wire.stop_sequences or [] if s]  # "" would stop at once
         request.stream = wire.stream
     return request
