@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
 from ki2api.api.anthropic.serving import MessagesService
@@ -18,6 +18,7 @@ from ki2api.api.auth import check_api_key
 from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconnected
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
 
@@ -48,9 +49,7 @@ def create_anthropic_router(
                 ),
             )
             if chat_request.stream:
-                return StreamingResponse(
-                    service.sse(msg), media_type="text/event-stream", headers=SSE_HEADERS
-                )
+                return EventStreamResponse(service.sse(msg), headers=SSE_HEADERS)
             body = await unless_disconnected(request, service.complete(msg))
         except GatewayError as exc:
             return anthropic_error_response(exc)

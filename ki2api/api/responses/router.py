@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ki2api.api.auth import check_api_key
 from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconnected
@@ -14,6 +14,7 @@ from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.responses.protocol import parse_wire, to_chat_request
 from ki2api.api.responses.serving import ResponsesService
+from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
 
@@ -44,9 +45,7 @@ def create_responses_router(
                 ),
             )
             if chat_request.stream:
-                return StreamingResponse(
-                    service.sse(resp), media_type="text/event-stream", headers=SSE_HEADERS
-                )
+                return EventStreamResponse(service.sse(resp), headers=SSE_HEADERS)
             body = await unless_disconnected(request, service.complete(resp))
         except GatewayError as exc:
             return openai_error_response(exc)
