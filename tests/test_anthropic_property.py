@@ -180,7 +180,7 @@ async def load_image(url: str, param: str) -> ImagePart:
 
 
 @settings(
-    max_examples=1000,
+    max_examples=700,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
