@@ -107,7 +107,6 @@ def test_playground_streams_answers_with_thinking_and_tools(server, browser) -> 
     send(page, "Use get_weather for Shanghai, please.")
     expect(chat).to_contain_text("Thinking")
     expect(chat).to_contain_text("Tool call: get_weather")
-    expect(chat).to_contain_text("Simulated reasoning about")
     body = sim.requests[-1].body
     tools = body["conversationState"]["currentMessage"]["userInputMessage"][
         "userInputMessageContext"
@@ -115,6 +114,8 @@ def test_playground_streams_answers_with_thinking_and_tools(server, browser) -> 
     assert {t["toolSpecification"]["name"] for t in tools} == {"get_weather", "get_time"}
     assert sim.wait_idle(timeout=5)
     expect(page.locator("#ki-chat")).to_contain_text('"city"')  # the call's arguments
+    chat.get_by_text("Thinking").click()  # finished thinking is folded away; unfold it
+    expect(chat).to_contain_text("Simulated reasoning about")
     page.wait_for_timeout(600)  # let the last update and the end of the event render
     page.screenshot(path=str(SCREENSHOTS / "playground.png"))
     page.context.close()

@@ -156,7 +156,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "ttft_p50": ("first token p50", "首字延迟 p50"),
     "active": ("answers in flight", "进行中的回答"),
     "usable": ("usable accounts", "可用账号"),
-    "plot_title": ("Latency of recent requests (s)", "最近请求的延迟（秒）"),
+    "plot_title": (
+        "Latency of recent requests, seconds: total (indigo) and first token (orange)",
+        "最近请求的延迟（秒）：总耗时（靛蓝）与首字延迟（橙色）",
+    ),
     "plot_x": ("minutes ago (0 = now)", "几分钟前（0 = 现在）"),
     "plot_empty": (
         "No requests yet — send one in the playground.",

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 STATUS_EVERY = 5.0
+SERIES_COLORS = {
+    t(key, code): color
+    for key, color in (("series_latency", "#4f46e5"), ("series_ttft", "#f59e0b"))
+    for code in ("en", "zh")
+}
 
 
 def _setup_text(lang: str) -> str:
@@ -230,6 +235,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                         y="seconds",
                         x_title=t("plot_x"),
                         color="series",
+                        color_map=SERIES_COLORS,
                         label=t("plot_title"),
                         height=300,
                         elem_id="ki-plot",
