@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ class Row:
     marker: str | None
     error: type[GatewayError]
     message: str
+    until_midnight: bool = False  # a daily limit: out until the next UTC day
 
 
 TABLE: tuple[Row, ...] = (
@@ -64,6 +65,13 @@ TABLE: tuple[Row, ...] = (
     Row(404, None, UpstreamError, "Kiro answered 404: check KIRO_API_URL"),
     Row(408, None, UpstreamUnavailable, "Kiro timed out"),
     Row(429, "MONTHLY_REQUEST_COUNT", QuotaExceeded, "The Kiro account has used up its quota"),
+    Row(
+        429,
+        "DAILY_REQUEST_COUNT",
+        QuotaExceeded,
+        "The Kiro account has used up today's requests",
+        until_midnight=True,
+    ),
     Row(429, None, UpstreamThrottled, "Kiro is throttling this account"),
     Row(None, None, UpstreamUnavailable, "Kiro is temporarily unavailable"),
 )
@@ -85,6 +93,8 @@ def error_for_response(
             continue
         detail = message or reason
         text = f"{row.message} (Kiro {status}: {detail})" if detail else f"{row.message} ({status})"
+        if row.until_midnight and retry_after is None:
+            retry_after = _seconds_to_utc_midnight()
         return row.error(text, retry_after=retry_after)
     return UpstreamError(f"Kiro answered {status}: {message or reason or 'no detail'}")
 
@@ -114,3 +124,9 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _seconds_to_utc_midnight() -> float:
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (midnight - now).total_seconds()
