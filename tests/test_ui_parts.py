@@ -18,7 +18,7 @@ from ki2api.core.deltas import (
 from ki2api.core.errors import UpstreamError
 from ki2api.settings import Settings
 from ki2api.ui.answer import AnswerView, history_to_messages
-from ki2api.ui.connect import base_url, shown_key, snippets
+from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
 from ki2api.ui.status import countdown
 from ki2api.ui.tokens import admin_key_ok, describe_own
@@ -96,6 +96,10 @@ def test_snippets_show_only_the_public_default_key() -> None:
     assert 'base_url="https://gw.example/v1"' in code["openai"]
     assert 'base_url="https://gw.example"' in code["anthropic"]
     assert "$KI2API_KEY" in code["curl"] and "apiBase: https://gw.example/v1" in code["editor"]
+    local = intro(Settings(), "http://127.0.0.1:8989", ["auto"], "en")
+    assert "`ki2api-key-2024`" in local and "`http://127.0.0.1:8989/v1`" in local
+    remote = intro(Settings(api_key="s3cret-key-value", api_key_is_default=False), "x", [], "zh")
+    assert "s3cret" not in remote and "$KI2API_KEY" in remote
 
 
 def test_admin_key_follows_the_admin_api_rule() -> None:

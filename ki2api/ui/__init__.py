@@ -56,7 +56,7 @@ def _in_a_running_loop(build: Callable[[], T]) -> T:
 def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
     page = build_page(settings, runtime)
     page.queue(default_concurrency_limit=CONCURRENCY)
-    return gr.mount_gradio_app(
+    mounted: FastAPI = gr.mount_gradio_app(
         app,
         page,
         path="/",
@@ -67,6 +67,7 @@ def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> 
         run_history=False,  # the browser must not keep copies of pasted tokens
         show_error=False,
     )
+    return mounted
 
 
 __all__ = ["mount_ui"]

@@ -194,8 +194,8 @@ STRINGS: dict[str, tuple[str, str]] = {
 }
 
 
-def t(key: str, lang: str = "en", **values: object) -> str:
-    en, zh = STRINGS[key]
+def t(name: str, lang: str = "en", /, **values: object) -> str:
+    en, zh = STRINGS[name]
     text = zh if lang == "zh" else en
     return text.format(**values) if values else text
 
@@ -223,4 +223,8 @@ class Texts:
         return [c for c, _ in self.entries]
 
     def updates(self, lang: str) -> list[Any]:
-        return [gr.update(**{p: t(k, lang) for p, k in props.items()}) for _, props in self.entries]
+        updates: list[Any] = []
+        for _, props in self.entries:
+            values: dict[str, Any] = {p: t(k, lang) for p, k in props.items()}
+            updates.append(gr.update(**values))
+        return updates

@@ -368,4 +368,4 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
         )
         for other in (playground_tab, tokens_tab, connect_tab):
             other.select(lambda: gr.Timer(active=False), None, [timer], **PRIVATE)
-    return page
+    return page  # type: ignore[no-any-return]
