@@ -1,0 +1,133 @@
+"""The API's own limits: a per-key rate limit (``RATE_LIMIT``) and CORS origins (``CORS_ORIGINS``).
+
+The body size limit lives in :func:`ki2api.api.common.read_json_body`, the message count in
+``Gateway.open`` and the per-account concurrency in :mod:`ki2api.core.concurrency`.
+
+``RATE_LIMIT=60/minute`` gives each API key a token bucket of 60 requests refilled over a
+minute; a request with an empty bucket gets 429 ``rate_limit_error`` with ``Retry-After`` in the
+client's format (Anthropic's for ``/v1/messages``, OpenAI's elsewhere). Only requests that
+present a valid key are counted (a wrong key is refused by the auth check anyway, and counting
+arbitrary keys would let anyone grow the table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ki2api.api.auth import keys_match, presented_key
+from ki2api.api.errors import anthropic_error_response, openai_error_response
+from ki2api.core.errors import RateLimited
+from ki2api.settings import Settings
+
+_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
+_MAX_TRACKED_KEYS = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    requests: int
+    period: float  # seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.period
+
+
+def parse_rate(text: str) -> Rate:
+    """``"60/minute"``, ``"10/second"``, ``"1000/day"``, ``"100/5minutes"`` → :class:`Rate`."""
+    match = _RATE.match(text)
+    if match is None or int(match.group(1)) <= 0:
+        raise ValueError(
+            f"RATE_LIMIT={text!r} is not a rate: write it like '60/minute' "
+            "(second, minute, hour or day)"
+        )
+    count, multiple, unit = match.groups()
+    return Rate(int(count), _PERIODS[unit.lower()] * int(multiple or 1))
+
+
+class RateLimiter:
+    """Token buckets by key; ``take(key)`` returns 0 when a request may go, else the seconds
+    until it may. Sans I/O: the clock is injectable."""
+
+    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self._clock = clock
+        # key → (tokens, last update); least recently seen first, bounded.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, key: str) -> float:
+        now = self._clock()
+        capacity = float(self.rate.requests)
+        tokens, updated = self._buckets.pop(key, (capacity, now))
+        tokens = min(capacity, tokens + (now - updated) * self.rate.per_second)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate.per_second
+        self._buckets[key] = (tokens, now)
+        while len(self._buckets) > _MAX_TRACKED_KEYS:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+def _is_anthropic(path: str) -> bool:
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
+
+
+class RateLimitMiddleware:
+    """Counts API requests (``/v1/...``) per valid key and answers 429 past the rate."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, limiter: RateLimiter) -> None:
+        self.app = app
+        self.settings = settings
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path.startswith("/v1/") or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        key = presented_key(Request(scope))
+        if key is None or not keys_match(key, self.settings.api_key):
+            await self.app(scope, receive, send)
+            return
+        # Buckets are keyed by a digest: no key sits in memory longer than the request needs.
+        wait = self.limiter.take(hashlib.sha256(key.encode()).hexdigest())
+        if wait <= 0:
+            await self.app(scope, receive, send)
+            return
+        error = RateLimited(
+            f"Rate limit of {self.settings.rate_limit} per API key reached; retry in {wait:.1f} s.",
+            retry_after=wait,
+        )
+        render = anthropic_error_response if _is_anthropic(path) else openai_error_response
+        await render(error)(scope, receive, send)
+
+
+def install_limits(app: FastAPI, settings: Settings) -> None:
+    """Add the rate limit and CORS middleware the settings ask for (none by default)."""
+    if settings.rate_limit:
+        limiter = RateLimiter(parse_rate(settings.rate_limit))
+        app.add_middleware(RateLimitMiddleware, settings=settings, limiter=limiter)
+    if settings.cors_origins:
+        # Added last so it runs first: preflights and 429s alike carry the CORS headers.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after", "retry-after-ms", "x-should-retry"],
+            max_age=600,
+        )
