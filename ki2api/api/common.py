@@ -8,11 +8,28 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from ki2api.core.errors import InvalidRequest, RequestTooLarge
 
 T = TypeVar("T")
+WireT = TypeVar("WireT", bound=BaseModel)
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
+
+
+def parse_wire_model(body: Any, model: type[WireT]) -> WireT:
+    """Validate a decoded JSON body against a front door's wire model; 400 names the field."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("Request body must be a JSON object.")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        raise InvalidRequest(f"Invalid request: {param}: {first.get('msg')}", param=param) from None
 
 
 async def read_json_body(request: Request, limit: int) -> Any:

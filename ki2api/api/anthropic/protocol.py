@@ -14,10 +14,11 @@ documents are refused with a 400 that says so.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ki2api.api.common import parse_wire_model
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.images import decode_base64_image
 from ki2api.core.request import (
@@ -33,7 +34,6 @@ from ki2api.core.request import (
     ToolSpec,
 )
 
-W = TypeVar("W", bound=BaseModel)
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
@@ -102,27 +102,12 @@ class MessagesWire(CountTokensWire):
     top_k: int | None = None
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    return InvalidRequest(f"{param}: {first.get('msg')}", param=param)
-
-
 def parse_wire(body: Any) -> MessagesWire:
-    return _parse(body, MessagesWire)
+    return parse_wire_model(body, MessagesWire)
 
 
 def parse_count_wire(body: Any) -> CountTokensWire:
-    return _parse(body, CountTokensWire)
-
-
-def _parse(body: Any, model: type[W]) -> W:
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    return parse_wire_model(body, CountTokensWire)
 
 
 def _str(block: dict[str, Any], key: str, where: str) -> str:

@@ -10,8 +10,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ki2api.api.common import parse_wire_model
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import (
     ChatRequest,
@@ -91,19 +92,8 @@ class ChatCompletionWire(_Wire):
     seed: int | None = None
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    return InvalidRequest(f"Invalid request: {param}: {first.get('msg')}", param=param)
-
-
 def parse_wire(body: Any) -> ChatCompletionWire:
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    try:
-        return ChatCompletionWire.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    return parse_wire_model(body, ChatCompletionWire)
 
 
 def _arguments(raw: str | dict[str, Any] | None) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ki2api.api.common import parse_wire_model
 from ki2api.api.openai_chat.protocol import EFFORT_BUDGETS
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import (
@@ -75,19 +76,8 @@ class ResponsesWire(_Wire):
     user: str | None = None
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
-    first = exc.errors()[0]
-    param = ".".join(str(p) for p in first.get("loc", ())) or None
-    return InvalidRequest(f"Invalid request: {param}: {first.get('msg')}", param=param)
-
-
 def parse_wire(body: Any) -> ResponsesWire:
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request body must be a JSON object.")
-    try:
-        wire = ResponsesWire.model_validate(body)
-    except ValidationError as exc:
-        raise _validation_error(exc) from None
+    wire = parse_wire_model(body, ResponsesWire)
     for field, what in (
         ("previous_response_id", "previous_response_id"),
         ("conversation", "conversation"),
