@@ -33,7 +33,10 @@ from ki2api.kiro.eventstream import (
     encode_frame,
 )
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
+SHARED_CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
+# The simulator ships byte-identical copies (checked below), so a lone clone still runs these.
+PACKAGED_CAPTURES = Path(__file__).resolve().parents[1] / "ki2api" / "simulator" / "captures"
+CAPTURES = SHARED_CAPTURES if SHARED_CAPTURES.is_dir() else PACKAGED_CAPTURES
 KIRO_HEADERS = {
     ":event-type": "assistantResponseEvent",
     ":content-type": "application/json",
@@ -495,3 +498,11 @@ def test_cached_headers_are_shared_but_read_only() -> None:
     assert isinstance(first.headers, Mapping)
     with pytest.raises(TypeError):
         first.headers["x"] = 1  # type: ignore[index]
+
+
+@pytest.mark.skipif(not SHARED_CAPTURES.is_dir(), reason="../shared is not beside this clone")
+def test_packaged_captures_are_the_real_ones() -> None:
+    shared = sorted(SHARED_CAPTURES.glob("*.bin"))
+    assert shared
+    for path in shared:
+        assert (PACKAGED_CAPTURES / path.name).read_bytes() == path.read_bytes()
