@@ -1,1 +1,2 @@
-"""Benchmarks for Ki2API. Each module runs on its own: ``python -m bench.<name>``."""
+"""Benchmarks for Ki2API: ``python -m bench`` runs them all (see ``bench/run.py``);
+``python -m bench.decoder`` runs the decoder benchmark alone."""

@@ -1,0 +1,73 @@
+"""Start and stop the benchmark's servers: simulator, Ki2API and (if it can) LiteLLM."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from bench import litellm
+from bench.gateway import API_KEY
+from bench.procs import Proc, free_port, post_json, spawn, wait_http, wait_ready_line
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Servers:
+    sim: Proc
+    ki2api: Proc
+    litellm: Proc | None
+    litellm_version: str | None
+    litellm_problem: str | None  # why LiteLLM is not in this run
+
+    def configure_upstream(self, *, latency: float, interval: float, chunks: int) -> None:
+        body = orjson.dumps({"latency": latency, "interval": interval, "chunks": chunks})
+        post_json(f"{self.sim.url}/_bench/config", body)
+
+
+def start_servers(
+    stack: ExitStack,
+    log_dir: Path,
+    *,
+    latency: float,
+    interval: float,
+    chunks: int,
+    with_litellm: bool,
+) -> Servers:
+    python = sys.executable
+    sim_argv = [python, "-m", "bench.upstream", "--latency", str(latency)]
+    sim_argv += ["--interval", str(interval), "--chunks", str(chunks)]
+    sim = spawn("simulator", sim_argv, log_dir)
+    stack.callback(sim.stop)
+    sim.url = wait_ready_line(sim, 30)
+
+    version: str | None = None
+    problem: str | None = None
+    if with_litellm:
+        try:
+            version = litellm.ensure_installed(log_dir)
+        except litellm.Unavailable as exc:
+            problem = str(exc)
+    else:
+        problem = "skipped (--no-litellm)"
+
+    port = free_port()
+    gateway_argv = [python, "-m", "bench.gateway", "--port", str(port), "--upstream", sim.url]
+    # HOME: no Kiro login file of the person running the benchmark is picked up.
+    ki2api = spawn("ki2api", gateway_argv, log_dir, {"HOME": str(log_dir)})
+    stack.callback(ki2api.stop)
+    ki2api.url = f"http://127.0.0.1:{port}"
+
+    lite: Proc | None = None
+    if version is not None:
+        try:
+            lite = litellm.start(log_dir, sim.url)  # slow: start it while Ki2API starts too
+            stack.callback(lite.stop)
+        except litellm.Unavailable as exc:
+            problem = str(exc)
+    wait_http(ki2api, f"{ki2api.url}/health", 60, {"authorization": f"Bearer {API_KEY}"})
+    return Servers(sim, ki2api, lite, version if lite else None, problem)
