@@ -20,6 +20,7 @@ from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_admin_key
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.limits import install_limits
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
@@ -143,6 +144,7 @@ def create_app(
             "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
         )
     )
+    install_limits(app, settings)  # inside the observability middleware: 429s get an id too
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
 
     @app.exception_handler(Exception)

@@ -79,6 +79,11 @@ class Settings:
     image_fetch_timeout: float = 10.0
     allow_private_image_urls: bool = False
     keepalive_interval: float = 15.0  # SSE comment / Anthropic ping while the upstream is silent
+    max_messages: int = 10_000  # per request; 0 = no limit
+    rate_limit: str | None = None  # per API key, e.g. "60/minute" (ki2api/api/limits.py)
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; "*" = any
+    max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
+    queue_timeout: float = 30.0  # longest wait for a free slot on an account
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -117,6 +122,13 @@ class Settings:
             max_body_bytes=int(env.get("MAX_BODY_BYTES") or 20 * 1024 * 1024),
             max_image_bytes=int(env.get("MAX_IMAGE_BYTES") or 5 * 1024 * 1024),
             allow_private_image_urls=_flag(env.get("ALLOW_PRIVATE_IMAGE_URLS")),
+            max_messages=int(env.get("MAX_MESSAGES") or 10_000),
+            rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,
+            cors_origins=tuple(
+                o.strip() for o in (env.get("CORS_ORIGINS") or "").split(",") if o.strip()
+            ),
+            max_concurrent_per_account=int(env.get("MAX_CONCURRENT_PER_ACCOUNT") or 16),
+            queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),
