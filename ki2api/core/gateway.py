@@ -12,9 +12,10 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.core.context import current_request
 from ki2api.core.conversation import conversation_id_for
 from ki2api.core.deltas import (
@@ -73,6 +74,7 @@ class DeltaStream:
         request: ChatRequest,
         stats: RequestStats | None,
         started: float,
+        release: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.requested_model = request.model
@@ -83,6 +85,7 @@ class DeltaStream:
         self._parser = parser
         self._lease = lease
         self._stats = stats
+        self._release = release  # gives the account's concurrency slot back
         limited = request.max_tokens is not None or bool(request.stop)
         self._limiter = OutputLimiter(request.max_tokens, request.stop) if limited else None
         self._streamed = request.stream
@@ -101,6 +104,10 @@ class DeltaStream:
 
     async def aclose(self) -> None:
         await self._iterator.aclose()
+        # A stream closed before its first read never ran _run's cleanup.
+        await self._response.aclose()
+        if self._release is not None:
+            self._release()
 
     async def _run(self) -> AsyncIterator[Delta]:
         parser, limiter = self._parser, self._limiter
@@ -144,6 +151,8 @@ class DeltaStream:
             yield StreamError(exc)
         finally:
             await self._response.aclose()
+            if self._release is not None:
+                self._release()
             if error is not None and self._context is not None:
                 self._context.error = str(error.openai_code)
             if error is None:
@@ -239,6 +248,7 @@ class Gateway:
         self.pool = pool
         self.catalog = catalog
         self.stats = stats or RequestStats()
+        self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
 
     async def open(
         self,
@@ -249,6 +259,13 @@ class Gateway:
     ) -> DeltaStream:
         """Start an answer. ``lease`` (e.g. a visitor's own token) bypasses the account pool."""
         started = time.perf_counter()
+        if 0 < self.settings.max_messages < len(request.messages):
+            raise InvalidRequest(
+                f"Too many messages ({len(request.messages)}); the limit is "
+                f"{self.settings.max_messages} (MAX_MESSAGES).",
+                param="messages",
+                code="too_many_messages",
+            )
         model = self.catalog.resolve(request.model)
         conversation_id = conversation_id_for(request, conversation_header)
         built: dict[str | None, KiroRequest] = {}
@@ -276,7 +293,13 @@ class Gateway:
                     raise _final_error(last, exc) from None
             kiro_request = body_for(current.credential.profile_arn)
             try:
-                response = await self._open_with_refresh(kiro_request, current)
+                response, slot = await self._open_in_slot(kiro_request, current)
+            except AccountBusy as exc:
+                last = exc
+                if lease is not None:
+                    raise
+                tried.add(current.credential.label)  # try a less busy account
+                continue
             except InvalidRequest:
                 current.succeeded()  # the account is fine; the request is not
                 raise
@@ -317,9 +340,20 @@ class Gateway:
                 request=request,
                 stats=self.stats,
                 started=started,
+                release=slot.release,
             )
         assert last is not None
         raise last
+
+    async def _open_in_slot(
+        self, kiro_request: KiroRequest, lease: Lease
+    ) -> tuple[KiroResponse, Slot]:
+        slot = await self.slots.acquire(lease.credential.label)
+        try:
+            return await self._open_with_refresh(kiro_request, lease), slot
+        except BaseException:
+            slot.release()
+            raise
 
     async def _open_with_refresh(self, kiro_request: KiroRequest, lease: Lease) -> KiroResponse:
         try:
