@@ -18,6 +18,7 @@ from ki2api.core.errors import (
     ContextLengthExceeded,
     GatewayError,
     ModelNotFound,
+    NotConfigured,
     QuotaExceeded,
     TokenExpired,
     UpstreamAuthFailed,
@@ -62,7 +63,8 @@ TABLE: tuple[Row, ...] = (
     ),
     Row(403, "expired", TokenExpired, "The Kiro access token has expired"),
     Row(403, None, UpstreamAuthFailed, "Kiro refused the account"),
-    Row(404, None, UpstreamError, "Kiro answered 404: check KIRO_API_URL"),
+    # A wrong URL, not a passing failure: no retries, and clients are told not to retry.
+    Row(404, None, NotConfigured, "Kiro answered 404: check KIRO_API_URL"),
     Row(408, None, UpstreamUnavailable, "Kiro timed out"),
     Row(429, "MONTHLY_REQUEST_COUNT", QuotaExceeded, "The Kiro account has used up its quota"),
     Row(
