@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -21,11 +22,19 @@ def configure_logging(level: str) -> None:
     )
 
 
-def serve(settings: Settings) -> None:
+def fast_paths() -> tuple[str, str]:
+    """The event loop and HTTP parser uvicorn's "auto" picks: uvloop and httptools come with
+    ``uvicorn[standard]``; without them it falls back to asyncio and h11 (slower, same output)."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return loop, http
+
+
+def serve(settings: Settings, *, with_ui: bool = True) -> None:
     from ki2api.app import create_app
 
     configure_logging(settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, with_ui=with_ui)
     shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     log.info("Ki2API listening on http://%s:%d (API at /v1, UI at /)", shown, settings.port)
     if settings.api_key_is_default:
@@ -35,8 +44,12 @@ def serve(settings: Settings) -> None:
             log.warning(
                 "using the well-known default API key; set API_KEY before exposing this server"
             )
+    loop, http = fast_paths()
+    log.info("event loop: %s, HTTP parser: %s", loop, http)
     uvicorn.run(
         app,
+        loop="auto",
+        http="auto",
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
