@@ -1,0 +1,433 @@
+"""A lean HTTP/1.1 transport for httpx: asyncio protocols and httptools instead of httpcore.
+
+Why: under load httpcore's pool rescans every connection for every queued request (at 64
+concurrent streams that was half the gateway's CPU), reads through anyio with a cancel scope
+per read, parses with pure-Python h11 and writes a request's head and body separately. This
+transport keeps everything the app uses from httpx (its client API, ``Request``/``Response``,
+its exception classes, redirects, timeouts, limits) and does the wire work itself:
+
+- one write per request; response body chunks are handed over as they arrive;
+- idle connections kept per origin in a stack (taking and giving back one is O(1)),
+  ``max_connections`` enforced with a FIFO of waiters, ``max_keepalive_connections`` and
+  ``keepalive_expiry`` as in httpx;
+- httpx's four timeouts (connect, write, read per chunk, pool) raise httpx's exceptions;
+- a response closed before its end closes its connection (never reused half-read).
+
+HTTP/1.1 only, no proxies: the app's client is created with ``http2=False, trust_env=False``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import cast
+
+import httptools
+import httpx
+
+Origin = tuple[str, str, int]  # scheme, host, port
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_READ_HIGH_WATER = 1024 * 1024  # stop reading from the socket past this much unread body
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection, one exchange at a time. httptools calls the ``on_*`` methods."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.WriteTransport | None = None
+        self.closed = False
+        self.idle_since = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._parser: httptools.HttpResponseParser | None = None
+        self._head: asyncio.Future[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._reading_paused = False
+        self._error: httpx.TransportError | None = None
+        self._until_close = False  # no length, not chunked: the body ends with the connection
+        self._head_only = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.complete = False
+        self.keep_alive = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's ABCs: no isinstance check.
+        self.transport = cast(asyncio.WriteTransport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parser is None:  # bytes on an idle connection: it cannot be reused
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._parser is None or self.complete:
+            return
+        if self._until_close and self._head is not None and self._head.done():
+            self.on_message_complete()
+        elif exc is not None:
+            self._fail(httpx.ReadError(f"connection lost: {exc}"))
+        else:
+            self._fail(httpx.RemoteProtocolError("the server closed the connection mid-answer"))
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self._drained = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    # --- httptools callbacks ------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        self.status = parser.get_status_code()
+        if self.status < 200:  # 100 Continue and friends: the real answer follows
+            self.headers = []
+            return
+        self.keep_alive = parser.should_keep_alive()
+        names = {name.lower() for name, _ in self.headers}
+        self._until_close = (
+            b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and self.status not in (204, 304)
+        )
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        if self._head_only:
+            self.keep_alive = False
+            self.on_message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _READ_HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            cast(asyncio.ReadTransport, self.transport).pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.complete or self.status < 200:  # an interim 1xx answer ends here, not ours
+            return
+        self.complete = True
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        self._wake()
+
+    # --- the exchange -------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self._error is None:
+            self._error = error
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        self._wake()
+
+    async def send(self, data: bytes, *, head_only: bool, write_timeout: float | None) -> None:
+        """Write one request (head and body in one write) and start parsing its answer."""
+        assert self.transport is not None
+        if self.closed or self.transport.is_closing():
+            raise httpx.RemoteProtocolError("the connection closed before the request was sent")
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = self._loop.create_future()
+        self._head_only = head_only
+        self.transport.write(data)
+        if self._drained is not None:
+            try:
+                async with asyncio.timeout(write_timeout):
+                    await self._drained
+            except TimeoutError:
+                raise httpx.WriteTimeout("timed out sending the request") from None
+
+    async def response_head(self, read_timeout: float | None) -> None:
+        assert self._head is not None
+        if not self._head.done():
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await self._head
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out waiting for the answer") from None
+        if self._error is not None and not self.status:
+            raise self._error
+
+    async def next_chunk(self, read_timeout: float | None) -> bytes | None:
+        """The next piece of body as it arrived; None at the end."""
+        while not self._chunks:
+            if self.complete:
+                return None
+            if self._error is not None:
+                raise self._error
+            self._wakeup = self._loop.create_future()
+            timer = (
+                None
+                if read_timeout is None
+                else self._loop.call_later(read_timeout, self._read_timed_out, self._wakeup)
+            )
+            try:
+                await self._wakeup
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                self._wakeup = None
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        if self._reading_paused and self._buffered <= _READ_HIGH_WATER // 2 and self.transport:
+            self._reading_paused = False
+            cast(asyncio.ReadTransport, self.transport).resume_reading()
+        return chunk
+
+    def _read_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self._fail(httpx.ReadTimeout("timed out reading the answer"))
+
+    def reset(self) -> None:
+        """Ready for the next exchange (after a complete, reusable one)."""
+        self._parser = None
+        self._head = None
+        self._chunks.clear()
+        self._buffered = 0
+        self.status = 0
+        self.headers = []
+        self.complete = False
+        self.keep_alive = False
+        self._until_close = False
+        self.idle_since = time.monotonic()
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and not self.closed and self._error is None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class _Pool:
+    """Connections by origin; idle ones in a stack, the newest on top."""
+
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
+        self._max = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._idle_count = 0
+        self._open = 0  # connections counted against max_connections (idle or in use)
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        stack = self._idle.get(origin)
+        now = time.monotonic()
+        while stack:
+            conn = stack.pop()
+            self._idle_count -= 1
+            expired = self._expiry is not None and now - conn.idle_since > self._expiry
+            if not conn.closed and not expired:
+                return conn
+            self._discard(conn)
+        return None
+
+    def _evict_idle(self) -> bool:
+        """Close the oldest idle connection of any origin, to make room for a new one."""
+        oldest: _Connection | None = None
+        for stack in self._idle.values():
+            if stack and (oldest is None or stack[0].idle_since < oldest.idle_since):
+                oldest = stack[0]
+        if oldest is None:
+            return False
+        self._idle[oldest.origin].remove(oldest)
+        self._idle_count -= 1
+        self._discard(oldest)
+        return True
+
+    def _discard(self, conn: _Connection) -> None:
+        conn.close()
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def acquire(
+        self, origin: Origin, request: httpx.Request, timeouts: dict[str, float | None]
+    ) -> _Connection:
+        pool_timeout = timeouts.get("pool")
+        deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
+        while True:
+            conn = self._take_idle(origin)
+            if conn is not None:
+                return conn
+            if self._max is None or self._open < self._max or self._evict_idle():
+                break
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                raise httpx.PoolTimeout("no connection free in time", request=request) from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # pass the turn on
+                raise
+        self._open += 1
+        try:
+            return await self._connect(origin, request, timeouts.get("connect"))
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    async def _connect(
+        self, origin: Origin, request: httpx.Request, timeout: float | None
+    ) -> _Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        tls = scheme == "https"
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(origin),
+                    host,
+                    port,
+                    ssl=self._ssl if tls else None,
+                    server_hostname=host if tls else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"timed out connecting to {host}", request=request) from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        return conn
+
+    def release(self, conn: _Connection) -> None:
+        if conn.reusable and (self._max_idle is None or self._idle_count < self._max_idle):
+            conn.reset()
+            self._idle.setdefault(conn.origin, []).append(conn)
+            self._idle_count += 1
+            self._wake_one()
+        else:
+            self._discard(conn)
+
+    def close(self) -> None:
+        for stack in self._idle.values():
+            for conn in stack:
+                conn.close()
+        self._idle.clear()
+        self._idle_count = 0
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(
+        self, pool: _Pool, conn: _Connection, request: httpx.Request, timeout: float | None
+    ) -> None:
+        self._pool, self._conn, self._request, self._timeout = pool, conn, request, timeout
+        self._released = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        while True:
+            try:
+                chunk = await conn.next_chunk(self._timeout)
+            except httpx.TransportError as exc:
+                exc.request = self._request
+                raise
+            if chunk is None:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._conn)  # closes it unless the answer was read to the end
+
+
+def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
+    target = request.url.raw_path
+    lines = [request.method.encode("ascii") + b" " + target + b" HTTP/1.1"]
+    chunked = False
+    for name, value in request.headers.raw:
+        if name.lower() == b"transfer-encoding" and value.lower() == b"chunked":
+            chunked = True
+        lines.append(name + b": " + value)
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    if chunked:  # the body was read whole: send it as one chunk
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    return head + body
+
+
+class Http11Transport(httpx.AsyncBaseTransport):
+    """``httpx.AsyncClient(transport=Http11Transport(limits=...))``."""
+
+    def __init__(
+        self,
+        *,
+        limits: httpx.Limits | None = None,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
+        ctx = (
+            verify
+            if isinstance(verify, ssl.SSLContext)
+            else httpx.create_ssl_context(verify, trust_env=False)
+        )
+        self._pool = _Pool(limits or httpx.Limits(), ctx)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
+        origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        timeouts = cast(dict[str, float | None], request.extensions.get("timeout", {}))
+        body = await request.aread()
+        data = _request_bytes(request, body)
+        conn = await self._pool.acquire(origin, request, timeouts)
+        try:
+            await conn.send(
+                data, head_only=request.method == "HEAD", write_timeout=timeouts.get("write")
+            )
+            await conn.response_head(timeouts.get("read"))
+        except httpx.TransportError as exc:
+            exc.request = request
+            self._pool.release(conn)  # not complete: closed
+            raise
+        except BaseException:  # cancelled (e.g. the caller's own deadline)
+            self._pool.release(conn)
+            raise
+        return httpx.Response(
+            conn.status,
+            headers=conn.headers,
+            stream=_Body(self._pool, conn, request, timeouts.get("read")),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def aclose(self) -> None:
+        self._pool.close()
