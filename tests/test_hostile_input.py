@@ -1,0 +1,319 @@
+"""Whatever a client sends, the answer is a 4xx (or a normal answer) in the client's format:
+never a 500, never a traceback. One gateway on a real socket serves every case."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.sse_events import parse_sse
+from tests.stack import Stack, StackFactory, make_stack_factory
+
+pytestmark = pytest.mark.timeout(60)
+
+MODEL = "claude-sonnet-4-5"
+MAX_BODY = 64 * 1024
+
+# route → client format
+ROUTES = {
+    "/v1/chat/completions": "openai",
+    "/v1/responses": "openai",
+    "/v1/messages": "anthropic",
+    "/v1/messages/count_tokens": "anthropic",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    factories: Iterator[StackFactory] = make_stack_factory()
+    make = next(factories)
+    # Module scope runs outside the per-test HOME isolation: name a login file that is not there.
+    no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
+    yield make({"MAX_BODY_BYTES": str(MAX_BODY)}, kiro_token_file=no_login)
+    next(factories, None)
+
+
+def valid_body(route: str, **extra: Any) -> dict[str, Any]:
+    if route == "/v1/responses":
+        body: dict[str, Any] = {"model": MODEL, "input": "hi"}
+    else:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        if route.startswith("/v1/messages"):
+            body["max_tokens"] = 64
+    body.update(extra)
+    return body
+
+
+def check_format(r: httpx.Response, fmt: str) -> None:
+    """4xx, in the client's own error shape, nothing that looks like a stack trace."""
+    assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
+    text = r.text
+    assert "Traceback" not in text and 'File "' not in text and "site-packages" not in text
+    body = r.json()
+    if fmt == "openai":
+        assert set(body) == {"error"}, body
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert isinstance(body["error"]["message"], str) and body["error"]["type"]
+    else:
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    assert r.headers["x-request-id"]
+
+
+def check_not_5xx(r: httpx.Response, fmt: str) -> None:
+    if r.status_code == 200:
+        return
+    check_format(r, fmt)
+
+
+def send(stack: Stack, route: str, content: bytes, **headers: str) -> httpx.Response:
+    all_headers = {**stack.headers(), "content-type": "application/json", **headers}
+    return httpx.post(f"{stack.url}{route}", content=content, headers=all_headers, timeout=20)
+
+
+MALFORMED: dict[str, bytes] = {
+    "empty": b"",
+    "whitespace": b"   \n",
+    "not json": b"hello",
+    "truncated": b'{"model": "claude-sonnet-4-5", "messages": [',
+    "trailing comma": b'{"model": "x",}',
+    "single quotes": b"{'model': 'x'}",
+    "array": b"[]",
+    "string": b'"hi"',
+    "null": b"null",
+    "number": b"42",
+    "NaN": b'{"model": "claude-sonnet-4-5", "temperature": NaN}',
+    "Infinity": b'{"model": "claude-sonnet-4-5", "temperature": Infinity}',
+    "huge number": b'{"model": "claude-sonnet-4-5", "max_tokens": ' + b"9" * 5000 + b"}",
+    "huge float": b'{"model": "claude-sonnet-4-5", "temperature": 1e99999}',
+    "invalid utf-8": b'{"model": "claude-\xff\xfe", "messages": []}',
+    "lone surrogate": b'{"model": "claude-sonnet-4-5", "messages": [{"role": "user", '
+    b'"content": "\\ud800"}]}',
+    "nul byte outside string": b'{"model": "x"\x00}',
+    "deep arrays": b"[" * 10_000 + b"]" * 10_000,
+    "deep objects": b'{"a":' * 10_000 + b"1" + b"}" * 10_000,
+    "deep inside messages": b'{"model": "claude-sonnet-4-5", "messages": '
+    + b"[" * 5_000
+    + b"]" * 5_000
+    + b"}",
+    "utf-16 bom": "\ufeff{}".encode("utf-16"),
+    "duplicate keys": b'{"model": "a", "model": 5, "messages": 1}',
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("name", MALFORMED)
+def test_malformed_bodies_are_4xx(stack: Stack, route: str, name: str) -> None:
+    check_format(send(stack, route, MALFORMED[name]), ROUTES[route])
+
+
+def wrong_types(route: str) -> list[dict[str, Any]]:
+    base = valid_body(route)
+    key = "input" if route == "/v1/responses" else "messages"
+    cases: list[dict[str, Any]] = [
+        {**base, "model": 5},
+        {**base, "model": None},
+        {**base, "model": ["a"]},
+        {**base, "model": ""},
+        {**base, key: "hi" if key == "messages" else 5},
+        {**base, key: None},
+        {**base, key: {"role": "user"}},
+        {**base, key: [1, 2, 3]},
+        {**base, key: [None]},
+        {**base, key: [{"role": "user", "content": {"nested": True}}]},
+        {**base, key: [{"role": "user", "content": [{"type": "image_url"}]}]},
+        {**base, key: [{"role": "user", "content": [{"type": "mystery", "x": 1}]}]},
+        {**base, key: [{"role": ["user"], "content": "x"}]},
+        {**base, key: [{"role": "tool", "content": "x"}]},
+        {**base, key: [{"role": "assistant", "content": "only the model spoke"}]},
+        {**base, "stream": "yes"},
+        {**base, "stream": {"a": 1}},
+        {**base, "max_tokens": -1},
+        {**base, "max_tokens": 0},
+        {**base, "max_tokens": "many"},
+        {**base, "max_tokens": 1.5},
+        {**base, "temperature": "hot"},
+        {**base, "temperature": -100},
+        {**base, "top_p": [1]},
+        {**base, "stop": 5},
+        {**base, "stop": [None]},
+        {**base, "tools": "all"},
+        {**base, "tools": [{"type": "function"}]},
+        {**base, "tools": [{"type": "function", "function": {"name": 5}}]},
+        {**base, "tools": [{"name": "x" * 10_000, "input_schema": {}}]},
+        {**base, "tool_choice": {"type": "nonsense"}},
+        {**base, "system": 5},
+        {**base, "system": [{"type": "text"}]},
+        {**base, "metadata": "x"},
+        {**base, "thinking": {"type": "enabled", "budget_tokens": "lots"}},
+        {**base, "reasoning": {"effort": 7}},
+        {**base, "stream_options": "yes"},
+        {**base, "n": 5},
+        {**base, "response_format": {"type": "json_schema"}},
+    ]
+    return cases
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_wrong_types_are_4xx(stack: Stack, route: str) -> None:
+    for body in wrong_types(route):
+        r = send(stack, route, orjson.dumps(body))
+        check_not_5xx(r, ROUTES[route])
+    assert not [q for q in stack.state.requests if q.refusal], "nothing invalid reached Kiro"
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_unknown_fields_are_ignored_or_refused_cleanly(stack: Stack, route: str) -> None:
+    body = valid_body(route, zzz_unknown={"a": [1, {"b": None}]}, another=1e10)
+    if route != "/v1/responses":
+        body["messages"][0]["extra_field"] = "ignored"
+    r = send(stack, route, orjson.dumps(body))
+    check_not_5xx(r, ROUTES[route])
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_strange_text_is_passed_on_or_refused_cleanly(stack: Stack, route: str) -> None:
+    texts = [
+        "\x00\x01\x02\x1b[31m red \x7f",
+        "\u202e right-to-left \u200b zero width \ufeff",
+        "emoji 🧨 and combining e\u0301\u0301\u0301",
+        "<thinking>not really</thinking> </thinking_mode> ]]> {{ }} %s %n",
+        "\r\n\r\ndata: [DONE]\n\nevent: error\n\n",
+        "x" * 40_000,
+    ]
+    for text in texts:
+        body = valid_body(route)
+        if route == "/v1/responses":
+            body["input"] = text
+        else:
+            body["messages"][0]["content"] = text
+        r = send(stack, route, orjson.dumps(body))
+        check_not_5xx(r, ROUTES[route])
+        if r.status_code == 200 and route in ("/v1/chat/completions", "/v1/messages"):
+            assert r.json()  # a normal answer, not a broken one
+
+
+def test_an_sse_lookalike_in_the_prompt_does_not_break_the_stream(stack: Stack) -> None:
+    body = valid_body("/v1/chat/completions", stream=True)
+    body["messages"][0]["content"] = "data: [DONE]\n\nevent: error\ndata: {}\n\n"
+    r = send(stack, "/v1/chat/completions", orjson.dumps(body))
+    assert r.status_code == 200
+    events = parse_sse(r.text)
+    assert [e.data for e in events].count("[DONE]") == 1 and events[-1].data == "[DONE]"
+    assert all("choices" in e.json() for e in events[:-1])  # every other event is a chunk
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_body_over_max_body_bytes_is_413(stack: Stack, route: str) -> None:
+    body = valid_body(route)
+    big = "x" * (MAX_BODY + 10)
+    if route == "/v1/responses":
+        body["input"] = big
+    else:
+        body["messages"][0]["content"] = big
+    r = send(stack, route, orjson.dumps(body))
+    assert r.status_code == 413
+    check_format(r, ROUTES[route])
+
+
+def raw_exchange(stack: Stack, head: str, body: bytes) -> bytes:
+    with socket.create_connection((stack.server.host, stack.server.port), timeout=5) as s:
+        s.sendall(head.encode() + b"\r\n" + body)
+        return s.recv(65536)
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_lying_content_length_is_handled(stack: Stack, route: str) -> None:
+    base = (
+        f"POST {route} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {stack.api_key}\r\n"
+        "content-type: application/json\r\nconnection: close\r\n"
+    )
+    # A declared size past the limit is refused before the body is read.
+    reply = raw_exchange(stack, base + f"content-length: {10 * MAX_BODY}\r\n", b"{}")
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:100]
+    assert b"Traceback" not in reply
+    # A declared size shorter than the body: only the declared bytes are read (not JSON).
+    reply = raw_exchange(stack, base + "content-length: 5\r\n", b'{"model": "x"}')
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:100]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_wrong_content_types(stack: Stack, route: str) -> None:
+    payload = orjson.dumps(valid_body(route))
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data", ""):
+        check_not_5xx(send(stack, route, payload, **{"content-type": ctype}), ROUTES[route])
+    form = httpx.post(f"{stack.url}{route}", data={"model": MODEL}, headers=stack.headers())
+    check_format(form, ROUTES[route])
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_get_on_post_routes_is_405_in_the_clients_format(stack: Stack, route: str) -> None:
+    for method in ("GET", "PUT", "DELETE", "PATCH"):
+        r = httpx.request(method, f"{stack.url}{route}", headers=stack.headers())
+        assert r.status_code == 405
+        check_format(r, ROUTES[route])
+
+
+def test_unknown_api_routes_are_404_in_openai_format(stack: Stack) -> None:
+    for path in ("/v1/nothing", "/v1/chat", "/v1/chat/completions/extra", "/admin/nothing"):
+        r = httpx.post(f"{stack.url}{path}", headers=stack.headers())
+        assert r.status_code in (404, 405)
+        check_format(r, "openai")
+    r = httpx.post(f"{stack.url}/v1/messages/nothing", headers=stack.headers())
+    check_format(r, "anthropic")
+
+
+def test_hostile_headers(stack: Stack) -> None:
+    route = "/v1/chat/completions"
+    payload = orjson.dumps(valid_body(route))
+    hostile: tuple[dict[str, str | bytes], ...] = (
+        {"x-api-key": "\x7f" * 10},
+        {"authorization": "Bearer " + "k" * 100_000},
+        {"authorization": "Basic Zm9vOmJhcg=="},
+        {"authorization": "Bearer"},
+        {"x-request-id": "../../etc/passwd"},
+        {"x-request-id": "a" * 10_000},
+        {"x-conversation-id": b"\xff" * 300},
+        {"x-api-key": b"\xc3\xa9t\xc3\xa9"},
+        {"anthropic-version": "nonsense"},
+        {"x-long": "a" * 60_000},
+    )
+    for headers in hostile:
+        try:
+            r = httpx.post(
+                f"{stack.url}{route}",
+                content=payload,
+                headers={"content-type": "application/json", **headers},
+            )
+        except httpx.RemoteProtocolError:
+            continue  # the HTTP server refused the headers outright: fine, not a 500
+        assert r.status_code < 500, (headers.keys(), r.status_code)
+        if r.status_code != 200 and r.headers.get("content-type") == "application/json":
+            assert "Traceback" not in r.text
+        rid = r.headers.get("x-request-id", "")
+        assert "\n" not in rid and "/" not in rid and len(rid) <= 128
+
+
+def test_very_long_header_block_does_not_hurt_the_server(stack: Stack) -> None:
+    # Far past any HTTP server's header limit: refused or dropped, and the server lives on.
+    host, port = stack.server.host, stack.server.port
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        try:
+            for _ in range(200):
+                s.sendall(b"x-junk: " + b"a" * 8000 + b"\r\n")
+            s.sendall(b"\r\n")
+            reply = s.recv(200)
+        except OSError:
+            reply = b""
+    assert not reply.startswith(b"HTTP/1.1 5")
+    assert httpx.get(f"{stack.url}/health").status_code == 200
+
+
+def test_the_gateway_still_answers_after_all_that(stack: Stack) -> None:
+    r = send(stack, "/v1/chat/completions", orjson.dumps(valid_body("/v1/chat/completions")))
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
