@@ -182,18 +182,23 @@ def test_every_simulator_fault_is_in_the_matrix() -> None:
 CASES = [(fmt, stream) for fmt in FORMATS for stream in (False, True)]
 
 
-def run_case(gateways: Gateways, fault: str, fmt: str, stream: bool) -> None:
-    """One cell of the matrix, on its own gateway whose account carries the fault (so the four
-    cells of a fault can share the simulator and run at once)."""
-    row = ROWS[fault]
+def prepare_case(gateways: Gateways, fault: str, fmt: str, stream: bool) -> tuple[Stack, str]:
+    """A gateway whose account carries the fault, so the four cells of a fault can share the
+    simulator and run at once. Built in the test's thread: FastAPI silences a pydantic warning
+    with ``warnings.catch_warnings``, which is not thread-safe."""
     label = f"{fault}-{fmt}-{stream}"
     token = f"access-{label}-0000"
     if fault == "connection_refused":
-        stack = gateways({"KIRO_API_URL": closed_port_url()})
-    else:
-        stack = gateways({"KIRO_ACCESS_TOKEN": token})
-        account = stack.state.add_account(access_token=token, label=label)
-        account.fault = QUICKER.get(fault, lambda: get_fault(fault))()
+        return gateways({"KIRO_API_URL": closed_port_url()}), label
+    stack = gateways({"KIRO_ACCESS_TOKEN": token})
+    account = stack.state.add_account(access_token=token, label=label)
+    account.fault = QUICKER.get(fault, lambda: get_fault(fault))()
+    return stack, label
+
+
+def run_case(stack: Stack, label: str, fault: str, fmt: str, stream: bool) -> None:
+    """One cell of the matrix."""
+    row = ROWS[fault]
     started = time.monotonic()
     r = post(stack, fmt, stream)
     elapsed = time.monotonic() - started
@@ -211,12 +216,13 @@ def run_case(gateways: Gateways, fault: str, fmt: str, stream: bool) -> None:
 @pytest.mark.parametrize("fault", sorted(ROWS))
 def test_fault_matrix(gateways: Gateways, fault: str) -> None:
     """``fault`` × {OpenAI, Anthropic} × {whole, streamed}; the fault persists across retries."""
+    cases = {(fmt, stream): prepare_case(gateways, fault, fmt, stream) for fmt, stream in CASES}
     with ThreadPoolExecutor(len(CASES)) as pool:
         futures = {
             f"{fmt}-{'stream' if stream else 'whole'}": pool.submit(
-                run_case, gateways, fault, fmt, stream
+                run_case, stack, label, fault, fmt, stream
             )
-            for fmt, stream in CASES
+            for (fmt, stream), (stack, label) in cases.items()
         }
     failures = {case: f.exception() for case, f in futures.items() if f.exception()}
     assert not failures, failures
