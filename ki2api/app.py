@@ -19,6 +19,7 @@ from ki2api.api.anthropic.router import create_anthropic_router
 from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_admin_key
 from ki2api.api.errors import openai_error_response
+from ki2api.api.http_errors import install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import install_limits
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
@@ -146,6 +147,8 @@ def create_app(
     )
     install_limits(app, settings)  # inside the observability middleware: 429s get an id too
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
+
+    install_http_errors(app)  # 404 / 405 on API paths in the client's format
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
