@@ -22,7 +22,15 @@ import pytest
 
 from ki2api.app import create_app
 from ki2api.settings import Settings
-from ki2api.simulator import FAULTS, Delay, Fault, SimulatorServer, get_fault, text_answer
+from ki2api.simulator import (
+    FAULTS,
+    Delay,
+    Fault,
+    SimulatorServer,
+    SimulatorState,
+    get_fault,
+    text_answer,
+)
 from ki2api.simulator.faults import slow_frames
 from tests.error_doc import NONE, DocRow, rows_by_fault
 from tests.servers import ServerThread
@@ -335,6 +343,10 @@ def test_silence_within_the_timeout_sends_keepalives(gateways: Gateways, fmt: st
 # --- the client leaves: the upstream request is closed within a second ---------------------------
 
 
+def answer_started(state: SimulatorState) -> bool:
+    return bool(state.requests and state.requests[-1].frames_sent)
+
+
 def leave_after_first_bytes(stack: Stack, fmt: str, stream: bool) -> float:
     """Start a request, leave once the upstream answer has started, return when we left."""
     left: list[float] = []
@@ -352,7 +364,9 @@ def leave_after_first_bytes(stack: Stack, fmt: str, stream: bool) -> float:
                         if "Hello" in line:
                             break
                 else:
-                    assert stack.state.wait_for(lambda s: s.requests and s.requests[-1].frames_sent)
+                    assert stack.state.wait_for(
+                        lambda s: bool(s.requests and s.requests[-1].frames_sent)
+                    )
             left.append(time.monotonic())
 
     def run_non_streamed() -> None:
@@ -366,7 +380,9 @@ def leave_after_first_bytes(stack: Stack, fmt: str, stream: bool) -> float:
         )
         with socket.create_connection((host, port)) as s:
             s.sendall(head.encode() + payload)
-            assert stack.state.wait_for(lambda st: st.requests and st.requests[-1].frames_sent)
+            assert stack.state.wait_for(
+                lambda st: bool(st.requests and st.requests[-1].frames_sent)
+            )
             left.append(time.monotonic())
 
     thread = threading.Thread(target=run if stream else run_non_streamed, daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import anthropic
 import httpx
@@ -13,12 +14,15 @@ import pytest
 
 from ki2api.api.limits import Rate, RateLimiter, parse_rate
 from ki2api.core.concurrency import AccountBusy, AccountSlots
-from ki2api.simulator import Delay, text_answer
+from ki2api.simulator import Delay, Script, text_answer
 from tests.stack import Stack, StackFactory
 
 pytestmark = pytest.mark.timeout(30)
 
-CHAT = {"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]}
+CHAT: dict[str, Any] = {
+    "model": "claude-sonnet-4-5",
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def test_parse_rate() -> None:
@@ -70,7 +74,7 @@ def test_rate_limit_answers_429_with_retry_after_in_each_format(
             model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
         )
     assert ainfo.value.status_code == 429
-    assert ainfo.value.body["error"]["type"] == "rate_limit_error"
+    assert ainfo.value.response.json()["error"]["type"] == "rate_limit_error"
     assert int(ainfo.value.response.headers["retry-after"]) > 0
     # Wrong keys are not counted (and still get 401); /health is not rate limited.
     bad = httpx.post(f"{stack.base_url}/chat/completions", json=CHAT, headers={"x-api-key": "x"})
@@ -191,7 +195,7 @@ def test_concurrent_upstream_requests_per_account_are_bounded(
     stack = stack_factory({"MAX_CONCURRENT_PER_ACCOUNT": "2", "QUEUE_TIMEOUT": "5"})
     peak = [0]
 
-    def answer() -> object:
+    def answer() -> Script:
         return text_answer("slow", chunks=1) + [Delay(0.3)] + text_answer(" done").steps
 
     for _ in range(6):
