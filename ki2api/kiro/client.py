@@ -49,7 +49,9 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
     chunk than httpcore under load; otherwise by httpx's own transport.
     """
     t = settings.timeouts
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=64)
+    # Every open answer holds one upstream connection: the cap must be above the number of
+    # streams the gateway serves at once (1,000 in the benchmark), or answers queue for a slot.
+    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=64)
     transport: httpx.AsyncBaseTransport | None = None
     if importlib.util.find_spec("httptools") is not None:
         from ki2api.kiro.transport import Http11Transport
