@@ -35,19 +35,19 @@ def ensure_installed(log_dir: Path) -> str:
         log = log_dir / "litellm-install.log"
         print(f"installing litellm[proxy] into {VENV} (once; log: {log}) ...", flush=True)
         try:
-            with log.open("wb") as out:
+            with log.open("wb") as install_log:
                 if not _bin("python").exists():
                     subprocess.run(
                         [sys.executable, "-m", "venv", str(VENV)],
                         check=True,
-                        stdout=out,
+                        stdout=install_log,
                         stderr=subprocess.STDOUT,
                         timeout=300,
                     )
                 subprocess.run(
                     [str(_bin("pip")), "install", "-q", "litellm[proxy]"],
                     check=True,
-                    stdout=out,
+                    stdout=install_log,
                     stderr=subprocess.STDOUT,
                     timeout=INSTALL_TIMEOUT,
                 )
@@ -59,7 +59,7 @@ def ensure_installed(log_dir: Path) -> str:
             )
             raise Unavailable(f"pip install 'litellm[proxy]' failed ({exc}):\n{tail}") from exc
     try:
-        out = subprocess.run(
+        probe = subprocess.run(
             [
                 str(_bin("python")),
                 "-c",
@@ -72,7 +72,7 @@ def ensure_installed(log_dir: Path) -> str:
         )
     except (OSError, subprocess.SubprocessError) as exc:
         raise Unavailable(f"litellm is installed but does not import: {exc}") from exc
-    return out.stdout.strip()
+    return str(probe.stdout).strip()
 
 
 def write_config(log_dir: Path, upstream: str) -> Path:

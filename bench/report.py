@@ -138,6 +138,28 @@ def added_table(report: Report) -> str:
     return "\n".join(lines)
 
 
+def floor_table(report: Report) -> str:
+    lines = [
+        "| concurrency | added p50 | added p99 | added TTFT p50 | added TTFT p99 "
+        "| proxy CPU per request |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for level in ("1", str(report.config.concurrency)):
+        via, base = _summary(report, level, "pipe-kiro"), _summary(report, level, "direct-kiro")
+        if via is None or base is None or not via.n:
+            continue
+        a = added(via, base)
+        run = report.concurrent.get("pipe-kiro")
+        cpu = "—"
+        if level != "1" and run is not None and run.summary.n:
+            cpu = f"{run.cpu.by_process.get('pipe', math.nan) / run.summary.n * 1e6:.0f} µs"
+        lines.append(
+            f"| {level} | {ms(a.p50, True)} | {ms(a.p99, True)} | {ms(a.ttft_p50, True)} "
+            f"| {ms(a.ttft_p99, True)} | {cpu} |"
+        )
+    return "\n".join(lines)
+
+
 def ratio_table(report: Report) -> str:
     c = report.config
     lines = [
@@ -187,7 +209,7 @@ def cpu_table(report: Report) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, run in report.concurrent.items():
-        if name.startswith("direct"):
+        if name.startswith(("direct", "pipe")):
             gateway_cpu = math.nan
         else:
             gateway_cpu = run.cpu.by_process.get(

@@ -98,6 +98,7 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
     sim, gw, lite = servers.sim, servers.ki2api, servers.litellm
     all_targets = [
         targets.direct_kiro(sim.url),
+        targets.pipe_kiro(servers.pipe.url),
         targets.direct_openai(sim.url, True),
         targets.direct_openai(sim.url, False),
         targets.ki2api_openai(gw.url, True),
@@ -121,7 +122,7 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
     )
     report.sequential = await sequential(clients, usable, cfg.sequential_count)
 
-    procs = {"simulator": sim, "ki2api": gw}
+    procs = {"simulator": sim, "ki2api": gw, "pipe": servers.pipe}
     if lite is not None:
         procs["litellm"] = lite
     meter = CpuMeter(procs)
@@ -132,6 +133,7 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
         report.concurrent[target.name] = await concurrent(
             clients, target, cfg.concurrency, cfg.concurrent_count, meter
         )
+    _print("The floor, a byte-forwarding TCP proxy (ms):", tables.floor_table(report))
     _print("Added by each gateway (ms):", tables.added_table(report))
     _print("LiteLLM's overhead / Ki2API's:", tables.ratio_table(report))
     _print(f"CPU at concurrency {cfg.concurrency}:", tables.cpu_table(report))

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 class Servers:
     sim: Proc
     ki2api: Proc
+    pipe: Proc  # the floor: a byte-forwarding TCP proxy in front of the simulator
     litellm: Proc | None
     litellm_version: str | None
     litellm_problem: str | None  # why LiteLLM is not in this run
@@ -44,6 +45,10 @@ def start_servers(
     sim = spawn("simulator", sim_argv, log_dir)
     stack.callback(sim.stop)
     sim.url = wait_ready_line(sim, 30)
+    sim_port = sim.url.rsplit(":", 1)[1]
+    pipe = spawn("pipe", [python, "-m", "bench.pipe", "--upstream-port", sim_port], log_dir)
+    stack.callback(pipe.stop)
+    pipe.url = wait_ready_line(pipe, 30)
 
     version: str | None = None
     problem: str | None = None
@@ -70,4 +75,4 @@ def start_servers(
         except litellm.Unavailable as exc:
             problem = str(exc)
     wait_http(ki2api, f"{ki2api.url}/health", 60, {"authorization": f"Bearer {API_KEY}"})
-    return Servers(sim, ki2api, lite, version if lite else None, problem)
+    return Servers(sim, ki2api, pipe, lite, version if lite else None, problem)

@@ -43,12 +43,17 @@ def _suffix(stream: bool) -> str:
     return "stream" if stream else "whole"
 
 
-def direct_kiro(sim_url: str) -> Target:
+def direct_kiro(sim_url: str, name: str = "direct-kiro") -> Target:
     host, port = _host_port(sim_url)
     body = orjson.dumps(kiro_request_body(PROMPT, model_id=MODEL))
     headers = {"authorization": "Bearer bench-access-token"}
     raw = build_request(host, port, "/generateAssistantResponse", body, headers)
-    return Target("direct-kiro", host, port, raw, KIRO_TOKEN)
+    return Target(name, host, port, raw, KIRO_TOKEN)
+
+
+def pipe_kiro(pipe_url: str) -> Target:
+    """The direct Kiro request, through the byte-forwarding proxy (the floor)."""
+    return direct_kiro(pipe_url, "pipe-kiro")
 
 
 def direct_openai(sim_url: str, stream: bool) -> Target:
