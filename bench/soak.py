@@ -476,7 +476,7 @@ def section(report: Report) -> str:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
         f"Python {platform.python_version()}; measured {date.today().isoformat()}.",
-        f"Reproduce: `python -m bench.soak --duration {report.duration:.0f} "
+        f"Reproduce: `python -m bench.soak --duration {round(report.duration, -1):.0f} "
         f"--streams {report.streams} --accounts {report.accounts} --write`.",
         "",
     ]
