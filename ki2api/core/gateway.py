@@ -283,6 +283,7 @@ class Gateway:
 
         tried: set[str] = set()
         last: GatewayError | None = None
+        cooldown: float | None = None  # the pool's last word on when an account is back
         attempts = max(1, self.settings.upstream_attempts)
         for attempt in range(attempts):
             current = lease
@@ -290,7 +291,16 @@ class Gateway:
                 try:
                     current = await self.pool.acquire(exclude=frozenset(tried))
                 except NoHealthyAccount as exc:
-                    raise _final_error(last, exc) from None
+                    cooldown = exc.retry_after
+                    wait = _wait_before_retry(exc, last, tried)
+                    if wait is None:
+                        raise _final_error(last, exc) from None
+                    await asyncio.sleep(wait)
+                    tried.clear()
+                    try:
+                        current = await self.pool.acquire()
+                    except NoHealthyAccount as again:
+                        raise _final_error(last, again) from None
             kiro_request = body_for(current.credential.profile_arn)
             try:
                 response, slot = await self._open_in_slot(kiro_request, current)
@@ -320,6 +330,7 @@ class Gateway:
                 last = exc
                 if lease is not None and attempt == attempts - 1:
                     raise
+                tried.add(current.credential.label)  # prefer another account; else this one again
                 log.info(
                     "Kiro failed (%s), attempt %d of %d", exc.openai_code, attempt + 1, attempts
                 )
@@ -343,6 +354,12 @@ class Gateway:
                 release=slot.release,
             )
         assert last is not None
+        if isinstance(last, UpstreamThrottled) and lease is None:
+            # Still throttled after waiting: report it as every account being busy.
+            raise NoHealthyAccount(
+                f"Every Kiro account is throttled. Last error: {last.message}",
+                retry_after=last.retry_after or cooldown or _LONGEST_COOLDOWN_WAIT,
+            )
         raise last
 
     async def _open_in_slot(
@@ -365,6 +382,32 @@ class Gateway:
                     f"{exc.message}; refreshing the account's token did not help"
                 ) from exc
             return await self.client.open(kiro_request.body, credential)
+
+
+_LONGEST_COOLDOWN_WAIT = 2.0  # seconds: a brief throttle is waited out, a long one reported
+
+
+def _wait_before_retry(
+    exhausted: NoHealthyAccount,
+    last: GatewayError | None,
+    tried: set[str],
+) -> float | None:
+    """Seconds to wait before trying the accounts again, or None to give up now.
+
+    Accounts skipped only because they just failed transiently (5xx, timeout, cut stream) are
+    retried at once; accounts throttled for a moment are waited for, so one 429 does not turn
+    every request on a one-account gateway into a 503.
+    """
+    if last is None:
+        return None
+    if isinstance(last, QuotaExceeded | UpstreamAuthFailed):
+        return None
+    if tried and not isinstance(last, UpstreamThrottled):
+        return 0.0
+    wait = exhausted.retry_after
+    if wait is not None and wait <= _LONGEST_COOLDOWN_WAIT:
+        return wait
+    return None
 
 
 def _final_error(last: GatewayError | None, exhausted: NoHealthyAccount) -> GatewayError:
