@@ -18,7 +18,7 @@ from ki2api.api.admin import create_admin_router
 from ki2api.api.anthropic.router import create_anthropic_router
 from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_admin_key
-from ki2api.api.errors import openai_error_response
+from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import install_limits
@@ -154,7 +154,8 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Last line of defence: a bug must still answer in the client's format, without a trace.
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return openai_error_response(GatewayError("Internal error in the gateway."))
+        error = GatewayError("Internal error in the gateway.")
+        return error_response_for_path(request.url.path, error)
 
     @app.get("/health")
     async def health() -> Response:

@@ -62,3 +62,10 @@ def anthropic_error_response(error: GatewayError) -> Response:
         media_type="application/json",
         headers=error_headers(error),
     )
+
+
+def error_response_for_path(path: str, error: GatewayError) -> Response:
+    """The error in the format of the front door that owns ``path``."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return anthropic_error_response(error)
+    return openai_error_response(error)

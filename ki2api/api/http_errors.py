@@ -12,7 +12,7 @@ from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from ki2api.api.errors import anthropic_error_response, openai_error_response
+from ki2api.api.errors import error_response_for_path
 from ki2api.core.errors import GatewayError, InvalidRequest, NotFound
 
 _API_PREFIXES = ("/v1/", "/admin/")
@@ -42,10 +42,7 @@ async def _render(request: Request, exc: Exception) -> Response:
     if not path.startswith(_API_PREFIXES):
         return await http_exception_handler(request, exc)
     error = _as_gateway_error(exc, request)
-    if path == "/v1/messages" or path.startswith("/v1/messages/"):
-        response = anthropic_error_response(error)
-    else:
-        response = openai_error_response(error)
+    response = error_response_for_path(path, error)
     if exc.headers:
         response.headers.update(exc.headers)  # e.g. Allow on a 405
     return response
