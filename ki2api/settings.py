@@ -65,6 +65,8 @@ class Settings:
     kiro_accounts: str | None = None  # JSON list, or a path to a JSON file
     kiro_region: str = DEFAULT_REGION
     kiro_pool_strategy: str = "lru"  # lru | round_robin | first
+    kiro_proxy: str | None = None  # e.g. http://127.0.0.1:7890 where AWS is reached via a proxy
+    kiro_http_transport: str = "auto"  # auto (the lean transport) | httpx (httpx's own)
 
     # --- upstream URLs (all overridable; {region} is filled in) ---
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
@@ -114,6 +116,8 @@ class Settings:
             kiro_accounts=env.get("KIRO_ACCOUNTS") or None,
             kiro_region=env.get("KIRO_REGION") or DEFAULT_REGION,
             kiro_pool_strategy=(env.get("KIRO_POOL_STRATEGY") or "lru").strip().lower(),
+            kiro_proxy=env.get("KIRO_PROXY") or None,
+            kiro_http_transport=(env.get("KIRO_HTTP_TRANSPORT") or "auto").strip().lower(),
             timeouts=Timeouts(
                 connect=_float(env, "KIRO_CONNECT_TIMEOUT", 10.0),
                 first_byte=_float(env, "KIRO_FIRST_BYTE_TIMEOUT", 60.0),

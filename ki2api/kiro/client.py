@@ -53,7 +53,9 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
     # streams the gateway serves at once (1,000 in the benchmark), or answers queue for a slot.
     limits = httpx.Limits(max_connections=2048, max_keepalive_connections=64)
     transport: httpx.AsyncBaseTransport | None = None
-    if importlib.util.find_spec("httptools") is not None:
+    # A proxy, or KIRO_HTTP_TRANSPORT=httpx, selects httpx's own transport (it speaks proxies).
+    lean = settings.kiro_proxy is None and settings.kiro_http_transport != "httpx"
+    if lean and importlib.util.find_spec("httptools") is not None:
         from ki2api.kiro.transport import Http11Transport
 
         transport = Http11Transport(limits=limits)
@@ -61,6 +63,7 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         timeout=httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect),
         limits=limits,
         transport=transport,
+        proxy=settings.kiro_proxy,
         http2=False,
         follow_redirects=False,
         trust_env=False,
