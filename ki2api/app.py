@@ -187,12 +187,9 @@ def create_app(
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
 
     if with_ui:
-        try:
-            from ki2api.ui import mount_ui
-        except ImportError:  # the UI is optional for API-only deployments
-            mount_ui = None
-        if mount_ui is not None:
-            app = mount_ui(app, settings, runtime)
+        from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
+
+        app = mount_ui(app, settings, runtime)
     return app
 
 

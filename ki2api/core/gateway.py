@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
@@ -109,7 +109,7 @@ class DeltaStream:
         if self._release is not None:
             self._release()
 
-    async def _run(self) -> AsyncIterator[Delta]:
+    async def _run(self) -> AsyncGenerator[Delta, None]:
         parser, limiter = self._parser, self._limiter
         error: GatewayError | None = None
         output_tokens = 0
