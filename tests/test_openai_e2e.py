@@ -364,7 +364,7 @@ def test_client_disconnect_closes_the_upstream_request(stack: Stack) -> None:
     threading.Thread(target=consume, daemon=True).start()
     assert done.wait(5)
     left = time.monotonic()
-    assert stack.state.wait_for(lambda s: s.requests and s.requests[-1].closed_by_client, 3)
+    assert stack.state.wait_for(lambda s: bool(s.requests) and s.requests[-1].closed_by_client, 3)
     closed_at = stack.state.requests[-1].closed_by_client_at
     assert closed_at is not None
     assert time.monotonic() - left < 1.5
