@@ -7,6 +7,7 @@ import base64
 import json
 import struct
 import zlib
+from typing import Any
 
 import httpx
 import openai
@@ -52,6 +53,10 @@ def client(stack: Stack) -> openai.OpenAI:
 
 def user(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+def user_parts(parts: list) -> list[Any]:
+    return [{"role": "user", "content": parts}]
 
 
 def sent_body(stack: Stack) -> dict:
@@ -148,7 +153,7 @@ def test_bad_image_is_a_clear_400(stack: Stack) -> None:
     bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]
     with pytest.raises(openai.BadRequestError) as info:
         client(stack).chat.completions.create(
-            model="claude-sonnet-4-5", messages=[{"role": "user", "content": bad}]
+            model="claude-sonnet-4-5", messages=user_parts(bad)
         )
     assert info.value.body["param"].startswith("messages[0].content[0]")
 
@@ -166,7 +171,7 @@ def test_loopback_image_urls_are_refused_by_default(stack: Stack) -> None:
         part = {"type": "image_url", "image_url": {"url": f"{server.url}/cat.png"}}
         with pytest.raises(openai.BadRequestError) as info:
             client(stack).chat.completions.create(
-                model="claude-sonnet-4-5", messages=[{"role": "user", "content": [part]}]
+                model="claude-sonnet-4-5", messages=user_parts([part])
             )
         assert "private" in info.value.message or "loopback" in info.value.message
     finally:
@@ -180,7 +185,7 @@ def test_image_urls_are_fetched_when_allowed(stack_factory: StackFactory) -> Non
         stack.state.enqueue(text_answer("A cat."))
         part = {"type": "image_url", "image_url": {"url": f"{server.url}/cat.png"}}
         client(stack).chat.completions.create(
-            model="claude-sonnet-4-5", messages=[{"role": "user", "content": [part]}]
+            model="claude-sonnet-4-5", messages=user_parts([part])
         )
         assert current(sent_body(stack))["images"][0]["format"] == "png"
     finally:
