@@ -152,9 +152,7 @@ def test_images_in_current_message_and_history(stack: Stack) -> None:
 def test_bad_image_is_a_clear_400(stack: Stack) -> None:
     bad = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}]
     with pytest.raises(openai.BadRequestError) as info:
-        client(stack).chat.completions.create(
-            model="claude-sonnet-4-5", messages=user_parts(bad)
-        )
+        client(stack).chat.completions.create(model="claude-sonnet-4-5", messages=user_parts(bad))
     assert info.value.body["param"].startswith("messages[0].content[0]")
 
 
