@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from bench import report as t
-from bench.phases import highest_rate_under
+from bench.phases import MAX_STEP, highest_rate_under
 from bench.report import Report, machine
 from bench.stats import Added, added
 
@@ -110,7 +110,8 @@ together, so under load the figures include contention between them (the CPU tab
 used what), and one loopback write costs tens of µs here.
 
 Machine: {machine()}.
-Reproduce: `python -m bench` (full, writes this section, the plot and the Decoder section),
+Reproduce: `python -m bench` (full, about 12 minutes; writes this section, the plot and the
+Decoder section),
 `python -m bench --quick` (about 2 minutes, prints only; `--write` to write),
 `python -m bench --help` for the latency, cadence, concurrency and rates.
 
@@ -134,7 +135,8 @@ any work (a loopback hop wakes another process on the other core).
 
 {t.ratio_table(report)}
 
-Ratios use a floor of {t.RATIO_FLOOR_MS} ms for an added figure smaller than that (noise).
+"Ki2API ≈ 0": Ki2API's added figure was under {t.RATIO_FLOOR_MS} ms (noise), so no ratio.
+The ≥ 3x verdicts above use {t.RATIO_FLOOR_MS} ms as Ki2API's figure in that case.
 
 ### CPU at concurrency {c.concurrency}
 
@@ -146,8 +148,11 @@ divided by the content chunks delivered or the requests answered.
 ### Throughput frontier
 
 Streamed OpenAI requests, open loop (Poisson arrivals, the same seed for every target), each
-rate held {c.step_seconds:.0f} s, direct then through the gateway; the stepping stops once the
-gateway adds 50 ms at p99, fails requests or falls behind.
+rate held {c.step_seconds:.0f} s or long enough for {c.min_samples} requests (at most
+{MAX_STEP:.0f} s), direct then through the gateway; the stepping stops once the gateway adds
+250 ms at p99, fails requests or falls behind. p99 over a few hundred requests is the third or
+fourth slowest: one scheduling hiccup on this shared VM moves it by tens of ms (the direct p99
+column shows the same hiccups), so read the frontier with that margin.
 
 {frontier_text}
 
@@ -174,11 +179,12 @@ the top.
 
 ### What dominates the remaining overhead
 
-See "Where the time goes" below (a py-spy profile under load). In short: per streamed chunk
-the gateway pays one upstream read through httpx/httpcore/h11/anyio, one write to the client
-through Starlette's streaming response and uvicorn, and a loopback write on this VM costs tens
-of µs; per request it pays FastAPI/Starlette routing and middleware, the httpx request (headers
-and body written separately) and the Kiro request build. At concurrency {c.concurrency} the
+See "Where the time goes" below (profiles under load). In short: per streamed chunk the
+gateway pays one upstream read (uvloop + httptools through `ki2api/kiro/transport.py`), the
+decode / parse / render steps, and one write to the client through Starlette's streaming
+response and uvicorn, and a loopback write on this VM costs tens of µs; per request it pays
+FastAPI/Starlette routing and middleware (the largest part), httpx's client wrapper and the
+Kiro request build. At concurrency {c.concurrency} the
 2 cores are shared by all processes, so queueing for the CPU dominates the loaded figures.
 Highest rate with Ki2API adding under 5 ms at p99 in this run:
 {"none of the rates tried" if under5 is None else f"{under5:.0f} req/s"}.

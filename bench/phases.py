@@ -78,6 +78,10 @@ async def concurrent(
     return LoadedRun(summary, cpu, summary.tokens)
 
 
+MIN_SAMPLES = 400  # requests per open-loop step, so p99 is not just the slowest one or two
+MAX_STEP = 16.0  # seconds: the cap on holding one rate
+
+
 @dataclass(frozen=True, slots=True)
 class Step:
     rate: float
@@ -104,15 +108,18 @@ async def frontier(
     via: Target,
     rates: Sequence[float],
     seconds: float,
-    give_up_ms: float = 50.0,
+    min_samples: int = MIN_SAMPLES,
+    give_up_ms: float = 250.0,
 ) -> list[Step]:
     """Step the open-loop rate up, direct then through the gateway at each step, until the
-    gateway adds more than ``give_up_ms`` at p99, fails requests, or falls behind."""
+    gateway adds more than ``give_up_ms`` at p99 (well past the 50 ms of the frontier, so the
+    plot shows the knee), fails requests, or falls behind."""
     steps = []
     for rate in rates:
-        base = await open_loop(clients, direct, rate, seconds)
+        hold = min(max(seconds, min_samples / rate), MAX_STEP)  # enough requests for a p99
+        base = await open_loop(clients, direct, rate, hold)
         await asyncio.sleep(0.3)
-        run = await open_loop(clients, via, rate, seconds)
+        run = await open_loop(clients, via, rate, hold)
         await asyncio.sleep(0.3)
         b, v = summarize(base.results), summarize(run.results)
         step = Step(rate, b.p50, b.p99, v.p50, v.p99, run.achieved, v.errors, run.lag_p99_ms)
