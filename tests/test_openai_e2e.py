@@ -13,6 +13,8 @@ import pytest
 
 from ki2api.simulator import (
     Delay,
+    Event,
+    Script,
     capture,
     parallel_tool_use_answer,
     text_answer,
@@ -368,3 +370,24 @@ def test_client_disconnect_closes_the_upstream_request(stack: Stack) -> None:
     closed_at = stack.state.requests[-1].closed_by_client_at
     assert closed_at is not None
     assert time.monotonic() - left < 1.5
+
+
+ARGS = '{"city": "Zürich", "unit": "°C", "days": [1, 2]}'
+
+
+def split_call(at: int) -> Script:
+    head = {"name": "get_weather", "toolUseId": f"tooluse_{at}"}
+    steps = [Event("toolUseEvent", head)]
+    steps += [Event("toolUseEvent", {**head, "input": p}) for p in (ARGS[:at], ARGS[at:]) if p]
+    steps.append(Event("toolUseEvent", {**head, "stop": True}))
+    return Script(tuple(steps), f"split-{at}")
+
+
+def test_arguments_split_at_every_point_reassemble_exactly(stack: Stack) -> None:
+    c = client(stack)
+    for at in range(len(ARGS) + 1):
+        stack.state.enqueue(split_call(at), split_call(at))
+        got = assemble(list(c.chat.completions.create(**ask(stack), tools=[WEATHER], stream=True)))
+        assert got.tool_calls[0]["arguments"] == ARGS, at
+        whole = c.chat.completions.create(**ask(stack), tools=[WEATHER])
+        assert whole.choices[0].message.tool_calls[0].function.arguments == ARGS, at
