@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import importlib.util
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -41,6 +42,12 @@ class CredentialLike(Protocol):
     def is_api_key(self) -> bool: ...
 
 
+# The lean transport behind each client made here, for the chat call's direct path.
+_LEAN_TRANSPORTS: weakref.WeakKeyDictionary[httpx.AsyncClient, httpx.AsyncBaseTransport] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
     """The app's one client: connections to Kiro are reused across requests.
 
@@ -59,7 +66,7 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         from ki2api.kiro.transport import Http11Transport
 
         transport = Http11Transport(limits=limits)
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         timeout=httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect),
         limits=limits,
         transport=transport,
@@ -68,6 +75,9 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         follow_redirects=False,
         trust_env=False,
     )
+    if transport is not None:
+        _LEAN_TRANSPORTS[client] = transport
+    return client
 
 
 def _machine_id(label: str) -> str:
@@ -109,6 +119,15 @@ class KiroClient:
     def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
         self._http = http
         self._settings = settings
+        self._parsed_urls: dict[str, httpx.URL] = {}
+        t = settings.timeouts
+        self._timeouts = {"connect": t.connect, "read": t.idle, "write": t.idle, "pool": t.connect}
+
+    def _url(self, url: str) -> httpx.URL:
+        parsed = self._parsed_urls.get(url)
+        if parsed is None:
+            parsed = self._parsed_urls[url] = httpx.URL(url)
+        return parsed
 
     def chat_url(self, region: str) -> str:
         return self._settings.url(self._settings.kiro_api_url, region)
@@ -137,12 +156,26 @@ class KiroClient:
         """Send the request and check the status; the body is left to stream."""
         url = self.chat_url(credential.region)
         json_style = urlsplit(url).path in ("", "/")
-        request = self._http.build_request(
-            "POST", url, content=body, headers=self._headers(credential, json_style)
-        )
+        headers = self._headers(credential, json_style)
+        transport = _LEAN_TRANSPORTS.get(self._http)
         try:
             async with asyncio.timeout(self._settings.timeouts.first_byte):
-                response = await self._http.send(request, stream=True)
+                if transport is None:
+                    request = self._http.build_request("POST", url, content=body, headers=headers)
+                    response = await self._http.send(request, stream=True)
+                else:
+                    # Straight to the transport: the client's per-request work (URL merging,
+                    # cookie jar, redirect and auth hooks) is most of its cost and Kiro needs
+                    # none of it.
+                    request = httpx.Request(
+                        "POST",
+                        self._url(url),
+                        content=body,
+                        headers=headers,
+                        extensions={"timeout": self._timeouts},
+                    )
+                    response = await transport.handle_async_request(request)
+                    response.request = request
         except TimeoutError as exc:
             raise UpstreamTimeout("Kiro did not start answering in time") from exc
         except httpx.TimeoutException as exc:
