@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
@@ -13,7 +14,7 @@ from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconn
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
-from ki2api.api.openai_chat.serving import ChatCompletionsService
+from ki2api.api.openai_chat.serving import ChatCompletionsService, OpenChat
 from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.kiro.models import ModelCatalog
@@ -53,17 +54,16 @@ def create_openai_router(
             wire = parse_wire(await read_json_body(request, settings.max_body_bytes))
             chat_request = await to_chat_request(wire, images.loader())
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
-            chat = await unless_disconnected(
-                request,
-                service.open(
-                    chat_request,
-                    include_usage=include_usage,
-                    conversation_header=request.headers.get("x-conversation-id"),
-                ),
+            opening = service.open(
+                chat_request,
+                include_usage=include_usage,
+                conversation_header=request.headers.get("x-conversation-id"),
             )
             if chat_request.stream:
+                chat = await unless_disconnected(request, opening)
                 return EventStreamResponse(service.sse(chat), headers=SSE_HEADERS)
-            body = await unless_disconnected(request, service.complete(chat))
+            # One disconnect watcher for the whole answer, not one per step.
+            chat, body = await unless_disconnected(request, _whole(service, opening))
         except GatewayError as exc:
             return openai_error_response(exc)
         except ClientDisconnected:
@@ -72,3 +72,10 @@ def create_openai_router(
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
     return router
+
+
+async def _whole(
+    service: ChatCompletionsService, opening: Awaitable[OpenChat]
+) -> tuple[OpenChat, dict[str, Any]]:
+    chat = await opening
+    return chat, await service.complete(chat)
