@@ -15,15 +15,18 @@ from starlette.responses import Response
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
 from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_api_key
-from ki2api.api.common import ClientDisconnected, read_json_body, unless_disconnected
+from ki2api.api.common import (
+    CLIENT_CLOSED,
+    SSE_HEADERS,
+    ClientDisconnected,
+    read_json_body,
+    unless_disconnected,
+)
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
-
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-CLIENT_CLOSED = 499
 
 
 def create_anthropic_router(
