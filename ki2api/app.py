@@ -15,17 +15,22 @@ from starlette.responses import Response
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
-from ki2api.api.anthropic.router import create_anthropic_router
+from ki2api.api.anthropic.router import (
+    MESSAGES_PATH,
+    AnthropicMessagesDoor,
+    create_anthropic_router,
+)
 from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_admin_key
+from ki2api.api.endpoint import ChatEndpoint, FastLane
 from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import install_limits
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
-from ki2api.api.openai_chat.router import create_openai_router
+from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
-from ki2api.api.responses.router import create_responses_router
+from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.core.errors import GatewayError
 from ki2api.core.gateway import Gateway
@@ -105,9 +110,9 @@ def create_app(
             pool=accounts,
             gateway=gateway,
             catalog=catalog,
-            chat=ChatCompletionsService(gateway, settings.keepalive_interval),
-            messages=MessagesService(gateway, settings.keepalive_interval),
-            responses=ResponsesService(gateway, settings.keepalive_interval),
+            chat=ChatCompletionsService(gateway),
+            messages=MessagesService(gateway),
+            responses=ResponsesService(gateway),
             stats=stats,
             simulator=simulator,
         )
@@ -131,6 +136,13 @@ def create_app(
     def runtime() -> Runtime:
         return app.state.runtime  # type: ignore[no-any-return]
 
+    images = ImageLoaderFactory(settings, lambda: runtime().http)
+    chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings)
+    messages = ChatEndpoint(
+        AnthropicMessagesDoor(settings, lambda: runtime().messages, images), settings
+    )
+    responses = ChatEndpoint(ResponsesDoor(lambda: runtime().responses, images), settings)
+
     metrics = Metrics()
     metrics.add_collector(
         CallbackCollector(
@@ -144,6 +156,10 @@ def create_app(
         CallbackCollector(
             "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
         )
+    )
+    # Innermost: the chat routes skip FastAPI's routing but keep every middleware below.
+    app.add_middleware(
+        FastLane, routes={CHAT_PATH: chat, MESSAGES_PATH: messages, RESPONSES_PATH: responses}
     )
     install_limits(app, settings)  # inside the observability middleware: 429s get an id too
     app.add_middleware(ObservabilityMiddleware, metrics=metrics)
@@ -178,12 +194,11 @@ def create_app(
                 return openai_error_response(exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    images = ImageLoaderFactory(settings, lambda: runtime().http)
+    app.include_router(create_openai_router(settings, chat, lambda: catalog))
     app.include_router(
-        create_openai_router(settings, lambda: runtime().chat, lambda: catalog, images)
+        create_anthropic_router(settings, messages, lambda: runtime().messages, images)
     )
-    app.include_router(create_anthropic_router(settings, lambda: runtime().messages, images))
-    app.include_router(create_responses_router(settings, lambda: runtime().responses, images))
+    app.include_router(create_responses_router(responses))
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
 
     if with_ui:

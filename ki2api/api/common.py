@@ -1,10 +1,7 @@
-"""Request plumbing shared by the front doors: bounded JSON bodies, disconnect-aware awaits."""
+"""Request plumbing shared by the front doors: bounded JSON bodies, wire-model validation."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
@@ -16,7 +13,6 @@ from ki2api.core.errors import InvalidRequest, RequestTooLarge
 T = TypeVar("T")
 WireT = TypeVar("WireT", bound=BaseModel)
 
-SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 CLIENT_CLOSED = 499  # nginx's code for "the client went away"; nobody receives it
 
 
@@ -48,35 +44,3 @@ async def read_json_body(request: Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"Request body is not valid JSON: {exc}") from None
-
-
-class ClientDisconnected(Exception):
-    """The client went away before the answer was ready."""
-
-
-async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``, cancelling it as soon as the client disconnects.
-
-    Servers do not cancel a handler whose client leaves while it is still computing a
-    non-streamed answer; without this the upstream request would run on for nothing.
-    """
-    task = asyncio.ensure_future(work)
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                task.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if watcher.done() and task.cancelled() is not False:
-            raise ClientDisconnected from None
-        raise
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher

@@ -3,6 +3,8 @@
 Order guarantees a renderer may rely on: ``ToolCallStart(i)`` comes before any
 ``ToolCallArgs(i)``, which come before ``ToolCallEnd(i)``; indices count from 0 in the order calls
 start; ``Usage`` (at most one) and then exactly one ``Stop`` or ``StreamError`` end the stream.
+``KeepAlive`` may come anywhere before the end: the upstream has been silent for the keep-alive
+interval; streaming renderers send their format's keep-alive, everyone else ignores it.
 """
 
 from __future__ import annotations
@@ -75,6 +77,13 @@ class StreamError:
     error: GatewayError
 
 
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """The upstream has been silent for the keep-alive interval (nothing to show)."""
+
+
+KEEP_ALIVE = KeepAlive()
+
 Delta = (
     TextDelta
     | ReasoningDelta
@@ -84,4 +93,5 @@ Delta = (
     | Usage
     | Stop
     | StreamError
+    | KeepAlive
 )

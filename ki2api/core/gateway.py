@@ -19,6 +19,7 @@ from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.core.context import current_request
 from ki2api.core.conversation import conversation_id_for
 from ki2api.core.deltas import (
+    KEEP_ALIVE,
     Delta,
     ReasoningDelta,
     Stop,
@@ -117,6 +118,9 @@ class DeltaStream:
             self._stats.active_streams += 1
         try:
             async for frame in self._response.frames():
+                if frame is None:  # the upstream is quiet: let the client know we are alive
+                    yield KEEP_ALIVE
+                    continue
                 for delta in parser.feed(frame):
                     if isinstance(delta, StreamError):
                         error = delta.error

@@ -13,6 +13,10 @@ its exception classes, redirects, timeouts, limits) and does the wire work itsel
 - httpx's four timeouts (connect, write, read per chunk, pool) raise httpx's exceptions;
 - a response closed before its end closes its connection (never reused half-read).
 
+:meth:`Http11Transport.exchange` is the same exchange without httpx's ``Request`` and
+``Response`` objects, for the Kiro chat call (a pre-rendered request in, an :class:`Answer` out),
+with optional idle ticks so a caller can send keep-alives while the server is silent.
+
 HTTP/1.1 only, no proxies: the app's client is created with ``http2=False, trust_env=False``.
 """
 
@@ -22,7 +26,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import cast
 
 import httptools
@@ -31,6 +35,8 @@ import httpx
 Origin = tuple[str, str, int]  # scheme, host, port
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_HIGH_WATER = 1024 * 1024  # stop reading from the socket past this much unread body
+IDLE = b""  # what a read returns when its idle tick passes before any data
+Timeouts = dict[str, float | None]  # httpx's: connect, read, write, pool
 
 
 class _Connection(asyncio.Protocol):
@@ -45,6 +51,8 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._head: asyncio.Future[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        self._waiting_since: float | None = None  # the current read's start, across idle ticks
+        self._ticked = False
         self._drained: asyncio.Future[None] | None = None
         self._chunks: deque[bytes] = deque()
         self._buffered = 0
@@ -119,6 +127,8 @@ class _Connection(asyncio.Protocol):
             self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
+        if not body:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _READ_HIGH_WATER and not self._reading_paused and self.transport:
@@ -174,25 +184,39 @@ class _Connection(asyncio.Protocol):
         if self._error is not None and not self.status:
             raise self._error
 
-    async def next_chunk(self, read_timeout: float | None) -> bytes | None:
-        """The next piece of body as it arrived; None at the end."""
+    async def next_chunk(
+        self, read_timeout: float | None, tick: float | None = None
+    ) -> bytes | None:
+        """The next piece of body as it arrived; None at the end; :data:`IDLE` when ``tick``
+        seconds pass without data. The read timeout runs on across ticks."""
         while not self._chunks:
             if self.complete:
                 return None
             if self._error is not None:
                 raise self._error
-            self._wakeup = self._loop.create_future()
+            now = self._loop.time()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            wait = None if read_timeout is None else self._waiting_since + read_timeout - now
+            ticking = tick is not None and (wait is None or tick < wait)
+            if ticking:
+                wait = tick
+            self._wakeup = waiter = self._loop.create_future()
             timer = (
                 None
-                if read_timeout is None
-                else self._loop.call_later(read_timeout, self._read_timed_out, self._wakeup)
+                if wait is None
+                else self._loop.call_later(max(0.0, wait), self._timer_fired, waiter, ticking)
             )
             try:
-                await self._wakeup
+                await waiter
             finally:
                 if timer is not None:
                     timer.cancel()
                 self._wakeup = None
+            if self._ticked:
+                self._ticked = False
+                return IDLE
+        self._waiting_since = None
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._reading_paused and self._buffered <= _READ_HIGH_WATER // 2 and self.transport:
@@ -200,8 +224,13 @@ class _Connection(asyncio.Protocol):
             cast(asyncio.ReadTransport, self.transport).resume_reading()
         return chunk
 
-    def _read_timed_out(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
+    def _timer_fired(self, waiter: asyncio.Future[None], tick: bool) -> None:
+        if waiter.done():
+            return
+        if tick:
+            self._ticked = True
+            waiter.set_result(None)
+        else:
             self._fail(httpx.ReadTimeout("timed out reading the answer"))
 
     def reset(self) -> None:
@@ -210,6 +239,8 @@ class _Connection(asyncio.Protocol):
         self._head = None
         self._chunks.clear()
         self._buffered = 0
+        self._waiting_since = None
+        self._ticked = False
         self.status = 0
         self.headers = []
         self.complete = False
@@ -278,7 +309,7 @@ class _Pool:
                 return
 
     async def acquire(
-        self, origin: Origin, request: httpx.Request, timeouts: dict[str, float | None]
+        self, origin: Origin, request: httpx.Request | None, timeouts: Timeouts
     ) -> _Connection:
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
@@ -309,7 +340,7 @@ class _Pool:
             raise
 
     async def _connect(
-        self, origin: Origin, request: httpx.Request, timeout: float | None
+        self, origin: Origin, request: httpx.Request | None, timeout: float | None
     ) -> _Connection:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
@@ -346,18 +377,37 @@ class _Pool:
         self._idle_count = 0
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(
-        self, pool: _Pool, conn: _Connection, request: httpx.Request, timeout: float | None
-    ) -> None:
-        self._pool, self._conn, self._request, self._timeout = pool, conn, request, timeout
+class Answer:
+    """A response whose head has arrived; read its body with :meth:`read`, then :meth:`aclose`
+    (which gives the connection back to the pool if the body was read to the end)."""
+
+    __slots__ = ("status", "headers", "_pool", "_conn", "_timeout", "_released")
+
+    def __init__(self, pool: _Pool, conn: _Connection, read_timeout: float | None) -> None:
+        self.status = conn.status
+        self.headers = conn.headers
+        self._pool, self._conn, self._timeout = pool, conn, read_timeout
         self._released = False
 
+    def read(self, tick: float | None = None) -> Awaitable[bytes | None]:
+        """The next piece of body; None at the end; :data:`IDLE` after ``tick`` quiet seconds."""
+        return self._conn.next_chunk(self._timeout, tick)
+
+    async def aclose(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pool.release(self._conn)  # closes it unless the answer was read to the end
+
+
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, answer: Answer, request: httpx.Request) -> None:
+        self._answer, self._request = answer, request
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn = self._conn
+        read = self._answer.read
         while True:
             try:
-                chunk = await conn.next_chunk(self._timeout)
+                chunk = await read()
             except httpx.TransportError as exc:
                 exc.request = self._request
                 raise
@@ -366,9 +416,7 @@ class _Body(httpx.AsyncByteStream):
             yield chunk
 
     async def aclose(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool.release(self._conn)  # closes it unless the answer was read to the end
+        await self._answer.aclose()
 
 
 def _request_bytes(request: httpx.Request, body: bytes) -> bytes:
@@ -401,31 +449,48 @@ class Http11Transport(httpx.AsyncBaseTransport):
         )
         self._pool = _Pool(limits or httpx.Limits(), ctx)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        scheme = request.url.scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
-        origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
-        timeouts = cast(dict[str, float | None], request.extensions.get("timeout", {}))
-        body = await request.aread()
-        data = _request_bytes(request, body)
+    async def exchange(
+        self,
+        origin: Origin,
+        data: bytes,
+        timeouts: Timeouts,
+        *,
+        head_only: bool = False,
+        request: httpx.Request | None = None,
+    ) -> Answer:
+        """Send a whole pre-rendered request (head and body) and wait for the answer's head."""
         conn = await self._pool.acquire(origin, request, timeouts)
         try:
-            await conn.send(
-                data, head_only=request.method == "HEAD", write_timeout=timeouts.get("write")
-            )
+            await conn.send(data, head_only=head_only, write_timeout=timeouts.get("write"))
             await conn.response_head(timeouts.get("read"))
         except httpx.TransportError as exc:
-            exc.request = request
+            if request is not None:
+                exc.request = request
             self._pool.release(conn)  # not complete: closed
             raise
         except BaseException:  # cancelled (e.g. the caller's own deadline)
             self._pool.release(conn)
             raise
+        return Answer(self._pool, conn, timeouts.get("read"))
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        scheme = request.url.scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}", request=request)
+        origin = (scheme, request.url.host, request.url.port or _DEFAULT_PORTS[scheme])
+        timeouts = cast(Timeouts, request.extensions.get("timeout", {}))
+        body = await request.aread()
+        answer = await self.exchange(
+            origin,
+            _request_bytes(request, body),
+            timeouts,
+            head_only=request.method == "HEAD",
+            request=request,
+        )
         return httpx.Response(
-            conn.status,
-            headers=conn.headers,
-            stream=_Body(self._pool, conn, request, timeouts.get("read")),
+            answer.status,
+            headers=answer.headers,
+            stream=_Body(answer, request),
             extensions={"http_version": b"HTTP/1.1"},
         )
 

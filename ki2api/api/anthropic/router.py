@@ -1,4 +1,5 @@
-"""Thin routes for ``/v1/messages`` and ``/v1/messages/count_tokens``.
+"""``/v1/messages`` (the shared chat flow, Anthropic's parsing and errors) and
+``/v1/messages/count_tokens``.
 
 Keys come as ``x-api-key`` or ``Authorization: Bearer``; the ``anthropic-version`` and
 ``anthropic-beta`` headers are accepted whatever their value. Errors use Anthropic's shape.
@@ -6,59 +7,75 @@ Keys come as ``x-api-key`` or ``Authorization: Bearer``; the ``anthropic-version
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
-from ki2api.api.anthropic.serving import MessagesService
+from ki2api.api.anthropic.serving import MessagesService, OpenMessage
 from ki2api.api.auth import check_api_key
-from ki2api.api.common import (
-    CLIENT_CLOSED,
-    SSE_HEADERS,
-    ClientDisconnected,
-    read_json_body,
-    unless_disconnected,
-)
+from ki2api.api.common import read_json_body
+from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
-from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
+
+MESSAGES_PATH = "/v1/messages"
+
+
+class AnthropicMessagesDoor:
+    """Anthropic's Messages API on the shared flow (see :class:`ki2api.api.endpoint.ChatDoor`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        get_service: Callable[[], MessagesService],
+        images: ImageLoaderFactory,
+    ) -> None:
+        self.settings = settings
+        self.get_service = get_service
+        self.images = images
+
+    def error_response(self, error: GatewayError) -> Response:
+        return anthropic_error_response(error)
+
+    async def open(self, body: Any, headers: Headers) -> OpenMessage:
+        chat_request = await to_chat_request(
+            parse_wire(body), self.images.loader(), max_image_bytes=self.settings.max_image_bytes
+        )
+        return await self.get_service().open(
+            chat_request, conversation_header=headers.get("x-conversation-id")
+        )
+
+    def streamed(self, opened: OpenMessage) -> bool:
+        return opened.request.stream
+
+    def sse(self, opened: OpenMessage) -> AsyncIterator[bytes]:
+        return self.get_service().sse(opened)
+
+    async def complete(self, opened: OpenMessage) -> tuple[Any, Mapping[str, str] | None]:
+        return await self.get_service().complete(opened), None
 
 
 def create_anthropic_router(
     settings: Settings,
+    messages: ChatEndpoint,
     get_service: Callable[[], MessagesService],
     images: ImageLoaderFactory,
 ) -> APIRouter:
     router = APIRouter()
-
-    @router.post("/v1/messages")
-    async def messages(request: Request) -> Response:
-        service = get_service()
-        try:
-            check_api_key(request, settings)
-            wire = parse_wire(await read_json_body(request, settings.max_body_bytes))
-            chat_request = await to_chat_request(
-                wire, images.loader(), max_image_bytes=settings.max_image_bytes
-            )
-            msg = await unless_disconnected(
-                request,
-                service.open(
-                    chat_request, conversation_header=request.headers.get("x-conversation-id")
-                ),
-            )
-            if chat_request.stream:
-                return EventStreamResponse(service.sse(msg), headers=SSE_HEADERS)
-            body = await unless_disconnected(request, service.complete(msg))
-        except GatewayError as exc:
-            return anthropic_error_response(exc)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        return Response(orjson.dumps(body), media_type="application/json")
+    add_documented_route(
+        router,
+        MESSAGES_PATH,
+        messages,
+        name="messages",
+        summary="Anthropic Messages (streamed as server-sent events when stream is true)",
+    )
 
     @router.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:

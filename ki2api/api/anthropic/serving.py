@@ -6,7 +6,7 @@ No FastAPI here. Event order (what the ``anthropic`` SDK's accumulator checks)::
     (content_block_start · content_block_delta* · content_block_stop)*   indices 0, 1, 2 ...
     message_delta (stop_reason, stop_sequence, usage) · message_stop
 
-with ``ping`` events whenever the upstream is silent for ``keepalive_interval`` seconds and an
+with ``ping`` events whenever the upstream is silent for the keep-alive interval and an
 ``error`` event (then nothing) for a failure after the first byte. A thinking block ends with a
 ``signature_delta`` (the service's signature, else :data:`PLACEHOLDER_SIGNATURE`). A tool call
 the service cut off (``Stop(MAX_TOKENS)`` without ``ToolCallEnd``) has already started its
@@ -28,8 +28,8 @@ import orjson
 
 from ki2api.api.anthropic.counting import estimate_request_tokens
 from ki2api.api.errors import anthropic_error_body
-from ki2api.api.sse import with_heartbeat
 from ki2api.core.deltas import (
+    KEEP_ALIVE,
     ReasoningDelta,
     Stop,
     StopReason,
@@ -130,9 +130,8 @@ class _Blocks:
 
 
 class MessagesService:
-    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.keepalive_interval = keepalive_interval
 
     async def open(self, request: ChatRequest, *, conversation_header: str | None) -> OpenMessage:
         stream = await self.gateway.open(request, conversation_header=conversation_header)
@@ -167,8 +166,8 @@ class MessagesService:
         }
         try:
             yield event("message_start", start)
-            async for delta in with_heartbeat(aiter(stream), self.keepalive_interval):
-                if delta is None:
+            async for delta in stream:
+                if delta is KEEP_ALIVE:
                     yield PING
                 elif isinstance(delta, TextDelta):
                     if not delta.text:

@@ -1,37 +1,65 @@
-"""Thin routes for ``/v1/chat/completions`` and ``/v1/models``."""
+"""``/v1/chat/completions`` on the shared chat flow (OpenAI parsing and errors), ``/v1/models``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from ki2api.api.auth import check_api_key
-from ki2api.api.common import (
-    CLIENT_CLOSED,
-    SSE_HEADERS,
-    ClientDisconnected,
-    read_json_body,
-    unless_disconnected,
-)
+from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
 from ki2api.api.openai_chat.serving import ChatCompletionsService, OpenChat
-from ki2api.api.sse import EventStreamResponse
 from ki2api.core.errors import GatewayError
 from ki2api.kiro.models import ModelCatalog
 from ki2api.settings import Settings
 
+CHAT_PATH = "/v1/chat/completions"
+
+
+class OpenAIChatDoor:
+    """OpenAI's chat completions on the shared flow (see :class:`ki2api.api.endpoint.ChatDoor`)."""
+
+    def __init__(
+        self, get_service: Callable[[], ChatCompletionsService], images: ImageLoaderFactory
+    ) -> None:
+        self.get_service = get_service
+        self.images = images
+
+    def error_response(self, error: GatewayError) -> Response:
+        return openai_error_response(error)
+
+    async def open(self, body: Any, headers: Headers) -> OpenChat:
+        wire = parse_wire(body)
+        chat_request = await to_chat_request(wire, self.images.loader())
+        return await self.get_service().open(
+            chat_request,
+            include_usage=bool(wire.stream_options and wire.stream_options.include_usage),
+            conversation_header=headers.get("x-conversation-id"),
+        )
+
+    def streamed(self, opened: OpenChat) -> bool:
+        return opened.request.stream
+
+    def sse(self, opened: OpenChat) -> AsyncIterator[bytes]:
+        return self.get_service().sse(opened)
+
+    async def complete(self, opened: OpenChat) -> tuple[Any, Mapping[str, str] | None]:
+        body = await self.get_service().complete(opened)
+        warnings = opened.warnings
+        return body, {"x-ki2api-warning": "; ".join(warnings)} if warnings else None
+
 
 def create_openai_router(
     settings: Settings,
-    get_service: Callable[[], ChatCompletionsService],
+    chat: ChatEndpoint,
     get_catalog: Callable[[], ModelCatalog],
-    images: ImageLoaderFactory,
 ) -> APIRouter:
     router = APIRouter()
 
@@ -49,36 +77,11 @@ def create_openai_router(
             orjson.dumps({"object": "list", "data": data}), media_type="application/json"
         )
 
-    @router.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        service = get_service()
-        try:
-            check_api_key(request, settings)
-            wire = parse_wire(await read_json_body(request, settings.max_body_bytes))
-            chat_request = await to_chat_request(wire, images.loader())
-            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
-            opening = service.open(
-                chat_request,
-                include_usage=include_usage,
-                conversation_header=request.headers.get("x-conversation-id"),
-            )
-            if chat_request.stream:
-                chat = await unless_disconnected(request, opening)
-                return EventStreamResponse(service.sse(chat), headers=SSE_HEADERS)
-            # One disconnect watcher for the whole answer, not one per step.
-            chat, body = await unless_disconnected(request, _whole(service, opening))
-        except GatewayError as exc:
-            return openai_error_response(exc)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        headers = {"x-ki2api-warning": "; ".join(chat.warnings)} if chat.warnings else None
-        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
-
+    add_documented_route(
+        router,
+        CHAT_PATH,
+        chat,
+        name="chat_completions",
+        summary="OpenAI chat completions (streamed as server-sent events when stream is true)",
+    )
     return router
-
-
-async def _whole(
-    service: ChatCompletionsService, opening: Awaitable[OpenChat]
-) -> tuple[OpenChat, dict[str, Any]]:
-    chat = await opening
-    return chat, await service.complete(chat)

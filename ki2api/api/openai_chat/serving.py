@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from ki2api.api.errors import openai_error_body
-from ki2api.api.sse import with_heartbeat
 from ki2api.core.compliance import normalise_json_answer, tool_choice_problem
 from ki2api.core.deltas import (
+    KEEP_ALIVE,
     ReasoningDelta,
     Stop,
     StopReason,
@@ -63,9 +63,8 @@ class OpenChat:
 
 
 class ChatCompletionsService:
-    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.keepalive_interval = keepalive_interval
 
     async def open(
         self, request: ChatRequest, *, include_usage: bool, conversation_header: str | None
@@ -97,8 +96,8 @@ class ChatCompletionsService:
         called: list[str] = []
         try:
             yield chunk({"role": "assistant", "content": ""})
-            async for delta in with_heartbeat(stream, self.keepalive_interval):
-                if delta is None:
+            async for delta in stream:
+                if delta is KEEP_ALIVE:
                     yield KEEPALIVE
                 elif isinstance(delta, TextDelta):
                     yield chunk({"content": delta.text})

@@ -1,59 +1,60 @@
-"""Thin route for ``POST /v1/responses`` (stateless; errors in OpenAI's shape)."""
+"""``POST /v1/responses`` on the shared chat flow (stateless; errors in OpenAI's shape)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
-import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from ki2api.api.auth import check_api_key
-from ki2api.api.common import (
-    CLIENT_CLOSED,
-    SSE_HEADERS,
-    ClientDisconnected,
-    read_json_body,
-    unless_disconnected,
-)
+from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.responses.protocol import parse_wire, to_chat_request
-from ki2api.api.responses.serving import ResponsesService
-from ki2api.api.sse import EventStreamResponse
+from ki2api.api.responses.serving import OpenResponse, ResponsesService
 from ki2api.core.errors import GatewayError
-from ki2api.settings import Settings
+
+RESPONSES_PATH = "/v1/responses"
 
 
-def create_responses_router(
-    settings: Settings,
-    get_service: Callable[[], ResponsesService],
-    images: ImageLoaderFactory,
-) -> APIRouter:
+class ResponsesDoor:
+    """OpenAI's Responses API on the shared flow (see :class:`ki2api.api.endpoint.ChatDoor`)."""
+
+    def __init__(
+        self, get_service: Callable[[], ResponsesService], images: ImageLoaderFactory
+    ) -> None:
+        self.get_service = get_service
+        self.images = images
+
+    def error_response(self, error: GatewayError) -> Response:
+        return openai_error_response(error)
+
+    async def open(self, body: Any, headers: Headers) -> OpenResponse:
+        wire = parse_wire(body)
+        chat_request = await to_chat_request(wire, self.images.loader())
+        return await self.get_service().open(
+            chat_request, wire, conversation_header=headers.get("x-conversation-id")
+        )
+
+    def streamed(self, opened: OpenResponse) -> bool:
+        return opened.request.stream
+
+    def sse(self, opened: OpenResponse) -> AsyncIterator[bytes]:
+        return self.get_service().sse(opened)
+
+    async def complete(self, opened: OpenResponse) -> tuple[Any, Mapping[str, str] | None]:
+        return await self.get_service().complete(opened), None
+
+
+def create_responses_router(responses: ChatEndpoint) -> APIRouter:
     router = APIRouter()
-
-    @router.post("/v1/responses")
-    async def responses(request: Request) -> Response:
-        service = get_service()
-        try:
-            check_api_key(request, settings)
-            wire = parse_wire(await read_json_body(request, settings.max_body_bytes))
-            chat_request = await to_chat_request(wire, images.loader())
-            resp = await unless_disconnected(
-                request,
-                service.open(
-                    chat_request,
-                    wire,
-                    conversation_header=request.headers.get("x-conversation-id"),
-                ),
-            )
-            if chat_request.stream:
-                return EventStreamResponse(service.sse(resp), headers=SSE_HEADERS)
-            body = await unless_disconnected(request, service.complete(resp))
-        except GatewayError as exc:
-            return openai_error_response(exc)
-        except ClientDisconnected:
-            return Response(status_code=CLIENT_CLOSED)
-        return Response(orjson.dumps(body), media_type="application/json")
-
+    add_documented_route(
+        router,
+        RESPONSES_PATH,
+        responses,
+        name="responses",
+        summary="OpenAI Responses (stateless; streamed as server-sent events when stream is true)",
+    )
     return router

@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 
 from ki2api.api.responses.protocol import ResponsesWire
-from ki2api.api.sse import with_heartbeat
 from ki2api.core.deltas import (
+    KEEP_ALIVE,
     ReasoningDelta,
     Stop,
     StopReason,
@@ -265,9 +265,8 @@ class _Events:
 
 
 class ResponsesService:
-    def __init__(self, gateway: Gateway, keepalive_interval: float = 15.0) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self.keepalive_interval = keepalive_interval
 
     async def open(
         self, request: ChatRequest, wire: ResponsesWire, *, conversation_header: str | None
@@ -289,8 +288,8 @@ class ResponsesService:
             start = resp.body("in_progress", [])
             yield ev.event("response.created", {"response": start})
             yield ev.event("response.in_progress", {"response": start})
-            async for delta in with_heartbeat(aiter(stream), self.keepalive_interval):
-                if delta is None:
+            async for delta in stream:
+                if delta is KEEP_ALIVE:
                     yield KEEPALIVE
                 elif isinstance(delta, TextDelta):
                     if not delta.text:

@@ -1,4 +1,4 @@
-"""Server-sent events helpers: keep-alive ticks, and a response that notices disconnects."""
+"""Idle ticks for an async iterator that must never be cancelled mid-read."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import anyio
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 T = TypeVar("T")
 _END: tuple[bool, Any] = (False, None)  # the source is exhausted
@@ -87,27 +85,3 @@ async def with_heartbeat(source: AsyncIterator[T], interval: float) -> AsyncIter
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
-
-
-class EventStreamResponse(StreamingResponse):
-    """An SSE response that stops its body as soon as the client disconnects.
-
-    Under ASGI spec 2.4+ Starlette notices a departed client only on its next write; with a
-    silent upstream that can be many seconds of a Kiro request running for nobody. Listening
-    for ``http.disconnect`` alongside the body cancels it at once, and closing the body closes
-    the upstream request.
-    """
-
-    media_type = "text/event-stream"
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
-
-            async def stream_then_stop() -> None:
-                with contextlib.suppress(OSError):  # the client went away mid-write
-                    await self.stream_response(send)
-                group.cancel_scope.cancel()
-
-            group.start_soon(stream_then_stop)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()

@@ -1,0 +1,202 @@
+"""The HTTP flow every chat front door shares, as a bare ASGI app, and the lane that serves it.
+
+Every answer goes the same way: check the key, read the JSON body, then (cancelled at once if
+the client leaves) parse, open the upstream and either stream the rendered bytes or send one
+JSON body. A front door (:class:`ChatDoor`) only parses and renders.
+
+The chat routes are the hot path, so :class:`FastLane` hands them to their endpoint directly,
+inside the app's own middleware (request ids, access log, rate limit, CORS) but past FastAPI's
+routing and per-request dependency machinery, which cost more than the rest of a request. The
+routes stay registered with FastAPI too (:func:`add_documented_route`), for the OpenAPI schema and
+for any app built without the lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Protocol, TypeVar
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ki2api.api.auth import check_api_key
+from ki2api.api.common import CLIENT_CLOSED, read_json_body
+from ki2api.core.errors import GatewayError
+from ki2api.settings import Settings
+
+OpenT = TypeVar("OpenT")
+
+_SSE_START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"cache-control", b"no-cache"),
+        (b"x-accel-buffering", b"no"),
+    ],
+}
+_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class ChatDoor(Protocol[OpenT]):
+    """What a front door adds to the shared flow: its parsing, its rendering, its errors."""
+
+    def error_response(self, error: GatewayError) -> Response: ...
+
+    async def open(self, body: Any, headers: Headers) -> OpenT:
+        """Parse the body into the internal request and open the upstream answer."""
+        ...
+
+    def streamed(self, opened: OpenT) -> bool: ...
+
+    def sse(self, opened: OpenT) -> AsyncIterator[bytes]:
+        """The answer as server-sent events; errors after the first byte travel inside."""
+        ...
+
+    async def complete(self, opened: OpenT) -> tuple[Any, Mapping[str, str] | None]:
+        """The whole answer as a JSON-ready body, and extra response headers."""
+        ...
+
+
+class CancelOnDisconnect:
+    """``async with CancelOnDisconnect(receive) as watch``: the body is cancelled as soon as the
+    client disconnects, and ``watch.disconnected`` says so afterwards.
+
+    Servers do not cancel a handler whose client left while it waits on the upstream; without
+    this an abandoned request would run on for nothing. One watcher task per request, which
+    cancels the handler's own task (no second task for the work).
+    """
+
+    __slots__ = ("_receive", "_task", "_watcher", "disconnected")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.disconnected = False
+
+    async def __aenter__(self) -> CancelOnDisconnect:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.disconnected = True
+                self._task.cancel()
+                return
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        self._watcher.cancel()
+        if (
+            self.disconnected
+            and exc_type is not None
+            and issubclass(exc_type, asyncio.CancelledError)
+        ):
+            # Swallow only our own cancellation, not a server shutdown's.
+            return self._task.uncancel() == 0
+        return False
+
+
+class ChatEndpoint:
+    """The ASGI app for one chat route (``POST`` only; the lane and the router see to that)."""
+
+    def __init__(self, door: ChatDoor[Any], settings: Settings) -> None:
+        self.door = door
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        door = self.door
+        request = Request(scope, receive)
+        try:
+            check_api_key(request, self.settings)
+            body = await read_json_body(request, self.settings.max_body_bytes)
+        except GatewayError as exc:
+            await door.error_response(exc)(scope, receive, send)
+            return
+        response: Response | None = None
+        async with CancelOnDisconnect(receive) as watch:
+            try:
+                opened = await door.open(body, request.headers)
+                if door.streamed(opened):
+                    await _stream(send, door.sse(opened))
+                    return
+                answer, headers = await door.complete(opened)
+            except GatewayError as exc:
+                response = door.error_response(exc)
+            else:
+                response = Response(
+                    orjson.dumps(answer), media_type="application/json", headers=headers
+                )
+        if watch.disconnected:
+            response = Response(status_code=CLIENT_CLOSED)  # for the access log; nobody reads it
+        assert response is not None
+        await response(scope, receive, send)
+
+
+async def _stream(send: Send, body: AsyncIterator[bytes]) -> None:
+    with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
+        await send(_SSE_START)
+        try:
+            async for piece in body:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        finally:
+            await body.aclose()  # type: ignore[attr-defined]
+        await send(_END_OF_BODY)
+
+
+class FastLane:
+    """Middleware: ``POST`` to a chat path goes straight to its endpoint; the rest to the app."""
+
+    def __init__(self, app: ASGIApp, routes: Mapping[str, ASGIApp]) -> None:
+        self.app = app
+        self.routes = dict(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.routes.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _Delegate(Response):
+    """A "response" that hands the exchange to an ASGI app (the route's body is not read yet)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
+
+
+def add_documented_route(
+    router: APIRouter, path: str, endpoint: ASGIApp, *, name: str, summary: str
+) -> None:
+    """Register ``POST path`` with FastAPI (schema, 405s) while ``endpoint`` does the work."""
+
+    async def route(request: Request) -> Response:
+        return _Delegate(endpoint)
+
+    router.add_api_route(
+        path,
+        route,
+        methods=["POST"],
+        name=name,
+        summary=summary,
+        response_class=Response,
+    )
