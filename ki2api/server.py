@@ -61,6 +61,7 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        access_log=False,  # ki2api.access logs every API call with more in it (model, TTFT, ...)
         proxy_headers=settings.on_space,
         forwarded_allow_ips="*" if settings.on_space else None,
         timeout_graceful_shutdown=5,

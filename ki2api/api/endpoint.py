@@ -148,13 +148,20 @@ class ChatEndpoint:
 
 
 async def _stream(send: Send, body: AsyncIterator[bytes]) -> None:
+    # The head goes out with the first piece: on the way to the first token every write costs
+    # a wake-up of the client, and there is nothing to tell it before then.
+    started = False
     with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
-        await send(_SSE_START)
         try:
             async for piece in body:
+                if not started:
+                    started = True
+                    await send(_SSE_START)
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
         finally:
             await body.aclose()  # type: ignore[attr-defined]
+        if not started:
+            await send(_SSE_START)
         await send(_END_OF_BODY)
 
 

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
@@ -95,64 +95,81 @@ class DeltaStream:
             self._context.model = model.id
             self._context.account = self.account
             self._context.streamed = request.stream
-        self._iterator = self._run()
+        self._batches = self._run()
+        self._flat: AsyncGenerator[Delta, None] | None = None
+
+    def batches(self) -> AsyncIterator[list[Delta]]:
+        """The deltas in batches, one per upstream read: a renderer can answer each batch
+        with a single write (the first batch also carries its preamble)."""
+        return self._batches
 
     def __aiter__(self) -> AsyncIterator[Delta]:
-        return self._iterator
+        if self._flat is None:
+            self._flat = self._flatten()
+        return self._flat
 
-    def __anext__(self) -> Awaitable[Delta]:
-        return self._iterator.__anext__()
+    async def _flatten(self) -> AsyncGenerator[Delta, None]:
+        async for batch in self._batches:
+            for delta in batch:
+                yield delta
 
     async def aclose(self) -> None:
-        await self._iterator.aclose()
+        if self._flat is not None:
+            await self._flat.aclose()
+        await self._batches.aclose()
         # A stream closed before its first read never ran _run's cleanup.
         await self._response.aclose()
         if self._release is not None:
             self._release()
 
-    async def _run(self) -> AsyncGenerator[Delta, None]:
+    async def _run(self) -> AsyncGenerator[list[Delta], None]:
         parser, limiter = self._parser, self._limiter
         error: GatewayError | None = None
         output_tokens = 0
         if self._stats is not None:
             self._stats.active_streams += 1
         try:
-            async for frame in self._response.frames():
-                if frame is None:  # the upstream is quiet: let the client know we are alive
-                    yield KEEP_ALIVE
+            async for frames in self._response.frame_batches():
+                if frames is None:  # the upstream is quiet: let the client know we are alive
+                    yield [KEEP_ALIVE]
                     continue
-                for delta in parser.feed(frame):
-                    if isinstance(delta, StreamError):
-                        error = delta.error
-                        yield delta
-                        return
-                    if self.first_delta_at is None:
-                        self.first_delta_at = time.perf_counter()
-                        if self._context is not None:
-                            self._context.ttft = self.first_delta_at - self.started
-                    if limiter is None:
-                        yield delta
-                        continue
-                    for out in limiter.feed(delta):
-                        yield out
-                    if limiter.stop is not None:
-                        usage = parser.usage()
-                        output_tokens = usage.output_tokens
-                        yield usage
-                        yield limiter.stop
-                        return
+                batch: list[Delta] = []
+                for frame in frames:
+                    for delta in parser.feed(frame):
+                        if isinstance(delta, StreamError):
+                            error = delta.error
+                            batch.append(delta)
+                            yield batch
+                            return
+                        if self.first_delta_at is None:
+                            self.first_delta_at = time.perf_counter()
+                            if self._context is not None:
+                                self._context.ttft = self.first_delta_at - self.started
+                        if limiter is None:
+                            batch.append(delta)
+                            continue
+                        batch.extend(limiter.feed(delta))
+                        if limiter.stop is not None:
+                            usage = parser.usage()
+                            output_tokens = usage.output_tokens
+                            batch += (usage, limiter.stop)
+                            yield batch
+                            return
+                if batch:
+                    yield batch
+            batch = []
             for delta in parser.finish():
                 if isinstance(delta, Usage):
                     output_tokens = delta.output_tokens
                 if limiter is not None and isinstance(delta, Stop):
-                    for out in limiter.flush():
-                        yield out
+                    batch.extend(limiter.flush())
                     delta = limiter.stop or delta
-                yield delta
+                batch.append(delta)
+            yield batch
         except GatewayError as exc:
             error = exc
             log.warning("upstream failed mid-stream on %s: %s", self.account, exc.message)
-            yield StreamError(exc)
+            yield [StreamError(exc)]
         finally:
             await self._response.aclose()
             if self._release is not None:

@@ -57,6 +57,7 @@ from ki2api.kiro.sources import Source, account_source, file_source, load_source
 from ki2api.kiro.usage_limits import UsageLimits, fetch_usage_limits
 from ki2api.settings import Settings
 
+_DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
 log = logging.getLogger("ki2api.accounts")
 
 STRATEGIES = ("lru", "round_robin", "first")
@@ -169,6 +170,7 @@ class AccountPool:
         self._next = 0  # round_robin position
         self.problems: list[str] = []  # sources that could not be used (shown to the admin)
         self._pending_default_file: Path | None = None
+        self._next_default_check = 0.0
         self._closing: set[asyncio.Future[None]] = set()
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
@@ -285,7 +287,13 @@ class AccountPool:
     def _adopt_default_file(self) -> None:
         """The user logged in to Kiro after start-up: take the new login file into the pool."""
         path = self._pending_default_file
-        if path is None or not path.exists():
+        if path is None:
+            return
+        now = self._clock()
+        if self._accounts and now < self._next_default_check:
+            return  # other accounts serve meanwhile: one stat a second is plenty
+        self._next_default_check = now + _DEFAULT_FILE_RECHECK
+        if not path.exists():
             return
         self._pending_default_file = None
         self._add_source(

@@ -128,14 +128,16 @@ class KiroResponse:
 
         return cls(read, close)
 
-    async def frames(self) -> AsyncIterator[Frame | None]:
-        """Frames as they arrive; None each time the upstream stays quiet for a tick."""
+    async def frame_batches(self) -> AsyncIterator[list[Frame] | None]:
+        """The frames each read completed (often none, sometimes several); None each time the
+        upstream stays quiet for a tick."""
         decoder, read = self.decoder, self._read
         try:
             while (chunk := await read()) is not None:
                 if chunk:
-                    for frame in decoder.feed(chunk):
-                        yield frame
+                    frames = decoder.feed(chunk)
+                    if frames:
+                        yield frames
                 else:
                     yield None
         except EventStreamError as exc:

@@ -164,63 +164,71 @@ class MessagesService:
                 "usage": usage_body(Usage(msg.input_estimate, 0)),
             },
         }
+        parts = [event("message_start", start)]  # goes out with the first batch
         try:
-            yield event("message_start", start)
-            async for delta in stream:
-                if delta is KEEP_ALIVE:
-                    yield PING
-                elif isinstance(delta, TextDelta):
-                    if not delta.text:
-                        continue
-                    if blocks.open_kind != "text":
-                        for out in blocks.start("text", {"type": "text", "text": ""}):
-                            yield out
-                    yield _DELTA + b"%d" % blocks.open_index + _TEXT + dumps(delta.text) + _END
-                elif isinstance(delta, ReasoningDelta):
-                    if blocks.open_kind != "thinking":
+            async for batch in stream.batches():
+                for delta in batch:
+                    if isinstance(delta, TextDelta):
                         if not delta.text:
-                            continue  # a lone signature with no reasoning to sign
-                        thinking = {"type": "thinking", "thinking": "", "signature": ""}
-                        for out in blocks.start("thinking", thinking):
-                            yield out
-                    blocks.signature = delta.signature or blocks.signature
-                    if delta.text:
+                            continue
+                        if blocks.open_kind != "text":
+                            parts += blocks.start("text", {"type": "text", "text": ""})
                         index = b"%d" % blocks.open_index
-                        yield _DELTA + index + _THINKING + dumps(delta.text) + _END
-                elif isinstance(delta, ToolCallStart):
-                    tool_use = {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}}
-                    for out in blocks.start("tool_use", tool_use):
-                        yield out
-                    blocks.tool_blocks[delta.index] = blocks.open_index
-                elif isinstance(delta, ToolCallArgs):
-                    block_index = blocks.tool_blocks.get(delta.index)
-                    if delta.fragment and block_index is not None:
-                        index = b"%d" % block_index
-                        yield _DELTA + index + _JSON + dumps(delta.fragment) + _END
-                elif isinstance(delta, ToolCallEnd):
-                    if blocks.open_index == blocks.tool_blocks.get(delta.index):
-                        for out in blocks.close():
-                            yield out
-                elif isinstance(delta, Usage):
-                    usage = delta
-                elif isinstance(delta, Stop):
-                    for out in blocks.close():  # also a tool call cut off by max_tokens
-                        yield out
-                    final = usage or Usage(msg.input_estimate, 0)
-                    body = {
-                        "type": "message_delta",
-                        "delta": {
-                            "stop_reason": STOP_REASONS[delta.reason],
-                            "stop_sequence": _stop_sequence(delta),
-                        },
-                        "usage": usage_body(final),
-                    }
-                    yield event("message_delta", body)
-                    yield MESSAGE_STOP
-                    return
-                elif isinstance(delta, StreamError):
-                    yield event("error", anthropic_error_body(delta.error))
-                    return
+                        parts.append(_DELTA + index + _TEXT + dumps(delta.text) + _END)
+                    elif delta is KEEP_ALIVE:
+                        parts.append(PING)
+                    elif isinstance(delta, ReasoningDelta):
+                        if blocks.open_kind != "thinking":
+                            if not delta.text:
+                                continue  # a lone signature with no reasoning to sign
+                            thinking = {"type": "thinking", "thinking": "", "signature": ""}
+                            parts += blocks.start("thinking", thinking)
+                        blocks.signature = delta.signature or blocks.signature
+                        if delta.text:
+                            index = b"%d" % blocks.open_index
+                            parts.append(_DELTA + index + _THINKING + dumps(delta.text) + _END)
+                    elif isinstance(delta, ToolCallStart):
+                        tool_use = {
+                            "type": "tool_use",
+                            "id": delta.id,
+                            "name": delta.name,
+                            "input": {},
+                        }
+                        parts += blocks.start("tool_use", tool_use)
+                        blocks.tool_blocks[delta.index] = blocks.open_index
+                    elif isinstance(delta, ToolCallArgs):
+                        block_index = blocks.tool_blocks.get(delta.index)
+                        if delta.fragment and block_index is not None:
+                            index = b"%d" % block_index
+                            parts.append(_DELTA + index + _JSON + dumps(delta.fragment) + _END)
+                    elif isinstance(delta, ToolCallEnd):
+                        if blocks.open_index == blocks.tool_blocks.get(delta.index):
+                            parts += blocks.close()
+                    elif isinstance(delta, Usage):
+                        usage = delta
+                    elif isinstance(delta, Stop):
+                        parts += blocks.close()  # also a tool call cut off by max_tokens
+                        final = usage or Usage(msg.input_estimate, 0)
+                        body = {
+                            "type": "message_delta",
+                            "delta": {
+                                "stop_reason": STOP_REASONS[delta.reason],
+                                "stop_sequence": _stop_sequence(delta),
+                            },
+                            "usage": usage_body(final),
+                        }
+                        parts += (event("message_delta", body), MESSAGE_STOP)
+                        yield b"".join(parts)
+                        return
+                    elif isinstance(delta, StreamError):
+                        parts.append(event("error", anthropic_error_body(delta.error)))
+                        yield b"".join(parts)
+                        return
+                if parts:
+                    yield b"".join(parts)
+                    parts = []
+            if parts:
+                yield b"".join(parts)
         finally:
             await stream.aclose()
 

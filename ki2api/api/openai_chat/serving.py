@@ -94,58 +94,65 @@ class ChatCompletionsService:
         usage: Usage | None = None
         stream = chat.stream
         called: list[str] = []
+        parts = [chunk({"role": "assistant", "content": ""})]  # goes out with the first batch
         try:
-            yield chunk({"role": "assistant", "content": ""})
-            async for delta in stream:
-                if delta is KEEP_ALIVE:
-                    yield KEEPALIVE
-                elif isinstance(delta, TextDelta):
-                    yield chunk({"content": delta.text})
-                elif isinstance(delta, ReasoningDelta):
-                    if delta.text:
-                        yield chunk({"reasoning_content": delta.text})
-                elif isinstance(delta, ToolCallArgs):
-                    call = {"index": delta.index, "function": {"arguments": delta.fragment}}
-                    yield chunk({"tool_calls": [call]})
-                elif isinstance(delta, ToolCallStart):
-                    called.append(delta.name)
-                    call = {
-                        "index": delta.index,
-                        "id": delta.id,
-                        "type": "function",
-                        "function": {"name": delta.name, "arguments": ""},
-                    }
-                    yield chunk({"tool_calls": [call]})
-                elif isinstance(delta, Usage):
-                    usage = delta
-                elif isinstance(delta, Stop):
-                    finish = dumps(FINISH_REASONS[delta.reason])
-                    yield (
-                        head
-                        + b'{},"logprobs":null,"finish_reason":'
-                        + finish
-                        + f"}}]{tail_usage}}}\n\n".encode()
-                    )
-                    if chat.include_usage and usage is not None:
-                        body = {
-                            "id": chat.id,
-                            "object": "chat.completion.chunk",
-                            "created": chat.created,
-                            "model": chat.request.model,
-                            "system_fingerprint": None,
-                            "choices": [],
-                            "usage": usage_body(usage),
+            async for batch in stream.batches():
+                for delta in batch:
+                    if isinstance(delta, TextDelta):
+                        parts.append(chunk({"content": delta.text}))
+                    elif delta is KEEP_ALIVE:
+                        parts.append(KEEPALIVE)
+                    elif isinstance(delta, ReasoningDelta):
+                        if delta.text:
+                            parts.append(chunk({"reasoning_content": delta.text}))
+                    elif isinstance(delta, ToolCallArgs):
+                        call = {"index": delta.index, "function": {"arguments": delta.fragment}}
+                        parts.append(chunk({"tool_calls": [call]}))
+                    elif isinstance(delta, ToolCallStart):
+                        called.append(delta.name)
+                        call = {
+                            "index": delta.index,
+                            "id": delta.id,
+                            "type": "function",
+                            "function": {"name": delta.name, "arguments": ""},
                         }
-                        yield b"data: " + dumps(body) + b"\n\n"
-                    problem = tool_choice_problem(chat.request, called)
-                    if problem:
-                        log.warning("%s (%s)", problem, chat.id)
-                        yield f": warning: {problem}\n\n".encode()
-                    yield DONE
-                    return
-                elif isinstance(delta, StreamError):
-                    yield b"data: " + dumps(openai_error_body(delta.error)) + b"\n\n"
-                    return
+                        parts.append(chunk({"tool_calls": [call]}))
+                    elif isinstance(delta, Usage):
+                        usage = delta
+                    elif isinstance(delta, Stop):
+                        parts.append(
+                            head
+                            + b'{},"logprobs":null,"finish_reason":'
+                            + dumps(FINISH_REASONS[delta.reason])
+                            + f"}}]{tail_usage}}}\n\n".encode()
+                        )
+                        if chat.include_usage and usage is not None:
+                            body = {
+                                "id": chat.id,
+                                "object": "chat.completion.chunk",
+                                "created": chat.created,
+                                "model": chat.request.model,
+                                "system_fingerprint": None,
+                                "choices": [],
+                                "usage": usage_body(usage),
+                            }
+                            parts.append(b"data: " + dumps(body) + b"\n\n")
+                        problem = tool_choice_problem(chat.request, called)
+                        if problem:
+                            log.warning("%s (%s)", problem, chat.id)
+                            parts.append(f": warning: {problem}\n\n".encode())
+                        parts.append(DONE)
+                        yield b"".join(parts)
+                        return
+                    elif isinstance(delta, StreamError):
+                        parts.append(b"data: " + dumps(openai_error_body(delta.error)) + b"\n\n")
+                        yield b"".join(parts)
+                        return
+                if parts:
+                    yield b"".join(parts)
+                    parts = []
+            if parts:
+                yield b"".join(parts)
         finally:
             await stream.aclose()
 
