@@ -6,7 +6,9 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from ki2api.core.errors import InvalidRequest, RequestTooLarge
 
@@ -30,14 +32,28 @@ def parse_wire_model(body: Any, model: type[WireT]) -> WireT:
 
 async def read_json_body(request: Request, limit: int) -> Any:
     """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
-    declared = request.headers.get("content-length")
+    return await read_json(request.receive, request.headers, limit)
+
+
+async def read_json(receive: Receive, headers: Headers, limit: int) -> Any:
+    """:func:`read_json_body` on bare ASGI: straight from ``receive``."""
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
             raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if not body:
         raise InvalidRequest("Request body is empty: send a JSON object.")
     try:

@@ -4,17 +4,16 @@ Every answer goes the same way: check the key, read the JSON body, then (cancell
 the client leaves) parse, open the upstream and either stream the rendered bytes or send one
 JSON body. A front door (:class:`ChatDoor`) only parses and renders.
 
-The chat routes are the hot path, so :class:`FastLane` hands them to their endpoint directly,
-inside the app's own middleware (request ids, access log, rate limit, CORS) but past FastAPI's
-routing and per-request dependency machinery, which cost more than the rest of a request. The
-routes stay registered with FastAPI too (:func:`add_documented_route`), for the OpenAPI schema and
-for any app built without the lane.
+The chat routes are the hot path: the app (:class:`ki2api.app.Ki2API`) hands them to their
+endpoint through its API middleware only. They stay registered with FastAPI too
+(:func:`add_documented_route`), for the OpenAPI schema and for any app built without the lane.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
@@ -22,15 +21,17 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.auth import check_api_key
-from ki2api.api.common import CLIENT_CLOSED, read_json_body
+from ki2api.api.common import CLIENT_CLOSED, read_json
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
 
 OpenT = TypeVar("OpenT")
+log = logging.getLogger("ki2api")
 
 _SSE_START: Message = {
     "type": "http.response.start",
@@ -112,27 +113,54 @@ class CancelOnDisconnect:
 
 
 class ChatEndpoint:
-    """The ASGI app for one chat route (``POST`` only; the lane and the router see to that)."""
+    """The ASGI app for one chat route (``POST`` only; the app and the router see to that)."""
 
     def __init__(self, door: ChatDoor[Any], settings: Settings) -> None:
         self.door = door
         self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _Exchange(self.door, send)
+        try:
+            await exchange.serve(self.settings, scope, receive)
+        except Exception:
+            # Last line of defence (this route bypasses the app's error middleware): a bug
+            # still answers in the client's format, without a trace, if nothing went out yet.
+            log.exception("unexpected error on POST %s", scope.get("path"))
+            if exchange.started:
+                raise  # the server cuts the connection: the client sees a broken stream
+            error = self.door.error_response(GatewayError("Internal error in the gateway."))
+            await error(scope, receive, send)
+
+
+class _Exchange:
+    """One request on a chat route."""
+
+    __slots__ = ("door", "send", "started")
+
+    def __init__(self, door: ChatDoor[Any], send: Send) -> None:
+        self.door = door
+        self.send = send
+        self.started = False
+
+    async def serve(self, settings: Settings, scope: Scope, receive: Receive) -> None:
         door = self.door
         request = Request(scope, receive)
         try:
-            check_api_key(request, self.settings)
-            body = await read_json_body(request, self.settings.max_body_bytes)
+            check_api_key(request, settings)
+            body = await read_json(receive, request.headers, settings.max_body_bytes)
         except GatewayError as exc:
-            await door.error_response(exc)(scope, receive, send)
+            await self.respond(door.error_response(exc), scope, receive)
+            return
+        except ClientDisconnect:  # gone while sending the body
+            await self.respond(Response(status_code=CLIENT_CLOSED), scope, receive)
             return
         response: Response | None = None
         async with CancelOnDisconnect(receive) as watch:
             try:
                 opened = await door.open(body, request.headers)
                 if door.streamed(opened):
-                    await _stream(send, door.sse(opened))
+                    await self.stream(door.sse(opened))
                     return
                 answer, headers = await door.complete(opened)
             except GatewayError as exc:
@@ -144,41 +172,29 @@ class ChatEndpoint:
         if watch.disconnected:
             response = Response(status_code=CLIENT_CLOSED)  # for the access log; nobody reads it
         assert response is not None
-        await response(scope, receive, send)
+        await self.respond(response, scope, receive)
 
+    async def respond(self, response: Response, scope: Scope, receive: Receive) -> None:
+        self.started = True
+        await response(scope, receive, self.send)
 
-async def _stream(send: Send, body: AsyncIterator[bytes]) -> None:
-    # The head goes out with the first piece: on the way to the first token every write costs
-    # a wake-up of the client, and there is nothing to tell it before then.
-    started = False
-    with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
-        try:
-            async for piece in body:
-                if not started:
-                    started = True
-                    await send(_SSE_START)
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-        finally:
-            await body.aclose()  # type: ignore[attr-defined]
-        if not started:
-            await send(_SSE_START)
-        await send(_END_OF_BODY)
-
-
-class FastLane:
-    """Middleware: ``POST`` to a chat path goes straight to its endpoint; the rest to the app."""
-
-    def __init__(self, app: ASGIApp, routes: Mapping[str, ASGIApp]) -> None:
-        self.app = app
-        self.routes = dict(routes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.routes.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    async def stream(self, body: AsyncIterator[bytes]) -> None:
+        # The head goes out with the first piece: on the way to the first token every write
+        # costs a wake-up of the client, and there is nothing to tell it before then.
+        send = self.send
+        with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
+            try:
+                async for piece in body:
+                    if not self.started:
+                        self.started = True
+                        await send(_SSE_START)
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            finally:
+                await body.aclose()  # type: ignore[attr-defined]
+            if not self.started:
+                self.started = True
+                await send(_SSE_START)
+            await send(_END_OF_BODY)
 
 
 class _Delegate(Response):

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -116,18 +116,22 @@ class RateLimitMiddleware:
         await render(error)(scope, receive, send)
 
 
-def install_limits(app: FastAPI, settings: Settings) -> None:
-    """Add the rate limit and CORS middleware the settings ask for (none by default)."""
+def limits_middleware(settings: Settings) -> list[Middleware]:
+    """The rate limit and CORS middleware the settings ask for (none by default), outermost
+    first: CORS wraps the rate limit, so preflights and 429s alike carry the CORS headers."""
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                allow_headers=["*"],
+                expose_headers=["x-request-id", "retry-after", "retry-after-ms", "x-should-retry"],
+                max_age=600,
+            )
+        )
     if settings.rate_limit:
         limiter = RateLimiter(parse_rate(settings.rate_limit))
-        app.add_middleware(RateLimitMiddleware, settings=settings, limiter=limiter)
-    if settings.cors_origins:
-        # Added last so it runs first: preflights and 429s alike carry the CORS headers.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id", "retry-after", "retry-after-ms", "x-should-retry"],
-            max_age=600,
-        )
+        middleware.append(Middleware(RateLimitMiddleware, settings=settings, limiter=limiter))
+    return middleware

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.core.context import RequestContext, current_request
+from ki2api.core.ids import hex_id
 
 access_log = logging.getLogger("ki2api.access")
 
@@ -93,7 +93,7 @@ class ObservabilityMiddleware:
             return
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _SAFE_REQUEST_ID.match(incoming) else None
-        ctx = RequestContext(request_id or f"req_{uuid.uuid4().hex}")
+        ctx = RequestContext(request_id or f"req_{hex_id()}")
         token = current_request.set(ctx)
         started = time.perf_counter()
         status = 500

@@ -9,7 +9,6 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
-import uuid
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from ki2api.core.errors import (
     UpstreamUnavailable,
 )
 from ki2api.core.heartbeat import with_heartbeat
+from ki2api.core.ids import uuid_text
 from ki2api.kiro.eventstream import EventStreamDecoder, EventStreamError, Frame
 from ki2api.kiro.upstream_errors import error_for_response
 from ki2api.settings import Settings
@@ -213,7 +213,7 @@ class KiroClient:
         return {
             "authorization": f"Bearer {_header_safe(credential.access_token)}",
             **self._static_headers(credential, json_style),
-            "amz-sdk-invocation-id": str(uuid.uuid4()),
+            "amz-sdk-invocation-id": uuid_text(),
         }
 
     def _request_bytes(self, endpoint: _Endpoint, credential: CredentialLike, body: bytes) -> bytes:
@@ -235,7 +235,7 @@ class KiroClient:
                 b"authorization: Bearer ",
                 token,
                 b"\r\namz-sdk-invocation-id: ",
-                str(uuid.uuid4()).encode(),
+                uuid_text().encode(),
                 b"\r\ncontent-length: ",
                 str(len(body)).encode(),
                 b"\r\n\r\n",

@@ -19,7 +19,6 @@ does when ``max_tokens`` cuts a tool call.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ from ki2api.core.deltas import (
     Usage,
 )
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 
 STOP_REASONS = {
@@ -138,7 +138,7 @@ class MessagesService:
         return OpenMessage(
             request=request,
             stream=stream,
-            id=f"msg_{uuid.uuid4().hex[:24]}",
+            id=f"msg_{hex_id(24)}",
             input_estimate=estimate_request_tokens(request),
         )
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ from ki2api.core.deltas import (
     Usage,
 )
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 
 log = logging.getLogger("ki2api.openai")
@@ -74,7 +74,7 @@ class ChatCompletionsService:
             request=request,
             stream=stream,
             include_usage=include_usage,
-            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            id=f"chatcmpl-{hex_id(24)}",
             created=int(time.time()),
         )
 

@@ -21,7 +21,6 @@ arguments are never reported as done) and the response as ``incomplete``.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +42,7 @@ from ki2api.core.deltas import (
 )
 from ki2api.core.errors import GatewayError
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 from ki2api.core.tokens import estimate_tokens
 
@@ -56,7 +56,7 @@ dumps = orjson.dumps
 
 
 def _new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex}"
+    return f"{prefix}_{hex_id()}"
 
 
 def usage_body(usage: Usage, reasoning: str) -> dict[str, Any]:
