@@ -8,6 +8,7 @@ import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import uvicorn
 
@@ -31,6 +32,16 @@ def fast_paths() -> tuple[str, str]:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return loop, http
+
+
+def http_protocol() -> Any:
+    """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol sending each head with
+    its body (:mod:`ki2api.http_protocol`), or h11 when httptools is not installed."""
+    if importlib.util.find_spec("httptools") is None:
+        return "h11"
+    from ki2api.http_protocol import HeadWithBodyProtocol
+
+    return HeadWithBodyProtocol
 
 
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
@@ -57,7 +68,7 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     uvicorn.run(
         app,
         loop="auto",
-        http="auto",
+        http=http_protocol(),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -86,6 +86,7 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; "*" = any
     max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
+    yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -133,6 +134,8 @@ class Settings:
             ),
             max_concurrent_per_account=int(env.get("MAX_CONCURRENT_PER_ACCOUNT") or 16),
             queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
+            yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
+            not in {"0", "false", "no", "off"},
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

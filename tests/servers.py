@@ -13,11 +13,19 @@ from typing import Any
 
 import uvicorn
 
+from ki2api.server import http_protocol
+
 
 class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
         config = uvicorn.Config(
-            app, host=host, port=0, log_level="warning", lifespan="on", timeout_graceful_shutdown=2
+            app,
+            host=host,
+            port=0,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            http=http_protocol(),  # as ki2api.server.serve runs it
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ki2api.core.conversation import conversation_id_for
+from ki2api.core.conversation import NAMESPACE, _uuid5_text, conversation_id_for
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import ChatRequest, Message, TextPart
 
@@ -72,3 +74,9 @@ def test_bad_header_values_are_refused(value: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         conversation_id_for(chat("x"), value)
     assert info.value.param == "X-Conversation-Id"
+
+
+@given(st.text())
+def test_derived_id_is_exactly_uuid5(seed: str) -> None:
+    name = seed.encode("utf-8", "surrogatepass").decode("latin-1")
+    assert _uuid5_text(name) == str(uuid.uuid5(NAMESPACE, name))

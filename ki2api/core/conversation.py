@@ -7,6 +7,7 @@ Kiro expects a UUID, so a client's free-form value is turned into one (uuid5), d
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 
@@ -15,6 +16,7 @@ from ki2api.core.request import ChatRequest
 
 # Fixed namespace, so the same conversation maps to the same id on every gateway instance.
 NAMESPACE = uuid.UUID("5b0f6b5e-8f4e-4d7a-9c61-2f1e4b7a9d30")
+_NAMESPACE_BYTES = NAMESPACE.bytes
 MAX_HEADER_CHARS = 200
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces
 
@@ -26,7 +28,17 @@ def conversation_id_for(request: ChatRequest, header_value: str | None) -> str:
     first_user = next((m for m in request.messages if m.role == "user"), None)
     first = first_user or (request.messages[0] if request.messages else None)
     seed = "\x00".join((request.system, first.text if first else ""))
-    return str(uuid.uuid5(NAMESPACE, seed.encode("utf-8", "surrogatepass").decode("latin-1")))
+    return _uuid5_text(seed.encode("utf-8", "surrogatepass").decode("latin-1"))
+
+
+def _uuid5_text(name: str) -> str:
+    """``str(uuid.uuid5(NAMESPACE, name))`` without building ``UUID`` objects (on every request's
+    way to the upstream)."""
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _from_client(value: str) -> str:

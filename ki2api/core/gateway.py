@@ -218,9 +218,13 @@ class Completion:
     stop: Stop = field(default_factory=lambda: Stop(StopReason.END_TURN))
 
 
-async def collect(stream: DeltaStream) -> Completion:
+async def collect(stream: DeltaStream, *, close: bool = True) -> Completion:
     """Drain a stream into a :class:`Completion`; an in-stream failure is raised (nothing has
-    been sent to the client yet, so it can still become a proper HTTP error)."""
+    been sent to the client yet, so it can still become a proper HTTP error).
+
+    ``close=False`` returns at the answer's end (its ``Stop``) and leaves closing the stream to
+    the caller, who can answer the client first; on a failure the stream is closed anyway.
+    """
     text: list[str] = []
     reasoning: list[str] = []
     calls: dict[int, CompletedToolCall] = {}
@@ -246,9 +250,14 @@ async def collect(stream: DeltaStream) -> Completion:
                 done.usage = delta
             elif isinstance(delta, Stop):
                 done.stop = delta
+                if not close:
+                    break
             elif isinstance(delta, StreamError):
                 raise delta.error
-    finally:
+    except BaseException:
+        await stream.aclose()
+        raise
+    if close:
         await stream.aclose()
     done.text = "".join(text)
     done.reasoning = "".join(reasoning)

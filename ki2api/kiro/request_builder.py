@@ -350,6 +350,10 @@ class _BodyBuilder:
     def fit(self, max_bytes: int) -> tuple[dict[str, Any], bytes, int]:
         """The body with the fewest oldest turns dropped that fits in ``max_bytes``."""
         plain = [self._entry(turn) for turn in self.history]
+        body = self._body(0, plain)
+        raw = _dumps(body)
+        if len(raw) <= max_bytes:  # the usual case: nothing to leave out
+            return body, raw, 0
         sizes = [len(_dumps(e)) for e in plain]
         # bytes of history[i:] when serialized as part of the list (commas included)
         tail = [0] * (len(plain) + 1)

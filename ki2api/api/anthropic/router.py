@@ -61,6 +61,9 @@ class AnthropicMessagesDoor:
     async def complete(self, opened: OpenMessage) -> tuple[Any, Mapping[str, str] | None]:
         return await self.get_service().complete(opened), None
 
+    async def finish(self, opened: OpenMessage) -> None:
+        await opened.stream.aclose()
+
 
 def create_anthropic_router(
     settings: Settings,

@@ -233,7 +233,7 @@ class MessagesService:
             await stream.aclose()
 
     async def complete(self, msg: OpenMessage) -> dict[str, Any]:
-        return render_message(msg, await collect(msg.stream))
+        return render_message(msg, await collect(msg.stream, close=False))
 
 
 def _stop_sequence(stop: Stop) -> str | None:

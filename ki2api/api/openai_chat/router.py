@@ -55,6 +55,9 @@ class OpenAIChatDoor:
         warnings = opened.warnings
         return body, {"x-ki2api-warning": "; ".join(warnings)} if warnings else None
 
+    async def finish(self, opened: OpenChat) -> None:
+        await opened.stream.aclose()
+
 
 def create_openai_router(
     settings: Settings,

@@ -157,7 +157,7 @@ class ChatCompletionsService:
             await stream.aclose()
 
     async def complete(self, chat: OpenChat) -> dict[str, Any]:
-        done = await collect(chat.stream)
+        done = await collect(chat.stream, close=False)
         problems = [tool_choice_problem(chat.request, [c.name for c in done.tool_calls])]
         if chat.request.response_schema is not None and done.text:
             done.text, problem = normalise_json_answer(done.text, chat.request.response_schema)

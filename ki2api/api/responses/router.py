@@ -47,6 +47,9 @@ class ResponsesDoor:
     async def complete(self, opened: OpenResponse) -> tuple[Any, Mapping[str, str] | None]:
         return await self.get_service().complete(opened), None
 
+    async def finish(self, opened: OpenResponse) -> None:
+        await opened.stream.aclose()
+
 
 def create_responses_router(responses: ChatEndpoint) -> APIRouter:
     router = APIRouter()

@@ -376,7 +376,7 @@ class ResponsesService:
             await stream.aclose()
 
     async def complete(self, resp: OpenResponse) -> dict[str, Any]:
-        return render_response(resp, await collect(resp.stream))
+        return render_response(resp, await collect(resp.stream, close=False))
 
 
 def render_response(resp: OpenResponse, done: Completion) -> dict[str, Any]:
