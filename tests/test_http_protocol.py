@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -82,12 +83,7 @@ async def test_body_pieces_pass_straight_through_and_close_flushes_first() -> No
 async def _plain_json(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await Request(scope, receive).body()
     await Response(b'{"echo":' + json.dumps(body.decode()).encode() + b"}")(scope, receive, send)
 
 
