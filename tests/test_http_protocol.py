@@ -149,6 +149,52 @@ def test_hand_over_is_sched_yield_unless_switched_off() -> None:
     off()  # a no-op
 
 
+def _hold_close_until(rt: Any, released: threading.Event) -> None:
+    """Make every answer's close wait until ``released``: had the gateway closed the upstream
+    answer before finishing the client's, the client would wait in vain and time out."""
+    gateway_open = type(rt.gateway).open
+
+    async def open_and_hold(self: Any, *args: Any, **kwargs: Any) -> Any:
+        stream = await gateway_open(self, *args, **kwargs)
+        close = stream.aclose
+
+        async def aclose() -> None:
+            while not released.is_set():
+                await asyncio.sleep(0.005)
+            await close()
+
+        stream.aclose = aclose
+        return stream
+
+    rt.gateway.open = open_and_hold.__get__(rt.gateway)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"model": "claude-sonnet-4.5", "stream": True}),
+        ("/v1/messages", {"model": "claude-sonnet-4.5", "stream": True, "max_tokens": 100}),
+    ],
+)
+def test_streamed_answer_ends_before_the_upstream_answer_is_closed(
+    stack: Stack, path: str, body: dict[str, Any]
+) -> None:
+    rt = stack.runtime
+    answered = threading.Event()
+    _hold_close_until(rt, answered)
+    body = {**body, "messages": [{"role": "user", "content": "hi"}]}
+    before = len(rt.stats.recent())
+    with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=5) as client:
+        answer = client.post(path, json=body)  # returns once the body has ended
+        answered.set()
+    assert answer.status_code == 200
+    assert answer.text.rstrip().endswith(("data: [DONE]", 'data: {"type":"message_stop"}'))
+    deadline = time.monotonic() + 5
+    while len(rt.stats.recent()) == before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(rt.stats.recent()) == before + 1  # the close still did its bookkeeping
+
+
 @pytest.mark.parametrize("yield_after_write", ["1", "0"])
 def test_whole_answer_is_sent_before_the_upstream_answer_is_closed(
     stack_factory: Any, yield_after_write: str
@@ -156,23 +202,7 @@ def test_whole_answer_is_sent_before_the_upstream_answer_is_closed(
     stack: Stack = stack_factory({"YIELD_AFTER_WRITE": yield_after_write})
     rt = stack.runtime
     answered = threading.Event()
-    gateway_open = type(rt.gateway).open
-
-    async def open_and_watch(self: Any, *args: Any, **kwargs: Any) -> Any:
-        stream = await gateway_open(self, *args, **kwargs)
-        close = stream.aclose
-
-        async def aclose() -> None:
-            # Held until the client has its answer: had the gateway closed the upstream answer
-            # first, the client would wait here in vain and time out.
-            while not answered.is_set():
-                await asyncio.sleep(0.005)
-            await close()
-
-        stream.aclose = aclose
-        return stream
-
-    rt.gateway.open = open_and_watch.__get__(rt.gateway)
+    _hold_close_until(rt, answered)
     body = {"model": "claude-sonnet-4.5", "messages": [{"role": "user", "content": "hi"}]}
     before = len(rt.stats.recent())
     with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=5) as client:

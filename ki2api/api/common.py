@@ -30,6 +30,11 @@ def parse_wire_model(body: Any, model: type[WireT]) -> WireT:
         raise InvalidRequest(f"Invalid request: {param}: {first.get('msg')}", param=param) from None
 
 
+class LastPiece(bytes):
+    """A renderer's last piece of an answer: it goes out with the end of the HTTP body, before
+    the stream behind it is closed (that bookkeeping need not delay the client)."""
+
+
 async def read_json_body(request: Request, limit: int) -> Any:
     """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
     return await read_json(request.receive, request.headers, limit)

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.auth import check_api_key
-from ki2api.api.common import CLIENT_CLOSED, read_json
+from ki2api.api.common import CLIENT_CLOSED, LastPiece, read_json
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
 
@@ -211,20 +211,26 @@ class _Exchange:
         # The head goes out with the first piece: on the way to the first token every write
         # costs a wake-up of the client, and there is nothing to tell it before then.
         send, hand_over = self.send, self.hand_over
+        ended = False  # a LastPiece went out with the end of the body
         with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
             try:
                 async for piece in body:
                     if not self.started:
                         self.started = True
                         await send(_SSE_START)
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    ended = type(piece) is LastPiece
+                    more = not ended
+                    await send({"type": "http.response.body", "body": piece, "more_body": more})
                     hand_over()
+                    if ended:
+                        break
             finally:
                 await body.aclose()  # type: ignore[attr-defined]
             if not self.started:
                 self.started = True
                 await send(_SSE_START)
-            await send(_END_OF_BODY)
+            if not ended:
+                await send(_END_OF_BODY)
 
 
 class _Delegate(Response):

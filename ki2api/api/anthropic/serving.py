@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 
 from ki2api.api.anthropic.counting import estimate_request_tokens
+from ki2api.api.common import LastPiece
 from ki2api.api.errors import anthropic_error_body
 from ki2api.core.deltas import (
     KEEP_ALIVE,
@@ -218,11 +219,11 @@ class MessagesService:
                             "usage": usage_body(final),
                         }
                         parts += (event("message_delta", body), MESSAGE_STOP)
-                        yield b"".join(parts)
+                        yield LastPiece(b"".join(parts))
                         return
                     elif isinstance(delta, StreamError):
                         parts.append(event("error", anthropic_error_body(delta.error)))
-                        yield b"".join(parts)
+                        yield LastPiece(b"".join(parts))
                         return
                 if parts:
                     yield b"".join(parts)

@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from ki2api.api.common import LastPiece
 from ki2api.api.errors import openai_error_body
 from ki2api.core.compliance import normalise_json_answer, tool_choice_problem
 from ki2api.core.deltas import (
@@ -142,11 +143,11 @@ class ChatCompletionsService:
                             log.warning("%s (%s)", problem, chat.id)
                             parts.append(f": warning: {problem}\n\n".encode())
                         parts.append(DONE)
-                        yield b"".join(parts)
+                        yield LastPiece(b"".join(parts))
                         return
                     elif isinstance(delta, StreamError):
                         parts.append(b"data: " + dumps(openai_error_body(delta.error)) + b"\n\n")
-                        yield b"".join(parts)
+                        yield LastPiece(b"".join(parts))
                         return
                 if parts:
                     yield b"".join(parts)
