@@ -317,3 +317,22 @@ def test_very_long_header_block_does_not_hurt_the_server(stack: Stack) -> None:
 def test_the_gateway_still_answers_after_all_that(stack: Stack) -> None:
     r = send(stack, "/v1/chat/completions", orjson.dumps(valid_body("/v1/chat/completions")))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v1/messages", "/v1/responses"])
+def test_each_answer_carries_exactly_its_own_request_id(stack: Stack, route: str) -> None:
+    # The streamed head is a shared constant: the middleware once added each request's id to
+    # it in place, so every later answer carried all earlier ids.
+    seen: set[str] = set()
+    with httpx.Client(base_url=stack.url, headers=stack.headers(), timeout=30) as client:
+        for stream in (True, True, False, True):
+            sent = f"probe-{route.rsplit('/', 1)[-1]}-{len(seen)}-{stream}"
+            r = client.post(
+                route, json=valid_body(route, stream=stream), headers={"x-request-id": sent}
+            )
+            assert r.status_code == 200, r.text[:300]
+            ids = r.headers.get_list("x-request-id")
+            assert ids == [sent], ids
+            generated = client.post(route, json=valid_body(route, stream=stream))
+            assert len(generated.headers.get_list("x-request-id")) == 1
+            seen.add(sent)

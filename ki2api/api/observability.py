@@ -103,7 +103,10 @@ class ObservabilityMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), rid_header]
+                # A new message: the app's may be a shared constant (mutating it would pile
+                # every request's id onto every later answer).
+                headers = [*message.get("headers", ()), rid_header]
+                message = {**message, "headers": headers}
             await send(message)
 
         try:
