@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -106,6 +106,7 @@ def create_app(
 ) -> Ki2API:
     """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
     catalog = catalog or ModelCatalog()
+    built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -125,7 +126,7 @@ def create_app(
         await accounts.start()
         stats = RequestStats()
         gateway = Gateway(effective, KiroClient(client, effective), accounts, catalog, stats)
-        app.state.runtime = Runtime(
+        app.state.runtime = built[0] = Runtime(
             settings=effective,
             http=client,
             pool=accounts,
@@ -155,7 +156,7 @@ def create_app(
     )
 
     def runtime() -> Runtime:
-        return app.state.runtime  # type: ignore[no-any-return]
+        return built[0]  # not app.state's __getattr__: this runs twice per request
 
     images = ImageLoaderFactory(settings, lambda: runtime().http)
     chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings)

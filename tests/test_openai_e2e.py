@@ -347,6 +347,23 @@ def test_slow_upstream_times_out_instead_of_hanging(stack_factory: StackFactory)
     assert time.monotonic() - started < 5
 
 
+def test_first_byte_timeout_applies_on_its_own(stack_factory: StackFactory) -> None:
+    # A long idle timeout must not stretch the wait for the answer to start.
+    from ki2api.simulator import get_fault
+
+    stack = stack_factory(
+        {"KIRO_FIRST_BYTE_TIMEOUT": "0.4", "KIRO_IDLE_TIMEOUT": "30"}, upstream_attempts=1
+    )
+    stack.state.enqueue(get_fault("slow_first_byte"))
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        client(stack).chat.completions.create(**ask(stack))
+    assert info.value.status_code == 504
+    assert "did not start answering in time" in str(info.value)
+    assert time.monotonic() - started < 1.8  # the fault holds the first byte for 2 s
+    assert client(stack).chat.completions.create(**ask(stack)).choices[0].message.content
+
+
 def test_client_disconnect_closes_the_upstream_request(stack: Stack) -> None:
     stack.state.enqueue(text_answer("a", chunks=1) + [Delay(30)] + text_answer("b").steps)
     done = threading.Event()

@@ -131,6 +131,25 @@ async def test_read_timeout_before_the_head(server: ServerThread) -> None:
         assert (await http.get(f"{server.url}/echo")).status_code == 200  # pool still fine
 
 
+async def test_exchange_deadline_cuts_the_wait_for_the_head(server: ServerThread) -> None:
+    transport = Http11Transport()
+    origin = ("http", server.host, server.port)
+    request = f"GET /slow-head HTTP/1.1\r\nhost: {server.host}\r\n\r\n".encode()
+    timeouts: dict[str, float | None] = {"connect": 5.0, "read": 30.0, "write": 5.0, "pool": 5.0}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(httpx.ReadTimeout):
+        await transport.exchange(origin, request, timeouts, deadline=started + 0.2)
+    assert 0.15 < loop.time() - started < 0.9  # the deadline, not the 30 s read timeout
+    assert transport._pool._idle_count == 0  # the half-answered connection was not kept
+    echo = f"GET /echo HTTP/1.1\r\nhost: {server.host}\r\n\r\n".encode()
+    answer = await transport.exchange(origin, echo, timeouts, deadline=loop.time() + 5)
+    assert answer.status == 200
+    await answer.aclose()
+    await transport.aclose()
+    await asyncio.sleep(0.05)  # the loop closes the sockets on its next passes
+
+
 async def test_read_timeout_between_chunks(server: ServerThread) -> None:
     async with client() as http:
         timeout = httpx.Timeout(5.0, read=0.3)

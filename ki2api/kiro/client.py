@@ -33,6 +33,7 @@ from ki2api.settings import Settings
 KIRO_IDE_VERSION = "0.7.45"
 _JSON_TARGET = "AmazonCodeWhispererStreamingService.GenerateAssistantResponse"
 _ERROR_BODY_LIMIT = 64 * 1024
+_NO_START = "Kiro did not start answering in time"
 IDLE = b""  # a read's result when its idle tick passes first (the transport's IDLE)
 
 if TYPE_CHECKING:  # the transport needs httptools; importing it here would make that required
@@ -250,22 +251,28 @@ class KiroClient:
         if endpoint is None:
             endpoint = self._endpoints[url] = _Endpoint.parse(url)
         transport = _LEAN_TRANSPORTS.get(self._http)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.timeouts.first_byte
         try:
-            async with asyncio.timeout(self._settings.timeouts.first_byte):
-                if transport is None:
+            if transport is None:
+                async with asyncio.timeout_at(deadline):
                     headers = self._headers(credential, endpoint.json_style)
                     request = self._http.build_request("POST", url, content=body, headers=headers)
                     response = await self._http.send(request, stream=True)
                     status = response.status_code
-                else:
-                    # Straight to the transport with the request pre-rendered: httpx's
-                    # Request/Response objects and client hooks were most of a call's cost.
-                    data = self._request_bytes(endpoint, credential, body)
-                    answer = await transport.exchange(endpoint.origin, data, self._timeouts)
-                    status = answer.status
+            else:
+                # Straight to the transport with the request pre-rendered: httpx's
+                # Request/Response objects and client hooks were most of a call's cost.
+                data = self._request_bytes(endpoint, credential, body)
+                answer = await transport.exchange(
+                    endpoint.origin, data, self._timeouts, deadline=deadline
+                )
+                status = answer.status
         except TimeoutError as exc:
-            raise UpstreamTimeout("Kiro did not start answering in time") from exc
+            raise UpstreamTimeout(_NO_START) from exc
         except httpx.TimeoutException as exc:
+            if loop.time() >= deadline:
+                raise UpstreamTimeout(_NO_START) from exc
             raise UpstreamTimeout(f"Kiro did not answer in time ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:
             raise UpstreamUnavailable(f"cannot connect to Kiro at {_host(url)}") from exc

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
+from ki2api.api.anthropic.plain import parse_plain
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
 from ki2api.api.anthropic.serving import MessagesService, OpenMessage
 from ki2api.api.auth import check_api_key
@@ -45,9 +46,13 @@ class AnthropicMessagesDoor:
         return anthropic_error_response(error)
 
     async def open(self, body: Any, headers: Headers) -> OpenMessage:
-        chat_request = await to_chat_request(
-            parse_wire(body), self.images.loader(), max_image_bytes=self.settings.max_image_bytes
-        )
+        chat_request = parse_plain(body)
+        if chat_request is None:
+            chat_request = await to_chat_request(
+                parse_wire(body),
+                self.images.loader(),
+                max_image_bytes=self.settings.max_image_bytes,
+            )
         return await self.get_service().open(
             chat_request, conversation_header=headers.get("x-conversation-id")
         )

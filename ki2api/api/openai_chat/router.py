@@ -14,6 +14,7 @@ from ki2api.api.auth import check_api_key
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
+from ki2api.api.openai_chat.plain import parse_plain
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
 from ki2api.api.openai_chat.serving import ChatCompletionsService, OpenChat
 from ki2api.core.errors import GatewayError
@@ -36,11 +37,16 @@ class OpenAIChatDoor:
         return openai_error_response(error)
 
     async def open(self, body: Any, headers: Headers) -> OpenChat:
-        wire = parse_wire(body)
-        chat_request = await to_chat_request(wire, self.images.loader())
+        plain = parse_plain(body)
+        if plain is not None:
+            chat_request, include_usage = plain
+        else:
+            wire = parse_wire(body)
+            chat_request = await to_chat_request(wire, self.images.loader())
+            include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
         return await self.get_service().open(
             chat_request,
-            include_usage=bool(wire.stream_options and wire.stream_options.include_usage),
+            include_usage=include_usage,
             conversation_header=headers.get("x-conversation-id"),
         )
 

@@ -1,0 +1,95 @@
+"""The common Messages request, parsed without pydantic.
+
+The Anthropic twin of :mod:`ki2api.api.openai_chat.plain` (see there for why): text-only
+messages and system prompt, a model, ``max_tokens`` and a few scalar options become the same
+:class:`ChatRequest` that ``to_chat_request(parse_wire(body))`` builds. Anything else returns
+None and takes the full path, with its errors. A property test checks both paths agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ki2api.api.plain import number_or_none, text_blocks
+from ki2api.core.request import ChatRequest, Message, TextPart
+
+# The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
+# Unknown fields are ignored by both paths. A test keeps these lists in step with the model.
+HANDLED_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "max_tokens",
+        "stop_sequences",
+        "stream",
+        "metadata",
+        "temperature",
+        "top_p",
+        "top_k",
+    }
+)
+RICH_FIELDS = ("tools", "tool_choice", "thinking", "output_config")
+_ROLES = ("user", "assistant")
+
+
+def parse_plain(body: Any) -> ChatRequest | None:
+    """The request for a plain body, else None."""
+    if type(body) is not dict:
+        return None
+    for name in RICH_FIELDS:
+        if body.get(name) is not None:
+            return None
+    model = body.get("model")
+    if type(model) is not str or not 0 < len(model) <= 256:
+        return None
+    raw_messages = body.get("messages")
+    if type(raw_messages) is not list or not raw_messages:
+        return None
+    max_tokens = body.get("max_tokens")
+    if type(max_tokens) is not int or max_tokens < 1:
+        return None
+    stream = body.get("stream", False)
+    if type(stream) is not bool:
+        return None
+    stop = body.get("stop_sequences")
+    if not (stop is None or (type(stop) is list and all(type(s) is str for s in stop))):
+        return None
+    metadata = body.get("metadata")
+    if not (metadata is None or type(metadata) is dict):
+        return None
+    if not (number_or_none(body.get("temperature")) and number_or_none(body.get("top_p"))):
+        return None
+    top_k = body.get("top_k")
+    if not (top_k is None or type(top_k) is int):
+        return None
+    first_system = body.get("system")
+    system = [] if first_system is None else text_blocks(first_system)
+    if system is None:
+        return None
+    system = ["\n\n".join(t for t in system if t)]
+
+    messages: list[Message] = []
+    for m in raw_messages:
+        if type(m) is not dict:
+            return None
+        texts = text_blocks(m.get("content"))
+        if texts is None:
+            return None
+        role = m.get("role")
+        if role in _ROLES:
+            messages.append(Message(role, [TextPart(t) for t in texts if t]))
+        elif role == "system":
+            system.append("\n\n".join(t for t in texts if t))
+        else:
+            return None
+    if not messages:
+        return None
+    return ChatRequest(
+        model=model,
+        messages=messages,
+        system="\n\n".join(s for s in system if s),
+        max_tokens=max_tokens,
+        stop=[s for s in stop or () if s],  # "" would stop at once
+        stream=stream,
+    )
