@@ -22,13 +22,15 @@ SPACE_SETUP_MESSAGE = (
 
 
 def presented_key(request: Request) -> str | None:
+    return key_from(request.headers.get("x-api-key"), request.headers.get("authorization"))
+
+
+def key_from(x_api_key: str | None, authorization: str | None) -> str | None:
     # x-api-key wins: on a private Space the Hub's proxy needs the HF token in Authorization.
-    key = request.headers.get("x-api-key")
-    if key and key.strip():
-        return key.strip()
-    auth = request.headers.get("authorization")
-    if auth:
-        scheme, _, value = auth.partition(" ")
+    if x_api_key and x_api_key.strip():
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
     return None
@@ -40,9 +42,13 @@ def keys_match(presented: str, expected: str) -> bool:
 
 def check_api_key(request: Request, settings: Settings) -> None:
     """Raise the error the client should see, or return when the key is right."""
+    check_presented_key(presented_key(request), settings)
+
+
+def check_presented_key(key: str | None, settings: Settings) -> None:
+    """:func:`check_api_key` for a key already taken from the headers (:func:`key_from`)."""
     if settings.on_space and settings.api_key_is_default:
         raise NotConfigured(SPACE_SETUP_MESSAGE)
-    key = presented_key(request)
     if key is None:
         raise AuthenticationFailed(
             "Missing API key: send 'Authorization: Bearer <API_KEY>' or 'x-api-key: <API_KEY>'."

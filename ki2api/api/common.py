@@ -6,7 +6,6 @@ from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
@@ -37,12 +36,12 @@ class LastPiece(bytes):
 
 async def read_json_body(request: Request, limit: int) -> Any:
     """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
-    return await read_json(request.receive, request.headers, limit)
+    return await read_json(request.receive, request.headers.get("content-length"), limit)
 
 
-async def read_json(receive: Receive, headers: Headers, limit: int) -> Any:
-    """:func:`read_json_body` on bare ASGI: straight from ``receive``."""
-    declared = headers.get("content-length")
+async def read_json(receive: Receive, declared: str | None, limit: int) -> Any:
+    """:func:`read_json_body` on bare ASGI: straight from ``receive``; ``declared`` is the
+    Content-Length header."""
     if declared and declared.isdigit() and int(declared) > limit:
         raise RequestTooLarge(f"Request body is larger than the limit of {limit} bytes.")
     chunks: list[bytes] = []

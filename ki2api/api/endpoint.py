@@ -21,12 +21,11 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ki2api.api.auth import check_api_key
+from ki2api.api.auth import check_presented_key, key_from
 from ki2api.api.common import CLIENT_CLOSED, LastPiece, read_json
 from ki2api.core.errors import GatewayError
 from ki2api.settings import Settings
@@ -64,8 +63,9 @@ class ChatDoor(Protocol[OpenT]):
 
     def error_response(self, error: GatewayError) -> Response: ...
 
-    async def open(self, body: Any, headers: Headers) -> OpenT:
-        """Parse the body into the internal request and open the upstream answer."""
+    async def open(self, body: Any, conversation_header: str | None) -> OpenT:
+        """Parse the body into the internal request and open the upstream answer
+        (``conversation_header``: the client's ``X-Conversation-Id``, if it sent one)."""
         ...
 
     def streamed(self, opened: OpenT) -> bool: ...
@@ -168,10 +168,10 @@ class _Exchange:
 
     async def serve(self, settings: Settings, scope: Scope, receive: Receive) -> None:
         door = self.door
-        request = Request(scope, receive)
+        x_api_key, authorization, length, conversation = _wanted_headers(scope)
         try:
-            check_api_key(request, settings)
-            body = await read_json(receive, request.headers, settings.max_body_bytes)
+            check_presented_key(key_from(x_api_key, authorization), settings)
+            body = await read_json(receive, length, settings.max_body_bytes)
         except GatewayError as exc:
             await self.respond(door.error_response(exc), scope, receive)
             return
@@ -182,7 +182,7 @@ class _Exchange:
         opened: Any = None
         async with CancelOnDisconnect(receive) as watch:
             try:
-                opened = await door.open(body, request.headers)
+                opened = await door.open(body, conversation)
                 if door.streamed(opened):
                     await self.stream(door.sse(opened))
                     return
@@ -231,6 +231,20 @@ class _Exchange:
                 await send(_SSE_START)
             if not ended:
                 await send(_END_OF_BODY)
+
+
+_WANTED = {b"x-api-key": 0, b"authorization": 1, b"content-length": 2, b"x-conversation-id": 3}
+
+
+def _wanted_headers(scope: Scope) -> list[str | None]:
+    """x-api-key, authorization, content-length and x-conversation-id, in one pass over the raw
+    headers (ASGI names are lower case); of a repeated header the first, as Starlette reads."""
+    found: list[str | None] = [None, None, None, None]
+    for name, value in scope["headers"]:
+        i = _WANTED.get(name)
+        if i is not None and found[i] is None:
+            found[i] = value.decode("latin-1")
+    return found
 
 
 class _Delegate(Response):

@@ -286,8 +286,12 @@ class Gateway:
         *,
         conversation_header: str | None = None,
         lease: Lease | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> DeltaStream:
-        """Start an answer. ``lease`` (e.g. a visitor's own token) bypasses the account pool."""
+        """Start an answer. ``lease`` (e.g. a visitor's own token) bypasses the account pool.
+
+        ``while_waiting`` runs once, after the request has gone upstream and before its answer
+        starts: a front door prepares its rendering there, off the way to the first token."""
         started = time.perf_counter()
         if 0 < self.settings.max_messages < len(request.messages):
             raise InvalidRequest(
@@ -311,6 +315,23 @@ class Gateway:
                 )
             return built[profile_arn]
 
+        parsers: list[KiroEventParser] = []
+
+        def prepare() -> None:
+            if parsers:
+                return
+            first = next(iter(built.values()))  # the parser's inputs are the same for every body
+            parsers.append(
+                KiroEventParser(
+                    tool_names=first.tool_names,
+                    split_thinking=request.reasoning is not None or model.thinking,
+                    prompt_tokens_estimate=max(1, first.prompt_chars // 4),
+                    context_window=model.context_window,
+                )
+            )
+            if while_waiting is not None:
+                while_waiting()
+
         tried: set[str] = set()
         last: GatewayError | None = None
         cooldown: float | None = None  # the pool's last word on when an account is back
@@ -333,7 +354,7 @@ class Gateway:
                         raise _final_error(last, again) from None
             kiro_request = body_for(current.credential.profile_arn)
             try:
-                response, slot = await self._open_in_slot(kiro_request, current)
+                response, slot = await self._open_in_slot(kiro_request, current, prepare)
             except AccountBusy as exc:
                 last = exc
                 if lease is not None:
@@ -367,15 +388,10 @@ class Gateway:
                 if attempt < attempts - 1:
                     await asyncio.sleep(_backoff(attempt))
                 continue
-            parser = KiroEventParser(
-                tool_names=kiro_request.tool_names,
-                split_thinking=request.reasoning is not None or model.thinking,
-                prompt_tokens_estimate=max(1, kiro_request.prompt_chars // 4),
-                context_window=model.context_window,
-            )
+            prepare()  # in case the transport had no moment for it
             return DeltaStream(
                 response=response,
-                parser=parser,
+                parser=parsers[0],
                 lease=current,
                 model=model,
                 request=request,
@@ -393,25 +409,27 @@ class Gateway:
         raise last
 
     async def _open_in_slot(
-        self, kiro_request: KiroRequest, lease: Lease
+        self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
     ) -> tuple[KiroResponse, Slot]:
         slot = await self.slots.acquire(lease.credential.label)
         try:
-            return await self._open_with_refresh(kiro_request, lease), slot
+            return await self._open_with_refresh(kiro_request, lease, while_waiting), slot
         except BaseException:
             slot.release()
             raise
 
-    async def _open_with_refresh(self, kiro_request: KiroRequest, lease: Lease) -> KiroResponse:
+    async def _open_with_refresh(
+        self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
+    ) -> KiroResponse:
         try:
-            return await self.client.open(kiro_request.body, lease.credential)
+            return await self.client.open(kiro_request.body, lease.credential, while_waiting)
         except TokenExpired as exc:
             credential = await lease.token_rejected()
             if credential is None:
                 raise UpstreamAuthFailed(
                     f"{exc.message}; refreshing the account's token did not help"
                 ) from exc
-            return await self.client.open(kiro_request.body, credential)
+            return await self.client.open(kiro_request.body, credential, while_waiting)
 
 
 _LONGEST_COOLDOWN_WAIT = 2.0  # seconds: a brief throttle is waited out, a long one reported

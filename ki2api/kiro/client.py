@@ -244,8 +244,14 @@ class KiroClient:
             )
         )
 
-    async def open(self, body: bytes, credential: CredentialLike) -> KiroResponse:
-        """Send the request and check the status; the body is left to stream."""
+    async def open(
+        self,
+        body: bytes,
+        credential: CredentialLike,
+        while_waiting: Callable[[], object] | None = None,
+    ) -> KiroResponse:
+        """Send the request and check the status; the body is left to stream. ``while_waiting``
+        runs between sending and the answer's head (before sending, on httpx's transport)."""
         url = self.chat_url(credential.region)
         endpoint = self._endpoints.get(url)
         if endpoint is None:
@@ -256,6 +262,8 @@ class KiroClient:
         try:
             if transport is None:
                 async with asyncio.timeout_at(deadline):
+                    if while_waiting is not None:
+                        while_waiting()
                     headers = self._headers(credential, endpoint.json_style)
                     request = self._http.build_request("POST", url, content=body, headers=headers)
                     response = await self._http.send(request, stream=True)
@@ -265,7 +273,11 @@ class KiroClient:
                 # Request/Response objects and client hooks were most of a call's cost.
                 data = self._request_bytes(endpoint, credential, body)
                 answer = await transport.exchange(
-                    endpoint.origin, data, self._timeouts, deadline=deadline
+                    endpoint.origin,
+                    data,
+                    self._timeouts,
+                    deadline=deadline,
+                    while_waiting=while_waiting,
                 )
                 status = answer.status
         except TimeoutError as exc:

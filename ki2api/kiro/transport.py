@@ -26,7 +26,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import cast
 
 import httptools
@@ -469,12 +469,16 @@ class Http11Transport(httpx.AsyncBaseTransport):
         head_only: bool = False,
         request: httpx.Request | None = None,
         deadline: float | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> Answer:
         """Send a whole pre-rendered request (head and body) and wait for the answer's head,
-        giving up with :class:`httpx.ReadTimeout` at ``deadline`` (loop time) if one is given."""
+        giving up with :class:`httpx.ReadTimeout` at ``deadline`` (loop time) if one is given.
+        ``while_waiting`` runs once the request is sent, before the wait."""
         conn = await self._pool.acquire(origin, request, timeouts)
         try:
             await conn.send(data, head_only=head_only, write_timeout=timeouts.get("write"))
+            if while_waiting is not None:
+                while_waiting()
             await conn.response_head(timeouts.get("read"), deadline)
         except httpx.TransportError as exc:
             if request is not None:

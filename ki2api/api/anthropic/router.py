@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from ki2api.api.anthropic.plain import parse_plain
@@ -45,7 +44,7 @@ class AnthropicMessagesDoor:
     def error_response(self, error: GatewayError) -> Response:
         return anthropic_error_response(error)
 
-    async def open(self, body: Any, headers: Headers) -> OpenMessage:
+    async def open(self, body: Any, conversation_header: str | None) -> OpenMessage:
         chat_request = parse_plain(body)
         if chat_request is None:
             chat_request = await to_chat_request(
@@ -53,9 +52,7 @@ class AnthropicMessagesDoor:
                 self.images.loader(),
                 max_image_bytes=self.settings.max_image_bytes,
             )
-        return await self.get_service().open(
-            chat_request, conversation_header=headers.get("x-conversation-id")
-        )
+        return await self.get_service().open(chat_request, conversation_header=conversation_header)
 
     def streamed(self, opened: OpenMessage) -> bool:
         return opened.request.stream

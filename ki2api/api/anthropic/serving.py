@@ -20,7 +20,6 @@ does when ``max_tokens`` cuts a tool call.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -88,12 +87,46 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-@dataclass(slots=True)
 class OpenMessage:
-    request: ChatRequest
-    stream: DeltaStream
+    """A message being served: its request, its delta stream, its id and ``message_start``."""
+
+    __slots__ = ("request", "stream", "id", "input_estimate", "_start")
+
+    stream: DeltaStream  # set once the gateway has opened the answer
     id: str
     input_estimate: int
+
+    def __init__(self, request: ChatRequest) -> None:
+        self.request = request
+        self._start: bytes | None = None
+
+    def prepare(self) -> None:
+        """The id, the input estimate and the ``message_start`` event. The gateway calls it
+        while the upstream thinks (``Gateway.open``'s ``while_waiting``)."""
+        if self._start is not None:
+            return
+        self.id = f"msg_{hex_id(24)}"
+        self.input_estimate = estimate_request_tokens(self.request)
+        start = {
+            "type": "message_start",
+            "message": {
+                "id": self.id,
+                "type": "message",
+                "role": "assistant",
+                "model": self.request.model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": usage_body(Usage(self.input_estimate, 0)),
+            },
+        }
+        self._start = event("message_start", start)
+
+    def message_start(self) -> bytes:
+        if self._start is None:
+            self.prepare()
+        assert self._start is not None
+        return self._start
 
 
 class _Blocks:
@@ -135,13 +168,12 @@ class MessagesService:
         self.gateway = gateway
 
     async def open(self, request: ChatRequest, *, conversation_header: str | None) -> OpenMessage:
-        stream = await self.gateway.open(request, conversation_header=conversation_header)
-        return OpenMessage(
-            request=request,
-            stream=stream,
-            id=f"msg_{hex_id(24)}",
-            input_estimate=estimate_request_tokens(request),
+        msg = OpenMessage(request)
+        msg.stream = await self.gateway.open(
+            request, conversation_header=conversation_header, while_waiting=msg.prepare
         )
+        msg.prepare()  # a no-op unless the gateway had no moment for it
+        return msg
 
     def count_tokens(self, request: ChatRequest) -> int:
         """The estimate of :mod:`ki2api.api.anthropic.counting`; unknown models are a 404."""
@@ -152,20 +184,7 @@ class MessagesService:
         blocks = _Blocks()
         usage: Usage | None = None
         stream = msg.stream
-        start = {
-            "type": "message_start",
-            "message": {
-                "id": msg.id,
-                "type": "message",
-                "role": "assistant",
-                "model": msg.request.model,
-                "content": [],
-                "stop_reason": None,
-                "stop_sequence": None,
-                "usage": usage_body(Usage(msg.input_estimate, 0)),
-            },
-        }
-        parts = [event("message_start", start)]  # goes out with the first batch
+        parts = [msg.message_start()]  # goes out with the first batch
         try:
             async for batch in stream.batches():
                 for delta in batch:

@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from ki2api.api.auth import check_api_key
@@ -36,7 +35,7 @@ class OpenAIChatDoor:
     def error_response(self, error: GatewayError) -> Response:
         return openai_error_response(error)
 
-    async def open(self, body: Any, headers: Headers) -> OpenChat:
+    async def open(self, body: Any, conversation_header: str | None) -> OpenChat:
         plain = parse_plain(body)
         if plain is not None:
             chat_request, include_usage = plain
@@ -47,7 +46,7 @@ class OpenAIChatDoor:
         return await self.get_service().open(
             chat_request,
             include_usage=include_usage,
-            conversation_header=headers.get("x-conversation-id"),
+            conversation_header=conversation_header,
         )
 
     def streamed(self, opened: OpenChat) -> bool:

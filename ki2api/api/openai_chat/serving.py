@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -53,14 +52,45 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     }
 
 
-@dataclass(slots=True)
 class OpenChat:
-    request: ChatRequest
-    stream: DeltaStream
-    include_usage: bool
+    """An answer being served: its request, its delta stream, and what every chunk repeats."""
+
+    __slots__ = ("request", "stream", "include_usage", "warnings", "id", "created", "_parts")
+
+    stream: DeltaStream  # set once the gateway has opened the answer
     id: str
     created: int
-    warnings: list[str] = field(default_factory=list)
+
+    def __init__(self, request: ChatRequest, include_usage: bool) -> None:
+        self.request = request
+        self.include_usage = include_usage
+        self.warnings: list[str] = []
+        self._parts: tuple[bytes, bytes, bytes, str] | None = None
+
+    def prepare(self) -> None:
+        """Ids and the constant parts of every chunk. The gateway calls it while the upstream
+        thinks (``Gateway.open``'s ``while_waiting``), off the way to the first token."""
+        if self._parts is not None:
+            return
+        self.id = f"chatcmpl-{hex_id(24)}"
+        self.created = int(time.time())
+        model = orjson.dumps(self.request.model).decode()
+        tail_usage = ',"usage":null' if self.include_usage else ""
+        head = (
+            f'data: {{"id":"{self.id}","object":"chat.completion.chunk","created":{self.created},'
+            f'"model":{model},"system_fingerprint":null,"choices":[{{"index":0,"delta":'
+        ).encode()
+        open_tail = f',"logprobs":null,"finish_reason":null}}]{tail_usage}}}\n\n'.encode()
+        first = head + b'{"role":"assistant","content":""}' + open_tail
+        self._parts = (head, open_tail, first, tail_usage)
+
+    def chunk_parts(self) -> tuple[bytes, bytes, bytes, str]:
+        """``(head, open_tail, first, tail_usage)``: a chunk is head + delta JSON + open_tail;
+        ``first`` is the role chunk."""
+        if self._parts is None:
+            self.prepare()
+        assert self._parts is not None
+        return self._parts
 
 
 class ChatCompletionsService:
@@ -70,23 +100,15 @@ class ChatCompletionsService:
     async def open(
         self, request: ChatRequest, *, include_usage: bool, conversation_header: str | None
     ) -> OpenChat:
-        stream = await self.gateway.open(request, conversation_header=conversation_header)
-        return OpenChat(
-            request=request,
-            stream=stream,
-            include_usage=include_usage,
-            id=f"chatcmpl-{hex_id(24)}",
-            created=int(time.time()),
+        chat = OpenChat(request, include_usage)
+        chat.stream = await self.gateway.open(
+            request, conversation_header=conversation_header, while_waiting=chat.prepare
         )
+        chat.prepare()  # a no-op unless the gateway had no moment for it
+        return chat
 
     async def sse(self, chat: OpenChat) -> AsyncIterator[bytes]:
-        model = orjson.dumps(chat.request.model).decode()
-        tail_usage = ',"usage":null' if chat.include_usage else ""
-        head = (
-            f'data: {{"id":"{chat.id}","object":"chat.completion.chunk","created":{chat.created},'
-            f'"model":{model},"system_fingerprint":null,"choices":[{{"index":0,"delta":'
-        ).encode()
-        open_tail = f',"logprobs":null,"finish_reason":null}}]{tail_usage}}}\n\n'.encode()
+        head, open_tail, first, tail_usage = chat.chunk_parts()
         dumps = orjson.dumps
 
         def chunk(delta: dict[str, Any]) -> bytes:
@@ -95,7 +117,7 @@ class ChatCompletionsService:
         usage: Usage | None = None
         stream = chat.stream
         called: list[str] = []
-        parts = [chunk({"role": "assistant", "content": ""})]  # goes out with the first batch
+        parts = [first]  # goes out with the first batch
         try:
             async for batch in stream.batches():
                 for delta in batch:

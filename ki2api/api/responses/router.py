@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter
-from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
@@ -31,11 +30,11 @@ class ResponsesDoor:
     def error_response(self, error: GatewayError) -> Response:
         return openai_error_response(error)
 
-    async def open(self, body: Any, headers: Headers) -> OpenResponse:
+    async def open(self, body: Any, conversation_header: str | None) -> OpenResponse:
         wire = parse_wire(body)
         chat_request = await to_chat_request(wire, self.images.loader())
         return await self.get_service().open(
-            chat_request, wire, conversation_header=headers.get("x-conversation-id")
+            chat_request, wire, conversation_header=conversation_header
         )
 
     def streamed(self, opened: OpenResponse) -> bool:
