@@ -179,15 +179,20 @@ the top.
 
 ### What dominates the remaining overhead
 
-See "Where the time goes" below. In short: at concurrency 1 the gateway's own CPU work on the
-way to the upstream (uvicorn's request set-up, key check, body read, pydantic's parse, the Kiro
-body, the account lease, the pre-rendered upstream request: about 110 distinct Python
-functions, about 0.1 ms when the caches are warm) takes 0.5-0.6 ms, because every request finds
-the CPU's caches cold after the ~100 ms the process sleeps between requests; decoding and
-rendering the first frame takes another 0.1-0.15 ms. Per streamed chunk the gateway pays one
-upstream read, the decode / parse / render steps and one write; a loopback write that wakes
-another process costs tens of µs on this VM. At concurrency {c.concurrency} the
-2 cores are shared by all processes, so queueing for the CPU dominates the loaded figures.
+See "Where the time goes" below. In short: at concurrency 1 the gateway's own work on the
+way to the upstream (uvicorn's request set-up, key check, body read and parse, the Kiro body,
+the account lease, the upstream write: about 0.1 ms when the caches are warm) and on the first
+frame costs several times that here, because on this VM a 4 KB page of memory that has not been
+touched for a while is slow to touch again: ~0.1 µs after 20 ms, ~1 µs after 50 ms, 2-5 µs
+after 100-200 ms, whatever the CPU did meanwhile (measured). The first request after an idle
+spell touches a few hundred such pages. In each
+round of the concurrency-1 phase the four Ki2API requests come one after another after ~0.5 s
+in which the gateway served nothing, so the first of them (OpenAI, streamed) pays most of that
+cost and its figures are the highest; the three after it find the shared code warm. Per
+streamed chunk the gateway pays one upstream read, the decode / parse / render steps and one
+write; a loopback write that wakes another process costs tens of µs on this VM. At concurrency
+{c.concurrency} the 2 cores are shared by all processes, so queueing for the CPU dominates the
+loaded figures.
 Highest rate with Ki2API adding under 5 ms at p99 in this run:
 {"none of the rates tried" if under5 is None else f"{under5:.0f} req/s"}.
 """
