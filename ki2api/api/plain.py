@@ -3,6 +3,7 @@ only, since anything pydantic would coerce is left to the full path."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -25,3 +26,23 @@ def text_blocks(content: Any) -> list[str] | None:
             return None
         texts.append(text)
     return texts
+
+
+def plain_basics(body: Any, rich_fields: Iterable[str]) -> tuple[str, list[Any], bool] | None:
+    """``(model, messages, stream)`` of a body with none of ``rich_fields`` set, a model name of
+    1-256 characters, a non-empty message list and a boolean (or absent) ``stream``; else None."""
+    if type(body) is not dict:
+        return None
+    for name in rich_fields:
+        if body.get(name) is not None:
+            return None
+    model = body.get("model")
+    if type(model) is not str or not 0 < len(model) <= 256:
+        return None
+    messages = body.get("messages")
+    if type(messages) is not list or not messages:
+        return None
+    stream = body.get("stream", False)
+    if type(stream) is not bool:
+        return None
+    return model, messages, stream

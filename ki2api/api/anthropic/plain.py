@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ki2api.api.plain import number_or_none, text_blocks
+from ki2api.api.plain import number_or_none, plain_basics, text_blocks
 from ki2api.core.request import ChatRequest, Message, TextPart
 
 # The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
@@ -35,22 +35,12 @@ _ROLES = ("user", "assistant")
 
 def parse_plain(body: Any) -> ChatRequest | None:
     """The request for a plain body, else None."""
-    if type(body) is not dict:
+    basics = plain_basics(body, RICH_FIELDS)
+    if basics is None:
         return None
-    for name in RICH_FIELDS:
-        if body.get(name) is not None:
-            return None
-    model = body.get("model")
-    if type(model) is not str or not 0 < len(model) <= 256:
-        return None
-    raw_messages = body.get("messages")
-    if type(raw_messages) is not list or not raw_messages:
-        return None
+    model, raw_messages, stream = basics
     max_tokens = body.get("max_tokens")
     if type(max_tokens) is not int or max_tokens < 1:
-        return None
-    stream = body.get("stream", False)
-    if type(stream) is not bool:
         return None
     stop = body.get("stop_sequences")
     if not (stop is None or (type(stop) is list and all(type(s) is str for s in stop))):

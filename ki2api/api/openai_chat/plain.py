@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ki2api.api.plain import number_or_none, text_blocks
+from ki2api.api.plain import number_or_none, plain_basics, text_blocks
 from ki2api.core.request import ChatRequest, Message, TextPart
 
 # The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
@@ -51,20 +51,10 @@ _SYSTEM_ROLES = ("system", "developer")
 
 def parse_plain(body: Any) -> tuple[ChatRequest, bool] | None:
     """``(request, include_usage)`` for a plain request, else None."""
-    if type(body) is not dict:
+    basics = plain_basics(body, RICH_FIELDS)
+    if basics is None:
         return None
-    for name in RICH_FIELDS:
-        if body.get(name) is not None:
-            return None
-    model = body.get("model")
-    if type(model) is not str or not 0 < len(model) <= 256:
-        return None
-    raw_messages = body.get("messages")
-    if type(raw_messages) is not list or not raw_messages:
-        return None
-    stream = body.get("stream", False)
-    if type(stream) is not bool:
-        return None
+    model, raw_messages, stream = basics
     include_usage = _include_usage(body.get("stream_options"))
     max_tokens = body.get("max_tokens")
     max_completion_tokens = body.get("max_completion_tokens")
