@@ -22,14 +22,15 @@ def _verdict(ok: bool | None) -> str:
 def targets_table(report: Report) -> str:
     c = report.config
     rows = []
-    whole = _added(report, "1", "ki2api-openai-whole", "direct-kiro")
-    value = whole.p50 if whole else math.nan
-    rows.append(("Added median latency, non-streamed, concurrency 1", "< 1 ms",
-                 f"{value:+.2f} ms", None if whole is None else value < 1))  # fmt: skip
-    stream = _added(report, "1", "ki2api-openai-stream", "direct-kiro")
-    value = stream.ttft_p50 if stream else math.nan
-    rows.append(("Added time to first token (p50), concurrency 1", "< 1 ms",
-                 f"{value:+.2f} ms", None if stream is None else value < 1))  # fmt: skip
+    for level, when in (("1", ""), (t.PAUSED, f", each after {c.pause:.1f} s idle")):
+        whole = _added(report, level, "ki2api-openai-whole", "direct-kiro")
+        value = whole.p50 if whole else math.nan
+        rows.append((f"Added median latency, non-streamed, concurrency 1{when}", "< 1 ms",
+                     f"{value:+.2f} ms", None if whole is None else value < 1))  # fmt: skip
+        stream = _added(report, level, "ki2api-openai-stream", "direct-kiro")
+        value = stream.ttft_p50 if stream else math.nan
+        rows.append((f"Added time to first token (p50), concurrency 1{when}", "< 1 ms",
+                     f"{value:+.2f} ms", None if stream is None else value < 1))  # fmt: skip
     for level in ("1", str(c.concurrency)):
         for label, ours, base, theirs, theirs_base in t.COMPARISONS:
             if theirs is None or theirs_base is None:
@@ -101,7 +102,8 @@ the gateway minus the same percentile sent direct to the gateway's own upstream:
 simulator's Kiro endpoint (event stream; its first `assistantResponseEvent` frame is the direct
 "first token"), LiteLLM's is the simulator's OpenAI-compatible endpoint, which plays the same
 script at the same cadence. At concurrency 1 the targets take turns request by request
-({c.sequential_count} each), so drift on this shared machine hits all alike; at concurrency
+({c.sequential_count} each, in an order shuffled every round), so drift on this shared machine
+hits all alike; at concurrency
 {c.concurrency} each target gets {c.concurrent_count} requests after a warm-up. Negative
 figures are noise.
 
@@ -110,9 +112,9 @@ together, so under load the figures include contention between them (the CPU tab
 used what), and one loopback write costs tens of µs here.
 
 Machine: {machine()}.
-Reproduce: `python -m bench` (full, about 12 minutes; writes this section, the plot and the
+Reproduce: `python -m bench` (full, about 17 minutes; writes this section, the plot and the
 Decoder section),
-`python -m bench --quick` (about 2 minutes, prints only; `--write` to write),
+`python -m bench --quick` (about 3 minutes, prints only; `--write` to write),
 `python -m bench --help` for the latency, cadence, concurrency and rates.
 
 ### Targets
@@ -130,6 +132,32 @@ any work (a loopback hop wakes another process on the other core).
 ### Added latency (ms)
 
 {t.added_table(report)}
+
+### Concurrency 1 after a pause
+
+The same requests, {c.paused_count} per target in shuffled rounds, each sent after
+{c.pause:.1f} s in which no server got a request: a person's first question after reading the
+last answer. On this VM memory left untouched for ~0.1 s is slow to touch again (see "Memory
+touched per request" below), so the direct baseline pays for the simulator's memory and the
+gateway's figure for both; "added" is the gateway's share.
+
+{t.added_table(report, (t.PAUSED,))}
+
+{t.ratio_table(report, (t.PAUSED,)) if report.litellm_version else ""}
+
+### Memory touched per request
+
+How much memory each server process touches to answer one request, from the kernel's
+per-page "referenced" bits (`/proc/<pid>/clear_refs` just before the request,
+`/proc/<pid>/smaps_rollup` just after the answer; median of {c.touched_count}), minus the same
+span with no request (the event loop's own timers, e.g. uvicorn's 0.1 s tick). It counts data,
+heap, stacks and the interpreter's and libraries' code alike. After a pause each of these 4 KB
+pages costs about 0.1 to 5 µs more to touch on this VM depending on the host (measured, "Where
+the time goes, third round"), so this count, unlike a timing, says what a pause costs whatever
+the host is doing. The simulator is a uvicorn app too: its rows show what a small Python
+server touches per request.
+
+{t.touched_table(report) if report.touched else report.touched_problem or "Not measured."}
 
 ### LiteLLM's overhead divided by Ki2API's
 
@@ -183,12 +211,12 @@ See "Where the time goes" below. In short: at concurrency 1 the gateway's own wo
 way to the upstream (uvicorn's request set-up, key check, body read and parse, the Kiro body,
 the account lease, the upstream write: about 0.1 ms when the caches are warm) and on the first
 frame costs several times that here, because on this VM a 4 KB page of memory that has not been
-touched for a while is slow to touch again: ~0.1 µs after 20 ms, ~1 µs after 50 ms, 2-5 µs
-after 100-200 ms, whatever the CPU did meanwhile (measured). The first request after an idle
-spell touches a few hundred such pages. In each
-round of the concurrency-1 phase the four Ki2API requests come one after another after ~0.5 s
-in which the gateway served nothing, so the first of them (OpenAI, streamed) pays most of that
-cost and its figures are the highest; the three after it find the shared code warm. Per
+touched for a while is slow to touch again: ~0.1 µs after 20 ms, ~1 µs after 50 ms, 0.4-5 µs
+after 100-200 ms depending on the host, whatever the CPU did meanwhile (measured). A request
+touches about a thousand such pages in a small Python server and a few hundred more in Ki2API
+(table above), so the figures after a pause, and to a lesser degree the interleaved
+concurrency-1 figures (the gateway idles while the other targets are served), carry that cost;
+back to back, the same requests add 0.7-0.9 ms ("Where the time goes, third round"). Per
 streamed chunk the gateway pays one upstream read, the decode / parse / render steps and one
 write; a loopback write that wakes another process costs tens of µs on this VM. At concurrency
 {c.concurrency} the 2 cores are shared by all processes, so queueing for the CPU dominates the

@@ -33,13 +33,27 @@ class Clients:
 
 
 async def rounds(
-    clients: Clients, targets: Sequence[Target], count: int, warmup: int = 3
+    clients: Clients,
+    targets: Sequence[Target],
+    count: int,
+    warmup: int = 3,
+    pause: float = 0.0,
+    seed: int = 1,
 ) -> dict[str, list[Result]]:
     """Concurrency 1: one request to each target in turn, ``count`` times, so slow drift of
-    this shared machine hits every target alike."""
+    this shared machine hits every target alike. The order is shuffled every round (same seed,
+    same orders): in a fixed order the gateway's first target would always come after the
+    longest spell in which the gateway served nothing, and on this VM memory left untouched
+    for a while is slow to touch again. ``pause``: seconds of silence before every request, for
+    the figures after an idle spell."""
+    rng = random.Random(seed)
     out: dict[str, list[Result]] = {t.name: [] for t in targets}
+    order = list(targets)
     for i in range(warmup + count):
-        for target in targets:
+        rng.shuffle(order)
+        for target in order:
+            if pause:
+                await asyncio.sleep(pause)
             result = await clients.request(target)
             if i >= warmup:
                 out[target.name].append(result)

@@ -13,8 +13,16 @@ import orjson
 
 from bench.client import Result, Target
 from bench.load import Clients, closed_loop, open_loop, rounds
-from bench.procs import Proc, cpu_seconds, peak_rss_bytes, process_tree, rss_bytes
-from bench.stats import Summary, summarize
+from bench.procs import (
+    Proc,
+    clear_referenced,
+    cpu_seconds,
+    peak_rss_bytes,
+    process_tree,
+    referenced_kb,
+    rss_bytes,
+)
+from bench.stats import Summary, pct, summarize
 
 
 def client_cpu() -> float:
@@ -55,9 +63,46 @@ async def check(clients: Clients, targets: Sequence[Target]) -> dict[str, str]:
     return problems
 
 
-async def sequential(clients: Clients, targets: Sequence[Target], count: int) -> dict[str, Summary]:
-    results = await rounds(clients, targets, count)
+async def sequential(
+    clients: Clients, targets: Sequence[Target], count: int, pause: float = 0.0
+) -> dict[str, Summary]:
+    results = await rounds(clients, targets, count, warmup=1 if pause else 3, pause=pause)
     return {name: summarize(rs) for name, rs in results.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """Memory one server process touched while answering one request (median, kB)."""
+
+    request_kb: float  # from just before the request to just after its answer
+    idle_kb: float  # the same span with no request: the event loop's own timers
+    requests: int
+
+    @property
+    def added_kb(self) -> float:
+        return max(0.0, self.request_kb - self.idle_kb)
+
+
+async def touched(clients: Clients, target: Target, pids: Sequence[int], count: int) -> Touched:
+    """How much memory a server touches per request, from the kernel's per-page "referenced"
+    bits: on this VM every 4 KB page touched after an idle spell costs µs, so this count,
+    unlike a timing, says how much an idle spell can cost whatever the host is doing."""
+    for _ in range(3):
+        await clients.request(target)
+    loaded, idle = [], []
+    for _ in range(count):
+        await asyncio.sleep(0.2)
+        clear_referenced(pids)
+        t0 = time.perf_counter()
+        result = await clients.request(target)
+        await asyncio.sleep(0.02)  # the server's last steps after its final write
+        span = time.perf_counter() - t0
+        if result.ok:
+            loaded.append(referenced_kb(pids))
+        clear_referenced(pids)
+        await asyncio.sleep(span)
+        idle.append(referenced_kb(pids))
+    return Touched(pct(loaded, 50), pct(idle, 50), len(loaded))
 
 
 @dataclass(frozen=True, slots=True)

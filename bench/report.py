@@ -13,13 +13,14 @@ from pathlib import Path
 
 from bench.decoder import Row as DecoderRow
 from bench.decoder import cpu_model
-from bench.phases import LoadedRun, Memory, Step, highest_rate_under
+from bench.phases import LoadedRun, Memory, Step, Touched, highest_rate_under
 from bench.stats import Summary, added
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 PLOT = REPO / "docs" / "benchmark-latency.png"
 SECTION = "## Gateway overhead: Ki2API vs LiteLLM"
+PAUSED = "1, after a pause"  # the level of the after-a-pause phase in the tables
 RATIO_FLOOR_MS = 0.1  # an added figure below this is noise; ratios use this floor instead
 
 # (label, Ki2API target, its direct baseline, LiteLLM target, its direct baseline)
@@ -47,6 +48,9 @@ class RunConfig:
     min_samples: int
     streams: int
     slow_interval: float
+    pause: float  # seconds of silence before each request of the after-a-pause phase
+    paused_count: int
+    touched_count: int
 
 
 @dataclass
@@ -57,6 +61,9 @@ class Report:
     litellm_problem: str | None
     problems: dict[str, str] = field(default_factory=dict)
     sequential: dict[str, Summary] = field(default_factory=dict)
+    paused: dict[str, Summary] = field(default_factory=dict)  # concurrency 1 after a pause
+    touched: dict[str, Touched] = field(default_factory=dict)
+    touched_problem: str | None = None
     concurrent: dict[str, LoadedRun] = field(default_factory=dict)
     frontier: dict[str, list[Step]] = field(default_factory=dict)
     memory: dict[str, Memory] = field(default_factory=dict)
@@ -104,18 +111,20 @@ def _summary(report: Report, level: str, name: str | None) -> Summary | None:
         return None
     if level == "1":
         return report.sequential.get(name)
+    if level == PAUSED:
+        return report.paused.get(name)
     run = report.concurrent.get(name)
     return run.summary if run else None
 
 
-def added_table(report: Report) -> str:
+def added_table(report: Report, levels: Sequence[str] | None = None) -> str:
     c = report.config
     lines = [
         "| request | concurrency | gateway | added p50 | added p99 | added TTFT p50 "
         "| added TTFT p99 | added gap p50 | added gap p99 |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for level in ("1", str(c.concurrency)):
+    for level in levels or ("1", str(c.concurrency)):
         for label, ours, ours_base, theirs, theirs_base in COMPARISONS:
             pairs = [("Ki2API", ours, ours_base), ("LiteLLM", theirs, theirs_base)]
             for gateway, via_name, base_name in pairs:
@@ -161,13 +170,13 @@ def floor_table(report: Report) -> str:
     return "\n".join(lines)
 
 
-def ratio_table(report: Report) -> str:
+def ratio_table(report: Report, levels: Sequence[str] | None = None) -> str:
     c = report.config
     lines = [
         "| request | concurrency | p50: LiteLLM / Ki2API | p99 | TTFT p50 |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for level in ("1", str(c.concurrency)):
+    for level in levels or ("1", str(c.concurrency)):
         for label, ours, ours_base, theirs, theirs_base in COMPARISONS:
             if theirs is None:
                 continue
@@ -262,6 +271,36 @@ def frontier_summary(report: Report) -> str:
             parts.append(f"added p99 < {limit:.0f} ms up to {shown}{reached}")
         out.append(f"- {gateway}: " + "; ".join(parts) + ".")
     return "\n".join(out)
+
+
+# (row label, target, which server process answered it)
+TOUCHED_ROWS = (
+    ("Ki2API, OpenAI streamed", "ki2api-openai-stream", "ki2api"),
+    ("Ki2API, OpenAI not streamed", "ki2api-openai-whole", "ki2api"),
+    ("Ki2API, Anthropic streamed", "ki2api-anthropic-stream", "ki2api"),
+    ("Ki2API, Anthropic not streamed", "ki2api-anthropic-whole", "ki2api"),
+    ("LiteLLM, OpenAI streamed", "litellm-openai-stream", "litellm"),
+    ("LiteLLM, OpenAI not streamed", "litellm-openai-whole", "litellm"),
+    ("the simulator, Kiro direct", "direct-kiro", "simulator"),
+    ("the simulator, OpenAI streamed direct", "direct-openai-stream", "simulator"),
+)
+
+
+def touched_table(report: Report) -> str:
+    lines = [
+        "| server, request | touched per request | same span idle | the request's own "
+        "| 4 KB pages |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for label, name, _ in TOUCHED_ROWS:
+        tm = report.touched.get(name)
+        if tm is None or not tm.requests:
+            continue
+        lines.append(
+            f"| {label} | {tm.request_kb:,.0f} kB | {tm.idle_kb:,.0f} kB "
+            f"| **{tm.added_kb:,.0f} kB** | {tm.added_kb / 4:,.0f} |"
+        )
+    return "\n".join(lines)
 
 
 def memory_table(report: Report) -> str:

@@ -4,7 +4,9 @@ Starts the Kiro simulator (fixed latency and chunk cadence), Ki2API and LiteLLM'
 in its own process, then measures from this process (the client):
 
 1. added latency, time to first token and inter-chunk gap at concurrency 1 and N, for OpenAI
-   (streamed and not) and Anthropic requests, against the same requests sent direct;
+   (streamed and not) and Anthropic requests, against the same requests sent direct; at
+   concurrency 1 also with a pause before every request, and the memory each server touches
+   per request (the kernel's per-page referenced bits);
 2. CPU time per streamed chunk (process CPU from /proc, divided by chunks delivered);
 3. the throughput frontier: open-loop request rates stepped up until the added p99 passes
    50 ms;
@@ -14,8 +16,8 @@ in its own process, then measures from this process (the client):
 It prints tables and (in full mode, or with ``--write``) writes the "Gateway overhead"
 section of docs/benchmarks.md and docs/benchmark-latency.png.
 
-    python -m bench --quick       # about 2 minutes (after LiteLLM's one-off install)
-    python -m bench               # full run, about 12 minutes; writes the doc and the plot
+    python -m bench --quick       # about 3 minutes (after LiteLLM's one-off install)
+    python -m bench               # full run, about 17 minutes; writes the doc and the plot
 """
 
 from __future__ import annotations
@@ -31,33 +33,50 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from bench import decoder, targets
+from bench.client import Target
 from bench.document import section
 from bench.load import Clients
-from bench.phases import CpuMeter, check, concurrent, frontier, memory, sequential
+from bench.phases import CpuMeter, check, concurrent, frontier, memory, sequential, touched
 from bench.plot import plot
-from bench.procs import rss_bytes
-from bench.report import DOC, PLOT, SECTION, Report, RunConfig, write_section
+from bench.procs import can_track_references, process_tree, rss_bytes
+from bench.report import (
+    DOC,
+    PAUSED,
+    PLOT,
+    SECTION,
+    TOUCHED_ROWS,
+    Report,
+    RunConfig,
+    touched_table,
+    write_section,
+)
 from bench.servers import Servers, start_servers
 
 QUICK = dict(sequential=30, concurrent=4, rates=(10, 100, 200, 300), step=2.0, samples=0,
-             slow=0.5, iterations=100, repeats=3)  # fmt: skip
+             slow=0.5, iterations=100, repeats=3, paused=5, touched=4)  # fmt: skip
 FULL = dict(sequential=200, concurrent=16, rates=(5, 10, 25, 50, 100, 150, 200, 300, 400, 600),
-            step=5.0, samples=400, slow=1.0, iterations=300, repeats=7)  # fmt: skip
+            step=5.0, samples=400, slow=1.0, iterations=300, repeats=7, paused=20,
+            touched=10)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer requests: about 2 minutes")
+    p.add_argument("--quick", action="store_true", help="fewer requests: about 3 minutes")
     p.add_argument("--latency", type=float, default=0.020, help="upstream first byte, s")
     p.add_argument("--interval", type=float, default=0.005, help="between upstream chunks, s")
     p.add_argument("--chunks", type=int, default=20, help="text chunks per answer")
     p.add_argument("--concurrency", type=int, default=64, help="the loaded level")
     p.add_argument("--requests", type=int, help="requests per target at concurrency 1")
+    p.add_argument(
+        "--pause", type=float, default=0.5, help="idle seconds before each after-a-pause request"
+    )
     p.add_argument("--rates", help="open-loop steps, req/s, comma-separated")
     p.add_argument("--step-seconds", type=float, help="duration of each open-loop step")
     p.add_argument("--streams", type=int, default=1000, help="slow streams in the memory test")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
-    p.add_argument("--skip", default="", help="phases to skip: frontier,memory,decoder")
+    p.add_argument(
+        "--skip", default="", help="phases to skip: pause,touched,frontier,memory,decoder"
+    )
     write = p.add_mutually_exclusive_group()
     write.add_argument("--write", action="store_true", help="write the doc and plot")
     write.add_argument("--no-write", action="store_true", help="only print")
@@ -85,6 +104,9 @@ def config_from(args: argparse.Namespace) -> RunConfig:
         min_samples=int(preset["samples"]),  # type: ignore[call-overload]
         streams=args.streams,
         slow_interval=float(preset["slow"]),  # type: ignore[arg-type]
+        pause=args.pause,
+        paused_count=int(preset["paused"]),  # type: ignore[call-overload]
+        touched_count=int(preset["touched"]),  # type: ignore[call-overload]
     )
 
 
@@ -122,6 +144,17 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
         f"\nconcurrency 1: {cfg.sequential_count} requests per target, interleaved ...", flush=True
     )
     report.sequential = await sequential(clients, usable, cfg.sequential_count)
+    if "pause" not in skip:
+        print(
+            f"concurrency 1 after a pause: {cfg.paused_count} requests per target, each after "
+            f"{cfg.pause:.1f} s of silence ...",
+            flush=True,
+        )
+        after_pause = [t for t in usable if t.name != "pipe-kiro"]
+        report.paused = await sequential(clients, after_pause, cfg.paused_count, cfg.pause)
+        _print("Added at concurrency 1 after a pause (ms):", tables.added_table(report, (PAUSED,)))
+    if "touched" not in skip:
+        await touched_phase(clients, servers, cfg, report, by_name)
 
     procs = {"simulator": sim, "ki2api": gw, "pipe": servers.pipe}
     if lite is not None:
@@ -176,6 +209,24 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
             )
         _print("Memory:", tables.memory_table(report))
     clients.close()
+
+
+async def touched_phase(
+    clients: Clients, servers: Servers, cfg: RunConfig, report: Report, by_name: dict[str, Target]
+) -> None:
+    procs = {"ki2api": servers.ki2api, "simulator": servers.sim}
+    if servers.litellm is not None:
+        procs["litellm"] = servers.litellm
+    if not can_track_references(servers.ki2api.pid):
+        report.touched_problem = "this kernel does not expose per-page referenced bits"
+        print(f"!! memory touched per request not measured: {report.touched_problem}")
+        return
+    print(f"memory touched per request: {cfg.touched_count} requests per target ...", flush=True)
+    for _, name, server in TOUCHED_ROWS:
+        if name in by_name and server in procs:
+            pids = process_tree(procs[server].pid)
+            report.touched[name] = await touched(clients, by_name[name], pids, cfg.touched_count)
+    _print("Memory touched per request:", touched_table(report))
 
 
 def run_loop(coro: object) -> None:

@@ -1,0 +1,135 @@
+"""The benchmark's concurrency-1 rounds and its memory-touched probe, against real processes:
+a loopback HTTP server that records the order requests arrive in, and a child process that
+touches a known amount of memory."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from itertools import pairwise
+
+import pytest
+
+from bench.client import Target, build_request
+from bench.load import Clients, rounds
+from bench.procs import can_track_references, clear_referenced, referenced_kb
+
+MARKER = b'"content":"'
+
+
+async def _recording_server(arrivals: list[tuple[str, float]]) -> asyncio.Server:
+    """HTTP/1.1 keep-alive server: notes each request's path and arrival time, answers with
+    one content marker."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                arrivals.append((head.split(b" ", 2)[1].decode(), time.perf_counter()))
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                await reader.readexactly(length)
+                body = b'{"choices":[{"message":{"content":"hi"}}]}'
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed its keep-alive connection
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+def _targets(port: int, count: int) -> list[Target]:
+    return [
+        Target(
+            f"t{i}",
+            "127.0.0.1",
+            port,
+            build_request("127.0.0.1", port, f"/t{i}", b"{}"),
+            MARKER,
+            streamed=False,
+        )  # fmt: skip
+        for i in range(count)
+    ]
+
+
+def _run_rounds(
+    count: int, pause: float = 0.0, seed: int = 1
+) -> tuple[dict[str, int], list[tuple[str, float]]]:
+    arrivals: list[tuple[str, float]] = []
+
+    async def main() -> dict[str, int]:
+        server = await _recording_server(arrivals)
+        port = server.sockets[0].getsockname()[1]
+        clients = Clients()
+        try:
+            results = await rounds(
+                clients, _targets(port, 3), count, warmup=1, pause=pause, seed=seed
+            )
+        finally:
+            clients.close()
+            server.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)  # the handlers see the clients' close and close too
+        return {name: sum(r.ok for r in rs) for name, rs in results.items()}
+
+    return asyncio.run(main()), arrivals
+
+
+def test_rounds_shuffle_the_order_so_no_target_always_follows_the_idle_spell() -> None:
+    ok, arrivals = _run_rounds(count=12)
+    assert ok == {"t0": 12, "t1": 12, "t2": 12}
+    order = [path for path, _ in arrivals]
+    per_round = [order[i : i + 3] for i in range(0, len(order), 3)]
+    assert all(sorted(r) == ["/t0", "/t1", "/t2"] for r in per_round)
+    firsts = {r[0] for r in per_round}
+    assert firsts == {"/t0", "/t1", "/t2"}  # each target opens some round
+    assert len({tuple(r) for r in per_round}) > 2
+    _, again = _run_rounds(count=12)
+    assert [p for p, _ in again] == order  # the same seed gives the same orders
+
+
+def test_rounds_pause_leaves_silence_before_every_request() -> None:
+    ok, arrivals = _run_rounds(count=2, pause=0.05)
+    assert ok == {"t0": 2, "t1": 2, "t2": 2}
+    gaps = [later - earlier for (_, earlier), (_, later) in pairwise(arrivals)]
+    assert len(gaps) == 8 and min(gaps) >= 0.05
+
+
+TOUCHER = """
+import sys
+sys.stdout.write("ready\\n"); sys.stdout.flush()
+block = bytearray(32 * 1024 * 1024)  # written now, so its pages exist before the probe
+sys.stdout.write("allocated\\n"); sys.stdout.flush()
+sys.stdin.readline()
+for i in range(0, len(block), 4096):
+    block[i] = 1
+sys.stdout.write("touched\\n"); sys.stdout.flush()
+sys.stdin.readline()
+"""
+
+
+def test_referenced_memory_counts_the_pages_a_process_touched() -> None:
+    argv = [sys.executable, "-c", TOUCHER]
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline() == "ready\n"
+            if not can_track_references(child.pid):
+                pytest.skip("this kernel does not expose per-page referenced bits")
+            assert child.stdout.readline() == "allocated\n"
+            clear_referenced([child.pid])
+            quiet = referenced_kb([child.pid])
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "touched\n"
+            busy = referenced_kb([child.pid])
+            assert quiet < 4 * 1024  # a process waiting on a read touches next to nothing
+            assert busy - quiet >= 31 * 1024  # every page of the 32 MB block
+        finally:
+            child.kill()
