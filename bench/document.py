@@ -71,6 +71,12 @@ def _litellm_line(report: Report) -> str:
     )
 
 
+def _native_line(report: Report) -> str:
+    if report.native_hop_problem is None:
+        return ""
+    return f"\n(The C floor is not in this run: {report.native_hop_problem}.)"
+
+
 def section(report: Report) -> str:
     c = report.config
     frontier_text = t.frontier_summary(report) if report.frontier else "- not measured"
@@ -123,9 +129,12 @@ Decoder section),
 
 ### The floor: one more process hop
 
-The same Kiro request sent through a TCP proxy that only forwards bytes (`bench/pipe.py`,
-uvloop, no HTTP parsing, its own process): what any gateway pays on this machine before doing
-any work (a loopback hop wakes another process on the other core).
+The same Kiro request sent through a TCP proxy that only forwards bytes, in its own process, no
+HTTP parsing: once in Python on uvloop (`bench/pipe.py`) and once in C (`bench/native_hop.c`,
+compiled by the benchmark). What they add is what any gateway pays on this machine before doing
+any work, a Go or Rust one included: a loopback hop wakes another process on the other core,
+twice per answer and once more per chunk. Compare Ki2API's figures with these, not with zero.
+{_native_line(report)}
 
 {t.floor_table(report)}
 

@@ -69,6 +69,7 @@ class Report:
     memory: dict[str, Memory] = field(default_factory=dict)
     decoder: list[DecoderRow] = field(default_factory=list)
     plot_problem: str | None = None
+    native_hop_problem: str | None = None  # why the C floor is missing from this run
     idle_at_start_mb: float = math.nan
 
 
@@ -148,25 +149,34 @@ def added_table(report: Report, levels: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+# (label, target, process): one more process hop that only copies bytes
+FLOORS = (
+    ("Python (uvloop)", "pipe-kiro", "pipe"),
+    ("C (two threads per connection)", "native-hop-kiro", "native-hop"),
+)
+
+
 def floor_table(report: Report) -> str:
     lines = [
-        "| concurrency | added p50 | added p99 | added TTFT p50 | added TTFT p99 "
-        "| proxy CPU per request |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| floor | concurrency | added p50 | added p99 | added TTFT p50 | added TTFT p99 "
+        "| CPU per request |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for level in ("1", str(report.config.concurrency)):
-        via, base = _summary(report, level, "pipe-kiro"), _summary(report, level, "direct-kiro")
-        if via is None or base is None or not via.n:
-            continue
-        a = added(via, base)
-        run = report.concurrent.get("pipe-kiro")
-        cpu = "—"
-        if level != "1" and run is not None and run.summary.n:
-            cpu = f"{run.cpu.by_process.get('pipe', math.nan) / run.summary.n * 1e6:.0f} µs"
-        lines.append(
-            f"| {level} | {ms(a.p50, True)} | {ms(a.p99, True)} | {ms(a.ttft_p50, True)} "
-            f"| {ms(a.ttft_p99, True)} | {cpu} |"
-        )
+    for level in ("1", PAUSED, str(report.config.concurrency)):
+        for label, name, process in FLOORS:
+            via, base = _summary(report, level, name), _summary(report, level, "direct-kiro")
+            if via is None or base is None or not via.n:
+                continue
+            a = added(via, base)
+            run = report.concurrent.get(name)
+            cpu = "—"
+            if level == str(report.config.concurrency) and run is not None and run.summary.n:
+                per_request = run.cpu.by_process.get(process, math.nan) / run.summary.n
+                cpu = f"{per_request * 1e6:.0f} µs"
+            lines.append(
+                f"| {label} | {level} | {ms(a.p50, True)} | {ms(a.p99, True)} "
+                f"| {ms(a.ttft_p50, True)} | {ms(a.ttft_p99, True)} | {cpu} |"
+            )
     return "\n".join(lines)
 
 
@@ -202,6 +212,7 @@ def raw_table(report: Report) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     runs = [("1", name, s) for name, s in report.sequential.items()]
+    runs += [(PAUSED, name, s) for name, s in report.paused.items()]
     runs += [(str(c.concurrency), name, run.summary) for name, run in report.concurrent.items()]
     for level, name, s in runs:
         per = f"{s.tokens / s.n:.0f}" if s.n else "—"
@@ -219,7 +230,7 @@ def cpu_table(report: Report) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, run in report.concurrent.items():
-        if name.startswith(("direct", "pipe")):
+        if name.startswith(("direct", "pipe", "native")):
             gateway_cpu = math.nan
         else:
             gateway_cpu = run.cpu.by_process.get(

@@ -129,6 +129,8 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
         targets.ki2api_anthropic(gw.url, True),
         targets.ki2api_anthropic(gw.url, False),
     ]
+    if servers.native_hop is not None:
+        all_targets.insert(2, targets.native_hop_kiro(servers.native_hop.url))
     if lite is not None:
         all_targets += [
             targets.litellm_openai(lite.url, True),
@@ -150,13 +152,14 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
             f"{cfg.pause:.1f} s of silence ...",
             flush=True,
         )
-        after_pause = [t for t in usable if t.name != "pipe-kiro"]
-        report.paused = await sequential(clients, after_pause, cfg.paused_count, cfg.pause)
+        report.paused = await sequential(clients, usable, cfg.paused_count, cfg.pause)
         _print("Added at concurrency 1 after a pause (ms):", tables.added_table(report, (PAUSED,)))
     if "touched" not in skip:
         await touched_phase(clients, servers, cfg, report, by_name)
 
     procs = {"simulator": sim, "ki2api": gw, "pipe": servers.pipe}
+    if servers.native_hop is not None:
+        procs["native-hop"] = servers.native_hop
     if lite is not None:
         procs["litellm"] = lite
     meter = CpuMeter(procs)
@@ -168,6 +171,8 @@ async def measure(servers: Servers, cfg: RunConfig, report: Report, skip: set[st
             clients, target, cfg.concurrency, cfg.concurrent_count, meter
         )
     _print("The floor, a byte-forwarding TCP proxy (ms):", tables.floor_table(report))
+    if servers.native_hop_problem:
+        print(f"!! no native floor in this run: {servers.native_hop_problem}", flush=True)
     _print("Added by each gateway (ms):", tables.added_table(report))
     _print("LiteLLM's overhead / Ki2API's:", tables.ratio_table(report))
     _print(f"CPU at concurrency {cfg.concurrency}:", tables.cpu_table(report))
@@ -259,6 +264,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = Report(
             cfg, dt.date.today().isoformat(), servers.litellm_version, servers.litellm_problem
         )
+        report.native_hop_problem = servers.native_hop_problem
         if servers.litellm_problem:
             print(f"!! LiteLLM is not part of this run: {servers.litellm_problem}", flush=True)
         report.idle_at_start_mb = rss_bytes(servers.ki2api.pid) / 1024 / 1024

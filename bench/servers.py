@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,6 +23,8 @@ class Servers:
     sim: Proc
     ki2api: Proc
     pipe: Proc  # the floor: a byte-forwarding TCP proxy in front of the simulator
+    native_hop: Proc | None  # the same floor in C, when a compiler is at hand
+    native_hop_problem: str | None
     litellm: Proc | None
     litellm_version: str | None
     litellm_problem: str | None  # why LiteLLM is not in this run
@@ -50,6 +54,8 @@ def start_servers(
     stack.callback(pipe.stop)
     pipe.url = wait_ready_line(pipe, 30)
 
+    native_hop, native_problem = start_native_hop(stack, log_dir, sim_port)
+
     version: str | None = None
     problem: str | None = None
     if with_litellm:
@@ -75,4 +81,29 @@ def start_servers(
         except litellm.Unavailable as exc:
             problem = str(exc)
     wait_http(ki2api, f"{ki2api.url}/health", 60, {"authorization": f"Bearer {API_KEY}"})
-    return Servers(sim, ki2api, pipe, lite, version if lite else None, problem)
+    return Servers(
+        sim, ki2api, pipe, native_hop, native_problem, lite, version if lite else None, problem
+    )
+
+
+def start_native_hop(
+    stack: ExitStack, log_dir: Path, upstream_port: str
+) -> tuple[Proc | None, str | None]:
+    """Compile and start ``bench/native_hop.c``; (None, why) without a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if compiler is None:
+        return None, "no C compiler (cc, gcc or clang) on this machine"
+    binary = log_dir / "native_hop"
+    source = REPO / "bench" / "native_hop.c"
+    built = subprocess.run(
+        [compiler, "-O2", "-pthread", "-o", str(binary), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if built.returncode != 0:
+        return None, f"{compiler} could not build it: {built.stderr.strip()[:300]}"
+    hop = spawn("native-hop", [str(binary), str(free_port()), upstream_port], log_dir)
+    stack.callback(hop.stop)
+    hop.url = wait_ready_line(hop, 30)
+    return hop, None

@@ -56,6 +56,11 @@ def pipe_kiro(pipe_url: str) -> Target:
     return direct_kiro(pipe_url, "pipe-kiro")
 
 
+def native_hop_kiro(hop_url: str) -> Target:
+    """The direct Kiro request, through the byte-forwarding proxy written in C."""
+    return direct_kiro(hop_url, "native-hop-kiro")
+
+
 def direct_openai(sim_url: str, stream: bool) -> Target:
     host, port = _host_port(sim_url)
     headers = {"authorization": "Bearer sk-dummy-simulator-key"}

@@ -1,20 +1,26 @@
-"""The benchmark's concurrency-1 rounds and its memory-touched probe, against real processes:
-a loopback HTTP server that records the order requests arrive in, and a child process that
-touches a known amount of memory."""
+"""The benchmark's concurrency-1 rounds, its memory-touched probe and its C floor, against real
+processes: a loopback HTTP server that records the order requests arrive in, a child process
+that touches a known amount of memory, and the compiled forwarder in front of an echo server."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import subprocess
 import sys
+import threading
 import time
+from contextlib import ExitStack
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
 from bench.client import Target, build_request
 from bench.load import Clients, rounds
-from bench.procs import can_track_references, clear_referenced, referenced_kb
+from bench.procs import StartError, can_track_references, clear_referenced, referenced_kb
+from bench.servers import start_native_hop
 
 MARKER = b'"content":"'
 
@@ -133,3 +139,49 @@ def test_referenced_memory_counts_the_pages_a_process_touched() -> None:
             assert busy - quiet >= 31 * 1024  # every page of the 32 MB block
         finally:
             child.kill()
+
+
+def test_native_hop_forwards_both_ways_and_closes_what_it_opened(tmp_path: Path) -> None:
+    """The C floor (bench/native_hop.c): bytes go through unchanged both ways, and once both
+    sides hang up it holds no sockets for the connection (a leak would skew long runs)."""
+    with ExitStack() as stack:
+        try:
+            hop, problem = start_native_hop(stack, tmp_path, str(_echo_port(stack)))
+        except StartError as exc:
+            pytest.fail(str(exc))
+        if hop is None:
+            pytest.skip(problem or "no native hop")
+        port = int(hop.url.rsplit(":", 1)[1])
+        fds_before = len(os.listdir(f"/proc/{hop.pid}/fd"))
+        for size in (1, 70_000, 1_000_000):
+            payload = os.urandom(size)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+                received = b""
+                while chunk := conn.recv(65536):
+                    received += chunk
+            assert received == payload
+        deadline = time.monotonic() + 5
+        while len(os.listdir(f"/proc/{hop.pid}/fd")) > fds_before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(os.listdir(f"/proc/{hop.pid}/fd")) == fds_before
+
+
+def _echo_port(stack: ExitStack) -> int:
+    """A thread serving TCP echo on loopback until the test ends."""
+    server = socket.create_server(("127.0.0.1", 0))
+    stack.callback(server.close)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                while data := conn.recv(65536):
+                    conn.sendall(data)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return int(server.getsockname()[1])
