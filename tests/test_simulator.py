@@ -5,6 +5,7 @@ server's own lifecycle."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import orjson
@@ -32,6 +33,7 @@ from ki2api.simulator import (
     Garbage,
     HttpError,
     Raw,
+    Script,
     SimulatorServer,
     SimulatorState,
     SlowFirstByte,
@@ -45,6 +47,7 @@ from ki2api.simulator import (
     text_answer,
     tool_use_answer,
 )
+from ki2api.simulator.player import play
 from ki2api.simulator.samples import (
     answer_text,
     assistant_turn,
@@ -829,3 +832,63 @@ def test_cli_serves_and_prints_its_url() -> None:
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+class _SlowChannel:
+    """Stands in for a response whose every write takes a while (a busy machine)."""
+
+    def __init__(self, write_seconds: float) -> None:
+        self.write_seconds = write_seconds
+        self.dropped = False
+        self.written_at: list[float] = []
+        self.finished_at: float | None = None
+
+    async def write(self, data: bytes, text: str, frames: int = 1, poison: bool = False) -> None:
+        self.written_at.append(time.monotonic())
+        await asyncio.sleep(self.write_seconds)
+
+    async def finish(self) -> None:
+        self.finished_at = time.monotonic()
+
+
+def test_cadence_keeps_to_the_clock_when_writes_are_slow() -> None:
+    """Frame k is due ``latency + k * chunk_interval`` after the start, however long each write
+    took: a remote service's cadence does not stretch with this machine's load."""
+    script = text_answer("abcdefghij", chunks=10, context_usage=None)
+    frames = sum(isinstance(step, Event) for step in script.steps)
+    channel = _SlowChannel(write_seconds=0.03)
+
+    async def run() -> float:
+        started = time.monotonic()
+        await play(script, cast(Any, channel), latency=0.05, chunk_interval=0.04)
+        return started
+
+    started = asyncio.run(run())
+    offsets = [t - started for t in channel.written_at]
+    assert len(offsets) == frames
+    for k, offset in enumerate(offsets):
+        # Sleeping 40 ms after each 30 ms write would put frame k at 50 + 70k ms.
+        assert 0.05 + 0.04 * k - 0.002 <= offset <= 0.05 + 0.04 * k + 0.02, (k, offsets)
+    assert channel.finished_at is not None
+
+
+def test_a_delay_moves_the_rest_of_the_clock_on() -> None:
+    script = Script(
+        (
+            Event("assistantResponseEvent", {"content": "a"}),
+            Delay(0.1),
+            Event("assistantResponseEvent", {"content": "b"}),
+            Event("assistantResponseEvent", {"content": "c"}),
+        )
+    )
+    channel = _SlowChannel(write_seconds=0.0)
+
+    async def run() -> float:
+        started = time.monotonic()
+        await play(script, cast(Any, channel), latency=0.02, chunk_interval=0.03)
+        return started
+
+    started = asyncio.run(run())
+    offsets = [t - started for t in channel.written_at]
+    for offset, expected in zip(offsets, [0.02, 0.15, 0.18], strict=True):
+        assert expected - 0.002 <= offset <= expected + 0.02, offsets

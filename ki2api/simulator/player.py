@@ -177,15 +177,24 @@ async def play(
     script: Script, channel: _Channel, *, latency: float = 0.0, chunk_interval: float = 0.0
 ) -> None:
     """Play every step; the response always ends (cleanly, with an error, or dropped) unless
-    a ``Stall`` keeps it open until cancelled."""
-    if latency > 0:
-        await asyncio.sleep(latency)
+    a ``Stall`` keeps it open until cancelled.
+
+    Frames keep to a clock started with the answer: the first is due ``latency`` after the
+    start, each next one ``chunk_interval`` after the previous one was due, and a ``Delay``
+    moves the rest of the clock on. A remote service's cadence does not stretch with this
+    machine's load; sleeping a fixed interval after each write would let every write, and every
+    other process that took the CPU meanwhile, push all later frames back (with a gateway on the
+    same 2 cores that drift came to ~0.4 ms over 20 frames and was counted as the gateway's).
+    """
+    loop = asyncio.get_running_loop()
+    due = loop.time() + latency
     corrupt_next = False
     wrote = False
     for step in script.steps:
         if isinstance(step, (*FRAME_STEPS, Garbage)):
-            if wrote and chunk_interval > 0:
-                await asyncio.sleep(chunk_interval)
+            if wrote:
+                due += chunk_interval
+            await _sleep_until(loop, due)
             wrote = True
             data = step.encode()
             if isinstance(step, Garbage):
@@ -203,10 +212,12 @@ async def play(
                 text = ""
             await channel.write(data, text)
         elif isinstance(step, (Delay, SlowFirstByte)):
-            await asyncio.sleep(step.seconds)
+            due = max(due, loop.time()) + step.seconds
+            await _sleep_until(loop, due)
         elif isinstance(step, CorruptCrc):
             corrupt_next = True
         elif isinstance(step, CutMidFrame):
+            await _sleep_until(loop, due)
             await channel.write(step.half(), "", frames=0, poison=True)
             if step.abort:
                 await channel.drop()
@@ -216,14 +227,23 @@ async def play(
         elif isinstance(step, Stall):
             await asyncio.Event().wait()  # until cancelled
         elif isinstance(step, HttpError):
+            await _sleep_until(loop, due)
             await channel.http_error(step)
             return
         elif isinstance(step, ConnectionDrop):
+            await _sleep_until(loop, due)
             await channel.drop()
             return
         if channel.dropped:
             return
+    await _sleep_until(loop, due)
     await channel.finish()
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    delay = due - loop.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
 
 
 class LiveStreams:
