@@ -98,7 +98,9 @@ def section(report: Report) -> str:
 What a gateway adds on top of its upstream, measured side by side in one run
 (`python -m bench`, {c.mode} mode, {report.date}). Three processes serve: the Kiro simulator
 answering every request with the same {c.chunks} text chunks, **{c.latency * 1000:.0f} ms to the
-first byte and {c.interval * 1000:.0f} ms between chunks**; Ki2API (`ki2api.server.serve`:
+first byte and {c.interval * 1000:.0f} ms between chunks**, on a clock started with each answer
+(chunk k is due {c.latency * 1000:.0f} + {c.interval * 1000:.0f}k ms after the request arrived, as
+a remote service's would be, however busy this machine is); Ki2API (`ki2api.server.serve`:
 uvicorn with uvloop and httptools, no UI, one account, no per-account concurrency cap); and
 {_litellm_line(report)}
 
@@ -132,8 +134,9 @@ Decoder section),
 The same Kiro request sent through a TCP proxy that only forwards bytes, in its own process, no
 HTTP parsing: once in Python on uvloop (`bench/pipe.py`) and once in C (`bench/native_hop.c`,
 compiled by the benchmark). What they add is what any gateway pays on this machine before doing
-any work, a Go or Rust one included: a loopback hop wakes another process on the other core,
-twice per answer and once more per chunk. Compare Ki2API's figures with these, not with zero.
+any work, a Go or Rust one included: a loopback hop wakes another process, on the way to the
+upstream and on the way back with each chunk. Compare Ki2API's figures with these, not with
+zero.
 {_native_line(report)}
 
 {t.floor_table(report)}
