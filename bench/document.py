@@ -219,20 +219,18 @@ the top.
 
 ### What dominates the remaining overhead
 
-See "Where the time goes" below. In short: at concurrency 1 the gateway's own work on the
-way to the upstream (uvicorn's request set-up, key check, body read and parse, the Kiro body,
-the account lease, the upstream write: about 0.1 ms when the caches are warm) and on the first
-frame costs several times that here, because on this VM a 4 KB page of memory that has not been
-touched for a while is slow to touch again: ~0.1 µs after 20 ms, ~1 µs after 50 ms, 0.4-5 µs
-after 100-200 ms depending on the host, whatever the CPU did meanwhile (measured). A request
-touches about a thousand such pages in a small Python server and a few hundred more in Ki2API
-(table above), so the figures after a pause, and to a lesser degree the interleaved
-concurrency-1 figures (the gateway idles while the other targets are served), carry that cost;
-back to back, the same requests add 0.7-0.9 ms ("Where the time goes, third round"). Per
-streamed chunk the gateway pays one upstream read, the decode / parse / render steps and one
-write; a loopback write that wakes another process costs tens of µs on this VM. At concurrency
-{c.concurrency} the 2 cores are shared by all processes, so queueing for the CPU dominates the
-loaded figures.
+See "Where the time goes" below. In short: at concurrency 1, with the gateway idle for ~0.5 s
+before each request, its own work is about 0.5 ms on the way to the upstream (uvicorn's request
+set-up ~0.15 ms, then the key check, body read and parse, model, conversation id, account,
+Kiro body and pooled connection, 10-60 µs each) and about 0.35 ms from the upstream's head to
+the first token written (timeline of single requests, "fifth round"). Back to back the same
+steps cost 4-5 times less: on this VM a 4 KB page of memory that has not been touched for a
+while is slow to touch again (~0.1 µs after 20 ms, 0.3-5 µs after 100-200 ms depending on the
+host), and a request touches about 1,250 pages of the gateway (table above; a small Python
+server touches ~1,000), so no single step stands out. Per streamed chunk the gateway pays one
+upstream read, the decode / parse / render steps and one write; a loopback write that wakes
+another process costs tens of µs on this VM. At concurrency {c.concurrency} the 2 cores are
+shared by all processes, so queueing for the CPU dominates the loaded figures.
 Highest rate with Ki2API adding under 5 ms at p99 in this run:
 {"none of the rates tried" if under5 is None else f"{under5:.0f} req/s"}.
 """

@@ -54,9 +54,9 @@ from bench.servers import Servers, start_servers
 
 QUICK = dict(sequential=30, concurrent=4, rates=(10, 100, 200, 300), step=2.0, samples=0,
              slow=0.5, iterations=100, repeats=3, paused=5, touched=4)  # fmt: skip
-FULL = dict(sequential=200, concurrent=16, rates=(5, 10, 25, 50, 100, 150, 200, 300, 400, 600),
-            step=5.0, samples=400, slow=1.0, iterations=300, repeats=7, paused=20,
-            touched=10)  # fmt: skip
+FULL = dict(sequential=200, concurrent=16,
+            rates=(5, 10, 25, 50, 100, 200, 400, 600, 800, 1000, 1300), step=5.0,
+            samples=400, slow=1.0, iterations=300, repeats=7, paused=20, touched=10)  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
