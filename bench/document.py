@@ -222,7 +222,7 @@ the top.
 See "Where the time goes" below. In short: at concurrency 1, with the gateway idle for ~0.5 s
 before each request, its own work is about 0.5 ms on the way to the upstream (uvicorn's request
 set-up ~0.15 ms, then the key check, body read and parse, model, conversation id, account,
-Kiro body and pooled connection, 10-60 µs each) and about 0.35 ms from the upstream's head to
+Kiro body and pooled connection, 10-60 µs each) and about 0.3 ms from the upstream's head to
 the first token written (timeline of single requests, "fifth round"). Back to back the same
 steps cost 4-5 times less: on this VM a 4 KB page of memory that has not been touched for a
 while is slow to touch again (~0.1 µs after 20 ms, 0.3-5 µs after 100-200 ms depending on the
