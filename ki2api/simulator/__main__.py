@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=9999, help="port (0 = any free port)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each answer")
     parser.add_argument(
-        "--chunk-interval-ms", type=float, default=0.0, help="delay between two frames"
+        "--chunk-interval-ms", type=float, default=0.0, help="between two frames (on a clock)"
     )
     parser.add_argument(
         "--require-known-tokens",

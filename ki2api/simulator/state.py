@@ -109,7 +109,8 @@ def _default_models() -> list[dict[str, Any]]:
 class SimulatorState:
     """The simulator's knobs and logs. Attributes are plain and may be set at any time:
 
-    - ``latency`` (s) before an answer starts, ``chunk_interval`` (s) between two frames;
+    - ``latency`` (s) before an answer starts, ``chunk_interval`` (s) between two frames, on a
+      clock started with the answer (frame k due ``latency + k * chunk_interval``);
     - ``require_known_tokens``: only issued / registered tokens are accepted;
     - ``fault_rate`` with ``random_faults`` (names in ``faults.FAULTS``), drawn from a seeded RNG;
     - ``model_ids`` the validator accepts, ``max_body_bytes``, ``available_models``;
