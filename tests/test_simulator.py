@@ -851,20 +851,27 @@ class _SlowChannel:
         self.finished_at = time.monotonic()
 
 
+def _write_offsets(
+    script: Script, channel: _SlowChannel, *, latency: float, chunk_interval: float
+) -> list[float]:
+    """Play ``script`` into ``channel``; when each write started, in s after the start."""
+
+    async def run() -> float:
+        started = time.monotonic()
+        await play(script, cast(Any, channel), latency=latency, chunk_interval=chunk_interval)
+        return started
+
+    started = asyncio.run(run())
+    return [t - started for t in channel.written_at]
+
+
 def test_cadence_keeps_to_the_clock_when_writes_are_slow() -> None:
     """Frame k is due ``latency + k * chunk_interval`` after the start, however long each write
     took: a remote service's cadence does not stretch with this machine's load."""
     script = text_answer("abcdefghij", chunks=10, context_usage=None)
     frames = sum(isinstance(step, Event) for step in script.steps)
     channel = _SlowChannel(write_seconds=0.03)
-
-    async def run() -> float:
-        started = time.monotonic()
-        await play(script, cast(Any, channel), latency=0.05, chunk_interval=0.04)
-        return started
-
-    started = asyncio.run(run())
-    offsets = [t - started for t in channel.written_at]
+    offsets = _write_offsets(script, channel, latency=0.05, chunk_interval=0.04)
     assert len(offsets) == frames
     for k, offset in enumerate(offsets):
         # Sleeping 40 ms after each 30 ms write would put frame k at 50 + 70k ms.
@@ -881,14 +888,6 @@ def test_a_delay_moves_the_rest_of_the_clock_on() -> None:
             Event("assistantResponseEvent", {"content": "c"}),
         )
     )
-    channel = _SlowChannel(write_seconds=0.0)
-
-    async def run() -> float:
-        started = time.monotonic()
-        await play(script, cast(Any, channel), latency=0.02, chunk_interval=0.03)
-        return started
-
-    started = asyncio.run(run())
-    offsets = [t - started for t in channel.written_at]
+    offsets = _write_offsets(script, _SlowChannel(0.0), latency=0.02, chunk_interval=0.03)
     for offset, expected in zip(offsets, [0.02, 0.15, 0.18], strict=True):
         assert expected - 0.002 <= offset <= expected + 0.02, offsets
