@@ -16,7 +16,7 @@ from typing import Any, TypeGuard
 
 import orjson
 
-# Section 3 of the protocol doc: both generations of ids, and "auto".
+# docs/kiro-protocol.md, section 2: both generations of model ids, and "auto".
 KNOWN_MODEL_IDS: frozenset[str] = frozenset(
     {
         "CLAUDE_SONNET_4_20250514_V1_0",
