@@ -1,6 +1,8 @@
 # Ki2API gateway: the API under /v1 and the web page at /, on port 8989.
 #   docker build -t ki2api .
 #   docker run -p 8989:8989 -e API_KEY=change-me -v "$HOME/.aws/sso/cache:/home/ki2api/.aws/sso/cache" ki2api
+# The base image is named by tag, not digest: pin it where you build and can check it, with
+#   docker buildx imagetools inspect python:3.11-slim   →   FROM python:3.11-slim@sha256:<digest>
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,11 +21,14 @@ RUN groupadd --gid "${GID}" ki2api \
     && chown -R ki2api:ki2api /home/ki2api/.aws
 
 WORKDIR /app
-# Dependencies first: this layer is reused until requirements.txt changes.
+# Dependencies first: this layer is reused until requirements.txt changes. It is exported from
+# uv.lock with every package pinned and hashed, so pip installs exactly what was locked.
 COPY requirements.txt .
-RUN pip install -r requirements.txt
-COPY --chown=ki2api:ki2api app.py README.md ./
-COPY --chown=ki2api:ki2api ki2api ./ki2api
+RUN pip install --require-hashes --no-deps -r requirements.txt
+# The code stays root's: the user the app runs as can read it but not change it (it writes only
+# to its home, where the Kiro login folder is, and /tmp).
+COPY app.py README.md ./
+COPY ki2api ./ki2api
 
 USER ki2api
 ENV HOME=/home/ki2api \
