@@ -465,6 +465,9 @@ def _final_error(last: GatewayError | None, refused: GatewayError) -> GatewayErr
     Retry-After), else the pool's refusal, which names what Kiro said to each account."""
     if last is None:
         return refused
+    if isinstance(last, UpstreamThrottled) and isinstance(refused, AccountsCoolingDown):
+        last.retry_after = refused.retry_after  # when the first account is back, not the last
+        return last
     if isinstance(last, QuotaExceeded | UpstreamThrottled) or (
         isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
     ):
