@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -36,6 +36,14 @@ SONNET, HAIKU = "claude-sonnet-4-5", "claude-haiku-4-5"  # Kiro: claude-sonnet-4
 KIRO_ID = {SONNET: "claude-sonnet-4.5", HAIKU: "claude-haiku-4.5"}
 PATHS = {"openai": "chat/completions", "anthropic": "messages", "responses": "responses"}
 pytestmark = pytest.mark.timeout(120)
+# One client for the module: a new one per request builds a TLS context each time, slowly.
+CLIENT = httpx.Client(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_client() -> Iterator[None]:
+    yield
+    CLIENT.close()
 
 
 class FakeClock:
@@ -97,16 +105,15 @@ def body_for(fmt: str, model: str, stream: bool = False) -> dict[str, Any]:
 
 
 def post(stack: Stack, model: str = SONNET, fmt: str = "openai", **kw: Any) -> httpx.Response:
-    return httpx.post(
+    return CLIENT.post(
         f"{stack.base_url}/{PATHS[fmt]}",
         json=body_for(fmt, model, **kw),
         headers={**stack.headers(), "anthropic-version": "2023-06-01"},
-        timeout=30,
     )
 
 
 def accounts(stack: Stack) -> dict[str, dict[str, Any]]:
-    r = httpx.get(f"{stack.url}/admin/accounts", headers=stack.headers())
+    r = CLIENT.get(f"{stack.url}/admin/accounts", headers=stack.headers())
     assert r.status_code == 200, r.text
     return {row["label"]: row for row in r.json()["data"]}
 
@@ -473,7 +480,7 @@ def test_a_suspension_disables_the_account_with_kiro_words_and_is_not_retried(
         assert SUSPICIOUS in message and len(stack.state.requests) == 1
         clock.advance(10**6)  # time does not bring it back: a person does
         assert only_account(stack)["state"] == "disabled"
-        readd = httpx.post(
+        readd = CLIENT.post(
             f"{stack.url}/admin/accounts?replace=true",
             json={"label": "env", "accessToken": "test-access-token-WXYZ"},
             headers=stack.headers(),
