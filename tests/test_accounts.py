@@ -519,10 +519,16 @@ async def test_throttling_backs_off_only_when_it_repeats_and_then_doubles(http, 
 async def test_throttles_answered_during_a_cooldown_do_not_lengthen_it(http, tmp_path):
     clock = FakeClock()
     pool = two_accounts(http, tmp_path, clock)
-    leases = [await pool.acquire(exclude=frozenset({"b"})) for _ in range(6)]  # sent at once
-    for lease in leases:
+    leases = [await pool.acquire(exclude=frozenset({"b"})) for _ in range(7)]  # sent at once
+    for lease in leases[:6]:
         lease.failed(UpstreamThrottled("slow down"))
     clock.advance(1.01)  # the second throttle cooled 1 s; the four after it changed nothing
+    assert (await pool.acquire()).credential.label == "a"
+    (await pool.acquire()).failed(UpstreamThrottled("slow down"))  # the third in a row: 2 s
+    leases[6].failed(UpstreamThrottled("slow down", retry_after=10))  # but Kiro says 10 s
+    clock.advance(9.9)
+    assert (await pool.acquire()).credential.label == "b"
+    clock.advance(0.2)
     assert (await pool.acquire()).credential.label == "a"
 
 

@@ -234,6 +234,7 @@ class Account:
         """The cooldown that keeps this account from serving ``model`` now (the longer one when
         both the account and the model cool down), or None."""
         found: Cooldown | None = None
+        self.usable()  # settles an ended cooldown
         if self.state == "cooling_down" and self._until is not None and self.cause is not None:
             found = Cooldown(None, self.cause, self.reason or "", self._until)
         if model is not None and not self.serves(model):

@@ -154,16 +154,18 @@ def apply_failure(account: Account, error: GatewayError, model: str | None = Non
     if isinstance(error, QuotaExceeded):
         account.cool_down(_quota_cooldown(account, error), error.message, "quota")
     elif isinstance(error, ModelCapacity | ModelUnavailable):
-        if model is not None and not account.cooling(model):
-            streak = account.note_throttle(model, THROTTLE_WINDOW)
-            delay = _delay(error, CAPACITY_BASE * 2 ** (streak - 1), CAPACITY_CAP)
-            account.cool_model(model, delay, error.message)
-    elif isinstance(error, UpstreamThrottled):
-        if not account.cooling(None):
-            streak = account.note_throttle(None, THROTTLE_WINDOW) - ALLOWED_THROTTLES
+        if model is not None:
+            # Answers to requests sent before a running cooldown began do not lengthen it.
+            streak = 0 if account.cooling(model) else account.note_throttle(model, THROTTLE_WINDOW)
             if error.retry_after is not None or streak > 0:
-                delay = _delay(error, THROTTLE_BASE * 2 ** (streak - 1), THROTTLE_CAP)
-                account.cool_down(delay, error.message, "rate_limit")
+                delay = _delay(error, CAPACITY_BASE * 2 ** (streak - 1), CAPACITY_CAP)
+                account.cool_model(model, delay, error.message)
+    elif isinstance(error, UpstreamThrottled):
+        streak = 0 if account.cooling(None) else account.note_throttle(None, THROTTLE_WINDOW)
+        streak -= ALLOWED_THROTTLES
+        if error.retry_after is not None or streak > 0:
+            delay = _delay(error, THROTTLE_BASE * 2 ** (streak - 1), THROTTLE_CAP)
+            account.cool_down(delay, error.message, "rate_limit")
     elif isinstance(error, NeedsLogin):
         account.set_needs_login(error.message)
     elif isinstance(error, TokenExpired):
