@@ -281,11 +281,11 @@ class Account:
         return count
 
     def set_needs_login(self, reason: str) -> None:
-        self.state, self.reason, self._until = "needs_login", reason, None
+        self.state, self.reason, self.cause, self._until = "needs_login", reason, None, None
         log.warning("account %s needs a new Kiro login: %s", self.label, reason)
 
     def disable(self, reason: str) -> None:
-        self.state, self.reason, self._until = "disabled", reason, None
+        self.state, self.reason, self.cause, self._until = "disabled", reason, None, None
         log.warning("account %s disabled: %s", self.label, reason)
 
     def enable(self) -> None:
@@ -309,7 +309,7 @@ class Account:
     def cooldowns(self) -> tuple[CooldownStatus, ...]:
         """Every cooldown running now: the account's, then its models'."""
         now, wall = self._clock(), datetime.now(UTC)
-        running = [c for c in self._models.values() if c.until > now]
+        running = list(self._models.values())
         if self.state == "cooling_down" and self._until is not None and self.cause is not None:
             running.insert(0, Cooldown(None, self.cause, self.reason or "", self._until))
         return tuple(
