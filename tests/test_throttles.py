@@ -201,6 +201,37 @@ def test_capacity_moves_the_model_to_another_account_and_keeps_the_others(
         next_round(stack, clock)
 
 
+def test_capacity_with_retry_after_is_refused_locally_for_that_model_only(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    capacity = http_error(
+        429, "I am experiencing high traffic.", "INSUFFICIENT_MODEL_CAPACITY", {"retry-after": "30"}
+    )
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, capacity)
+        r = post(stack, SONNET)
+        openai_error(r, 429, "insufficient_model_capacity")
+        assert r.headers["retry-after"] == "30"
+        clock.advance(5)
+        r = post(stack, SONNET)  # refused here, for no longer than Kiro asked
+        message = openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "25"
+        assert "claude-sonnet-4.5 cooling down for 25 s" in message
+        assert "INSUFFICIENT_MODEL_CAPACITY" in message
+        assert post(stack, HAIKU).status_code == 200  # the other model is served meanwhile
+        clock.advance(25)
+        assert post(stack, SONNET).status_code == 200
+        assert [s[1:] for s in sent(stack)] == [
+            ("claude-sonnet-4.5", 429),
+            ("claude-haiku-4.5", 200),
+            ("claude-sonnet-4.5", 200),
+        ]
+        assert clock.slept == []
+        next_round(stack, clock)
+
+
 # --- rate limits: the account, and only when they repeat -------------------------------------
 
 
