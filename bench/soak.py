@@ -452,9 +452,10 @@ def section(report: Report) -> str:
         f"simulator injecting a random fault into {report.fault_rate:.0%} of its answers "
         f"({', '.join(RANDOM_FAULTS)}). Simulator and gateway run in the benchmark's process on "
         "real uvicorn servers, so their tasks and connections can be counted. The pool has "
-        f"{report.accounts} Kiro accounts: a throttled (429) answer cools its account down, and "
-        "while all are cooling down new requests get 503 `no_healthy_account` before the first "
-        "byte.",
+        f"{report.accounts} Kiro accounts: a throttled (429) answer moves its request to another "
+        "account; an account cools down only when Kiro throttles it again and again (or says how "
+        "long to wait), and while all are cooling down new requests get 429 with Retry-After "
+        "before the first byte.",
         "",
         f"Result: **{'PASS' if report.ok else 'FAIL'}** — {total:,} requests "
         f"({total / report.duration:.0f}/s); faults injected: {injected or 'none'}.",

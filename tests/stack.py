@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ki2api.app import create_app
+from ki2api.kiro.accounts import AccountPool
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer, SimulatorState
 from tests.servers import ServerThread
@@ -66,11 +67,13 @@ class StackFactory:
         *,
         with_ui: bool = False,
         state: SimulatorState | None = None,
+        pool: Callable[[Settings], AccountPool] | None = None,
         **overrides: Any,
     ) -> Stack:
+        """``pool`` builds the account pool from the settings (e.g. on a fake clock)."""
         sim = SimulatorServer(state=state).start()
         settings = Settings.from_env(stack_env(sim.url, **dict(env or {})), **overrides)
-        app = create_app(settings, with_ui=with_ui)
+        app = create_app(settings, with_ui=with_ui, pool=pool(settings) if pool else None)
         server = ServerThread(app).start()
         stack = Stack(sim=sim, server=server, settings=settings, app=app)
         self._started.append(stack)

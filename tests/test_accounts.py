@@ -17,6 +17,8 @@ import orjson
 import pytest
 
 from ki2api.core.errors import (
+    AccountsCoolingDown,
+    ModelCapacity,
     NoHealthyAccount,
     NotConfigured,
     QuotaExceeded,
@@ -25,7 +27,7 @@ from ki2api.core.errors import (
     UpstreamThrottled,
     UpstreamUnavailable,
 )
-from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool
 from ki2api.kiro.credentials import AccountSpec, Credential, mask_secret, parse_pasted_token
 from ki2api.settings import Settings
 from tests.servers import ServerThread
@@ -456,8 +458,8 @@ async def test_quota_takes_an_account_out_until_its_reset(http, tmp_path):
     for _ in range(3):
         assert (await pool.acquire()).credential.label == "b"
     row = {s.label: s for s in pool.snapshot()}["a"]
-    assert row.state == "cooling_down" and "quota" in (row.reason or "")
-    assert "cooling down until" in row.description
+    assert (row.state, row.cause, row.reason) == ("cooling_down", "quota", "used up")
+    assert "cooling down until" in row.description and "(quota: used up)" in row.description
     clock.advance(601)
     assert (await pool.acquire()).credential.label == "a"
 
@@ -485,24 +487,65 @@ async def test_suspension_disables_with_the_reason(http, tmp_path):
     assert pool.usable_count() == 1
 
 
-async def test_throttling_backs_off_briefly_and_doubles(http, tmp_path):
+async def test_throttling_backs_off_only_when_it_repeats_and_then_doubles(http, tmp_path):
     clock = FakeClock()
     pool = two_accounts(http, tmp_path, clock)
     (await pool.acquire()).failed(UpstreamThrottled("slow down"))
+    assert (await pool.acquire()).credential.label == "a"  # one throttle cools nothing
+    (await pool.acquire()).failed(UpstreamThrottled("slow down"))  # the second in a row: 1 s
     assert (await pool.acquire()).credential.label == "b"
     clock.advance(1.01)
     lease = await pool.acquire()
     assert lease.credential.label == "a"
     lease.failed(UpstreamThrottled("slow down"))
     clock.advance(1.01)
-    assert (await pool.acquire()).credential.label == "b"  # 2 s the second time
+    assert (await pool.acquire()).credential.label == "b"  # 2 s the third time
     clock.advance(1.0)
     lease = await pool.acquire()
     assert lease.credential.label == "a"
     lease.succeeded()  # the streak resets
+    (await pool.acquire()).failed(UpstreamThrottled("slow down"))
+    assert (await pool.acquire()).credential.label == "a"
+    clock.advance(61)  # a minute later it is not "in a row" any more
+    (await pool.acquire()).failed(UpstreamThrottled("slow down"))
+    assert (await pool.acquire()).credential.label == "a"
     (await pool.acquire()).failed(UpstreamThrottled("slow down", retry_after=5))
-    clock.advance(4.9)
+    clock.advance(4.9)  # Kiro's Retry-After is honoured even the first time
     assert (await pool.acquire()).credential.label == "b"
+    clock.advance(0.2)
+    assert (await pool.acquire()).credential.label == "a"
+
+
+async def test_throttles_answered_during_a_cooldown_do_not_lengthen_it(http, tmp_path):
+    clock = FakeClock()
+    pool = two_accounts(http, tmp_path, clock)
+    leases = [await pool.acquire(exclude=frozenset({"b"})) for _ in range(7)]  # sent at once
+    for lease in leases[:6]:
+        lease.failed(UpstreamThrottled("slow down"))
+    clock.advance(1.01)  # the second throttle cooled 1 s; the four after it changed nothing
+    assert (await pool.acquire()).credential.label == "a"
+    (await pool.acquire()).failed(UpstreamThrottled("slow down"))  # the third in a row: 2 s
+    leases[6].failed(UpstreamThrottled("slow down", retry_after=10))  # but Kiro says 10 s
+    clock.advance(9.9)
+    assert (await pool.acquire()).credential.label == "b"
+    clock.advance(0.2)
+    assert (await pool.acquire()).credential.label == "a"
+
+
+async def test_model_capacity_cools_that_model_only(http, tmp_path):
+    clock = FakeClock()
+    pool = two_accounts(http, tmp_path, clock)
+    lease = await pool.acquire(model="m1")
+    lease.failed(ModelCapacity("no capacity (Kiro 429 INSUFFICIENT_MODEL_CAPACITY)"))
+    assert (await pool.acquire(model="m2")).credential.label == "a"
+    assert (await pool.acquire(model="m1")).credential.label == "b"
+    [cooldown] = pool.snapshot()[0].cooldowns
+    assert (cooldown.model, cooldown.cause) == ("m1", "capacity")
+    assert "INSUFFICIENT_MODEL_CAPACITY" in cooldown.reason
+    assert pool.snapshot()[0].state == "healthy"
+    clock.advance(0.51)
+    assert (await pool.acquire(model="m1")).credential.label == "a"
+    assert pool.snapshot()[0].cooldowns == ()
 
 
 async def test_server_errors_are_only_counted(http, tmp_path):
@@ -531,12 +574,19 @@ async def test_all_accounts_down_is_immediate_with_retry_after(http, tmp_path):
     (await pool.acquire()).failed(UpstreamThrottled("slow", retry_after=7))
     loop = asyncio.get_running_loop()
     start = loop.time()
-    with pytest.raises(NoHealthyAccount) as info:
+    with pytest.raises(AccountsCoolingDown) as info:  # the first way out is the throttle's end
         await pool.acquire()
     assert loop.time() - start < 0.05
-    assert info.value.retry_after == pytest.approx(7.0)
-    assert "a: cooling down until" in info.value.message
+    assert info.value.retry_after == pytest.approx(7.0) and info.value.status == 429
+    assert "a: cooling down for 120 s more (quota: used up)" in info.value.message
+    assert "b: cooling down for 7 s more (rate limit: slow)" in info.value.message
     assert pool.usable_count() == 0
+    clock.advance(8)
+    (await pool.acquire()).failed(UpstreamAuthFailed("suspended"))
+    with pytest.raises(QuotaExceeded) as quota:
+        await pool.acquire()
+    assert quota.value.retry_after == pytest.approx(112.0) and quota.value.status == 429
+    assert "b: disabled: suspended" in quota.value.message
 
 
 async def test_excluded_accounts_are_skipped(http, tmp_path):
@@ -648,7 +698,7 @@ async def test_no_token_in_logs_reprs_or_snapshots(auth, http, tmp_path, caplog)
     for _ in range(3):
         try:
             lease = await pool.acquire()
-        except NoHealthyAccount as exc:
+        except NO_ACCOUNT_NOW as exc:
             seen.append(exc.message)
             break
         seen += [repr(lease), str(lease.credential), repr(lease.spec)]

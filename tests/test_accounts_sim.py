@@ -275,12 +275,12 @@ async def test_all_accounts_down_fails_immediately_with_retry_after(sim, http, t
     sent = len(sim.state.requests)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(NoHealthyAccount) as info:
+    with pytest.raises(QuotaExceeded) as info:  # Kiro's word for both, 429 insufficient_quota
         await ask(gateway)
     assert loop.time() - started < 0.1
     assert len(sim.state.requests) == sent  # nothing sent upstream
     assert info.value.retry_after is not None and 3500 < info.value.retry_after <= 3600
-    assert "quota" in info.value.message
+    assert "used up its quota" in info.value.message
     assert pool.usable_count() == 0
 
 

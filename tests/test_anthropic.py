@@ -608,18 +608,20 @@ def test_unknown_model_is_404_not_found_error(client, gateway):
     anthropic_error(post(gateway, hello(model="nope"), **{}), 404, "not_found_error")
 
 
-def test_every_account_throttled_is_529_overloaded(sim, tmp_path):
+def test_every_account_throttled_is_429_rate_limit_error_with_kiro_words(sim, tmp_path):
     # Its own gateway: the throttled account cools down, which must not leak into other tests.
     settings = gateway_settings(sim, tmp_path, upstream_attempts=2)
-    sim.state.fail_next(5, "throttled")
+    sim.state.fail_next(4, "throttled")  # both attempts of both requests
     with ServerThread(create_app(settings, with_ui=False)) as server:
         with anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0) as c:
-            with pytest.raises(anthropic.APIStatusError) as caught:
+            with pytest.raises(anthropic.RateLimitError) as caught:
                 c.messages.create(model=MODEL, max_tokens=8, messages=X)
         response = post(server.url, hello())
-    assert caught.value.status_code == 529
-    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
-    anthropic_error(response, 529, "overloaded_error")
+    assert sim.state.pending() == 0
+    assert caught.value.status_code == 429  # Kiro said 429: never turned into an overload
+    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "Too many requests" in caught.value.message
+    anthropic_error(response, 429, "rate_limit_error")
 
 
 # --- count_tokens ------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import orjson
 import pytest
 from hypothesis import given
@@ -18,7 +20,14 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import QuotaExceeded, UpstreamThrottled
+from ki2api.core.errors import (
+    ContextLengthExceeded,
+    ModelCapacity,
+    QuotaExceeded,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamThrottled,
+)
 from ki2api.kiro.events import KiroEventParser, ThinkingSplitter
 from ki2api.kiro.eventstream import EventStreamDecoder, encode_event, encode_exception
 
@@ -150,6 +159,41 @@ def test_exception_frame_becomes_stream_error() -> None:
     raw = encode_exception("ServiceQuotaExceededException", b'{"message": "MONTHLY_REQUEST_COUNT"}')
     out = parser.feed(EventStreamDecoder().feed(raw)[0])
     assert isinstance(out[0], StreamError) and isinstance(out[0].error, QuotaExceeded)
+
+
+def exception_error(kind: str, payload: dict[str, object]) -> object:
+    frame = EventStreamDecoder().feed(encode_exception(kind, orjson.dumps(payload)))[0]
+    [delta] = KiroEventParser().feed(frame)
+    assert isinstance(delta, StreamError)
+    return delta.error
+
+
+def test_in_stream_errors_go_through_the_one_error_table() -> None:
+    daily = exception_error(
+        "ThrottlingException",
+        {
+            "message": "You have reached the limit for daily requests.",
+            "reason": "DAILY_REQUEST_COUNT",
+        },
+    )
+    assert isinstance(daily, QuotaExceeded)  # not a passing throttle: out until the next day
+    now = datetime.now(UTC)
+    midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert daily.retry_after is not None
+    assert abs(daily.retry_after - (midnight - now).total_seconds()) < 5
+    capacity = exception_error(
+        "ThrottlingException", {"message": "busy", "reason": "INSUFFICIENT_MODEL_CAPACITY"}
+    )
+    assert isinstance(capacity, ModelCapacity)
+    suspended = exception_error(
+        "AccessDeniedException", {"message": "We detected unusual user activity."}
+    )
+    assert type(suspended) is UpstreamAuthFailed
+    # An unknown exception type is matched by the table's markers alone.
+    too_long = exception_error("SomethingNewException", {"message": "Input is too long."})
+    assert isinstance(too_long, ContextLengthExceeded)
+    other = exception_error("SomethingNewException", {"message": "odd"})
+    assert type(other) is UpstreamError and "SomethingNewException: odd" in other.message
 
 
 def test_thinking_tags_split_from_answer() -> None:

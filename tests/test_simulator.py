@@ -533,8 +533,31 @@ def test_every_named_fault_is_covered() -> None:
         "stall_mid_stream",
         "slow_frames",
         "slow_first_byte",
+        *EXCEPTION_FAULTS,
     }
     assert covered == set(FAULTS)
+
+
+EXCEPTION_FAULTS = {
+    "daily_quota_mid_stream": "DAILY_REQUEST_COUNT",
+    "capacity_mid_stream": "INSUFFICIENT_MODEL_CAPACITY",
+}
+
+
+@pytest.mark.parametrize("name", EXCEPTION_FAULTS)
+def test_exception_faults_end_a_started_answer(
+    sim: SimulatorServer, client: httpx.Client, name: str
+) -> None:
+    sim.state.fail_next(1, name)
+    response = chat(client, sim)
+    assert response.status_code == 200
+    frames = EventStreamDecoder().feed(response.content)
+    assert any(f.event_type == "assistantResponseEvent" for f in frames[:-1])
+    last = frames[-1]
+    assert last.message_type == "exception"
+    assert last.headers[":exception-type"] == "ThrottlingException"
+    assert orjson.loads(last.payload)["reason"] == EXCEPTION_FAULTS[name]
+    assert sim.state.requests[-1].fault == name
 
 
 def test_fail_next_goes_ahead_of_the_queue(sim: SimulatorServer, client: httpx.Client) -> None:

@@ -13,14 +13,12 @@ def test_short_soak_loses_nothing_and_leaks_nothing() -> None:
     report = run(duration=8, streams=50, fault_rate=0.05, chunk_interval=0.02, accounts=4)
     print(report.summary())
     assert report.total > 200
-    # 503s while every account cools down after the injected throttles (backoff 1 s, doubling)
-    # grow with the request rate, which nearly doubled once streamed heads stopped growing
-    # (the x-request-id fix): they are the pool's policy working, so the ratio of completed
-    # answers is taken over the requests the pool could serve.
-    refused = report.error_codes["http_error:no_healthy_account"]
-    assert refused == 0 or report.injected["throttled"] > 0
-    assert report.kinds["done"] > 0.8 * (report.total - refused)
-    assert report.kinds["done"] > 0.6 * report.total
+    # An injected throttle moves its request to another account and cools nothing (one 429 is
+    # not a pattern), so no request is refused for want of an account: the failures left are
+    # the injected ones that strike after the first byte (cut, corrupt, dropped streams), and
+    # at most a 429 passed on when every attempt of a request drew a throttle.
+    assert report.error_codes["http_error:no_healthy_account"] == 0
+    assert report.kinds["done"] > 0.9 * report.total
     assert sum(report.injected.values()) > 0
     assert not report.mismatches and report.unmatched == 0
     assert report.kinds["silent"] == 0 and report.kinds["transport_error"] == 0

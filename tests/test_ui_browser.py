@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ki2api.app import DEMO_ACCESS_TOKEN, create_app
 from ki2api.settings import Settings
-from ki2api.simulator import Delay, Script, text_answer
+from ki2api.simulator import Delay, Script, http_error, text_answer
 from ki2api.simulator.scripts import text_events
 from tests.servers import ServerThread
 
@@ -216,4 +217,32 @@ def test_language_follows_the_browser_and_the_switch(server, browser) -> None:
     page.locator("#ki-lang").get_by_text("English").click()
     expect(page.locator("#ki-send")).to_have_text("Send")
     expect(page.locator("#ki-demo")).to_contain_text("simulator")
+    page.context.close()
+
+
+def test_status_shows_which_cooldown_applies_to_which_model(server, browser) -> None:
+    srv, rt = server
+    capacity = http_error(
+        429,
+        "I am experiencing high traffic, please try again shortly.",
+        "INSUFFICIENT_MODEL_CAPACITY",
+        {"retry-after": "600"},
+    )
+    accounts = len(rt.pool)  # the demo account, and the one another test may have added
+    assert accounts <= rt.settings.upstream_attempts
+    rt.simulator.state.fail_next(accounts, capacity)
+    # A model no other test here uses: it stays off the pool's accounts for 10 minutes.
+    r = httpx.post(
+        f"{srv.url}/v1/chat/completions",
+        json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hi"}]},
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert r.status_code == 429 and r.headers["retry-after"] == "600"
+    page = open_page(browser, srv.url)
+    page.get_by_role("tab", name=re.compile("Status")).click()
+    table = page.locator("#ki-accounts")
+    expect(table).to_contain_text("cooldowns")
+    expect(table).to_contain_text("claude-haiku-4.5 · model capacity · in 9 min")
+    expect(table).to_contain_text("INSUFFICIENT_MODEL_CAPACITY")
     page.context.close()

@@ -14,10 +14,14 @@
     └── UpstreamError                 502 something between us and Kiro failed
         ├── UpstreamAuthFailed        502 the account's token was refused / cannot be refreshed
         │   └── TokenExpired          502 "bearer token invalid": refresh once and retry
-        ├── QuotaExceeded             429 insufficient_quota
-        ├── UpstreamThrottled         429 rate_limit_exceeded
+        ├── QuotaExceeded             429 insufficient_quota (an account's quota, until it resets)
+        ├── UpstreamThrottled         429 rate_limit_exceeded (an account's request rate)
+        │   ├── ModelCapacity         429 insufficient_model_capacity (a model, for a moment)
+        │   └── AccountsCoolingDown   429 rate_limit_exceeded: every account that could serve
+        │                                 the request is cooling down after Kiro's 429s (local)
         ├── UpstreamUnavailable       503 (Anthropic: 529 overloaded_error)
-        ├── NoHealthyAccount          503 every account is cooling down or disabled
+        │   ├── ModelUnavailable      503 model_unavailable (a model, for a moment)
+        │   └── NoHealthyAccount      503 no account can serve (disabled, needs login, refresh)
         ├── UpstreamTimeout           504
         └── UpstreamProtocolError     502 corrupt or cut event stream
 
@@ -150,10 +154,27 @@ class UpstreamThrottled(UpstreamError):
     anthropic_type = "rate_limit_error"
 
 
+class ModelCapacity(UpstreamThrottled):
+    """Kiro has no capacity for this model right now: about the model, not the account."""
+
+    openai_code = "insufficient_model_capacity"
+
+
+class AccountsCoolingDown(UpstreamThrottled):
+    """Answered by the gateway itself: every account that could serve the request is cooling
+    down after Kiro's own 429s. Carries the shortest wait and what Kiro said."""
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 503
     openai_code = "upstream_unavailable"
     anthropic_type = "overloaded_error"
+
+
+class ModelUnavailable(UpstreamUnavailable):
+    """Kiro says the model is temporarily unavailable: about the model, not the account."""
+
+    openai_code = "model_unavailable"
 
 
 class NoHealthyAccount(UpstreamUnavailable):

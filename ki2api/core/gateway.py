@@ -8,7 +8,6 @@ travel inside the stream as :class:`StreamError` deltas.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -32,6 +31,7 @@ from ki2api.core.deltas import (
     Usage,
 )
 from ki2api.core.errors import (
+    AccountsCoolingDown,
     GatewayError,
     InvalidRequest,
     NoHealthyAccount,
@@ -44,7 +44,7 @@ from ki2api.core.errors import (
 from ki2api.core.limits import OutputLimiter
 from ki2api.core.request import ChatRequest
 from ki2api.core.stats import RequestRecord, RequestStats
-from ki2api.kiro.accounts import AccountPool, Lease
+from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool, Lease
 from ki2api.kiro.client import KiroClient, KiroResponse
 from ki2api.kiro.events import KiroEventParser
 from ki2api.kiro.models import ModelCatalog, ModelInfo
@@ -334,24 +334,11 @@ class Gateway:
 
         tried: set[str] = set()
         last: GatewayError | None = None
-        cooldown: float | None = None  # the pool's last word on when an account is back
         attempts = max(1, self.settings.upstream_attempts)
         for attempt in range(attempts):
             current = lease
             if current is None:
-                try:
-                    current = await self.pool.acquire(exclude=frozenset(tried))
-                except NoHealthyAccount as exc:
-                    cooldown = exc.retry_after
-                    wait = _wait_before_retry(exc, last, tried)
-                    if wait is None:
-                        raise _final_error(last, exc) from None
-                    await asyncio.sleep(wait)
-                    tried.clear()
-                    try:
-                        current = await self.pool.acquire()
-                    except NoHealthyAccount as again:
-                        raise _final_error(last, again) from None
+                current = await self._acquire(model.kiro_id, tried, last, attempt)
             kiro_request = body_for(current.credential.profile_arn)
             try:
                 response, slot = await self._open_in_slot(kiro_request, current, prepare)
@@ -369,7 +356,7 @@ class Gateway:
                 last = exc
                 if lease is not None:
                     raise
-                tried.add(current.credential.label)
+                tried.add(current.credential.label)  # the next account at once, if there is one
                 log.info(
                     "account %s failed (%s); trying another",
                     current.credential.label,
@@ -386,7 +373,7 @@ class Gateway:
                     "Kiro failed (%s), attempt %d of %d", exc.openai_code, attempt + 1, attempts
                 )
                 if attempt < attempts - 1:
-                    await asyncio.sleep(_backoff(attempt))
+                    await self.pool.sleep(_backoff(attempt))
                 continue
             prepare()  # in case the transport had no moment for it
             return DeltaStream(
@@ -400,13 +387,27 @@ class Gateway:
                 release=slot.release,
             )
         assert last is not None
-        if isinstance(last, UpstreamThrottled) and lease is None:
-            # Still throttled after waiting: report it as every account being busy.
-            raise NoHealthyAccount(
-                f"Every Kiro account is throttled. Last error: {last.message}",
-                retry_after=last.retry_after or cooldown or _LONGEST_COOLDOWN_WAIT,
-            )
-        raise last
+        raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
+
+    async def _acquire(
+        self, model: str, tried: set[str], last: GatewayError | None, attempt: int
+    ) -> Lease:
+        """An account for the next attempt. When none is free: wait out a short cooldown, or
+        retry accounts that failed only passingly; otherwise answer why (see _final_error)."""
+        try:
+            return await self.pool.acquire(exclude=frozenset(tried), model=model)
+        except NO_ACCOUNT_NOW as exc:
+            retry_tried = bool(tried) and self.pool.any_ready(tried, model)
+            wait = _wait_before_retry(exc, last, retry_tried, attempt)
+            if wait is None:
+                raise _final_error(last, exc) from None
+        if wait > 0:
+            await self.pool.sleep(wait)
+        tried.clear()
+        try:
+            return await self.pool.acquire(model=model)
+        except NO_ACCOUNT_NOW as again:
+            raise _final_error(last, again) from None
 
     async def _open_in_slot(
         self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
@@ -432,40 +433,49 @@ class Gateway:
             return await self.client.open(kiro_request.body, credential, while_waiting)
 
 
-_LONGEST_COOLDOWN_WAIT = 2.0  # seconds: a brief throttle is waited out, a long one reported
+# Seconds a request waits for an account (or model) cooling down after a throttle when no other
+# account can serve it: about what a client's own retry would wait. Longer ones are answered at
+# once with 429 and Retry-After.
+_LONGEST_COOLDOWN_WAIT = 2.0
 
 
 def _wait_before_retry(
-    exhausted: NoHealthyAccount,
-    last: GatewayError | None,
-    tried: set[str],
+    refused: GatewayError, last: GatewayError | None, retry_tried: bool, attempt: int
 ) -> float | None:
-    """Seconds to wait before trying the accounts again, or None to give up now.
+    """Seconds to wait before asking the pool again, or None to answer the client now.
 
-    Accounts skipped only because they just failed transiently (5xx, timeout, cut stream) are
-    retried at once; accounts throttled for a moment are waited for, so one 429 does not turn
-    every request on a one-account gateway into a 503.
+    A short throttle cooldown is waited out (so one 429 never becomes a refusal on a one-account
+    gateway). Accounts tried in this request that failed only passingly are retried: at once
+    after a 5xx (its back-off was already waited), after a short back-off after a 429 that
+    cooled nothing (Kiro asked for no wait; the next try must not hammer it).
     """
-    if last is None:
+    if isinstance(refused, AccountsCoolingDown) and refused.retry_after is not None:
+        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT:
+            return refused.retry_after
+    if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed):
         return None
-    if isinstance(last, QuotaExceeded | UpstreamAuthFailed):
-        return None
-    if tried and not isinstance(last, UpstreamThrottled):
-        return 0.0
-    wait = exhausted.retry_after
-    if wait is not None and wait <= _LONGEST_COOLDOWN_WAIT:
-        return wait
+    if retry_tried:
+        return _backoff(attempt) if isinstance(last, UpstreamThrottled) else 0.0
     return None
 
 
-def _final_error(last: GatewayError | None, exhausted: NoHealthyAccount) -> GatewayError:
-    """What to tell the client once every account has been tried."""
-    if isinstance(last, QuotaExceeded) or (
+def _final_error(last: GatewayError | None, refused: GatewayError) -> GatewayError:
+    """What to tell the client when no account can be tried again: Kiro's own last answer when
+    the client can act on it (a quota, a refused account, a throttle with its reason and
+    Retry-After), else the pool's refusal, which names what Kiro said to each account."""
+    if last is None:
+        return refused
+    if isinstance(last, UpstreamThrottled) and isinstance(refused, AccountsCoolingDown):
+        last.retry_after = refused.retry_after  # when the first account is back, not the last
+        return last
+    if isinstance(last, QuotaExceeded | UpstreamThrottled) or (
         isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
     ):
-        return last  # the client can act on these (new account, new login)
-    if last is not None:
+        return last
+    if isinstance(refused, NoHealthyAccount):
         return NoHealthyAccount(
-            f"{exhausted.message} Last error: {last.message}", retry_after=exhausted.retry_after
+            f"{refused.message} Last error: {last.message}", retry_after=refused.retry_after
         )
-    return exhausted
+    if isinstance(last, AccountBusy):
+        return refused
+    return last  # a 5xx of Kiro's, e.g. a model unavailable for longer than worth waiting

@@ -2,7 +2,9 @@
 
 States: ``healthy``; ``cooling_down`` until a time (quota, throttling, a failed refresh);
 ``needs_login`` (the refresh token is dead, or there is none and the token expired);
-``disabled`` (the service refused the account: suspended, not authorised).
+``disabled`` (the service refused the account: suspended, not authorised). Apart from its
+state, a healthy account can have models cooling down on it (Kiro lacked capacity for them):
+it serves every other model meanwhile.
 
 However many requests find the token stale at once, one refresh runs (a shared task that a
 cancelled waiter cannot abort); the others wait for it and use its result. Accounts that came
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -44,11 +47,61 @@ from ki2api.settings import Settings
 log = logging.getLogger("ki2api.accounts")
 
 State = Literal["healthy", "cooling_down", "needs_login", "disabled"]
+# Why a cooldown applies: Kiro's rate limit for the account, Kiro's capacity for one model,
+# the account's quota, or a failed token refresh.
+Cause = Literal["rate_limit", "capacity", "quota", "refresh"]
+CAUSE_TEXT: dict[str, str] = {
+    "rate_limit": "rate limit",
+    "capacity": "model capacity",
+    "quota": "quota",
+    "refresh": "token refresh",
+}
 Refresher = Callable[[AccountSpec], Awaitable[RefreshResult]]
 Clock = Callable[[], float]
 
 REFRESH_MARGIN = 300.0  # refresh this long before expiresAt
 REFRESH_FAILURE_COOLDOWN = 15.0  # after a refresh that failed for a reason other than the login
+
+
+@dataclass(frozen=True, slots=True)
+class Cooldown:
+    """The whole account (``model`` None) or one model on it, out until ``until`` (clock time)."""
+
+    model: str | None
+    cause: Cause
+    reason: str  # what Kiro said
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownStatus:
+    """One cooldown as the admin API and the UI show it."""
+
+    model: str | None  # None: the whole account
+    cause: Cause
+    reason: str
+    until: datetime
+    seconds: float  # left when the status was taken
+
+    @property
+    def scope(self) -> str:
+        return self.model or "all models"
+
+    @property
+    def description(self) -> str:
+        """``claude-sonnet-4.5: model capacity, 3 s more (Kiro 429 ...)``"""
+        left = f"{math.ceil(self.seconds)} s more"
+        return f"{self.scope}: {CAUSE_TEXT[self.cause]}, {left} ({self.reason})"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "scope": "account" if self.model is None else "model",
+            "cause": self.cause,
+            "reason": self.reason,
+            "until": self.until.isoformat(),
+            "seconds": round(self.seconds, 3),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,15 +121,21 @@ class AccountStatus:
     last_error: str | None
     usage: UsageLimits | None
     can_refresh: bool
+    cause: Cause | None = None  # why the whole account is cooling down
+    cooldowns: tuple[CooldownStatus, ...] = ()  # the account's and its models'
 
     @property
     def description(self) -> str:
-        """``healthy`` | ``cooling down until 12:00:05Z (why)`` | ``needs login: why`` | ..."""
+        """``healthy`` | ``cooling down until 12:00:05Z (why)`` | ``needs login: why`` | ...,
+        then the models cooling down on the account, if any."""
+        models = "; ".join(c.description for c in self.cooldowns if c.model is not None)
         if self.state == "healthy":
-            return "healthy"
+            return f"healthy; {models}" if models else "healthy"
         if self.state == "cooling_down" and self.until is not None:
             when = self.until.astimezone(UTC).strftime("%H:%M:%SZ")
-            return f"cooling down until {when}" + (f" ({self.reason})" if self.reason else "")
+            why = f"{CAUSE_TEXT[self.cause]}: {self.reason}" if self.cause else self.reason
+            text = f"cooling down until {when}" + (f" ({why})" if why else "")
+            return f"{text}; {models}" if models else text
         text = self.state.replace("_", " ")
         return f"{text}: {self.reason}" if self.reason else text
 
@@ -96,6 +155,8 @@ class AccountStatus:
             "last_error": self.last_error,
             "usage": self.usage.to_dict() if self.usage else None,
             "can_refresh": self.can_refresh,
+            "cause": self.cause,
+            "cooldowns": [c.to_dict() for c in self.cooldowns],
         }
 
 
@@ -115,13 +176,16 @@ class Account:
         self._clock = clock
         self.state: State = "healthy"
         self.reason: str | None = None
+        self.cause: Cause | None = None  # while cooling_down
         self._until: float | None = None  # monotonic end of a cooldown
+        self._models: dict[str, Cooldown] = {}  # models cooling down on this account
+        # Throttles in a row, per account (key None) and per model: (count, time of the last).
+        self._streaks: dict[str | None, tuple[int, float]] = {}
         self.requests = 0
         self.errors = 0
         self.last_error: str | None = None
         self.last_used = 0.0
         self.usage: UsageLimits | None = None
-        self._throttle_streak = 0
         self._force_refresh = False  # the service refused a token we thought was fine
         self._inflight: asyncio.Task[None] | None = None
         self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
@@ -148,49 +212,113 @@ class Account:
                 self._set_healthy()
         return self.state == "healthy"
 
+    def serves(self, model: str | None) -> bool:
+        """False while ``model`` cools down on this account (one lookup in a dict that is
+        empty unless Kiro lacked capacity lately)."""
+        if model is None or not self._models:
+            return True
+        cooldown = self._models.get(model)
+        if cooldown is None:
+            return True
+        if self._clock() >= cooldown.until:
+            del self._models[model]
+            return True
+        return False
+
     def cooldown_remaining(self) -> float | None:
         if self.state != "cooling_down" or self._until is None:
             return None
         return max(0.0, self._until - self._clock())
 
-    def _set_healthy(self) -> None:
-        self.state, self.reason, self._until = "healthy", None, None
+    def blocking(self, model: str | None) -> Cooldown | None:
+        """The cooldown that keeps this account from serving ``model`` now (the longer one when
+        both the account and the model cool down), or None."""
+        found: Cooldown | None = None
+        self.usable()  # settles an ended cooldown
+        if self.state == "cooling_down" and self._until is not None and self.cause is not None:
+            found = Cooldown(None, self.cause, self.reason or "", self._until)
+        if model is not None and not self.serves(model):
+            mine = self._models[model]
+            if found is None or mine.until > found.until:
+                found = mine
+        return found
 
-    def cool_down(self, seconds: float, reason: str) -> None:
+    def cooling(self, model: str | None) -> bool:
+        """True while a throttle-type cooldown of the account or of ``model`` is running:
+        throttles answered meanwhile were sent before it, and do not make it longer."""
+        if model is not None:
+            return not self.serves(model)
+        return not self.usable() and self.cause == "rate_limit"
+
+    def _set_healthy(self) -> None:
+        self.state, self.reason, self.cause, self._until = "healthy", None, None, None
+
+    def cool_down(self, seconds: float, reason: str, cause: Cause = "refresh") -> None:
         if self.state in ("needs_login", "disabled"):
             return  # a worse state wins
         until = self._clock() + max(0.0, seconds)
         if self.state == "cooling_down" and self._until is not None and self._until > until:
             return
-        self.state, self.reason, self._until = "cooling_down", reason, until
+        self.state, self.reason, self.cause, self._until = "cooling_down", reason, cause, until
         log.info("account %s cooling down for %.1fs: %s", self.label, seconds, reason)
 
+    def cool_model(self, model: str, seconds: float, reason: str) -> None:
+        """Keep ``model`` off this account for ``seconds``; other models are not affected."""
+        until = self._clock() + max(0.0, seconds)
+        current = self._models.get(model)
+        if current is not None and current.until > until:
+            return
+        self._models[model] = Cooldown(model, "capacity", reason, until)
+        log.info("account %s: %s cooling down for %.1fs: %s", self.label, model, seconds, reason)
+
+    def note_throttle(self, model: str | None, window: float) -> int:
+        """Count a throttle of the account (``model`` None) or of one model's capacity; return
+        how many came in a row, each within ``window`` seconds of the one before."""
+        now = self._clock()
+        count, last = self._streaks.get(model, (0, now))
+        count = count + 1 if now - last <= window else 1
+        self._streaks[model] = (count, now)
+        return count
+
     def set_needs_login(self, reason: str) -> None:
-        self.state, self.reason, self._until = "needs_login", reason, None
+        self.state, self.reason, self.cause, self._until = "needs_login", reason, None, None
         log.warning("account %s needs a new Kiro login: %s", self.label, reason)
 
     def disable(self, reason: str) -> None:
-        self.state, self.reason, self._until = "disabled", reason, None
+        self.state, self.reason, self.cause, self._until = "disabled", reason, None, None
         log.warning("account %s disabled: %s", self.label, reason)
 
     def enable(self) -> None:
         self._set_healthy()
-        self._throttle_streak = 0
+        self._models.clear()
+        self._streaks.clear()
 
     def record_error(self, error: GatewayError | str) -> None:
         self.errors += 1
         self.last_error = error if isinstance(error, str) else error.message
 
-    def record_success(self) -> None:
-        self._throttle_streak = 0
-
-    def throttled(self, retry_after: float | None, base: float, cap: float) -> None:
-        self._throttle_streak += 1
-        delay = retry_after if retry_after is not None else base * 2 ** (self._throttle_streak - 1)
-        self.cool_down(min(delay, cap), "throttled by Kiro")
+    def record_success(self, model: str | None = None) -> None:
+        """An answer: the throttles in a row (the account's, the model's) are over."""
+        if self._streaks:
+            self._streaks.pop(None, None)
+            self._streaks.pop(model, None)
 
     def mark_token_suspect(self) -> None:
         self._force_refresh = True
+
+    def cooldowns(self) -> tuple[CooldownStatus, ...]:
+        """Every cooldown running now: the account's, then its models'."""
+        now, wall = self._clock(), datetime.now(UTC)
+        running = list(self._models.values())
+        if self.state == "cooling_down" and self._until is not None and self.cause is not None:
+            running.insert(0, Cooldown(None, self.cause, self.reason or "", self._until))
+        return tuple(
+            CooldownStatus(
+                c.model, c.cause, c.reason, wall + timedelta(seconds=c.until - now), c.until - now
+            )
+            for c in running
+            if c.until > now
+        )
 
     def status(self) -> AccountStatus:
         remaining = self.cooldown_remaining()
@@ -214,6 +342,8 @@ class Account:
             last_error=self.last_error,
             usage=self.usage,
             can_refresh=self.spec.can_refresh,
+            cause=self.cause if self.state == "cooling_down" else None,
+            cooldowns=self.cooldowns(),
         )
 
     def credential(self) -> Credential | None:
@@ -348,7 +478,7 @@ class Account:
         )
         self._force_refresh = False
         self._refresh_backoff_until = 0.0
-        if self.state == "cooling_down" and (self.reason or "").startswith("refresh failed"):
+        if self.state == "cooling_down" and self.cause == "refresh":
             self._set_healthy()
         log.info(
             "account %s refreshed (token %s, expires %s%s)",

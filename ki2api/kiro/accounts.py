@@ -1,21 +1,31 @@
 """The account pool: which account serves a request, and what a failure does to that account.
 
     pool = AccountPool.from_settings(settings, http)
-    lease = await pool.acquire(exclude=frozenset(tried))   # NotConfigured / NoHealthyAccount
+    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5")
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
     lease.succeeded() / lease.failed(error)
+
+``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
+``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
+``retry_after`` the shortest wait), ``QuotaExceeded`` (every account that could serve is out of
+quota) or ``NoHealthyAccount``.
 
 Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
 ``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
 
-What ``failed`` does:
+What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
 
+    ModelCapacity,       that model on that account, briefly: Kiro's Retry-After, else 0.5 s
+    ModelUnavailable     doubling (to 8 s) while it repeats; other models keep the account
+    UpstreamThrottled    the account: Kiro's Retry-After; else nothing for one throttle, and
+                         1 s doubling (to 30 s) from the second in a row (each within a minute)
     QuotaExceeded        out of rotation until the quota resets (retry_after, else a default)
-    UpstreamThrottled    short back-off of this account (retry_after, else 1 s doubling to 30 s)
     NeedsLogin           needs login (the refresh token is dead)
     TokenExpired         the token is refreshed before its next use
     UpstreamAuthFailed   disabled, with the service's reason (suspended, not authorised)
     anything else        counted only (5xx, timeouts: the gateway retries)
+
+Throttles answered while a cooldown runs were sent before it started: they do not lengthen it.
 
 Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.account`.
 """
@@ -24,8 +34,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,8 +45,11 @@ from typing import Any
 import httpx
 
 from ki2api.core.errors import (
+    AccountsCoolingDown,
     GatewayError,
     InvalidRequest,
+    ModelCapacity,
+    ModelUnavailable,
     NoHealthyAccount,
     NotConfigured,
     NotFound,
@@ -44,7 +58,7 @@ from ki2api.core.errors import (
     UpstreamAuthFailed,
     UpstreamThrottled,
 )
-from ki2api.kiro.account import Account, AccountStatus, Clock, Refresher
+from ki2api.kiro.account import CAUSE_TEXT, Account, AccountStatus, Clock, Cooldown, Refresher
 from ki2api.kiro.credentials import (
     LABEL_PATTERN,
     AccountSpec,
@@ -62,9 +76,16 @@ log = logging.getLogger("ki2api.accounts")
 
 STRATEGIES = ("lru", "round_robin", "first")
 QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
+THROTTLE_WINDOW = 60.0  # throttles further apart than this are not "in a row"
+ALLOWED_THROTTLES = 1  # one throttle is not a pattern: it cools nothing (cf. LiteLLM allowed_fails)
 THROTTLE_BASE = 1.0
 THROTTLE_CAP = 30.0
+CAPACITY_BASE = 0.5
+CAPACITY_CAP = 8.0
 RETRY_AFTER_CAP = 6 * 3600.0
+# Exceptions acquire raises when no account can serve the request right now.
+NO_ACCOUNT_NOW = (AccountsCoolingDown, QuotaExceeded, NoHealthyAccount)
+Sleep = Callable[[float], Awaitable[None]]
 
 NOT_CONFIGURED_MESSAGE = (
     "No Kiro account is configured. Set KIRO_ACCESS_TOKEN and/or KIRO_REFRESH_TOKEN "
@@ -77,12 +98,19 @@ NOT_CONFIGURED_MESSAGE = (
 class Lease:
     """One request's use of one account. ``credential`` changes if ``token_rejected`` refreshes."""
 
-    __slots__ = ("_account", "_pool", "credential", "_settled", "_rejected", "_done")
+    __slots__ = ("_account", "_pool", "credential", "model", "_settled", "_rejected", "_done")
 
-    def __init__(self, account: Account, pool: AccountPool | None, credential: Credential) -> None:
+    def __init__(
+        self,
+        account: Account,
+        pool: AccountPool | None,
+        credential: Credential,
+        model: str | None = None,
+    ) -> None:
         self._account = account
         self._pool = pool
         self.credential = credential
+        self.model = model  # Kiro's id of the model asked for: a capacity failure cools only it
         self._settled = False  # the account's state was already decided by token_rejected
         self._rejected = False
         self._done = False
@@ -110,30 +138,47 @@ class Lease:
         self._done = True
         self._account.record_error(error)
         if not self._settled:
-            apply_failure(self._account, error)
+            apply_failure(self._account, error, self.model)
 
     def succeeded(self) -> None:
         if self._done:
             return
         self._done = True
-        self._account.record_success()
+        self._account.record_success(self.model)
 
     def __repr__(self) -> str:
         return f"Lease({self.credential!r})"
 
 
-def apply_failure(account: Account, error: GatewayError) -> None:
+def apply_failure(account: Account, error: GatewayError, model: str | None = None) -> None:
     if isinstance(error, QuotaExceeded):
-        account.cool_down(_quota_cooldown(account, error), f"quota used up: {error.message}")
+        account.cool_down(_quota_cooldown(account, error), error.message, "quota")
+    elif isinstance(error, ModelCapacity | ModelUnavailable):
+        if model is not None:
+            # Answers to requests sent before a running cooldown began do not lengthen it.
+            streak = 0 if account.cooling(model) else account.note_throttle(model, THROTTLE_WINDOW)
+            if error.retry_after is not None or streak > 0:
+                delay = _delay(error, CAPACITY_BASE * 2 ** (streak - 1), CAPACITY_CAP)
+                account.cool_model(model, delay, error.message)
     elif isinstance(error, UpstreamThrottled):
-        retry = min(error.retry_after, RETRY_AFTER_CAP) if error.retry_after is not None else None
-        account.throttled(retry, THROTTLE_BASE, THROTTLE_CAP)
+        streak = 0 if account.cooling(None) else account.note_throttle(None, THROTTLE_WINDOW)
+        streak -= ALLOWED_THROTTLES
+        if error.retry_after is not None or streak > 0:
+            delay = _delay(error, THROTTLE_BASE * 2 ** (streak - 1), THROTTLE_CAP)
+            account.cool_down(delay, error.message, "rate_limit")
     elif isinstance(error, NeedsLogin):
         account.set_needs_login(error.message)
     elif isinstance(error, TokenExpired):
         account.mark_token_suspect()
     elif isinstance(error, UpstreamAuthFailed):
         account.disable(error.message)
+
+
+def _delay(error: GatewayError, backoff: float, cap: float) -> float:
+    """Kiro's Retry-After when it gave one (never longer), else our own capped back-off."""
+    if error.retry_after is not None:
+        return min(error.retry_after, RETRY_AFTER_CAP)
+    return min(backoff, cap)
 
 
 def _quota_cooldown(account: Account, error: QuotaExceeded) -> float:
@@ -156,6 +201,7 @@ class AccountPool:
         strategy: str | None = None,
         clock: Clock = time.monotonic,
         refresher: Refresher | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
         self._http = http
@@ -165,6 +211,7 @@ class AccountPool:
             chosen = "lru"
         self.strategy = chosen
         self._clock = clock
+        self.sleep = sleep  # waiting out a cooldown goes by the pool's clock (tests: a fake one)
         self._refresher: Refresher = refresher or self._refresh_with_http
         self._accounts: dict[str, Account] = {}
         self._next = 0  # round_robin position
@@ -185,9 +232,10 @@ class AccountPool:
         strategy: str | None = None,
         clock: Clock = time.monotonic,
         refresher: Refresher | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> AccountPool:
         """Every configured source (see :mod:`ki2api.kiro.sources`); never raises."""
-        pool = cls(settings, http, strategy=strategy, clock=clock, refresher=refresher)
+        pool = cls(settings, http, strategy=strategy, clock=clock, refresher=refresher, sleep=sleep)
         found = load_sources(settings)
         pool.problems.extend(found.problems)
         pool._pending_default_file = found.pending_default_file
@@ -324,9 +372,9 @@ class AccountPool:
             if account.state in ("needs_login", "disabled") and account.spec.token_file:
                 account.sync_from_file()
 
-    def _choose(self, skip: set[str]) -> Account | None:
+    def _choose(self, skip: set[str], model: str | None) -> Account | None:
         accounts = list(self._accounts.values())
-        candidates = [a for a in accounts if a.label not in skip and a.usable()]
+        candidates = [a for a in accounts if a.label not in skip and a.usable() and a.serves(model)]
         if not candidates:
             return None
         if self.strategy == "first":
@@ -340,16 +388,26 @@ class AccountPool:
                     return account
         return min(candidates, key=lambda a: a.last_used)
 
-    async def acquire(self, exclude: frozenset[str] = frozenset()) -> Lease:
+    def any_ready(self, labels: set[str], model: str | None) -> bool:
+        """Whether one of ``labels`` could serve ``model`` now (it failed only passingly)."""
+        return any(
+            a.usable() and a.serves(model) for a in self._accounts.values() if a.label in labels
+        )
+
+    async def acquire(
+        self, exclude: frozenset[str] = frozenset(), model: str | None = None
+    ) -> Lease:
+        """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
+        module's docstring for what is raised when there is none."""
         self._adopt_default_file()
         if not self._accounts:
             raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=self._settings.kiro_token_file))
         self._revive_from_files()
         skip = set(exclude)
         while True:
-            account = self._choose(skip)
+            account = self._choose(skip, model)
             if account is None:
-                raise self._no_healthy(exclude)
+                raise self._no_account(exclude, model)
             account.last_used = self._clock()  # before any await: spreads concurrent requests
             try:
                 credential = await account.ensure_fresh()
@@ -358,17 +416,38 @@ class AccountPool:
                 skip.add(account.label)
                 continue
             account.requests += 1
-            return Lease(account, self, credential)
+            return Lease(account, self, credential, model)
 
-    def _no_healthy(self, exclude: frozenset[str]) -> NoHealthyAccount:
-        waits = [w for a in self._accounts.values() if (w := a.cooldown_remaining()) is not None]
-        retry_after = min(waits) if waits else None
+    def _no_account(self, exclude: frozenset[str], model: str | None) -> GatewayError:
+        """Why no account can serve ``model`` now, told by the way out that comes first: an
+        account or model cooling down after Kiro's throttles (429, with the shortest wait and
+        what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
+        now = self._clock()
+        blocked: list[tuple[Account, Cooldown]] = []
         parts = []
         for account in self._accounts.values():
-            if account.label in exclude and account.state == "healthy":
+            cooldown = account.blocking(model)
+            if cooldown is not None:
+                blocked.append((account, cooldown))
+                parts.append(f"{account.label}: {_cooldown_text(cooldown, now)}")
+            elif account.label in exclude and account.state == "healthy":
                 parts.append(f"{account.label}: already tried")
             else:
                 parts.append(f"{account.label}: {account.status().description}")
+        listing = "; ".join(parts) + "."
+        first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
+        retry_after = max(0.0, first.until - now) if first is not None else None
+        if first is not None and first.cause in ("rate_limit", "capacity"):
+            what = f"Kiro is throttling every account that can serve {model or 'this request'}"
+            return AccountsCoolingDown(
+                f"{what}; the first is back in {math.ceil(retry_after or 0)} s: {listing}",
+                retry_after=retry_after,
+            )
+        if first is not None and first.cause == "quota":
+            return QuotaExceeded(
+                "Every Kiro account that can serve this request has used up its quota: " + listing,
+                retry_after=retry_after,
+            )
         hint = ""
         if any(a.state == "needs_login" for a in self._accounts.values()):
             hint = (
@@ -376,7 +455,7 @@ class AccountPool:
                 "or POST /admin/accounts/{label}/refresh."
             )
         return NoHealthyAccount(
-            "No Kiro account can take this request right now: " + "; ".join(parts) + "." + hint,
+            "No Kiro account can take this request right now: " + listing + hint,
             retry_after=retry_after,
         )
 
@@ -437,6 +516,13 @@ class AccountPool:
             usage = await fetch_usage_limits(self._http, self._settings, newer)
         account.usage = usage
         return usage
+
+
+def _cooldown_text(cooldown: Cooldown, now: float) -> str:
+    scope = f"{cooldown.model} " if cooldown.model else ""
+    left = math.ceil(max(0.0, cooldown.until - now))
+    why = f"{CAUSE_TEXT[cooldown.cause]}: {cooldown.reason}"
+    return f"{scope}cooling down for {left} s more ({why})"
 
 
 __all__ = [

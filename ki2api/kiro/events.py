@@ -26,17 +26,10 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import (
-    ContextLengthExceeded,
-    GatewayError,
-    QuotaExceeded,
-    UpstreamError,
-    UpstreamProtocolError,
-    UpstreamThrottled,
-    UpstreamUnavailable,
-)
+from ki2api.core.errors import GatewayError, UpstreamError, UpstreamProtocolError
 from ki2api.core.tokens import estimate_tokens
 from ki2api.kiro.eventstream import Frame
+from ki2api.kiro.upstream_errors import error_for_exception
 
 log = logging.getLogger("ki2api.kiro")
 
@@ -283,24 +276,8 @@ def _stop_reason(value: Any) -> StopReason | None:
 
 
 def exception_from_frame(frame: Frame) -> GatewayError:
-    """An ``exception`` / ``error`` frame inside a 200 stream, as a gateway error."""
+    """An ``exception`` / ``error`` frame inside a 200 stream, as a gateway error: classified by
+    the same table as the HTTP answers (:mod:`ki2api.kiro.upstream_errors`)."""
     kind = str(frame.headers.get(":exception-type") or frame.headers.get(":error-code") or "")
     message = str(frame.headers.get(":error-message") or "")
-    try:
-        body = orjson.loads(frame.payload) if frame.payload else {}
-        if isinstance(body, dict):
-            message = str(body.get("message") or body.get("Message") or message)
-    except orjson.JSONDecodeError:
-        pass
-    message = message or kind or "Kiro reported an error inside the stream"
-    text = f"{kind}: {message}" if kind else message
-    lowered = (kind + " " + message).lower()
-    if "throttl" in lowered or "toomanyrequests" in lowered:
-        return UpstreamThrottled(text)
-    if "quota" in lowered or "monthly_request_count" in lowered:
-        return QuotaExceeded(text)
-    if "content_length_exceeds" in lowered or "input is too long" in lowered:
-        return ContextLengthExceeded(text, code="context_length_exceeded")
-    if "unavailable" in lowered or "internalserver" in lowered or "capacity" in lowered:
-        return UpstreamUnavailable(text)
-    return UpstreamError(text)
+    return error_for_exception(kind, frame.payload, message)

@@ -21,6 +21,7 @@ from ki2api.simulator.scripts import (
     CutMidFrame,
     Delay,
     Event,
+    ExceptionFrame,
     Garbage,
     HttpError,
     Script,
@@ -228,6 +229,32 @@ def drop_mid_stream(after_frames: int = 1) -> Fault:
     return Fault("drop_mid_stream", transform)
 
 
+def _exception_after(name: str, kind: str, payload: Mapping[str, Any], frames: int) -> Fault:
+    def transform(answer: Script) -> Script:
+        head, _ = _split_after(answer, frames)
+        return Script((*head, ExceptionFrame(kind, payload)))
+
+    return Fault(name, transform)
+
+
+def daily_quota_mid_stream(after_frames: int = 1) -> Fault:
+    """The answer starts, then an exception frame says the day's requests are used up."""
+    payload = {
+        "message": "You have reached the limit for daily requests.",
+        "reason": "DAILY_REQUEST_COUNT",
+    }
+    return _exception_after("daily_quota_mid_stream", "ThrottlingException", payload, after_frames)
+
+
+def capacity_mid_stream(after_frames: int = 1) -> Fault:
+    """The answer starts, then an exception frame says the model has no capacity left."""
+    payload = {
+        "message": "I am experiencing high traffic, please try again shortly.",
+        "reason": "INSUFFICIENT_MODEL_CAPACITY",
+    }
+    return _exception_after("capacity_mid_stream", "ThrottlingException", payload, after_frames)
+
+
 FAULTS: Mapping[str, Callable[[], Fault]] = {
     "expired_token": expired_token,
     "quota_exceeded": quota_exceeded,
@@ -248,6 +275,8 @@ FAULTS: Mapping[str, Callable[[], Fault]] = {
     "corrupted_crc": corrupted_crc,
     "garbage_bytes": garbage_bytes,
     "drop_mid_stream": drop_mid_stream,
+    "daily_quota_mid_stream": daily_quota_mid_stream,
+    "capacity_mid_stream": capacity_mid_stream,
 }
 
 # Faults a soak test can draw at random: each ends quickly and leaves accounts untouched (no

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ki2api.kiro.account import CooldownStatus
 from ki2api.ui.i18n import t
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
             "col_requests",
             "col_errors",
             "col_note",
+            "col_cooldowns",
         )
     ]
     rows = []
@@ -63,11 +65,23 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
                 account.requests,
                 account.errors,
                 note[:160],
+                cooldowns_text(account.cooldowns, now, lang),
             ]
         )
     if not rows:
-        rows.append([t("no_accounts", lang), "", "", "", 0, 0, ""])
+        rows.append([t("no_accounts", lang), "", "", "", 0, 0, "", ""])
     return pd.DataFrame(rows, columns=columns)
+
+
+def cooldowns_text(cooldowns: tuple[CooldownStatus, ...], now: datetime, lang: str) -> str:
+    """Each running cooldown: the model it keeps off the account (or all of them), why, and
+    for how long, with Kiro's words."""
+    parts = []
+    for c in cooldowns:
+        scope = c.model or t("all_models", lang)
+        why = t(f"cause_{c.cause}", lang)
+        parts.append(f"{scope} · {why} · {countdown(c.until, now, lang)} · {c.reason[:120]}")
+    return "; ".join(parts)
 
 
 def _seconds(value: float | None) -> str:

@@ -1,0 +1,559 @@
+"""Throttles that tell the truth (docs/errors.md, "What a failure cools down").
+
+The whole path on real sockets: the Kiro simulator scripts 429s with each reason, with and
+without ``Retry-After``; the gateway runs on uvicorn; clients are plain HTTP and the real SDKs.
+The account pool runs on a fake clock, and the gateway waits out cooldowns through it: a wait
+moves the clock instead of sleeping, so every sequence is exact and each is played ``REPEAT``
+times, which timing cannot pass by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import orjson
+import pytest
+
+from ki2api.kiro.accounts import AccountPool
+from ki2api.settings import Settings
+from ki2api.simulator import http_error
+from ki2api.simulator.faults import throttled
+from ki2api.ui import status
+from tests.sse_events import openai_stream_error, parse_sse
+from tests.stack import Stack, StackFactory
+
+REPEAT = 20
+SONNET, HAIKU = "claude-sonnet-4-5", "claude-haiku-4-5"  # Kiro: claude-sonnet-4.5 / -haiku-4.5
+KIRO_ID = {SONNET: "claude-sonnet-4.5", HAIKU: "claude-haiku-4.5"}
+PATHS = {"openai": "chat/completions", "anthropic": "messages", "responses": "responses"}
+pytestmark = pytest.mark.timeout(120)
+# One client for the module: a new one per request builds a TLS context each time, slowly.
+CLIENT = httpx.Client(timeout=30)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_client() -> Iterator[None]:
+    yield
+    CLIENT.close()
+
+
+class FakeClock:
+    """The pool's clock; ``sleep`` moves it (and records the wait) instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def pool_on(clock: FakeClock) -> Callable[[Settings], AccountPool]:
+    # The pool's own HTTP client only refreshes tokens: these accounts have none to refresh.
+    return lambda s: AccountPool.from_settings(
+        s, httpx.AsyncClient(), clock=clock, sleep=clock.sleep
+    )
+
+
+def one_account(factory: StackFactory, clock: FakeClock, attempts: int = 1) -> Stack:
+    return factory(pool=pool_on(clock), upstream_attempts=attempts)
+
+
+def two_accounts(factory: StackFactory, clock: FakeClock, attempts: int = 3) -> Stack:
+    """Accounts a and b, tried in that order (the simulator knows them as sim-a, sim-b)."""
+    accounts = [
+        {"label": "a", "accessToken": "sim-access-a-000001"},
+        {"label": "b", "accessToken": "sim-access-b-000001"},
+    ]
+    env = {"KIRO_ACCESS_TOKEN": "", "KIRO_ACCOUNTS": json.dumps(accounts)}
+    stack = factory(
+        env, pool=pool_on(clock), upstream_attempts=attempts, kiro_pool_strategy="first"
+    )
+    stack.state.add_account(access_token="sim-access-a-000001", label="sim-a")
+    stack.state.add_account(access_token="sim-access-b-000001", label="sim-b")
+    return stack
+
+
+def body_for(fmt: str, model: str, stream: bool = False) -> dict[str, Any]:
+    if fmt == "responses":
+        return {"model": model, "input": "Hello", "stream": stream}
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Hello"}],
+        "stream": stream,
+    }
+    if fmt == "anthropic":
+        body["max_tokens"] = 256
+    return body
+
+
+def post(stack: Stack, model: str = SONNET, fmt: str = "openai", **kw: Any) -> httpx.Response:
+    return CLIENT.post(
+        f"{stack.base_url}/{PATHS[fmt]}",
+        json=body_for(fmt, model, **kw),
+        headers={**stack.headers(), "anthropic-version": "2023-06-01"},
+    )
+
+
+def accounts(stack: Stack) -> dict[str, dict[str, Any]]:
+    r = CLIENT.get(f"{stack.url}/admin/accounts", headers=stack.headers())
+    assert r.status_code == 200, r.text
+    return {row["label"]: row for row in r.json()["data"]}
+
+
+def only_account(stack: Stack) -> dict[str, Any]:
+    [row] = accounts(stack).values()
+    return row
+
+
+def sent(stack: Stack) -> list[tuple[str | None, str, int | None]]:
+    """What reached Kiro: (simulator account, model id, status) per request."""
+    assert stack.state.wait_idle()
+    out = []
+    for record in stack.state.requests:
+        message = record.body["conversationState"]["currentMessage"]["userInputMessage"]
+        out.append((record.account, message["modelId"], record.status))
+    return out
+
+
+def openai_error(r: httpx.Response, status: int, code: str) -> str:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+    return str(error["message"])
+
+
+def next_round(stack: Stack, clock: FakeClock) -> None:
+    """Past every cooldown and throttle window, with clean logs."""
+    clock.advance(3600)
+    clock.slept.clear()
+    stack.state.reset_logs()
+
+
+# --- model capacity: one model on one account -------------------------------------------------
+
+
+def test_capacity_on_one_model_leaves_the_other_models_on_the_account(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "insufficient_capacity")
+        message = openai_error(post(stack, SONNET), 429, "insufficient_model_capacity")
+        assert "INSUFFICIENT_MODEL_CAPACITY" in message
+        row = only_account(stack)
+        assert row["state"] == "healthy"
+        [cooldown] = row["cooldowns"]
+        assert (cooldown["model"], cooldown["cause"]) == ("claude-sonnet-4.5", "capacity")
+        assert "INSUFFICIENT_MODEL_CAPACITY" in cooldown["reason"]
+        assert "claude-sonnet-4.5: model capacity" in row["description"]
+
+        assert post(stack, HAIKU).status_code == 200  # another model: straight to Kiro
+        assert clock.slept == []
+        assert post(stack, SONNET).status_code == 200  # the same model: after the cooldown
+        assert clock.slept == [0.5]
+        assert [s[1:] for s in sent(stack)] == [
+            ("claude-sonnet-4.5", 429),
+            ("claude-haiku-4.5", 200),
+            ("claude-sonnet-4.5", 200),
+        ]
+        next_round(stack, clock)
+
+
+def test_capacity_moves_the_model_to_another_account_and_keeps_the_others(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = two_accounts(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "insufficient_capacity")
+        assert post(stack, SONNET).status_code == 200  # a: capacity 429, then b
+        assert post(stack, HAIKU).status_code == 200  # a still serves haiku
+        assert post(stack, SONNET).status_code == 200  # sonnet keeps off a for now
+        assert sent(stack) == [
+            ("sim-a", "claude-sonnet-4.5", 429),
+            ("sim-b", "claude-sonnet-4.5", 200),
+            ("sim-a", "claude-haiku-4.5", 200),
+            ("sim-b", "claude-sonnet-4.5", 200),
+        ]
+        assert clock.slept == []
+        clock.advance(0.5)
+        assert post(stack, SONNET).status_code == 200
+        assert sent(stack)[-1] == ("sim-a", "claude-sonnet-4.5", 200)
+        next_round(stack, clock)
+
+
+def test_capacity_with_retry_after_is_refused_locally_for_that_model_only(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    capacity = http_error(
+        429, "I am experiencing high traffic.", "INSUFFICIENT_MODEL_CAPACITY", {"retry-after": "30"}
+    )
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, capacity)
+        r = post(stack, SONNET)
+        openai_error(r, 429, "insufficient_model_capacity")
+        assert r.headers["retry-after"] == "30"
+        clock.advance(5)
+        r = post(stack, SONNET)  # refused here, for no longer than Kiro asked
+        message = openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "25"
+        assert "claude-sonnet-4.5 cooling down for 25 s" in message
+        assert "INSUFFICIENT_MODEL_CAPACITY" in message
+        assert post(stack, HAIKU).status_code == 200  # the other model is served meanwhile
+        clock.advance(25)
+        assert post(stack, SONNET).status_code == 200
+        assert [s[1:] for s in sent(stack)] == [
+            ("claude-sonnet-4.5", 429),
+            ("claude-haiku-4.5", 200),
+            ("claude-sonnet-4.5", 200),
+        ]
+        assert clock.slept == []
+        next_round(stack, clock)
+
+
+# --- rate limits: the account, and only when they repeat -------------------------------------
+
+
+def test_one_rate_limit_429_does_not_cool_the_account(stack_factory: StackFactory) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "throttled")
+        r = post(stack, SONNET)
+        message = openai_error(r, 429, "rate_limit_exceeded")  # Kiro's 429, passed on
+        assert "Too many requests" in message and "retry-after" not in r.headers
+        assert r.headers["x-should-retry"] == "true"
+        row = only_account(stack)
+        assert (row["state"], row["cooldowns"]) == ("healthy", [])
+        assert post(stack, SONNET).status_code == 200  # the very next request reaches Kiro
+        assert post(stack, HAIKU).status_code == 200
+        assert clock.slept == []
+        assert [s[2] for s in sent(stack)] == [429, 200, 200]
+        next_round(stack, clock)
+
+
+def test_one_throttle_is_retried_within_the_request_after_a_short_back_off(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock, attempts=3)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "throttled")
+        assert post(stack, SONNET).status_code == 200
+        assert [s[2] for s in sent(stack)] == [429, 200]
+        assert len(clock.slept) == 1 and 0 < clock.slept[0] <= 0.4
+        next_round(stack, clock)
+
+
+def test_only_repeated_throttles_cool_the_account_and_the_back_off_grows(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(2, "throttled")
+        openai_error(post(stack), 429, "rate_limit_exceeded")
+        assert only_account(stack)["state"] == "healthy"  # one throttle is not a pattern
+        openai_error(post(stack), 429, "rate_limit_exceeded")
+        row = only_account(stack)
+        assert (row["state"], row["cause"]) == ("cooling_down", "rate_limit")
+        assert row["cooldowns"][0]["model"] is None and row["cooldowns"][0]["seconds"] == 1
+        assert "Too many requests" in row["reason"]
+
+        stack.state.fail_next(2, "throttled")
+        openai_error(post(stack), 429, "rate_limit_exceeded")  # waited 1 s, Kiro said no
+        openai_error(post(stack), 429, "rate_limit_exceeded")  # waited 2 s, Kiro said no
+        assert clock.slept == [1.0, 2.0]
+        assert len(stack.state.requests) == 4
+
+        r = post(stack)  # cooling 4 s: more than a client's retry would wait
+        message = openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "4" and r.headers["retry-after-ms"] == "4000"
+        assert "Too many requests" in message and "env: cooling down for 4 s" in message
+        assert len(stack.state.requests) == 4  # answered without asking Kiro
+
+        clock.advance(4)
+        assert post(stack).status_code == 200  # an answer ends the row of throttles
+        stack.state.fail_next(1, "throttled")
+        openai_error(post(stack), 429, "rate_limit_exceeded")
+        assert only_account(stack)["state"] == "healthy"
+        assert post(stack).status_code == 200
+        assert clock.slept == [1.0, 2.0]
+        next_round(stack, clock)
+
+
+def test_throttles_a_minute_apart_are_not_a_row(stack_factory: StackFactory) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        for _ in range(3):
+            stack.state.fail_next(1, "throttled")
+            openai_error(post(stack), 429, "rate_limit_exceeded")
+            assert only_account(stack)["state"] == "healthy"
+            clock.advance(61)
+        assert clock.slept == [] and len(stack.state.requests) == 3
+        next_round(stack, clock)
+
+
+@pytest.mark.parametrize("retry_after", [1, 2])
+def test_a_short_retry_after_is_waited_out_exactly(
+    stack_factory: StackFactory, retry_after: int
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, throttled(retry_after=retry_after))
+        r = post(stack)
+        openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == str(retry_after)  # Kiro's own, passed on
+        assert post(stack).status_code == 200
+        assert clock.slept == [retry_after]  # never longer than Kiro asked
+        assert [s[2] for s in sent(stack)] == [429, 200]
+        next_round(stack, clock)
+
+
+def kiro_429_then_local_429(
+    stack: Stack, clock: FakeClock, call: Callable[[], Any], local: Callable[[], Any]
+) -> None:
+    """Kiro says 429 with Retry-After 30; the next requests are refused locally until then."""
+    stack.state.fail_next(1, throttled(retry_after=30))
+    call()  # Kiro's own 429
+    assert len(stack.state.requests) == 1
+    local()
+    clock.advance(10)
+    local()
+    assert len(stack.state.requests) == 1  # Kiro was not asked again
+
+
+@pytest.mark.parametrize("fmt", ["openai", "anthropic", "responses"])
+def test_a_long_cooldown_is_refused_locally_with_429_in_the_client_format(
+    stack_factory: StackFactory, fmt: str
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        waits: list[str] = []
+
+        def local(waits: list[str] = waits) -> None:
+            r = post(stack, fmt=fmt)
+            assert r.status_code == 429, r.text
+            body = r.json()
+            if fmt == "anthropic":
+                assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+                message = body["error"]["message"]
+            else:
+                message = openai_error(r, 429, "rate_limit_exceeded")
+                assert body["error"]["type"] == "rate_limit_error"
+            assert "Kiro is throttling every account" in message
+            assert "Too many requests" in message  # what Kiro said
+            assert r.headers["x-should-retry"] == "true"
+            waits.append(r.headers["retry-after"])
+
+        kiro_429_then_local_429(stack, clock, lambda: post(stack, fmt=fmt), local)
+        assert waits == ["30", "20"]  # the remaining wait, never more than Kiro asked
+        clock.advance(20)
+        assert post(stack, fmt=fmt).status_code == 200
+        assert clock.slept == []
+        next_round(stack, clock)
+
+
+def test_the_sdks_see_a_rate_limit_error_with_retry_after(stack_factory: StackFactory) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    oa = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    an = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    calls: dict[str, Callable[[], Any]] = {
+        "chat": lambda: oa.chat.completions.create(
+            model=SONNET, messages=[{"role": "user", "content": "Hi"}]
+        ),
+        "responses": lambda: oa.responses.create(model=SONNET, input="Hi"),
+        "messages": lambda: an.messages.create(
+            model=SONNET, max_tokens=64, messages=[{"role": "user", "content": "Hi"}]
+        ),
+    }
+    for _ in range(REPEAT):
+        for name, call in calls.items():
+            seen: list[str] = []
+
+            def refused(
+                call: Callable[[], Any] = call, seen: list[str] = seen, name: str = name
+            ) -> None:
+                error: type[Exception] = (
+                    anthropic.RateLimitError if name == "messages" else openai.RateLimitError
+                )
+                with pytest.raises(error) as caught:
+                    call()
+                response = caught.value.response  # type: ignore[attr-defined]
+                assert "Too many requests" in str(caught.value)
+                seen.append(response.headers["retry-after"])
+
+            kiro_429_then_local_429(stack, clock, refused, refused)
+            assert seen == ["30", "30", "20"]
+            next_round(stack, clock)
+
+
+def test_several_accounts_all_throttled_answer_the_shortest_wait(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = two_accounts(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "throttled")
+        assert post(stack).status_code == 200  # a: 429, then b at once
+        assert post(stack).status_code == 200  # a again: one throttle cooled nothing
+        assert [(s[0], s[2]) for s in sent(stack)] == [
+            ("sim-a", 429),
+            ("sim-b", 200),
+            ("sim-a", 200),
+        ]
+        stack.state.reset_logs()
+
+        stack.state.enqueue(throttled(retry_after=10), throttled(retry_after=20))
+        r = post(stack, HAIKU)
+        openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "10"  # when the first account is back
+        r = post(stack, SONNET)
+        message = openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "10"
+        assert "a: cooling down for 10 s" in message and "b: cooling down for 20 s" in message
+        assert len(stack.state.requests) == 2
+        clock.advance(10)
+        assert post(stack).status_code == 200
+        assert sent(stack)[-1][0] == "sim-a"
+        assert clock.slept == []
+        next_round(stack, clock)
+
+
+# --- quotas and suspensions: the account, until its reset / until a person acts -------------
+
+
+def next_utc_midnight() -> datetime:
+    now = datetime.now(UTC)
+    return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def test_an_in_stream_daily_quota_keeps_the_account_out_until_midnight(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "daily_quota_mid_stream")
+        r = post(stack, stream=True)
+        assert r.status_code == 200
+        error = openai_stream_error(parse_sse(r.text))
+        assert error is not None and error["code"] == "insufficient_quota"
+        assert "DAILY_REQUEST_COUNT" in error["message"]
+        row = only_account(stack)
+        assert (row["state"], row["cause"]) == ("cooling_down", "quota")
+        until = datetime.fromisoformat(row["until"])
+        assert abs((until - next_utc_midnight()).total_seconds()) < 5
+        r = post(stack)  # refused locally, as Kiro said: 429 insufficient_quota till then
+        openai_error(r, 429, "insufficient_quota")
+        assert r.headers["x-should-retry"] == "false"
+        assert abs(int(r.headers["retry-after"]) - row["cooldowns"][0]["seconds"]) < 5
+        assert len(stack.state.requests) == 1
+        clock.advance(row["cooldowns"][0]["seconds"] + 1)
+        assert post(stack).status_code == 200
+        next_round(stack, clock)
+
+
+def test_an_in_stream_capacity_error_cools_only_that_model(stack_factory: StackFactory) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "capacity_mid_stream")
+        error = openai_stream_error(parse_sse(post(stack, stream=True).text))
+        assert error is not None and error["code"] == "insufficient_model_capacity"
+        [cooldown] = only_account(stack)["cooldowns"]
+        assert (cooldown["model"], cooldown["cause"]) == ("claude-sonnet-4.5", "capacity")
+        assert post(stack, HAIKU).status_code == 200 and clock.slept == []
+        next_round(stack, clock)
+
+
+SUSPICIOUS = "We have detected suspicious activity on your Kiro account."
+
+
+def test_a_suspension_disables_the_account_with_kiro_words_and_is_not_retried(
+    stack_factory: StackFactory,
+) -> None:
+    clock = FakeClock()
+    stack = one_account(stack_factory, clock, attempts=3)
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, http_error(400, SUSPICIOUS))  # read from the words, not 400
+        message = openai_error(post(stack), 502, "upstream_auth_failed")
+        assert SUSPICIOUS in message
+        assert len(stack.state.requests) == 1  # no retry, no refresh
+        row = only_account(stack)
+        assert row["state"] == "disabled" and SUSPICIOUS in row["reason"]
+        message = openai_error(post(stack), 503, "no_healthy_account")
+        assert SUSPICIOUS in message and len(stack.state.requests) == 1
+        clock.advance(10**6)  # time does not bring it back: a person does
+        assert only_account(stack)["state"] == "disabled"
+        readd = CLIENT.post(
+            f"{stack.url}/admin/accounts?replace=true",
+            json={"label": "env", "accessToken": "test-access-token-WXYZ"},
+            headers=stack.headers(),
+        )
+        assert readd.status_code == 201, readd.text
+        assert post(stack).status_code == 200
+        next_round(stack, clock)
+
+
+# --- what the page shows ----------------------------------------------------------------------
+
+
+async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> None:
+    from ki2api.core.errors import ModelCapacity, UpstreamThrottled
+
+    clock = FakeClock()
+    accounts = json.dumps(
+        [{"label": "a", "accessToken": "tok-a-0001"}, {"label": "b", "accessToken": "tok-b-0001"}]
+    )
+    settings = Settings(kiro_accounts=accounts, kiro_pool_strategy="first")
+    async with httpx.AsyncClient() as http:
+        pool = AccountPool.from_settings(settings, http, clock=clock, sleep=clock.sleep)
+        lease = await pool.acquire(model="claude-opus-4.6")
+        lease.failed(ModelCapacity("Kiro has no capacity (Kiro 429 INSUFFICIENT_MODEL_CAPACITY)"))
+        (await pool.acquire(exclude=frozenset({"a"}))).failed(
+            UpstreamThrottled("Kiro is throttling (Kiro 429: Too many requests)", retry_after=90)
+        )
+    words_of = {
+        "en": ("model capacity", "rate limit", "all models"),
+        "zh": ("模型容量不足", "限流", "所有模型"),
+    }
+    for lang, words in words_of.items():
+        table = status.accounts_table(SimpleNamespace(pool=pool), lang)  # type: ignore[arg-type]
+        column = table.columns[-1]
+        cells = dict(zip(table.iloc[:, 0], table[column], strict=True))
+        assert cells["a"].startswith(f"claude-opus-4.6 · {words[0]} · ")
+        assert "INSUFFICIENT_MODEL_CAPACITY" in cells["a"]
+        assert cells["b"].startswith(f"{words[2]} · {words[1]} · ")
+        assert "Too many requests" in cells["b"]
+    assert math.isclose(
+        orjson.loads(orjson.dumps([s.to_dict() for s in pool.snapshot()]))[1]["cooldowns"][0][
+            "seconds"
+        ],
+        90,
+    )
