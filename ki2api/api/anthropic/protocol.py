@@ -119,7 +119,8 @@ def _str(block: dict[str, Any], key: str, where: str) -> str:
 
 
 class _Converter:
-    """Turns content blocks into parts, calls and results; images are loaded as they come."""
+    """Turns content blocks into parts, calls and results; images go to the loaders as they
+    come (the routers hand placeholders out and load them together, see ki2api.api.images)."""
 
     def __init__(
         self, load_image: ImageLoader, max_image_bytes: int, load_base64: Base64Loader | None
