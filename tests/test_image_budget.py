@@ -167,6 +167,18 @@ def test_a_3_mb_base64_png_is_scaled_down_and_the_request_succeeds(stack: Stack)
     assert len(sent) <= BUDGET
 
 
+def test_a_3_mb_png_data_url_is_scaled_down_on_the_responses_api(stack: Stack) -> None:
+    stack.state.enqueue(text_answer("Seen too."))
+    url = "data:image/png;base64," + base64.b64encode(BIG_PNG).decode()
+    response = oai(stack).responses.create(
+        model=MODEL,
+        input=[{"role": "user", "content": [{"type": "input_image", "image_url": url}]}],
+    )
+    assert response.output_text == "Seen too."
+    [sent] = sent_images(stack)
+    assert len(sent) <= BUDGET
+
+
 def test_images_share_the_budget_and_small_ones_pass_unchanged(
     stack: Stack, images: ImageServer
 ) -> None:
