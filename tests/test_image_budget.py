@@ -123,6 +123,11 @@ def sent_images(stack: Stack) -> list[bytes]:
     return [base64.b64decode(i["source"]["bytes"]) for i in current.get("images", [])]
 
 
+def user(content: Any) -> list[Any]:
+    """One user message (typed loosely: the SDKs' message unions are for callers, not tests)."""
+    return [{"role": "user", "content": content}]
+
+
 def url_parts(urls: list[str]) -> list[dict[str, Any]]:
     return [{"type": "image_url", "image_url": {"url": u}} for u in urls]
 
@@ -137,7 +142,7 @@ def test_a_3_mb_png_url_is_scaled_down_and_the_request_succeeds(
     stack.state.enqueue(text_answer("A noisy square."))
     answer = oai(stack).chat.completions.create(
         model=MODEL,
-        messages=[{"role": "user", "content": url_parts([f"{images.url}/big.png"])}],
+        messages=user(url_parts([f"{images.url}/big.png"])),
     )
     assert answer.choices[0].message.content == "A noisy square."
     [sent] = sent_images(stack)
@@ -148,19 +153,14 @@ def test_a_3_mb_png_url_is_scaled_down_and_the_request_succeeds(
 
 def test_a_3_mb_base64_png_is_scaled_down_and_the_request_succeeds(stack: Stack) -> None:
     stack.state.enqueue(text_answer("Seen."))
-    source = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(BIG_PNG)}
+    data = base64.b64encode(BIG_PNG).decode()
+    source = {"type": "base64", "media_type": "image/png", "data": data}
     message = claude(stack).messages.create(
         model=MODEL,
         max_tokens=64,
-        messages=[
-            {
-                "role": "user",
-                "content": [
-                    {"type": "text", "text": "What is this?"},
-                    {"type": "image", "source": {**source, "data": source["data"].decode()}},
-                ],
-            }
-        ],
+        messages=user(
+            [{"type": "text", "text": "What is this?"}, {"type": "image", "source": source}]
+        ),
     )
     assert message.content[0].text == "Seen."  # type: ignore[union-attr]
     [sent] = sent_images(stack)
@@ -172,7 +172,7 @@ def test_a_3_mb_png_data_url_is_scaled_down_on_the_responses_api(stack: Stack) -
     url = "data:image/png;base64," + base64.b64encode(BIG_PNG).decode()
     response = oai(stack).responses.create(
         model=MODEL,
-        input=[{"role": "user", "content": [{"type": "input_image", "image_url": url}]}],
+        input=user([{"type": "input_image", "image_url": url}]),
     )
     assert response.output_text == "Seen too."
     [sent] = sent_images(stack)
@@ -184,9 +184,7 @@ def test_images_share_the_budget_and_small_ones_pass_unchanged(
 ) -> None:
     stack.state.enqueue(text_answer("ok"))
     urls = [f"{images.url}/big.png", f"{images.url}/tiny.png", f"{images.url}/big.jpg"]
-    oai(stack).chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": url_parts(urls)}]
-    )
+    oai(stack).chat.completions.create(model=MODEL, messages=user(url_parts(urls)))
     sent = sent_images(stack)
     assert len(sent) == 3
     assert sent[1] == TINY_PNG  # within its share: byte for byte
@@ -210,9 +208,7 @@ def test_many_large_image_urls_keep_memory_bounded(stack: Stack, images: ImageSe
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         try:
-            answer = client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": url_parts(urls)}]
-            )
+            answer = client.chat.completions.create(model=MODEL, messages=user(url_parts(urls)))
         except openai.APIStatusError as exc:
             answer = exc  # the bound is checked first, whatever the outcome
         peak = tracemalloc.get_traced_memory()[1] - before
@@ -233,7 +229,7 @@ def test_count_tokens_never_fetches_images(stack: Stack, images: ImageServer) ->
     image = {"type": "image", "source": {"type": "url", "url": f"{images.url}/big.png"}}
     counted = claude(stack).messages.count_tokens(
         model=MODEL,
-        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}, image, image]}],
+        messages=user([{"type": "text", "text": "hi"}, image, image]),
     )
     assert counted.input_tokens >= 2 * 1_600  # a flat estimate per image
     assert images.hits == hits
@@ -243,9 +239,7 @@ def test_count_tokens_never_fetches_images(stack: Stack, images: ImageServer) ->
 def test_count_tokens_still_checks_inline_images(stack: Stack) -> None:
     bad = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "@@"}}
     with pytest.raises(anthropic.BadRequestError) as info:
-        claude(stack).messages.count_tokens(
-            model=MODEL, messages=[{"role": "user", "content": [bad]}]
-        )
+        claude(stack).messages.count_tokens(model=MODEL, messages=user([bad]))
     assert "base64" in info.value.message
 
 
@@ -253,9 +247,7 @@ def test_too_many_images_are_refused_before_any_fetch(stack: Stack, images: Imag
     hits = images.hits
     urls = [f"{images.url}/tiny.png?n={i}" for i in range(MAX_IMAGES + 1)]
     with pytest.raises(openai.BadRequestError) as info:
-        oai(stack).chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": url_parts(urls)}]
-        )
+        oai(stack).chat.completions.create(model=MODEL, messages=user(url_parts(urls)))
     assert f"at most {MAX_IMAGES} images" in info.value.message
     assert images.hits == hits
 
@@ -264,9 +256,7 @@ def test_an_image_that_cannot_be_decoded_is_still_a_400(stack: Stack) -> None:
     fake = b"\x89PNG\r\n\x1a\n" + os.urandom(BUDGET + 10)  # a PNG signature, then garbage
     url = "data:image/png;base64," + base64.b64encode(fake).decode()
     with pytest.raises(openai.BadRequestError) as info:
-        oai(stack).chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": url_parts([url])}]
-        )
+        oai(stack).chat.completions.create(model=MODEL, messages=user(url_parts([url])))
     assert "could not be decoded" in info.value.message
     assert info.value.body["param"] == "messages[0].content[0].image_url"  # type: ignore[index]
 
