@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ki2api.api.images import FETCH_CONCURRENCY, MAX_IMAGES
+from ki2api.api.images import FETCH_CONCURRENCY, MAX_IMAGES, shares
 from ki2api.core import image_fit
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.image_fit import fit_image
@@ -190,6 +190,38 @@ def test_images_share_the_budget_and_small_ones_pass_unchanged(
     assert sent[1] == TINY_PNG  # within its share: byte for byte
     assert all(len(s) <= BUDGET // 3 for s in sent)
     assert sum(len(s) for s in sent) <= BUDGET
+
+
+def test_small_inline_images_leave_the_rest_of_the_budget_to_a_large_one(stack: Stack) -> None:
+    stack.state.enqueue(text_answer("ok"))
+    tiny = {
+        "type": "base64",
+        "media_type": "image/png",
+        "data": base64.b64encode(TINY_PNG).decode(),
+    }
+    big = {"type": "base64", "media_type": "image/png", "data": base64.b64encode(BIG_PNG).decode()}
+    blocks = [{"type": "image", "source": tiny} for _ in range(5)]
+    blocks.insert(2, {"type": "image", "source": big})
+    claude(stack).messages.create(model=MODEL, max_tokens=64, messages=user(blocks))
+    sent = sent_images(stack)
+    assert len(sent) == 6 and sent[0] == sent[5] == TINY_PNG
+    assert BUDGET // 6 < len(sent[2]) <= BUDGET - 5 * len(TINY_PNG)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "budget", "expected"),
+    [
+        ([None, None, None], 900, [300, 300, 300]),
+        ([10, None, 20], 900, [10, 870, 20]),
+        ([10, 2000, 20], 900, [10, 870, 20]),
+        ([500, 500, 10], 900, [445, 445, 10]),
+        ([100, 200], 900, [100, 200]),
+        ([], 900, []),
+    ],
+)
+def test_shares_of_the_budget(sizes: list[int | None], budget: int, expected: list[int]) -> None:
+    assert shares(sizes, budget) == expected
+    assert sum(shares(sizes, budget)) <= budget
 
 
 def test_many_large_image_urls_keep_memory_bounded(stack: Stack, images: ImageServer) -> None:

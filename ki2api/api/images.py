@@ -5,9 +5,10 @@ A front door's converter does not load an image where it meets it: it gets a pla
 loaded together afterwards (:meth:`RequestImages.fill`), once their number is known:
 
 - at most :data:`MAX_IMAGES` per request (Anthropic's own limit), refused before any fetch;
-- the request's image budget (``IMAGE_BUDGET_BYTES``, sized to Kiro's body limit) is split
-  evenly: each image gets ``budget // n`` bytes, and one over its share is scaled down and
-  re-encoded (:func:`ki2api.core.image_fit.fit_image`) or refused;
+- the request's image budget (``IMAGE_BUDGET_BYTES``, sized to Kiro's body limit) is split:
+  inline images (``data:``, base64) whose size is known and small enough keep it, the rest share
+  what is left evenly (:func:`shares`); an image over its share is scaled down and re-encoded
+  (:func:`ki2api.core.image_fit.fit_image`) or refused;
 - :data:`FETCH_CONCURRENCY` images are fetched or decoded at a time; a response is read only up
   to ``MAX_IMAGE_BYTES`` (the largest image accepted for scaling down), and only the fitted
   image is kept. So a request holds at most its budget plus ``FETCH_CONCURRENCY`` images of
@@ -87,12 +88,12 @@ class RequestImages:
                 if item.url is None or item.url[:5].lower() == "data:":
                     self._decode(item)
             return
-        share = self._settings.image_budget_bytes // len(pending)
+        budget = shares([_known_size(item) for item in pending], self._settings.image_budget_bytes)
         loaded: dict[int, ImagePart] = {}
-        jobs = iter(pending)
+        jobs = iter(zip(pending, budget, strict=True))
 
         async def worker() -> None:
-            for item in jobs:  # shared: each worker takes the next image
+            for item, share in jobs:  # shared: each worker takes the next image
                 loaded[id(item.placeholder)] = await self._one(item, share)
 
         try:
@@ -132,6 +133,38 @@ class RequestImages:
         if item.url is not None:
             return decode_data_url(item.url, max_bytes=limit, param=item.param)
         return decode_base64_image(item.media_type, item.data, max_bytes=limit, param=item.param)
+
+
+def shares(sizes: list[int | None], budget: int) -> list[int]:
+    """Each image's share of ``budget``: a known size that fits within an even split of what is
+    left is granted as it is (repeatedly, smallest first); the others, and unknown sizes (URLs),
+    split the rest evenly. The shares never add up to more than ``budget``."""
+    result = [0] * len(sizes)
+    known = sorted((size, i) for i, size in enumerate(sizes) if size is not None)
+    left = len(sizes)
+    granted: set[int] = set()
+    for size, i in known:
+        if size > budget // left:
+            break
+        result[i] = size
+        budget -= size
+        left -= 1
+        granted.add(i)
+    for i in range(len(sizes)):
+        if i not in granted:
+            result[i] = budget // left
+    return result
+
+
+def _known_size(item: _Pending) -> int | None:
+    """No less than an inline image's decoded size (base64 is 4 characters for 3 bytes; a
+    percent-encoded byte takes 1 to 3); ``None`` for an image still to be fetched."""
+    if item.url is None:
+        return len(item.data) * 3 // 4 + 3
+    head, _, payload = item.url.partition(",")
+    if item.url[:5].lower() != "data:":
+        return None
+    return len(payload) * 3 // 4 + 3 if ";base64" in head.lower() else len(payload)
 
 
 class ImageLoaderFactory:
