@@ -151,6 +151,17 @@ def test_a_3_mb_png_url_is_scaled_down_and_the_request_succeeds(
     assert stack.state.requests[-1].body["conversationState"]["currentMessage"]
 
 
+def test_the_budget_is_a_setting(stack_factory: StackFactory, images: ImageServer) -> None:
+    small = stack_factory({"ALLOW_PRIVATE_IMAGE_URLS": "1", "IMAGE_BUDGET_BYTES": "50000"})
+    assert small.settings.image_budget_bytes == 50_000
+    small.state.enqueue(text_answer("ok"))
+    oai(small).chat.completions.create(
+        model=MODEL, messages=user(url_parts([f"{images.url}/big.png"]))
+    )
+    [sent] = sent_images(small)
+    assert len(sent) <= 50_000
+
+
 def test_a_3_mb_base64_png_is_scaled_down_and_the_request_succeeds(stack: Stack) -> None:
     stack.state.enqueue(text_answer("Seen."))
     data = base64.b64encode(BIG_PNG).decode()
