@@ -78,6 +78,9 @@ class Settings:
     max_body_bytes: int = 20 * 1024 * 1024
     upstream_attempts: int = 3
     max_image_bytes: int = 5 * 1024 * 1024
+    # All of a request's images together, as sent upstream: base64 makes 600 KB about 800 KB of
+    # the ~1.2 MB body Kiro takes (ki2api/kiro/request_builder.py), leaving room for the text.
+    image_budget_bytes: int = 600_000
     image_fetch_timeout: float = 10.0
     allow_private_image_urls: bool = False
     keepalive_interval: float = 15.0  # SSE comment / Anthropic ping while the upstream is silent
@@ -126,6 +129,7 @@ class Settings:
             ),
             max_body_bytes=int(env.get("MAX_BODY_BYTES") or 20 * 1024 * 1024),
             max_image_bytes=int(env.get("MAX_IMAGE_BYTES") or 5 * 1024 * 1024),
+            image_budget_bytes=int(env.get("IMAGE_BUDGET_BYTES") or 600_000),
             allow_private_image_urls=_flag(env.get("ALLOW_PRIVATE_IMAGE_URLS")),
             max_messages=int(env.get("MAX_MESSAGES") or 10_000),
             rate_limit=(env.get("RATE_LIMIT") or "").strip() or None,

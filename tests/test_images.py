@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -143,6 +144,10 @@ def _app() -> Starlette:
             Route("/slow.png", _slow),
             Route("/redirect", lambda r: RedirectResponse("/a.png")),
             Route("/loop", lambda r: RedirectResponse("/loop")),
+            Route(
+                "/to",
+                lambda r: Response(status_code=302, headers={"location": r.query_params["to"]}),
+            ),
         ]
     )
 
@@ -223,6 +228,66 @@ async def test_redirects_are_checked_hop_by_hop(
     assert checked == ["pics.test", "pics.test"]
     with pytest.raises(InvalidRequest, match="redirects too many times"):
         await load_image_url(f"http://pics.test:{server.port}/loop", http=http)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "data:image/png;base64,iVBORw0KGgo=",
+        "javascript:alert(1)",
+        "mailto:someone@example.com",
+        "ftp://example.com/a.png",
+        "https://:80/a.png",
+    ],
+)
+async def test_redirects_to_other_schemes_are_a_clear_400(
+    server: ServerThread, http: httpx.AsyncClient, location: str
+) -> None:
+    """httpx cannot even build some of these URLs (InvalidURL, which is no HTTPError)."""
+    with pytest.raises(InvalidRequest, match="redirects to something that is not an http") as info:
+        await load_image_url(
+            f"{server.url}/to?to={quote(location)}", http=http, allow_private=True, param="p"
+        )
+    assert info.value.param == "p"
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254 (cloud metadata)
+        "64:ff9b:1::a00:1",  # local-use NAT64 prefix
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:c0a8:101::5",  # 6to4 of 192.168.1.1
+        "::10.0.0.1",  # IPv4-compatible
+        "::127.0.0.1",
+        "::a9fe:a9fe",
+        "::ffff:10.0.0.1",  # IPv4-mapped
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "::",
+        "::1",
+    ],
+)
+async def test_ipv6_forms_of_private_ipv4_addresses_are_refused(
+    monkeypatch: pytest.MonkeyPatch, http: httpx.AsyncClient, address: str
+) -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return [address]
+
+    monkeypatch.setattr(images, "_resolve", resolve)
+    with pytest.raises(InvalidRequest, match="non-public"):
+        await load_image_url("https://pics.test/a.png", http=http)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::808:808", "2002:808:808::1", "::ffff:8.8.8.8", "2606:4700:4700::1111", "8.8.8.8"],
+)
+def test_ipv6_forms_of_public_addresses_stay_public(address: str) -> None:
+    assert images._is_public(address)
 
 
 @pytest.mark.parametrize(

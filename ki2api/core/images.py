@@ -124,10 +124,32 @@ def decode_data_url(
     return _checked(raw, declared, max_bytes=max_bytes, param=param, where=where)
 
 
+# IPv6 forms that carry an IPv4 address a router or the host may end up reaching; the embedded
+# address is what must be public. 6to4 (2002::/16) and IPv4-mapped (::ffff:0:0/96) are unwrapped
+# by the ipaddress module's own properties.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # well-known NAT64 prefix, IPv4 in the last 32 bits
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64: never public
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated ::a.b.c.d
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or ip in _IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def _is_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return False
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded  # :: and ::1 become 0.0.0.0 and 0.0.0.1: not public either
     return ip.is_global and not ip.is_multicast
 
 
@@ -210,13 +232,17 @@ async def _fetch(
         try:
             request = http.build_request("GET", target, headers=headers, extensions=extensions)
             response = await http.send(request, stream=True, follow_redirects=False)
+        except httpx.InvalidURL:
+            # httpx builds the next hop of a redirect even when not following it, and fails on a
+            # Location such as data:, javascript: or mailto:
+            raise _bad_redirect(param, shown) from None
         except httpx.HTTPError as exc:
             raise InvalidRequest(
                 f"Could not fetch the image at {shown}: {type(exc).__name__}.", param=param
             ) from None
         async with _closing(response):
             if response.is_redirect and "location" in response.headers:
-                current = current.join(response.headers["location"])
+                current = _redirect_target(current, response.headers["location"], param, shown)
                 continue
             if response.status_code != 200:
                 raise InvalidRequest(
@@ -246,6 +272,24 @@ async def _fetch(
                 ) from None
             return b"".join(chunks)
     raise InvalidRequest(f"The image at {shown} redirects too many times.", param=param)
+
+
+def _redirect_target(current: httpx.URL, location: str, param: str | None, shown: str) -> httpx.URL:
+    """The next hop; a Location httpx cannot even parse (``data:``, ``javascript:``, ``mailto:``
+    ...) is the client's problem, not a server error."""
+    try:
+        target = current.join(location)
+        if target.scheme in ("http", "https") and target.host:
+            return target
+    except (httpx.InvalidURL, TypeError, ValueError):
+        pass
+    raise _bad_redirect(param, shown)
+
+
+def _bad_redirect(param: str | None, shown: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"The image at {shown} redirects to something that is not an http(s) URL.", param=param
+    )
 
 
 class _closing:

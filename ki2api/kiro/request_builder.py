@@ -41,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from ki2api.core.errors import ContextLengthExceeded
+from ki2api.core.errors import ContextLengthExceeded, InvalidRequest
 from ki2api.core.request import (
     ChatRequest,
     ImagePart,
@@ -495,7 +495,15 @@ def _dumps(value: Any) -> bytes:
     except (TypeError, orjson.JSONEncodeError):
         # Lone surrogates (legal in Python strings parsed from JSON escapes), integers beyond
         # 64 bits, or odd types in tool arguments: make them serializable instead of failing.
+        pass
+    try:
         return orjson.dumps(_jsonable(value))
+    except (TypeError, RecursionError):
+        # Nesting past orjson's limit (255 levels); the front doors refuse such bodies first.
+        raise InvalidRequest(
+            "The request nests JSON (a tool schema or tool-call arguments) too deeply for the "
+            "service."
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:

@@ -35,6 +35,7 @@ from ki2api.core.request import (
 )
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
+Base64Loader = Callable[[str, str, str], Awaitable[ImagePart]]  # (media type, data, param)
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 IMAGE_IN_RESULT = "(image attached to this message)"
@@ -118,11 +119,15 @@ def _str(block: dict[str, Any], key: str, where: str) -> str:
 
 
 class _Converter:
-    """Turns content blocks into parts, calls and results; images are loaded as they come."""
+    """Turns content blocks into parts, calls and results; images go to the loaders as they
+    come (the routers hand placeholders out and load them together, see ki2api.api.images)."""
 
-    def __init__(self, load_image: ImageLoader, max_image_bytes: int) -> None:
+    def __init__(
+        self, load_image: ImageLoader, max_image_bytes: int, load_base64: Base64Loader | None
+    ) -> None:
         self.load_image = load_image
         self.max_image_bytes = max_image_bytes
+        self.load_base64 = load_base64
 
     async def image(self, block: dict[str, Any], where: str) -> ImagePart:
         source = block.get("source")
@@ -133,6 +138,8 @@ class _Converter:
         if kind == "base64":
             media_type = _str(source, "media_type", param)
             data = _str(source, "data", param)
+            if self.load_base64 is not None:
+                return await self.load_base64(media_type, data, param)
             return decode_base64_image(
                 media_type, data, max_bytes=self.max_image_bytes, param=param
             )
@@ -311,9 +318,15 @@ def _reasoning(wire: CountTokensWire) -> Reasoning | None:
 
 
 async def to_chat_request(
-    wire: CountTokensWire, load_image: ImageLoader, *, max_image_bytes: int
+    wire: CountTokensWire,
+    load_image: ImageLoader,
+    *,
+    max_image_bytes: int,
+    load_base64: Base64Loader | None = None,
 ) -> ChatRequest:
-    convert = _Converter(load_image, max_image_bytes)
+    """``load_base64`` takes base64 sources (else they are decoded here, within
+    ``max_image_bytes``)."""
+    convert = _Converter(load_image, max_image_bytes, load_base64)
     system = [system_text(wire.system)]
     messages: list[Message] = []
     for i, m in enumerate(wire.messages):

@@ -47,11 +47,14 @@ class AnthropicMessagesDoor:
     async def open(self, body: Any, conversation_header: str | None) -> OpenMessage:
         chat_request = parse_plain(body)
         if chat_request is None:
+            images = self.images.loader()
             chat_request = await to_chat_request(
                 parse_wire(body),
-                self.images.loader(),
+                images.load,
                 max_image_bytes=self.settings.max_image_bytes,
+                load_base64=images.load_base64,
             )
+            await images.fill(chat_request)
         return await self.get_service().open(chat_request, conversation_header=conversation_header)
 
     def streamed(self, opened: OpenMessage) -> bool:
@@ -88,9 +91,14 @@ def create_anthropic_router(
         try:
             check_api_key(request, settings)
             wire = parse_count_wire(await read_json_body(request, settings.max_body_bytes))
+            counted = images.counting()  # never fetches: an estimate needs no image bytes
             chat_request = await to_chat_request(
-                wire, images.loader(), max_image_bytes=settings.max_image_bytes
+                wire,
+                counted.load,
+                max_image_bytes=settings.max_image_bytes,
+                load_base64=counted.load_base64,
             )
+            await counted.fill(chat_request)
             tokens = service.count_tokens(chat_request)
         except GatewayError as exc:
             return anthropic_error_response(exc)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from ki2api.api.common import parse_wire_model
+from ki2api.api.common import check_json_depth, parse_wire_model
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import (
     ChatRequest,
@@ -105,6 +105,7 @@ def _arguments(raw: str | dict[str, Any] | None) -> dict[str, Any]:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"_raw_arguments": raw}  # keep what the model sent; Kiro needs an object
+    check_json_depth(value, "arguments")  # a JSON string escapes the body's own depth check
     return value if isinstance(value, dict) else {"value": value}
 
 

@@ -41,7 +41,9 @@ class OpenAIChatDoor:
             chat_request, include_usage = plain
         else:
             wire = parse_wire(body)
-            chat_request = await to_chat_request(wire, self.images.loader())
+            images = self.images.loader()
+            chat_request = await to_chat_request(wire, images.load)
+            await images.fill(chat_request)
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
         return await self.get_service().open(
             chat_request,

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from ki2api.api.common import parse_wire_model
+from ki2api.api.common import check_json_depth, parse_wire_model
 from ki2api.api.openai_chat.protocol import EFFORT_BUDGETS
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import (
@@ -109,6 +109,7 @@ def _arguments(raw: Any) -> dict[str, Any]:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return {"_raw_arguments": raw}  # keep what the model sent; Kiro needs an object
+    check_json_depth(value, "arguments")  # a JSON string escapes the body's own depth check
     return value if isinstance(value, dict) else {"value": value}
 
 

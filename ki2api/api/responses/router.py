@@ -32,7 +32,9 @@ class ResponsesDoor:
 
     async def open(self, body: Any, conversation_header: str | None) -> OpenResponse:
         wire = parse_wire(body)
-        chat_request = await to_chat_request(wire, self.images.loader())
+        images = self.images.loader()
+        chat_request = await to_chat_request(wire, images.load)
+        await images.fill(chat_request)
         return await self.get_service().open(
             chat_request, wire, conversation_header=conversation_header
         )
