@@ -1,9 +1,9 @@
 """The Kiro login file: read it (with its OIDC client file), notice changes, write it back safely.
 
 Write-back merges into the file's current contents (unknown fields and whatever another program
-wrote are kept), goes to a temporary file in the same folder (the link's target's, for a symlinked file) and
-replaces the original with one ``os.replace``: a crash at any point leaves either the old file or
-the new one, never half of it. The written file is private (0600).
+wrote are kept), goes to a temporary file in the same folder (the target's, for a symlinked
+file) and replaces the original with one ``os.replace``: a crash at any point leaves either the
+old file or the new one, never half of it. The written file is private (0600).
 """
 
 from __future__ import annotations
