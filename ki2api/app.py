@@ -24,7 +24,7 @@ from ki2api.api.anthropic.router import (
     create_anthropic_router,
 )
 from ki2api.api.anthropic.serving import MessagesService
-from ki2api.api.auth import check_admin_key
+from ki2api.api.auth import check_metrics_access
 from ki2api.api.endpoint import ChatEndpoint
 from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_http_errors
@@ -218,11 +218,10 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        if settings.admin_key:
-            try:
-                check_admin_key(request, settings)
-            except GatewayError as exc:
-                return openai_error_response(exc)
+        try:
+            check_metrics_access(request, settings)
+        except GatewayError as exc:
+            return openai_error_response(exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(create_openai_router(settings, chat, lambda: catalog))
