@@ -156,8 +156,8 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(stack_factory: StackFacto
         assert "\n" not in line and "\r" not in line and "\x00" not in line
         assert "\u2028" not in line and "\x85" not in line
         assert line.count(" status=") == 1 and line.count("method=") == 1, line
-    assert "path=/v1/x\\x0d\\x0amethod=GET\\x20path=/v1/chat/completions\\x20status=200" in (
-        access[0]
+    assert (
+        "path=/v1/x\\x0d\\x0amethod=GET\\x20path=/v1/chat/completions\\x20status=200" in (access[0])
     )
     for record in handler.records:  # nothing else the server logged has a raw line break
         assert "\n" not in record.getMessage() or record.exc_info, record.getMessage()
