@@ -71,8 +71,9 @@ class HeadHoldingTransport:
 class HeadDeadline:
     """Mixed into a uvicorn protocol: the request head must be complete in ``header_timeout``.
 
-    The timer starts with the connection, and again with the first bytes of each later request;
-    a request's head is complete when uvicorn has made its request cycle. Only a connection
+    The timer starts with the connection, and again with the first bytes of a later request
+    whose head does not come whole; a request's head is complete when uvicorn has made its
+    request cycle. Only a connection
     waiting for a head has a timer, so an answer or a body upload can take as long as it needs.
     """
 
@@ -88,11 +89,14 @@ class HeadDeadline:
 
     def data_received(self, data: bytes) -> None:
         before = self.cycle
-        if self._head_timer is None and (before is None or before.response_complete):
-            self._arm_head_timer()  # the next request on a kept-alive connection starts
         super().data_received(data)  # type: ignore[misc]
         if self.cycle is not before:
-            self._cancel_head_timer()  # its head is complete
+            self._cancel_head_timer()  # a request's head is complete
+        elif self._head_timer is None and (before is None or before.response_complete):
+            # Part of the next head on a kept-alive connection (a head that comes whole, the
+            # usual case, never needs a timer).
+            if not self.transport.is_closing():
+                self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
