@@ -134,12 +134,15 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(stack_factory: StackFacto
     stack = stack_factory()
     handler = _Records()
     logging.getLogger().addHandler(handler)
+    ki2api_log = logging.getLogger("ki2api")
+    level = ki2api_log.level
+    ki2api_log.setLevel(logging.INFO)  # the access log is INFO
     try:
         forged = b"/v1/x%0D%0Amethod=GET%20path=/v1/chat/completions%20status=200%0Aforged"
         answers = [
             _raw(stack, forged),
             _raw(stack, b"/v1/models/a%0Ab%00c%E2%80%A8d"),
-            _raw(stack, b"/v1/%C2%85nel", extra=b"x-request-id: abc\x0bdef\r\n"),
+            _raw(stack, b"/v1/%C2%85nel", extra=b"x-request-id: abc def\r\n"),
         ]
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -149,13 +152,26 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(stack_factory: StackFacto
             time.sleep(0.05)
     finally:
         logging.getLogger().removeHandler(handler)
+        ki2api_log.setLevel(level)
     assert all(a.startswith(b"HTTP/1.1 404") for a in answers), answers
     access = [r.getMessage() for r in handler.records if r.name == "ki2api.access"]
     assert len(access) == 3, access
     for line in access:
         assert "\n" not in line and "\r" not in line and "\x00" not in line
         assert "\u2028" not in line and "\x85" not in line
-        assert line.count(" status=") == 1 and line.count("method=") == 1, line
+        keys = [field.split("=", 1)[0] for field in line.split(" ")]
+        assert keys == [
+            "method",
+            "path",
+            "status",
+            "model",
+            "account",
+            "latency_ms",
+            "ttft_ms",
+            "error",
+            "request_id",
+        ], line
+        assert " status=404 " in line
     assert (
         "path=/v1/x\\x0d\\x0amethod=GET\\x20path=/v1/chat/completions\\x20status=200" in (access[0])
     )
