@@ -24,7 +24,7 @@ from ki2api.api.anthropic.router import (
     create_anthropic_router,
 )
 from ki2api.api.anthropic.serving import MessagesService
-from ki2api.api.auth import check_admin_key
+from ki2api.api.auth import check_metrics_access
 from ki2api.api.endpoint import ChatEndpoint
 from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_http_errors
@@ -37,6 +37,7 @@ from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_re
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.core.errors import GatewayError
 from ki2api.core.gateway import Gateway
+from ki2api.core.logsafe import printable
 from ki2api.core.stats import RequestStats
 from ki2api.kiro.accounts import AccountPool
 from ki2api.kiro.client import KiroClient, create_http_client
@@ -181,7 +182,11 @@ def create_app(
     )
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
-        Middleware(ObservabilityMiddleware, metrics=metrics),
+        Middleware(
+            ObservabilityMiddleware,
+            metrics=metrics,
+            lane=frozenset((CHAT_PATH, MESSAGES_PATH, RESPONSES_PATH)),
+        ),
         *limits_middleware(settings),
     ]
     for cls, args, kwargs in reversed(api_middleware):
@@ -200,7 +205,9 @@ def create_app(
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         # Last line of defence: a bug must still answer in the client's format, without a trace.
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception(
+            "unexpected error on %s %s", printable(request.method), printable(request.url.path)
+        )
         error = GatewayError("Internal error in the gateway.")
         return error_response_for_path(request.url.path, error)
 
@@ -218,11 +225,10 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
-        if settings.admin_key:
-            try:
-                check_admin_key(request, settings)
-            except GatewayError as exc:
-                return openai_error_response(exc)
+        try:
+            check_metrics_access(request, settings)
+        except GatewayError as exc:
+            return openai_error_response(exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(create_openai_router(settings, chat, lambda: catalog))

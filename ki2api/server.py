@@ -34,14 +34,21 @@ def fast_paths() -> tuple[str, str]:
     return loop, http
 
 
-def http_protocol() -> Any:
+def http_protocol(header_timeout: float | None = None) -> Any:
     """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol sending each head with
-    its body (:mod:`ki2api.http_protocol`), or h11 when httptools is not installed."""
-    if importlib.util.find_spec("httptools") is None:
-        return "h11"
-    from ki2api.http_protocol import HeadWithBodyProtocol
+    its body, or h11 when httptools is not installed; either closes a connection whose request
+    head is not complete within ``header_timeout`` seconds (:mod:`ki2api.http_protocol`)."""
+    from ki2api.http_protocol import (
+        H11HeadDeadlineProtocol,
+        HeadDeadline,
+        HeadWithBodyProtocol,
+        with_header_timeout,
+    )
 
-    return HeadWithBodyProtocol
+    protocol: type[HeadDeadline] = HeadWithBodyProtocol
+    if importlib.util.find_spec("httptools") is None:
+        protocol = H11HeadDeadlineProtocol
+    return protocol if header_timeout is None else with_header_timeout(protocol, header_timeout)
 
 
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
@@ -68,7 +75,7 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     uvicorn.run(
         app,
         loop="auto",
-        http=http_protocol(),
+        http=http_protocol(settings.header_timeout),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -23,6 +23,14 @@ def default_token_file(environ: Mapping[str, str] | None = None) -> Path:
     return base / ".aws" / "sso" / "cache" / "kiro-auth-token.json"
 
 
+def token_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """Folders the admin API may adopt login files from: the Kiro IDE's own login folder, and
+    those listed in ``KIRO_TOKEN_DIRS`` (separated like ``PATH``: ``:``, or ``;`` on Windows)."""
+    env = os.environ if environ is None else environ
+    named = (env.get("KIRO_TOKEN_DIRS") or "").split(os.pathsep)
+    return (default_token_file(env).parent, *(Path(d).expanduser() for d in named if d.strip()))
+
+
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -45,7 +53,8 @@ class Settings:
     # --- the gateway's own API ---
     api_key: str = DEFAULT_API_KEY
     api_key_is_default: bool = True
-    admin_key: str | None = None
+    admin_key: str | None = None  # unset: the admin API and the page's admin section are off
+    metrics_public: bool = False  # /metrics without ADMIN_KEY
     host: str = "127.0.0.1"
     port: int = 8989
     on_space: bool = False
@@ -58,6 +67,7 @@ class Settings:
     kiro_refresh_token: str | None = None
     kiro_token_file: Path = field(default_factory=default_token_file)
     kiro_token_file_explicit: bool = False
+    kiro_token_dirs: tuple[Path, ...] = field(default_factory=token_dirs)
     kiro_auth_method: str | None = None  # social | idc
     kiro_client_id: str | None = None
     kiro_client_secret: str | None = None
@@ -90,6 +100,7 @@ class Settings:
     max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
     yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
+    header_timeout: float = 10.0  # a connection's request head must be complete within this
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -101,6 +112,7 @@ class Settings:
             api_key=api_key,
             api_key_is_default=not env.get("API_KEY"),
             admin_key=env.get("ADMIN_KEY") or None,
+            metrics_public=_flag(env.get("METRICS_PUBLIC")),
             host=env.get("HOST") or ("0.0.0.0" if on_space else "127.0.0.1"),
             port=int(env.get("PORT") or (7860 if on_space else 8989)),
             on_space=on_space,
@@ -113,6 +125,7 @@ class Settings:
                 Path(token_file).expanduser() if token_file else default_token_file(env)
             ),
             kiro_token_file_explicit=bool(token_file),
+            kiro_token_dirs=token_dirs(env),
             kiro_auth_method=(env.get("KIRO_AUTH_METHOD") or "").lower() or None,
             kiro_client_id=env.get("KIRO_CLIENT_ID") or None,
             kiro_client_secret=env.get("KIRO_CLIENT_SECRET") or None,
@@ -140,6 +153,7 @@ class Settings:
             queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
             yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
             not in {"0", "false", "no", "off"},
+            header_timeout=_float(env, "HEADER_TIMEOUT", 10.0),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

@@ -17,7 +17,7 @@ from ki2api.server import http_protocol
 
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", *, http: Any = None) -> None:
         config = uvicorn.Config(
             app,
             host=host,
@@ -25,7 +25,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=2,
-            http=http_protocol(),  # as ki2api.server.serve runs it
+            http=http or http_protocol(),  # as ki2api.server.serve runs it
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -118,6 +118,8 @@ async def test_no_credentials_at_all_says_how_to_configure(http, tmp_path):
     for hint in ("KIRO_ACCESS_TOKEN", "KIRO_REFRESH_TOKEN", "KIRO_TOKEN_FILE", "KIRO_ACCOUNTS"):
         assert hint in info.value.message
     assert "log in to Kiro" in info.value.message
+    # API clients and the page's visitors see this: the file is named, its folder is not.
+    assert "absent.json" in info.value.message and str(tmp_path) not in info.value.message
     assert pool.usable_count() == 0 and pool.snapshot() == []
 
 

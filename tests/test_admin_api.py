@@ -6,6 +6,7 @@ Every response body is collected and searched for every token the test used.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi import FastAPI
 
@@ -87,6 +89,7 @@ def servers(tmp_path: Path) -> Iterator[tuple[str, FakeAuth, Path]]:
             kiro_access_token="access-admin-env-0001",
             kiro_refresh_token="refresh-admin-env-0001",
             kiro_token_file=token_file,
+            kiro_token_dirs=(tmp_path / "logins",),
             kiro_refresh_url=auth_server.url + "/refreshToken",
             kiro_oidc_url=auth_server.url + "/token",
             kiro_api_url=auth_server.url + "/generateAssistantResponse",
@@ -239,3 +242,90 @@ async def test_usage_limits_on_demand(h: Harness) -> None:
     assert second["headers"]["authorization"] == "Bearer access-token-issued-0001-xyz"
     (row,) = (await h.call("GET", "/admin/accounts")).json()["data"]
     assert row["usage"]["remaining"] == pytest.approx(437.5)
+
+
+def test_admin_api_is_off_until_admin_key_is_set(tmp_path: Path) -> None:
+    # Before: ADMIN_KEY defaulted to the API key, so every API client was an administrator.
+    settings = Settings(
+        api_key=API_KEY,
+        api_key_is_default=False,
+        kiro_access_token="access-admin-env-0001",
+        kiro_token_file=tmp_path / "absent.json",
+    )
+    with ServerThread(make_app(settings)) as server:
+        for key in (API_KEY, None, "anything"):
+            headers = {"authorization": f"Bearer {key}"} if key else {}
+            for method, path in (
+                ("GET", "/admin/accounts"),
+                ("POST", "/admin/accounts"),
+                ("DELETE", "/admin/accounts/env"),
+                ("POST", "/admin/accounts/env/refresh"),
+                ("GET", "/admin/accounts/env/usage"),
+            ):
+                r = httpx.request(
+                    method, server.url + path, headers=headers, json={"tokenFile": "/etc/passwd"}
+                )
+                assert r.status_code == 403, (method, path, key, r.text)
+                error = r.json()["error"]
+                assert error["code"] == "admin_disabled"
+                assert "ADMIN_KEY" in error["message"] and "restart" in error["message"]
+                assert "passwd" not in r.text
+
+
+def _login(path: Path, access: str = "access-login-file-001") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    login = {
+        "accessToken": access,
+        "refreshToken": "refresh-login-file-01",
+        "expiresAt": (datetime.now(UTC) + timedelta(hours=1)).isoformat(),
+        "authMethod": "social",
+    }
+    path.write_bytes(orjson.dumps(login))
+    return path
+
+
+async def test_token_files_only_from_the_login_folders(h: Harness, tmp_path: Path) -> None:
+    allowed = tmp_path / "logins"
+    outside = _login(tmp_path / "elsewhere" / "kiro-auth-token.json")
+    (allowed / "sub").mkdir(parents=True)
+    (allowed / "escape.json").symlink_to(outside)
+    (allowed / "broken.json").write_text("{not json")
+    refused = [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/etc",
+        "/nonexistent/kiro-auth-token.json",
+        str(tmp_path / "missing.json"),
+        str(outside),  # a real login, outside the folders
+        str(allowed / ".." / "elsewhere" / "kiro-auth-token.json"),
+        str(allowed / "escape.json"),  # a link inside, pointing outside
+        str(allowed / "missing.json"),
+        str(allowed / "sub"),
+        str(allowed / "broken.json"),
+        "~/../../etc/shadow",
+        "relative/../kiro-auth-token.json",
+    ]
+    answers = set()
+    for path in refused:
+        r = await h.call("POST", "/admin/accounts", json={"tokenFile": path, "label": "f"})
+        assert r.status_code == 400, (path, r.text)
+        assert r.json()["error"]["param"] == "tokenFile"
+        answers.add(r.text)
+    (answer,) = answers  # one answer for all: it never tells whether a path exists
+    assert "KIRO_TOKEN_DIRS" in answer and "shadow" not in answer
+    labels = [row["label"] for row in (await h.call("GET", "/admin/accounts")).json()["data"]]
+    assert labels == ["env"]
+    # A login inside a named folder (through a link that stays inside) is adopted.
+    good = _login(allowed / "sub" / "laptop.json")
+    os.symlink(good, allowed / "link.json")
+    for label, path in (("laptop", good), ("via-link", allowed / "link.json")):
+        r = await h.call(
+            "POST",
+            "/admin/accounts",
+            params={"replace": "true"},
+            json={"tokenFile": str(path), "label": label},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["account"]["source"] == f"file:{os.path.realpath(good)}"
+        if label == "laptop":
+            await h.call("DELETE", "/admin/accounts/laptop")

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ki2api.app import create_app
 from ki2api.settings import Settings
-from tests.stack import Stack, StackFactory, make_stack_factory
+from tests.stack import API_KEY, Stack, StackFactory, make_stack_factory
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -197,7 +197,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     factories: Iterator[StackFactory] = make_stack_factory()
     make = next(factories)
     no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
-    yield make({"KIRO_FIRST_BYTE_TIMEOUT": "5"}, kiro_token_file=no_login)
+    # ADMIN_KEY set (to the same key), so the fuzzer reaches the admin API's handlers too.
+    yield make({"KIRO_FIRST_BYTE_TIMEOUT": "5", "ADMIN_KEY": API_KEY}, kiro_token_file=no_login)
     next(factories, None)
     print(f"fuzz: {COUNT['requests']} requests")
 

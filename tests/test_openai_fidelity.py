@@ -312,3 +312,31 @@ def test_temperature_and_friends_are_accepted(stack: Stack) -> None:
         },
     )
     assert r.status_code == 200, r.text
+
+
+def test_a_tool_choice_name_cannot_forge_a_header_or_an_event(stack: Stack) -> None:
+    # The name is the client's and goes into the warning header, an SSE comment and the log:
+    # before, a CR LF in it made the answer a 500 (an invalid header) or a forged event.
+    forged = "get_weather\r\nx-forged: 1\n\ndata: [DONE]"
+    body = {
+        "model": "claude-sonnet-4-5",
+        "messages": user("hi"),
+        "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": forged}},
+    }
+    stack.state.enqueue(text_answer("no call"))
+    r = httpx.post(f"{stack.base_url}/chat/completions", headers=stack.headers(), json=body)
+    assert r.status_code == 200, r.text
+    assert "x-forged" not in r.headers
+    assert "get_weather\\x0d\\x0ax-forged:" in r.headers["x-ki2api-warning"]
+    stack.state.enqueue(text_answer("no call"))
+    streamed = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        headers=stack.headers(),
+        json={**body, "stream": True},
+    )
+    assert streamed.status_code == 200
+    lines = streamed.text.split("\n")
+    assert lines.count("data: [DONE]") == 1 and lines[-3:] == ["data: [DONE]", "", ""]
+    (warning,) = [line for line in lines if line.startswith(": warning:")]
+    assert "\\x0a\\x0adata:\\x20[DONE]" in warning

@@ -30,6 +30,7 @@ from ki2api.simulator import (
     Delay,
     Event,
     ExceptionFrame,
+    Flood,
     Garbage,
     HttpError,
     Raw,
@@ -914,3 +915,34 @@ def test_a_delay_moves_the_rest_of_the_clock_on() -> None:
     offsets = _write_offsets(script, _SlowChannel(0.0), latency=0.02, chunk_interval=0.03)
     for offset, expected in zip(offsets, [0.02, 0.15, 0.18], strict=True):
         assert expected - 0.002 <= offset <= expected + 0.02, offsets
+
+
+def test_flood_repeats_a_frame_until_its_bytes_are_out(
+    sim: SimulatorServer, client: httpx.Client
+) -> None:
+    frame = Event("assistantResponseEvent", {"content": "again "})
+    size = len(frame.encode())
+    end = Event("assistantResponseEvent", {"content": "end"})
+    sim.state.enqueue(Script((Flood(frame, total_bytes=100 * size, frames_per_write=8), end)))
+    response = chat(client, sim)
+    events = decode_events(response.content)
+    assert [p["content"] for _, p in events] == ["again "] * 104 + ["end"]  # whole writes of 8
+    record = sim.state.requests[-1]
+    assert record.frames_sent == 105 and record.sent_text == "end"  # flood text is not kept
+
+
+def test_an_endless_flood_stops_when_the_client_leaves(sim: SimulatorServer) -> None:
+    frame = Event("assistantResponseEvent", {"content": "x" * 4096})
+    sim.state.enqueue(Script((Flood(frame),)))
+    with (
+        httpx.Client(timeout=5.0) as c,
+        c.stream(
+            "POST", f"{sim.url}/generateAssistantResponse", json=kiro_request_body(), headers=AUTH
+        ) as response,
+    ):
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > 4 * 1024 * 1024:
+                break
+    assert sim.state.wait_idle(timeout=10)

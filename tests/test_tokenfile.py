@@ -99,7 +99,7 @@ def test_missing_file(tmp_path):
         load_login_file(tmp_path / "nope.json", label="x", source="f", settings=Settings())
 
 
-def test_write_back_keeps_unknown_fields_and_permissions(tmp_path):
+def test_write_back_keeps_unknown_fields_and_makes_the_file_private(tmp_path):
     path = write(tmp_path / "kiro-auth-token.json", SOCIAL_LOGIN, mode=0o640)
     update_login_file(path, {"accessToken": "new-access-0002", "refreshToken": "new-refresh-0002"})
     data = orjson.loads(path.read_bytes())
@@ -108,8 +108,30 @@ def test_write_back_keeps_unknown_fields_and_permissions(tmp_path):
     assert data["someFutureField"] == {"kept": True}
     assert data["provider"] == "Github"
     assert list(data)[:2] == ["accessToken", "refreshToken"]  # key order kept
-    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # not the old 0640: it holds secrets
     assert os.listdir(tmp_path) == ["kiro-auth-token.json"]  # no temporary file left
+
+
+def test_write_back_goes_through_a_symlink_to_its_target(tmp_path):
+    # The login file is often a link into a synced folder: replacing the link with a regular
+    # file would leave the target (which the IDE reads) with a refresh token now invalid.
+    real_dir = tmp_path / "synced"
+    real_dir.mkdir()
+    target = write(real_dir / "kiro-auth-token.json", SOCIAL_LOGIN, mode=0o644)
+    link_dir = tmp_path / "cache"
+    link_dir.mkdir()
+    link = link_dir / "kiro-auth-token.json"
+    link.symlink_to(Path("..") / "synced" / "kiro-auth-token.json")
+    stamp, _ = update_login_file(link, {"refreshToken": "rotated-refresh-0005"})
+    assert link.is_symlink()
+    assert os.readlink(link) == str(Path("..") / "synced" / "kiro-auth-token.json")
+    data = orjson.loads(target.read_bytes())
+    assert data["refreshToken"] == "rotated-refresh-0005"
+    assert data["someFutureField"] == {"kept": True}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(os.listdir(real_dir)) == ["kiro-auth-token.json"]  # no temporary file left
+    assert os.listdir(link_dir) == ["kiro-auth-token.json"]
+    assert stamp == stamp_of(link)  # the stamp is the target's: our own write is not a change
 
 
 def test_a_new_file_is_private(tmp_path):

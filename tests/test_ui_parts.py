@@ -20,8 +20,8 @@ from ki2api.settings import Settings
 from ki2api.ui.answer import AnswerView, history_to_messages
 from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
-from ki2api.ui.status import countdown
-from ki2api.ui.tokens import admin_key_ok, describe_own
+from ki2api.ui.status import accounts_table, countdown, hide_paths
+from ki2api.ui.tokens import admin_enabled, admin_key_ok, describe_own
 
 
 def test_answer_view_separates_thinking_text_and_tool_calls() -> None:
@@ -105,11 +105,35 @@ def test_snippets_show_only_the_public_default_key() -> None:
 def test_admin_key_follows_the_admin_api_rule() -> None:
     both = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-1234567")
     assert admin_key_ok("adm-1234567", both)
+    assert admin_key_ok(" adm-1234567 ", both)
     assert not admin_key_ok("api-key-1234567", both)
     only_api = Settings(api_key="api-key-1234567", api_key_is_default=False)
-    assert admin_key_ok(" api-key-1234567 ", only_api)
+    # Without ADMIN_KEY administration is off: the API key does not make an administrator.
+    assert not admin_key_ok("api-key-1234567", only_api)
+    assert not admin_enabled(only_api)
     assert not admin_key_ok("", only_api)
     assert not admin_key_ok("ki2api-key-2024", Settings(on_space=True))  # public default key
+    assert "ADMIN_KEY" in t("admin_disabled", "en") and "ADMIN_KEY" in t("admin_disabled", "zh")
+
+
+def test_status_notes_never_show_file_paths() -> None:
+    notes = {
+        "no Kiro login file at /home/owner/.aws/sso/cache/kiro-auth-token.json": (
+            "no Kiro login file at …/kiro-auth-token.json"
+        ),
+        "cannot read /srv/secret/dir/login.json: Permission denied": (
+            "cannot read …/login.json: Permission denied"
+        ),
+        r"C:\Users\owner\.aws\sso\cache\kiro-auth-token.json is not valid JSON (x)": (
+            "…/kiro-auth-token.json is not valid JSON (x)"
+        ),
+        "~/.aws/sso/cache/k.json must hold a JSON object.": "…/k.json must hold a JSON object.",
+        "refresh failed (400): see https://kiro.dev/a/b and/or retry": (
+            "refresh failed (400): see https://kiro.dev/a/b and/or retry"
+        ),
+    }
+    for note, shown in notes.items():
+        assert hide_paths(note) == shown
 
 
 def test_countdown_and_masked_own_token() -> None:
@@ -131,3 +155,22 @@ def test_every_string_has_both_languages() -> None:
     assert lang_from_header("zh-CN,zh;q=0.9,en;q=0.8") == "zh"
     assert lang_from_header("en-US,zh;q=0.5") == "en"
     assert lang_from_header(None) == "en"
+
+
+async def test_status_table_shows_no_login_file_path(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    import httpx
+
+    from ki2api.kiro.accounts import AccountPool
+
+    folder = tmp_path / "private-folder-name"
+    settings = Settings(
+        kiro_token_file=folder / "kiro-auth-token.json", kiro_token_file_explicit=True
+    )
+    async with httpx.AsyncClient() as http:
+        pool = AccountPool.from_settings(settings, http)
+        table = accounts_table(SimpleNamespace(pool=pool), "en")  # type: ignore[arg-type]
+    shown = table.to_csv()
+    assert "kiro-auth-token.json" in shown  # the note says which file is missing ...
+    assert "private-folder-name" not in shown and str(tmp_path) not in shown  # ... not where

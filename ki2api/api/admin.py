@@ -7,12 +7,15 @@
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
 
-Protected by ``ADMIN_KEY`` (else the API key). Accounts added here live in memory only. Errors
-use OpenAI's format; no answer ever contains a full token.
+Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here live in memory only. A
+``tokenFile`` must lie in the Kiro login folder or a folder of ``KIRO_TOKEN_DIRS``, and every
+refusal of one reads the same (nothing tells whether some other path exists). Errors use
+OpenAI's format; no answer ever contains a full token.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,10 +29,42 @@ from ki2api.api.common import read_json_body
 from ki2api.api.errors import openai_error_response
 from ki2api.core.errors import GatewayError, InvalidRequest
 from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.credentials import CredentialError, parse_pasted_token
+from ki2api.kiro.credentials import CredentialError, parse_pasted_token, token_file_of
+from ki2api.kiro.sources import token_file_in_allowed_dirs
+from ki2api.kiro.tokenfile import load_login_file
 from ki2api.settings import Settings
 
 MAX_ADMIN_BODY = 256 * 1024  # a login file is a few KB
+
+
+TOKEN_FILE_REFUSED = (
+    "tokenFile must name a readable Kiro login file (kiro-auth-token.json) in the Kiro login "
+    "folder (~/.aws/sso/cache) or in a folder listed in KIRO_TOKEN_DIRS."
+)
+
+
+async def _checked_token_file(body: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """``body`` with its ``tokenFile`` replaced by the file's real path, once the file is known
+    to lie in an allowed folder and to hold a login. Every refusal reads the same, so the
+    answer never tells whether some other path exists or can be read."""
+    try:
+        path = token_file_of(body)
+    except CredentialError as exc:
+        raise InvalidRequest(str(exc), param="tokenFile") from None
+    if path is None:
+        return body
+    real = token_file_in_allowed_dirs(path, settings)
+    if real is None:
+        raise InvalidRequest(TOKEN_FILE_REFUSED, param="tokenFile")
+    try:
+        await asyncio.to_thread(
+            load_login_file, real, label="check", source="admin", settings=settings
+        )
+    except (CredentialError, OSError, ValueError):
+        raise InvalidRequest(TOKEN_FILE_REFUSED, param="tokenFile") from None
+    checked = {k: v for k, v in body.items() if k not in ("tokenFile", "token_file")}
+    checked["tokenFile"] = str(real)
+    return checked
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -76,6 +111,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
                     raise InvalidRequest(str(exc)) from None
                 status = pool.add_account(spec, replace_existing=replace)
             elif isinstance(body, dict):
+                body = await _checked_token_file(body, settings)
                 status = pool.add_account(body, replace_existing=replace)
             else:
                 raise InvalidRequest(

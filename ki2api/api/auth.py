@@ -57,16 +57,36 @@ def check_presented_key(key: str | None, settings: Settings) -> None:
         raise AuthenticationFailed("Incorrect API key provided.")
 
 
+ADMIN_OFF_MESSAGE = (
+    "The admin API is off: it needs its own key. Set ADMIN_KEY (a long random value, not the "
+    "API key) in the environment or the Space's secrets and restart; then send it as "
+    "'Authorization: Bearer <ADMIN_KEY>'."
+)
+METRICS_OFF_MESSAGE = (
+    "/metrics needs the admin key: set ADMIN_KEY and send it as 'Authorization: Bearer "
+    "<ADMIN_KEY>', or set METRICS_PUBLIC=1 to let anyone read the metrics."
+)
+
+
 def check_admin_key(request: Request, settings: Settings) -> None:
-    """The admin API takes ``ADMIN_KEY`` when one is set, else the API key."""
-    expected = settings.admin_key or settings.api_key
-    if settings.admin_key is None and settings.on_space and settings.api_key_is_default:
-        raise NotConfigured(SPACE_SETUP_MESSAGE)
+    """Only ``ADMIN_KEY`` opens the admin API; without one it is off. The API key never does:
+    an API client is not an administrator."""
+    if settings.admin_key is None:
+        raise PermissionDenied(ADMIN_OFF_MESSAGE, code="admin_disabled")
     key = presented_key(request)
     if key is None:
         raise AuthenticationFailed("Missing admin key.")
-    if keys_match(key, expected):
+    if keys_match(key, settings.admin_key):
         return
-    if settings.admin_key is not None and keys_match(key, settings.api_key):
+    if keys_match(key, settings.api_key):
         raise PermissionDenied("The API key may not use the admin API: send ADMIN_KEY.")
     raise AuthenticationFailed("Incorrect admin key provided.")
+
+
+def check_metrics_access(request: Request, settings: Settings) -> None:
+    """``/metrics``: the admin key, unless the operator made it public (``METRICS_PUBLIC=1``)."""
+    if settings.metrics_public:
+        return
+    if settings.admin_key is None:
+        raise PermissionDenied(METRICS_OFF_MESSAGE, code="admin_disabled")
+    check_admin_key(request, settings)

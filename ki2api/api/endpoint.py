@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ki2api.api.auth import check_presented_key, key_from
 from ki2api.api.common import CLIENT_CLOSED, LastPiece, read_json
 from ki2api.core.errors import GatewayError
+from ki2api.core.logsafe import printable
 from ki2api.settings import Settings
 
 OpenT = TypeVar("OpenT")
@@ -148,7 +149,7 @@ class ChatEndpoint:
         except Exception:
             # Last line of defence (this route bypasses the app's error middleware): a bug
             # still answers in the client's format, without a trace, if nothing went out yet.
-            log.exception("unexpected error on POST %s", scope.get("path"))
+            log.exception("unexpected error on POST %s", printable(scope.get("path")))
             if exchange.started:
                 raise  # the server cuts the connection: the client sees a broken stream
             error = self.door.error_response(GatewayError("Internal error in the gateway."))

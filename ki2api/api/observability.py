@@ -15,15 +15,18 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.core.context import RequestContext, current_request
 from ki2api.core.ids import hex_id
+from ki2api.core.logsafe import printable
 
 access_log = logging.getLogger("ki2api.access")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PREFIXES = ("/v1/", "/admin/", "/health", "/metrics")
+OTHER = "other"  # the one label of every path that is not one of the API's routes
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -75,17 +78,26 @@ class CallbackCollector(Collector):
         yield family
 
 
-def _route_label(path: str) -> str:
-    # Bounded label values: API paths as they are, everything else (UI assets) folded.
-    if path.startswith("/admin/accounts"):
-        return "/admin/accounts"
-    return path if path.startswith(_API_PREFIXES) else "other"
+def _route_label(scope: Scope, lane: frozenset[str]) -> str:
+    """The route's template (``/admin/accounts/{label}``), never the raw path: made-up paths
+    all share :data:`OTHER`, so the label's values (and ``/metrics``) stay a fixed few."""
+    path: str = scope.get("path", "")
+    if path in lane:
+        return path  # the chat routes' own lane: exact paths, no router involved
+    route = scope.get("route")  # set by the router on the scope it was handed
+    template = getattr(route, "path", None)
+    if isinstance(route, Mount) or not isinstance(template, str) or not template:
+        return OTHER  # no route, or the UI's mount (which takes every path left)
+    return template
 
 
 class ObservabilityMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    """``lane``: the paths that reach their endpoint without the router (``Ki2API.lane``)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, lane: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
+        self.lane = lane
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -117,9 +129,9 @@ class ObservabilityMiddleware:
 
     def _record(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
         path = scope.get("path", "")
-        label = _route_label(path)
-        if label == "other":
-            return
+        if not path.startswith(_API_PREFIXES):
+            return  # the page and its assets
+        label = _route_label(scope, self.lane)
         m = self.metrics
         m.requests.labels(label, str(status)).inc()
         m.latency.labels(label).observe(elapsed)
@@ -128,14 +140,15 @@ class ObservabilityMiddleware:
         if ctx.error:
             m.errors.labels(ctx.error).inc()
         if path.startswith("/v1/"):
+            # Everything a client chose is escaped: one request, one line, these fields.
             access_log.info(
                 "method=%s path=%s status=%d model=%s account=%s latency_ms=%.1f ttft_ms=%s "
                 "error=%s request_id=%s",
-                scope.get("method"),
-                path,
+                printable(scope.get("method")),
+                printable(path),
                 status,
-                ctx.model or "-",
-                ctx.account or "-",
+                printable(ctx.model or "-"),
+                printable(ctx.account or "-"),
                 elapsed * 1000,
                 "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",
                 ctx.error or "-",

@@ -10,6 +10,7 @@ import re
 
 import orjson
 
+from ki2api.core.logsafe import printable
 from ki2api.core.request import ChatRequest
 
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
@@ -21,7 +22,8 @@ def tool_choice_problem(request: ChatRequest, called: list[str]) -> str | None:
     if choice.mode == "required" and not called:
         return "tool_choice was 'required' but the model answered without calling a tool"
     if choice.mode == "tool" and choice.name not in called:
-        return f"tool_choice asked for '{choice.name}' but the model did not call it"
+        # The name is the client's: escaped, as this goes to the log and into an SSE comment.
+        return f"tool_choice asked for '{printable(choice.name)}' but the model did not call it"
     return None
 
 

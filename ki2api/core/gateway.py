@@ -42,6 +42,7 @@ from ki2api.core.errors import (
     UpstreamThrottled,
 )
 from ki2api.core.limits import OutputLimiter
+from ki2api.core.logsafe import printable
 from ki2api.core.request import ChatRequest
 from ki2api.core.stats import RequestRecord, RequestStats
 from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool, Lease
@@ -168,7 +169,9 @@ class DeltaStream:
             yield batch
         except GatewayError as exc:
             error = exc
-            log.warning("upstream failed mid-stream on %s: %s", self.account, exc.message)
+            log.warning(
+                "upstream failed mid-stream on %s: %s", self.account, printable(exc.message)
+            )
             yield [StreamError(exc)]
         finally:
             await self._response.aclose()

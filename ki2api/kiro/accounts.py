@@ -401,7 +401,9 @@ class AccountPool:
         module's docstring for what is raised when there is none."""
         self._adopt_default_file()
         if not self._accounts:
-            raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=self._settings.kiro_token_file))
+            # Clients and the page's visitors see this: the file's name, not where it is.
+            where = f"…/{self._settings.kiro_token_file.name}"
+            raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
         self._revive_from_files()
         skip = set(exclude)
         while True:

@@ -33,6 +33,11 @@ from ki2api.settings import Settings
 KIRO_IDE_VERSION = "0.7.45"
 _JSON_TARGET = "AmazonCodeWhispererStreamingService.GenerateAssistantResponse"
 _ERROR_BODY_LIMIT = 64 * 1024
+# The longest answer Kiro gives ends at the model's output limit (128,000 tokens at most, see
+# kiro/models.py), in frames of one to a few tokens and ~130-150 bytes each (the captures in
+# tests): under 20 MB even at one token a frame. An answer past this is a broken or hostile
+# upstream; without a cap, a whole answer (and the parser's token count) would buffer it all.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
 _NO_START = "Kiro did not start answering in time"
 IDLE = b""  # a read's result when its idle tick passes first (the transport's IDLE)
 
@@ -133,9 +138,16 @@ class KiroResponse:
         """The frames each read completed (often none, sometimes several); None each time the
         upstream stays quiet for a tick."""
         decoder, read = self.decoder, self._read
+        left = MAX_ANSWER_BYTES
         try:
             while (chunk := await read()) is not None:
                 if chunk:
+                    left -= len(chunk)
+                    if left < 0:
+                        raise UpstreamProtocolError(
+                            f"Kiro's answer went past {MAX_ANSWER_BYTES // (1024 * 1024)} MB, "
+                            "longer than any model's output can be; it was cut off"
+                        )
                     frames = decoder.feed(chunk)
                     if frames:
                         yield frames

@@ -12,6 +12,7 @@ the app from starting, and no message contains a secret.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,19 @@ def file_source(path: Path, *, label: str, settings: Settings) -> Source:
         )
         return Source(placeholder, missing_reason=str(exc))
     return Source(login.spec, login_file=login)
+
+
+def token_file_in_allowed_dirs(path: Path, settings: Settings) -> Path | None:
+    """The real path of ``path`` (symlinks and ``..`` resolved) when it lies in one of the
+    folders login files may be adopted from (``settings.kiro_token_dirs``), else ``None``."""
+    try:
+        real = Path(os.path.realpath(path.expanduser()))
+        for folder in settings.kiro_token_dirs:
+            if real.is_relative_to(os.path.realpath(folder.expanduser())):
+                return real
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop, no home ...
+        return None
+    return None
 
 
 def _accounts_json(settings: Settings) -> tuple[Any, str]:

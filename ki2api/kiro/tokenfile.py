@@ -1,8 +1,9 @@
 """The Kiro login file: read it (with its OIDC client file), notice changes, write it back safely.
 
 Write-back merges into the file's current contents (unknown fields and whatever another program
-wrote are kept), goes to a temporary file in the same folder and replaces the original with one
-``os.replace``: a crash at any point leaves either the old file or the new one, never half of it.
+wrote are kept), goes to a temporary file in the same folder (the target's, for a symlinked
+file) and replaces the original with one ``os.replace``: a crash at any point leaves either the
+old file or the new one, never half of it. The written file is private (0600).
 """
 
 from __future__ import annotations
@@ -122,26 +123,25 @@ def digest_of(path: Path) -> str | None:
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write ``data`` to ``path`` so that readers see the old or the new file, never a mix.
 
-    The temporary file lives in the same folder (``os.replace`` is atomic only within one file
-    system) and gets the original's permissions (0600 for a new file: it holds secrets).
+    A symlinked login file is written through to its target (replacing the link would leave
+    the target, which other programs read, with a stale refresh token). The temporary file
+    lives in the target's folder (``os.replace`` is atomic only within one file system), and
+    the result is 0600 whatever the old mode was: it holds secrets.
     """
-    try:
-        mode = path.stat().st_mode & 0o777
-    except FileNotFoundError:
-        mode = 0o600
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    target = Path(os.path.realpath(path))
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(dict(data), option=orjson.OPT_INDENT_2))
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        os.chmod(tmp_name, 0o600)
+        os.replace(tmp_name, target)
     except BaseException:
         with suppress(OSError):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(path.parent)
+    _fsync_dir(target.parent)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -30,6 +30,7 @@ from ki2api.simulator.scripts import (
     CutMidFrame,
     Delay,
     Event,
+    Flood,
     Garbage,
     HttpError,
     Raw,
@@ -224,6 +225,9 @@ async def play(
             else:
                 await channel.finish()
             return
+        elif isinstance(step, Flood):
+            await _sleep_until(loop, due)
+            await _flood(step, channel)
         elif isinstance(step, Stall):
             await asyncio.Event().wait()  # until cancelled
         elif isinstance(step, HttpError):
@@ -238,6 +242,19 @@ async def play(
             return
     await _sleep_until(loop, due)
     await channel.finish()
+
+
+async def _flood(step: Flood, channel: _Channel) -> None:
+    if channel.renderer.buffered:  # a buffered rendering would never answer: cut instead
+        await channel.drop()
+        return
+    data = step.event.encode() * step.frames_per_write
+    sent = 0
+    while not channel.dropped and (step.total_bytes is None or sent < step.total_bytes):
+        await channel.write(data, "", frames=step.frames_per_write)
+        sent += len(data)
+        await asyncio.sleep(0)  # the send waits while the client is not reading; this lets
+        # a client that left cancel us even when it never has to
 
 
 async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:

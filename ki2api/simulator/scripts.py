@@ -4,6 +4,7 @@ A :class:`Script` is a tuple of steps played in order:
 
 - frames: :class:`Event` (one event-stream frame), :class:`ExceptionFrame`, :class:`Raw` bytes;
 - timing: :class:`Delay`, :class:`SlowFirstByte`, :class:`Stall` (never sends again);
+- :class:`Flood`: one frame over and over, without end (an upstream that never stops);
 - stream faults: :class:`CorruptCrc` (the next frame gets a bad CRC), :class:`Garbage`,
   :class:`CutMidFrame` (half a frame, then the end);
 - HTTP faults: :class:`HttpError` (answered instead of a stream), :class:`ConnectionDrop`.
@@ -143,6 +144,17 @@ class ConnectionDrop:
     """Close the TCP connection: before any byte, the client sees no response at all."""
 
 
+@dataclass(frozen=True, slots=True)
+class Flood:
+    """``event`` again and again, ``frames_per_write`` at a time, until the client leaves (or,
+    with ``total_bytes``, until that much has gone out; then the next step). Its text is not
+    added to the request's ``sent_text``: that would grow without end as well."""
+
+    event: Event
+    total_bytes: int | None = None
+    frames_per_write: int = 16
+
+
 Step: TypeAlias = (
     Event
     | ExceptionFrame
@@ -155,6 +167,7 @@ Step: TypeAlias = (
     | CutMidFrame
     | HttpError
     | ConnectionDrop
+    | Flood
 )
 FRAME_STEPS = (Event, ExceptionFrame, Raw)
 

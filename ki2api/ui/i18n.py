@@ -107,10 +107,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "bad_token": ("That token cannot be used: {why}", "无法使用该令牌：{why}"),
     "admin_title": ("### Pool accounts (administrator)", "### 账号池（管理员）"),
     "admin_help": (
-        "Sign in with `ADMIN_KEY` (or the API key when no admin key is set) to add, refresh and "
-        "remove the server's accounts. The sign-in lasts for this tab only.",
-        "使用 `ADMIN_KEY`（未设置时使用 API key）登录后，可添加、刷新、删除服务器的账号。"
-        "登录状态只在当前标签页有效。",
+        "Sign in with `ADMIN_KEY` to add, refresh and remove the server's accounts. The sign-in "
+        "lasts for this tab only. Administration stays off until the server has an `ADMIN_KEY` "
+        "(an environment variable, or a secret on a Space), separate from the API key.",
+        "使用 `ADMIN_KEY` 登录后，可添加、刷新、删除服务器的账号。登录状态只在当前标签页有效。"
+        "服务器设置 `ADMIN_KEY`（环境变量，或 Space 的 secret，与 API key 不同）之前，"
+        "管理功能保持关闭。",
     ),
     "admin_key": ("Admin key", "管理员密钥"),
     "sign_in": ("Sign in", "登录"),
@@ -119,8 +121,9 @@ STRINGS: dict[str, tuple[str, str]] = {
     "signed_out": ("Not signed in.", "未登录。"),
     "wrong_key": ("Wrong key.", "密钥错误。"),
     "admin_disabled": (
-        "Administration is off: this Space has no API_KEY secret.",
-        "管理功能已关闭：此 Space 未设置 API_KEY。",
+        "Administration is off: set `ADMIN_KEY` (an environment variable, or a secret on a "
+        "Space) and restart the server to turn it on.",
+        "管理功能已关闭：设置 `ADMIN_KEY`（环境变量，或 Space 的 secret）并重启服务后即可开启。",
     ),
     "new_account": (
         "New account: token or kiro-auth-token.json",

@@ -45,15 +45,15 @@ def using_line(spec: AccountSpec | None, lang: str) -> str:
 
 
 def admin_enabled(settings: Settings) -> bool:
-    """As the admin API: no admin key and the public default API key on a Space means off."""
-    return not (settings.admin_key is None and settings.on_space and settings.api_key_is_default)
+    """As the admin API: off until ``ADMIN_KEY`` is set."""
+    return settings.admin_key is not None
 
 
 def admin_key_ok(key: str, settings: Settings) -> bool:
-    """The admin API's rule: ``ADMIN_KEY`` when one is set, else the API key."""
-    if not key or not admin_enabled(settings):
+    """The admin API's rule: ``ADMIN_KEY`` only (the API key is not an administrator's)."""
+    if not key or settings.admin_key is None:
         return False
-    return keys_match(key.strip(), settings.admin_key or settings.api_key)
+    return keys_match(key.strip(), settings.admin_key)
 
 
 class TokenHandlers:
