@@ -108,7 +108,7 @@ class AgentStack:
 
 def agent_stack(catalog: ModelCatalog | None = None, **env: str) -> Iterator[AgentStack]:
     with SimulatorServer() as sim:
-        settings = Settings.from_env(stack_env(sim.url, KIRO_MCP_URL=f"{sim.url}/mcp", **env))
+        settings = Settings.from_env(stack_env(sim.url, **env))
         recorder = RecordingApp(create_app(settings, catalog=catalog, with_ui=False))
         with ServerThread(recorder) as server:
             yield AgentStack(sim, server, recorder)

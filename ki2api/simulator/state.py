@@ -26,6 +26,7 @@ from ki2api.simulator.accounts import (
     Authorization,
 )
 from ki2api.simulator.faults import RANDOM_FAULTS, Fault, get_fault
+from ki2api.simulator.mcp import SearchBook
 from ki2api.simulator.scripts import HttpError, Script, Step, as_script
 from ki2api.simulator.validator import KNOWN_MODEL_IDS, MAX_BODY_BYTES
 
@@ -189,6 +190,8 @@ class SimulatorState:
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
             self._rules: list[tuple[Matcher, Script]] = []
+            # Web search (POST /mcp): a queue of results or faults, and the log of calls.
+            self.searches = SearchBook()
             self._refresh_faults: deque[HttpError] = deque()
             self._ids = 0
 
