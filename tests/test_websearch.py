@@ -9,6 +9,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import openai
 import orjson
 import pytest
 
@@ -289,3 +290,104 @@ def test_plain_request_never_searches(stack):
     assert stack.state.searches.calls == []
     tools = kiro_requests(stack)[0]["conversationState"]["currentMessage"]["userInputMessage"]
     assert "web_search" not in orjson.dumps(tools).decode()
+
+
+# --- OpenAI Responses: {"type": "web_search"} ---------------------------------------------------
+
+
+def cited_answer() -> Any:
+    return text_answer("See https://en.wikipedia.org/wiki/Kumquat for more.")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_web_search_call_items_and_citations(stack, stream):
+    stack.state.enqueue(search_call("kumquat"), cited_answer())
+    stack.state.searches.enqueue(RESULTS)
+    body = {
+        "model": MODEL,
+        "input": "What is a kumquat?",
+        "tools": [{"type": "web_search", "external_web_access": False}],
+        "stream": stream,
+    }
+    response = httpx.post(
+        stack.url + "/v1/responses", json=body, headers=stack.headers(), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    if stream:
+        events = [e.json() for e in parse_sse(response.text)]
+        types = [e["type"] for e in events]
+        assert "response.web_search_call.searching" in types
+        assert "response.web_search_call.completed" in types
+        output = events[-1]["response"]["output"]
+    else:
+        output = response.json()["output"]
+    assert [item["type"] for item in output] == ["web_search_call", "message"]
+    search = output[0]
+    assert search["status"] == "completed" and search["action"]["query"] == "kumquat"
+    assert [s["url"] for s in search["action"]["sources"]] == [r.url for r in RESULTS]
+    text = output[1]["content"][0]
+    url = "https://en.wikipedia.org/wiki/Kumquat"
+    start = text["text"].index(url)
+    assert text["annotations"] == [
+        {
+            "type": "url_citation",
+            "start_index": start,
+            "end_index": start + len(url),
+            "url": url,
+            "title": "Kumquat - Wikipedia",
+        }
+    ]
+
+
+def test_responses_web_search_through_the_sdk(stack):
+    stack.state.enqueue(search_call("kumquat"), cited_answer())
+    stack.state.searches.enqueue(RESULTS)
+    with openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0) as client:
+        response = client.responses.create(
+            model=MODEL, input="What is a kumquat?", tools=[{"type": "web_search"}]
+        )
+    assert response.output[0].type == "web_search_call"
+    assert "Kumquat" in response.output_text
+
+
+# --- OpenAI Chat Completions: web_search_options -----------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_web_search_options_search_and_cite(stack, stream):
+    stack.state.enqueue(search_call("kumquat"), cited_answer())
+    stack.state.searches.enqueue(RESULTS)
+    with openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0) as client:
+        messages: Any = [{"role": "user", "content": "What is a kumquat?"}]
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL, messages=messages, web_search_options={}, stream=True
+                )
+            )
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            annotations = [
+                a
+                for c in chunks
+                if c.choices
+                for a in (c.choices[0].delta.model_extra or {}).get("annotations") or []
+            ]
+        else:
+            completion = client.chat.completions.create(
+                model=MODEL, messages=messages, web_search_options={}
+            )
+            text = completion.choices[0].message.content or ""
+            annotations = [a.model_dump() for a in completion.choices[0].message.annotations or []]
+    assert text == "See https://en.wikipedia.org/wiki/Kumquat for more."
+    assert annotations == [
+        {
+            "type": "url_citation",
+            "url_citation": {
+                "start_index": 4,
+                "end_index": 41,
+                "url": "https://en.wikipedia.org/wiki/Kumquat",
+                "title": "Kumquat - Wikipedia",
+            },
+        }
+    ]
+    assert searched_queries(stack) == ["kumquat"]

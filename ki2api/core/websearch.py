@@ -124,6 +124,21 @@ def hits_text(query: str, hits: tuple[SearchHit, ...]) -> str:
     return "\n".join(lines)
 
 
+def citations(text: str, hits: list[SearchHit]) -> list[tuple[int, int, SearchHit]]:
+    """Where the answer names a result's URL: ``(start, end, hit)`` spans for OpenAI's
+    ``url_citation`` annotations (each URL once, at its first mention)."""
+    found: list[tuple[int, int, SearchHit]] = []
+    seen: set[str] = set()
+    for hit in hits:
+        if hit.url in seen:
+            continue
+        seen.add(hit.url)
+        start = text.find(hit.url)
+        if start >= 0:
+            found.append((start, start + len(hit.url), hit))
+    return sorted(found, key=lambda f: f[0])
+
+
 def _query_of(arguments: str) -> str:
     try:
         value = orjson.loads(arguments) if arguments.strip() else {}

@@ -40,6 +40,7 @@ from ki2api.core.request import (
     ToolCall,
     ToolChoice,
     ToolResult,
+    WebSearch,
 )
 
 log = logging.getLogger("ki2api.responses")
@@ -286,6 +287,13 @@ def _tool_choice(raw: str | dict[str, Any] | None, kinds: ToolKinds) -> ToolChoi
     )
 
 
+def _web_search(tool: dict[str, Any]) -> WebSearch:
+    filters = tool.get("filters")
+    allowed = filters.get("allowed_domains") if isinstance(filters, dict) else None
+    domains = tuple(d for d in allowed if isinstance(d, str)) if isinstance(allowed, list) else ()
+    return WebSearch(allowed_domains=domains)
+
+
 def _reasoning(wire: ResponsesWire) -> Reasoning | None:
     effort = wire.reasoning.effort if wire.reasoning else None
     if effort is None or effort == "none":
@@ -342,4 +350,6 @@ async def parse_request(
         response_schema=_response_schema(wire.text),
         stream=wire.stream,
     )
+    if kinds.web_search is not None:
+        request.web_search = _web_search(kinds.web_search)
     return request, kinds

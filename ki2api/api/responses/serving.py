@@ -35,6 +35,9 @@ from ki2api.api.responses.tools import ToolKinds, custom_input, local_shell_acti
 from ki2api.core.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
+    SearchHit,
+    ServerToolResult,
+    ServerToolUse,
     Stop,
     StopReason,
     StreamError,
@@ -49,6 +52,7 @@ from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 from ki2api.core.tokens import estimate_tokens
+from ki2api.core.websearch import citations, open_search
 
 log = logging.getLogger("ki2api.responses")
 KEEPALIVE = b": keep-alive\n\n"
@@ -180,8 +184,31 @@ class OpenResponse:
         }
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _annotations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
+    if not hits:
+        return []
+    return [
+        {"type": "url_citation", "start_index": a, "end_index": b, "url": h.url, "title": h.title}
+        for a, b, h in citations(text, hits)
+    ]
+
+
+def _search_item(
+    item_id: str, use: ServerToolUse, result: ServerToolResult | None
+) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": "search", "query": use.query}
+    status = "in_progress"
+    if result is not None:
+        status = "completed" if result.error is None else "failed"
+        action["sources"] = [{"type": "url", "url": h.url} for h in result.hits]
+    return {"type": "web_search_call", "id": item_id, "status": status, "action": action}
+
+
+def _message_item(
+    item_id: str, text: str, status: str, hits: list[SearchHit] | None = None
+) -> dict[str, Any]:
+    annotations = _annotations(text, hits) if hits else []
+    part = {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
     return {
         "type": "message",
         "id": item_id,
@@ -222,6 +249,7 @@ class _Item:
     call_id: str = ""
     name: str = ""
     signature: str | None = None
+    final: dict[str, Any] | None = None  # a web_search_call's finished item
 
     def where(self) -> dict[str, Any]:
         return {"item_id": self.id, "output_index": self.index}
@@ -237,6 +265,7 @@ class _Events:
         self.open: _Item | None = None
         self.calls: dict[int, _Item] = {}  # tool call index → its item
         self.reasoning: list[str] = []
+        self.hits: list[SearchHit] = []  # of the searches the gateway ran, for citations
 
     def event(self, kind: str, body: dict[str, Any]) -> bytes:
         body = {"type": kind, **body, "sequence_number": self.seq}
@@ -284,8 +313,10 @@ class _Events:
                     {**where, "summary_index": 0, "part": part},
                 )
             )
+        elif item.kind == "web_search_call":
+            final = item.final or {}
         elif item.kind == "message":
-            final = _message_item(item.id, text, status)
+            final = _message_item(item.id, text, status, self.hits)
             out.append(
                 self.event(
                     "response.output_text.done",
@@ -335,7 +366,12 @@ class ResponsesService:
         kinds = kinds or ToolKinds()
         for warning in kinds.warnings():
             log.warning("responses: %s", warning)
-        stream = await self.gateway.open(request, conversation_header=conversation_header)
+        if request.web_search is None:
+            stream = await self.gateway.open(request, conversation_header=conversation_header)
+        else:
+            stream = await open_search(
+                self.gateway, request, conversation_header=conversation_header
+            )
         encrypted = bool(wire.include) and "reasoning.encrypted_content" in (wire.include or [])
         return OpenResponse(
             request=request,
@@ -438,6 +474,23 @@ class ResponsesService:
                     body = resp.body(status, ev.output, final, incomplete=incomplete)
                     yield ev.event(f"response.{status}", {"response": body})
                     return
+                elif isinstance(delta, ServerToolUse):
+                    added = _search_item("", delta, None)
+                    item, out = ev.start("web_search_call", "ws", added)
+                    item.final = {**added, "id": item.id}
+                    out.append(ev.event("response.web_search_call.in_progress", item.where()))
+                    out.append(ev.event("response.web_search_call.searching", item.where()))
+                    for chunk in out:
+                        yield chunk
+                elif isinstance(delta, ServerToolResult):
+                    item = ev.open
+                    if item is not None and item.kind == "web_search_call" and item.final:
+                        use = ServerToolUse(delta.id, item.final["action"]["query"])
+                        item.final = _search_item(item.id, use, delta)
+                        ev.hits.extend(delta.hits)
+                        yield ev.event("response.web_search_call.completed", item.where())
+                        for chunk in ev.close("completed"):
+                            yield chunk
                 elif isinstance(delta, StreamError):
                     error = delta.error
                     yield ev.event(
@@ -461,8 +514,16 @@ def render_response(resp: OpenResponse, done: Completion) -> dict[str, Any]:
     if done.reasoning:
         rs = resp.reasoning_item(_new_id("rs"), done.reasoning, done.reasoning_signature)
         output.append(rs)
+    hits: list[SearchHit] = []
+    uses: dict[str, ServerToolUse] = {}
+    for step in done.server_tools:
+        if isinstance(step, ServerToolUse):
+            uses[step.id] = step
+        elif step.id in uses:
+            output.append(_search_item(_new_id("ws"), uses[step.id], step))
+            hits.extend(step.hits)
     if done.text or not done.tool_calls:
-        output.append(_message_item(_new_id("msg"), done.text, status))
+        output.append(_message_item(_new_id("msg"), done.text, status, hits))
     output.extend(
         resp.call_item(_new_id("fc"), call.id, call.name, call.arguments, "completed")
         for call in done.tool_calls
