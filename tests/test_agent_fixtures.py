@@ -13,6 +13,7 @@ import httpx
 import orjson
 import pytest
 
+from ki2api.api.anthropic import protocol as anthropic_protocol
 from ki2api.api.openai_chat import protocol as chat_protocol
 from ki2api.api.responses import protocol as responses_protocol
 from ki2api.core.request import ChatRequest, ImagePart
@@ -23,7 +24,11 @@ from tests.stack import StackFactory
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agents"
 # The front door each agent's requests go to (by file name prefix).
-DOORS = {"codex": "/v1/responses", "opencode": "/v1/chat/completions"}
+DOORS = {
+    "codex": "/v1/responses",
+    "opencode": "/v1/chat/completions",
+    "claude": "/v1/messages",
+}
 CAPTURED = sorted(p for p in FIXTURES.glob("*.json") if p.name.split("-")[0] in DOORS)
 # Codex's gpt-5 requests name a model the operator maps; here it is mapped to a Claude model.
 MODEL_FOR = {"gpt-5.5": "claude-sonnet-4-6"}
@@ -40,15 +45,21 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def chat_request(path: Path, body: dict[str, Any]) -> ChatRequest:
-    if DOORS[path.name.split("-")[0]] == "/v1/responses":
+    door = DOORS[path.name.split("-")[0]]
+    if door == "/v1/responses":
         wire = responses_protocol.parse_wire(body)
         return asyncio.run(responses_protocol.to_chat_request(wire, _no_images))
+    if door == "/v1/messages":
+        convert = anthropic_protocol.to_chat_request(
+            anthropic_protocol.parse_wire(body), _no_images, max_image_bytes=1 << 20
+        )
+        return asyncio.run(convert)
     return asyncio.run(chat_protocol.to_chat_request(chat_protocol.parse_wire(body), _no_images))
 
 
 def test_fixtures_are_there():
-    names = {p.name.split("-")[0] for p in CAPTURED}
-    assert names == {"codex", "opencode"}
+    names = {p.name for p in CAPTURED}
+    assert {"codex-plain.json", "opencode-plain.json", "claude-websearch.json"} <= names
 
 
 @pytest.mark.parametrize("path", CAPTURED, ids=lambda p: p.name)
@@ -75,6 +86,8 @@ def test_captured_request_is_answered(
     body = {**load(path), "stream": stream}
     door = DOORS[path.name.split("-")[0]]
     response = httpx.post(stack.url + door, json=body, headers=stack.headers(), timeout=60)
+    # Claude Code's WebSearch request is searched by the gateway: no model call at all.
+    searched = door == "/v1/messages" and bool(stack.state.searches.calls)
     assert response.status_code == 200, response.text
     if stream:
         assert "text/event-stream" in response.headers["content-type"]
@@ -82,4 +95,4 @@ def test_captured_request_is_answered(
             line[7:] for line in response.text.splitlines() if line.startswith("event: ")
         ]
     records = stack.state.requests
-    assert records and all(r.refusal is None for r in records), records
+    assert (records or searched) and all(r.refusal is None for r in records), records
