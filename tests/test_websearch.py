@@ -14,7 +14,12 @@ import orjson
 import pytest
 
 from ki2api.simulator.mcp import SearchFault, SearchResult
-from ki2api.simulator.scripts import HttpError, text_answer, tool_use_answer
+from ki2api.simulator.scripts import (
+    HttpError,
+    parallel_tool_use_answer,
+    text_answer,
+    tool_use_answer,
+)
 from tests.sse_events import parse_sse
 from tests.stack import Stack, StackFactory, make_stack_factory
 
@@ -391,3 +396,67 @@ def test_chat_web_search_options_search_and_cite(stack, stream):
         }
     ]
     assert searched_queries(stack) == ["kumquat"]
+
+
+# --- bounds and mixtures -----------------------------------------------------------------------
+
+
+def test_the_loop_is_bounded_by_web_search_max_rounds(factory):
+    stack = factory({"WEB_SEARCH_MAX_ROUNDS": "1"})
+    stack.state.enqueue(
+        search_call("one", "tooluse_1"),
+        search_call("two", "tooluse_2"),
+        search_call("three", "tooluse_3"),
+        text_answer("never asked for"),
+    )
+    body = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "search forever"}],
+        "tools": [SERVER_TOOL],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 200, response.text
+    events = [e.json() for e in parse_sse(response.text)]
+    assert events[-1]["type"] == "message_stop"
+    stop = next(e for e in events if e["type"] == "message_delta")
+    assert stop["delta"]["stop_reason"] == "end_turn"
+    assert stop["usage"]["server_tool_use"] == {"web_search_requests": 1}
+    assert searched_queries(stack) == ["one"]
+    assert len(stack.state.requests) == 3  # one search, one refusal, then the answer ends
+    assert stack.state.pending() == 1
+
+
+def test_client_tool_call_beside_a_search_ends_the_turn_for_the_client(stack):
+    stack.state.enqueue(
+        parallel_tool_use_answer(
+            [("web_search", "tooluse_s", '{"query": "x"}'), ("get_time", "tooluse_t", "{}")]
+        )
+    )
+    body = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "time?"}],
+        "tools": [SERVER_TOOL, {"name": "get_time", "input_schema": {"type": "object"}}],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 200, response.text
+    message = response.json()
+    assert message["stop_reason"] == "tool_use"
+    assert [b["type"] for b in message["content"] if b["type"] != "text"] == ["tool_use"]
+    assert message["content"][-1]["name"] == "get_time"
+    assert searched_queries(stack) == []
+
+
+def test_responses_failed_search_is_a_failed_web_search_call(stack):
+    stack.state.enqueue(search_call("kumquat"), text_answer("No luck."))
+    stack.state.searches.enqueue(SearchFault(tool_error="down"))
+    body = {"model": MODEL, "input": "kumquat?", "tools": [{"type": "web_search"}]}
+    response = httpx.post(
+        stack.url + "/v1/responses", json=body, headers=stack.headers(), timeout=30
+    )
+    assert response.status_code == 200, response.text
+    output = response.json()["output"]
+    assert output[0]["type"] == "web_search_call" and output[0]["status"] == "failed"
+    assert output[1]["content"][0]["text"] == "No luck."
