@@ -9,6 +9,7 @@ missing. Each run gets a throwaway HOME (and CODEX_HOME) and a temporary work fo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -143,7 +144,10 @@ def run_agent(
 
 
 def save_fixture(name: str, body: Any) -> None:
-    """Keep a captured request (``KI2API_SAVE_AGENT_FIXTURES=1``), for the replay tests."""
+    """Keep a captured request (``KI2API_SAVE_AGENT_FIXTURES=1``), for the replay tests; the
+    test's temporary folders are written as ``/tmp/agent-test/``."""
     if SAVE_FIXTURES:
         FIXTURES.mkdir(parents=True, exist_ok=True)
-        (FIXTURES / name).write_bytes(orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+        text = orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()
+        text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[\w.-]+/", "/tmp/agent-test/", text)
+        (FIXTURES / name).write_text(text + "\n")
