@@ -89,6 +89,7 @@ def demo_settings(settings: Settings, simulator_url: str) -> Settings:
         kiro_api_url=f"{simulator_url}/generateAssistantResponse",
         kiro_refresh_url=f"{simulator_url}/refreshToken",
         kiro_oidc_url=f"{simulator_url}/token",
+        kiro_mcp_url=f"{simulator_url}/mcp",
         kiro_access_token=DEMO_ACCESS_TOKEN,
         kiro_refresh_token=None,
         kiro_accounts=None,

@@ -82,6 +82,7 @@ class Settings:
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
     kiro_refresh_url: str = "https://prod.{region}.auth.desktop.kiro.dev/refreshToken"
     kiro_oidc_url: str = "https://oidc.{region}.amazonaws.com/token"
+    kiro_mcp_url: str = "https://q.{region}.amazonaws.com/mcp"  # web search (MCP tools/call)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     # --- limits ---
@@ -101,6 +102,8 @@ class Settings:
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
     yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
     header_timeout: float = 10.0  # a connection's request head must be complete within this
+    reasoning_secret: str | None = None  # HMAC key for Responses' encrypted reasoning items
+    web_search_max_rounds: int = 5  # searches the gateway runs for the model in one answer
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -154,11 +157,14 @@ class Settings:
             yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
             not in {"0", "false", "no", "off"},
             header_timeout=_float(env, "HEADER_TIMEOUT", 10.0),
+            reasoning_secret=env.get("REASONING_SECRET") or None,
+            web_search_max_rounds=int(env.get("WEB_SEARCH_MAX_ROUNDS") or 5),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),
             ("kiro_refresh_url", "KIRO_REFRESH_URL"),
             ("kiro_oidc_url", "KIRO_OIDC_URL"),
+            ("kiro_mcp_url", "KIRO_MCP_URL"),
         ):
             if env.get(url_var):
                 values[name] = env[url_var]

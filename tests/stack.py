@@ -51,6 +51,7 @@ def stack_env(sim_url: str, **extra: str) -> dict[str, str]:
         "KIRO_API_URL": f"{sim_url}/generateAssistantResponse",
         "KIRO_REFRESH_URL": f"{sim_url}/refreshToken",
         "KIRO_OIDC_URL": f"{sim_url}/token",
+        "KIRO_MCP_URL": f"{sim_url}/mcp",
         "KIRO_ACCESS_TOKEN": ACCESS_TOKEN,
     }
     env.update(extra)

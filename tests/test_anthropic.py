@@ -528,8 +528,8 @@ def anthropic_error(response: httpx.Response, status: int, kind: str) -> str:
         (hello(max_tokens=0), "max_tokens"),
         (hello(messages=[{"role": "tool", "content": "x"}]), "role"),
         (
-            hello(tools=[{"type": "web_search_20250305", "name": "web_search"}]),
-            "web_search_20250305",
+            hello(tools=[{"type": "code_execution_20250522", "name": "code_execution"}]),
+            "code_execution_20250522",
         ),
         (hello(thinking={"type": "enabled"}), "budget_tokens"),
         (hello(tool_choice={"type": "tool"}), "tool_choice.name"),

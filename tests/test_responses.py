@@ -387,7 +387,15 @@ def openai_error(response: httpx.Response, status: int) -> dict[str, Any]:
         ({"model": MODEL, "input": "Hi", "previous_response_id": "resp_1"}, "does not store"),
         ({"model": MODEL, "input": "Hi", "conversation": "conv_1"}, "does not store"),
         ({"model": MODEL, "input": [{"type": "item_reference", "id": "x"}]}, "does not store"),
-        ({"model": MODEL, "input": "Hi", "tools": [{"type": "web_search"}]}, "web_search"),
+        (
+            {
+                "model": MODEL,
+                "input": "Hi",
+                "tools": [{"type": "computer_use_preview"}],
+                "tool_choice": {"type": "computer_use_preview"},
+            },
+            "computer_use_preview",
+        ),
         ({"model": MODEL, "input": "Hi", "tool_choice": "sometimes"}, "tool_choice"),
         ({"model": MODEL, "input": "Hi", "reasoning": {"effort": "extreme"}}, "effort"),
         ({"model": MODEL, "input": []}, "input"),

@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.auth import check_presented_key, key_from
-from ki2api.api.common import CLIENT_CLOSED, LastPiece, read_json
+from ki2api.api.common import CLIENT_CLOSED, HeadedPiece, LastPiece, read_json
 from ki2api.core.errors import GatewayError
 from ki2api.core.logsafe import printable
 from ki2api.settings import Settings
@@ -218,7 +218,11 @@ class _Exchange:
                 async for piece in body:
                     if not self.started:
                         self.started = True
-                        await send(_SSE_START)
+                        if type(piece) is HeadedPiece:
+                            head = _SSE_START["headers"] + piece.headers
+                            await send({**_SSE_START, "headers": head})
+                        else:
+                            await send(_SSE_START)
                     ended = type(piece) is LastPiece
                     more = not ended
                     await send({"type": "http.response.body", "body": piece, "more_body": more})

@@ -84,6 +84,34 @@ class KeepAlive:
 
 KEEP_ALIVE = KeepAlive()
 
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    title: str
+    url: str
+    snippet: str
+    published_ms: int | None = None  # epoch milliseconds
+
+
+@dataclass(frozen=True, slots=True)
+class ServerToolUse:
+    """The gateway runs a web search for the model (only when the client offered one)."""
+
+    id: str
+    query: str
+    name: str = "web_search"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerToolResult:
+    """The outcome of the :class:`ServerToolUse` with the same id: hits, or an error code
+    (Anthropic's: ``unavailable``, ``max_uses_exceeded``, ``too_many_requests`` ...)."""
+
+    id: str
+    hits: tuple[SearchHit, ...] = ()
+    error: str | None = None
+
+
 Delta = (
     TextDelta
     | ReasoningDelta
@@ -94,4 +122,6 @@ Delta = (
     | Stop
     | StreamError
     | KeepAlive
+    | ServerToolUse
+    | ServerToolResult
 )

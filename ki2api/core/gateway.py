@@ -21,6 +21,8 @@ from ki2api.core.deltas import (
     KEEP_ALIVE,
     Delta,
     ReasoningDelta,
+    ServerToolResult,
+    ServerToolUse,
     Stop,
     StopReason,
     StreamError,
@@ -50,6 +52,7 @@ from ki2api.kiro.client import KiroClient, KiroResponse
 from ki2api.kiro.events import KiroEventParser
 from ki2api.kiro.models import ModelCatalog, ModelInfo
 from ki2api.kiro.request_builder import KiroRequest, build_kiro_request
+from ki2api.kiro.websearch import KiroWebSearch
 from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api.gateway")
@@ -219,6 +222,8 @@ class Completion:
     tool_calls: list[CompletedToolCall] = field(default_factory=list)
     usage: Usage = field(default_factory=lambda: Usage(0, 0))
     stop: Stop = field(default_factory=lambda: Stop(StopReason.END_TURN))
+    # searches the gateway ran (requests with a web-search tool only), in order
+    server_tools: list[ServerToolUse | ServerToolResult] = field(default_factory=list)
 
 
 async def collect(stream: DeltaStream, *, close: bool = True) -> Completion:
@@ -257,6 +262,8 @@ async def collect(stream: DeltaStream, *, close: bool = True) -> Completion:
                     break
             elif isinstance(delta, StreamError):
                 raise delta.error
+            elif isinstance(delta, ServerToolUse | ServerToolResult):
+                done.server_tools.append(delta)
     except BaseException:
         await stream.aclose()
         raise
@@ -282,6 +289,7 @@ class Gateway:
         self.catalog = catalog
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
+        self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
 
     async def open(
         self,

@@ -87,6 +87,18 @@ class Reasoning:
     effort: Literal["low", "medium", "high"] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WebSearch:
+    """The client offered a web-search tool; the gateway runs the searches
+    (:mod:`ki2api.core.websearch`). ``direct_query``: search this at once, no model call
+    (Claude Code's WebSearch request)."""
+
+    max_uses: int | None = None
+    direct_query: str | None = None
+    allowed_domains: tuple[str, ...] = ()
+    blocked_domains: tuple[str, ...] = ()
+
+
 @dataclass(slots=True)
 class ChatRequest:
     model: str  # as the client named it; resolved by the model catalog
@@ -103,3 +115,4 @@ class ChatRequest:
     conversation_id: str | None = None  # from a client header, else derived
     # A visitor's own credential (the UI's pasted token): bypasses the account pool.
     credential_override: Any | None = None
+    web_search: WebSearch | None = None  # a server-side web-search tool was offered

@@ -188,6 +188,7 @@ class _Endpoint:
 class KiroClient:
     def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
         self._http = http
+        self.http = http  # for the calls off the chat path (web search)
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
         self._static_heads: dict[tuple[bytes, str, bool], bytes] = {}

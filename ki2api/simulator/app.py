@@ -10,6 +10,7 @@ Routes (same paths as the real hosts, so only the base URL changes):
 ``POST /token``                             IdC (OIDC) refresh
 ``GET /getUsageLimits``                     remaining credits
 ``GET|POST /ListAvailableModels``           model list (path style)
+``POST /mcp``                               web search (JSON-RPC ``tools/call``, see mcp.py)
 ``POST /v1/chat/completions``               OpenAI-compatible chat over the same scripts
 ``GET /v1/models``, ``GET /health``         small conveniences
 ==========================================  ==================================================
@@ -25,6 +26,7 @@ from starlette.routing import Route
 
 from ki2api.simulator.account_routes import AccountEndpoints
 from ki2api.simulator.chat import ChatEndpoints
+from ki2api.simulator.mcp import mcp_endpoint
 from ki2api.simulator.player import LiveStreams
 from ki2api.simulator.state import SimulatorState
 
@@ -62,6 +64,9 @@ def create_simulator_app(state: SimulatorState | None = None) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    async def mcp(request: Request) -> Response:
+        return await mcp_endpoint(request, state.searches, state.authorize)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "simulator": True, "open_streams": state.open_streams})
 
@@ -77,6 +82,7 @@ def create_simulator_app(state: SimulatorState | None = None) -> Starlette:
         Route("/token", accounts.refresh_idc, methods=["POST"]),
         Route("/getUsageLimits", accounts.usage_limits, methods=["GET"]),
         Route("/ListAvailableModels", accounts.list_models, methods=["GET", "POST"]),
+        Route("/mcp", mcp, methods=["POST"]),
         Route("/v1/chat/completions", chat.openai, methods=["POST"]),
         Route("/v1/models", openai_models, methods=["GET"]),
         Route("/health", health, methods=["GET"]),

@@ -62,7 +62,7 @@ class ChatEndpoints:
             return self._refuse(record, HttpError(400, refusal.body(), _validation_headers()))
 
         prompt = prompt_from_kiro(body, len(raw))
-        script, fault = state.next_answer(lambda: default_answer(prompt), auth.account)
+        script, fault = state.next_answer(lambda: default_answer(prompt), auth.account, body)
         record.script, record.fault = script.name, fault
         if auth.account is not None:
             auth.account.chat_count += 1
@@ -89,7 +89,7 @@ class ChatEndpoints:
                 media_type="application/json",
             )
         prompt = prompt_from_openai(body, len(raw))
-        script, fault = state.next_answer(lambda: default_answer(prompt))
+        script, fault = state.next_answer(lambda: default_answer(prompt), body=body)
         record.script, record.fault = script.name, fault
         options = body.get("stream_options")
         renderer = OpenAIRenderer(

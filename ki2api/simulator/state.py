@@ -26,11 +26,13 @@ from ki2api.simulator.accounts import (
     Authorization,
 )
 from ki2api.simulator.faults import RANDOM_FAULTS, Fault, get_fault
+from ki2api.simulator.mcp import SearchBook
 from ki2api.simulator.scripts import HttpError, Script, Step, as_script
 from ki2api.simulator.validator import KNOWN_MODEL_IDS, MAX_BODY_BYTES
 
 QueueItem = Script | Fault
 Scriptable = Script | Step | Iterable[Step]
+Matcher = Callable[[Any], bool]  # the parsed chat request body -> whether a rule answers it
 
 
 @dataclass(slots=True, repr=False)
@@ -187,6 +189,9 @@ class SimulatorState:
             self.open_streams = 0
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
+            self._rules: list[tuple[Matcher, Script]] = []
+            # Web search (POST /mcp): a queue of results or faults, and the log of calls.
+            self.searches = SearchBook()
             self._refresh_faults: deque[HttpError] = deque()
             self._ids = 0
 
@@ -228,26 +233,48 @@ class SimulatorState:
         with self._changed:
             self._queue.extendleft(item for _ in range(n))
 
+    def answer_when(self, match: Matcher, script: Scriptable) -> None:
+        """Answer the first chat request whose parsed body ``match`` accepts with ``script``,
+        once, ahead of the queue. For clients that send side requests (a title, a summary) in
+        an order the test cannot know: the rule picks its request by content."""
+        with self._changed:
+            self._rules.append((match, as_script(script)))
+
     def pending(self) -> int:
         with self._changed:
-            return len(self._queue)
+            return len(self._queue) + len(self._rules)
 
     def clear_queue(self) -> None:
         with self._changed:
             self._queue.clear()
+            self._rules.clear()
             self._refresh_faults.clear()
 
+    def _rule_for(self, body: Any) -> Script | None:
+        for i, (match, script) in enumerate(self._rules):
+            try:
+                hit = match(body)
+            except Exception:  # a test's matcher looking at an unexpected body
+                hit = False
+            if hit:
+                del self._rules[i]
+                return script
+        return None
+
     def next_answer(
-        self, default: Callable[[], Script], account: Account | None = None
+        self, default: Callable[[], Script], account: Account | None = None, body: Any = None
     ) -> tuple[Script, str | None]:
         """The script for one chat request and the name of the injected fault, if any.
 
-        Order: the account's own fault, then the queue, then a random fault, then ``default``.
+        Order: the account's own fault, then a matching rule (:meth:`answer_when`), then the
+        queue, then a random fault, then ``default``.
         """
         with self._changed:
             item: QueueItem | None = None
             if account is not None and account.fault is not None:
                 item = account.fault
+            elif self._rules and (rule := self._rule_for(body)) is not None:
+                item = rule
             elif self._queue:
                 item = self._queue.popleft()
             elif self.fault_rate > 0 and self._rng.random() < self.fault_rate:

@@ -7,17 +7,21 @@ blocks are converted one by one below, each refusal naming the block's path.
 What cannot travel to Kiro is handled openly: ``thinking`` / ``redacted_thinking`` blocks in the
 history are dropped (the service takes no reasoning in history, and as text the model would echo
 it); images inside a ``tool_result`` ride on the user turn that carries the result (Kiro's tool
-results hold text only); server tools (``web_search_…``, ``bash_…`` and the like) and non-text
-documents are refused with a 400 that says so.
+results hold text only); the web-search server tool (``web_search_…``) is run by the gateway
+(:mod:`.server_tools`, :mod:`ki2api.core.websearch`) and its blocks in the history become text;
+other server tools (``bash_…``, ``code_execution_…`` and the like) and non-text documents are
+refused with a 400 that says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ki2api.api.anthropic.server_tools import history_text, is_web_search, web_search_spec
 from ki2api.api.common import parse_wire_model
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.images import decode_base64_image
@@ -32,7 +36,9 @@ from ki2api.core.request import (
     ToolChoice,
     ToolResult,
     ToolSpec,
+    WebSearch,
 )
+from ki2api.core.websearch import direct_query
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
 Base64Loader = Callable[[str, str, str], Awaitable[ImagePart]]  # (media type, data, param)
@@ -238,6 +244,8 @@ class _Converter:
                 msg.tool_results.append(await self.result(block, where, msg.parts))
             elif kind in ("thinking", "redacted_thinking"):
                 continue  # reasoning cannot go upstream in history (see the module docstring)
+            elif kind in ("server_tool_use", "web_search_tool_result"):
+                msg.parts.append(TextPart(history_text(block) or ""))
             else:
                 raise InvalidRequest(
                     f"{where}: content blocks of type {kind!r} are not supported (text, image, "
@@ -274,6 +282,8 @@ def system_text(system: str | list[dict[str, Any]] | None) -> str:
 def _tools(wire: CountTokensWire) -> list[ToolSpec]:
     tools: list[ToolSpec] = []
     for i, tool in enumerate(wire.tools or []):
+        if is_web_search(tool.type):
+            continue  # run by the gateway: see _web_search
         if tool.type not in (None, "custom"):
             raise InvalidRequest(
                 f"tools[{i}]: tools of type {tool.type!r} (Anthropic server or built-in tools) "
@@ -286,8 +296,17 @@ def _tools(wire: CountTokensWire) -> list[ToolSpec]:
     return tools
 
 
+def _web_search(wire: CountTokensWire) -> WebSearch | None:
+    for i, tool in enumerate(wire.tools or []):
+        if is_web_search(tool.type):
+            return web_search_spec(tool.model_extra or {}, f"tools[{i}]")
+    return None
+
+
 def _tool_choice(wire: CountTokensWire) -> ToolChoice:
     choice = wire.tool_choice
+    if choice is not None and choice.type == "tool" and _is_server_tool(wire, choice.name):
+        return ToolChoice("auto")  # the gateway runs that tool itself
     if choice is None or choice.type == "auto":
         return ToolChoice("auto")
     if choice.type == "none":
@@ -300,6 +319,10 @@ def _tool_choice(wire: CountTokensWire) -> ToolChoice:
             param="tool_choice.name",
         )
     return ToolChoice("tool", choice.name)
+
+
+def _is_server_tool(wire: CountTokensWire, name: str | None) -> bool:
+    return any(is_web_search(t.type) and t.name == name for t in wire.tools or [])
 
 
 def _reasoning(wire: CountTokensWire) -> Reasoning | None:
@@ -346,6 +369,9 @@ async def to_chat_request(
         tool_choice=_tool_choice(wire),
         reasoning=_reasoning(wire),
     )
+    search = _web_search(wire) if wire.tools else None
+    if search is not None:
+        request.web_search = replace(search, direct_query=direct_query(request))
     if isinstance(wire, MessagesWire):
         request.max_tokens = wire.max_tokens
         request.stop = [s for s in wire.stop_sequences or [] if s]  # "" would stop at once

@@ -19,17 +19,20 @@ does when ``max_tokens`` cuts a tool call.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
 from ki2api.api.anthropic.counting import estimate_request_tokens
+from ki2api.api.anthropic.server_tools import result_block, server_tool_usage, use_block
 from ki2api.api.common import LastPiece
 from ki2api.api.errors import anthropic_error_body
 from ki2api.core.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
+    ServerToolResult,
+    ServerToolUse,
     Stop,
     StopReason,
     StreamError,
@@ -42,6 +45,7 @@ from ki2api.core.deltas import (
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
+from ki2api.core.websearch import open_search
 
 STOP_REASONS = {
     StopReason.END_TURN: "end_turn",
@@ -169,11 +173,26 @@ class MessagesService:
 
     async def open(self, request: ChatRequest, *, conversation_header: str | None) -> OpenMessage:
         msg = OpenMessage(request)
-        msg.stream = await self.gateway.open(
+        opener = self.gateway.open if request.web_search is None else self._open_search
+        msg.stream = await opener(
             request, conversation_header=conversation_header, while_waiting=msg.prepare
         )
         msg.prepare()  # a no-op unless the gateway had no moment for it
         return msg
+
+    async def _open_search(
+        self,
+        request: ChatRequest,
+        *,
+        conversation_header: str | None,
+        while_waiting: Callable[[], object],
+    ) -> DeltaStream:
+        return await open_search(
+            self.gateway,
+            request,
+            conversation_header=conversation_header,
+            while_waiting=while_waiting,
+        )
 
     def count_tokens(self, request: ChatRequest) -> int:
         """The estimate of :mod:`ki2api.api.anthropic.counting`; unknown models are a 404."""
@@ -183,6 +202,7 @@ class MessagesService:
     async def sse(self, msg: OpenMessage) -> AsyncIterator[bytes]:
         blocks = _Blocks()
         usage: Usage | None = None
+        searches = 0  # web searches the gateway ran for this answer
         stream = msg.stream
         parts = [msg.message_start()]  # goes out with the first batch
         try:
@@ -235,7 +255,7 @@ class MessagesService:
                                 "stop_reason": STOP_REASONS[delta.reason],
                                 "stop_sequence": _stop_sequence(delta),
                             },
-                            "usage": usage_body(final),
+                            "usage": {**usage_body(final), **server_tool_usage(searches)},
                         }
                         parts += (event("message_delta", body), MESSAGE_STOP)
                         yield LastPiece(b"".join(parts))
@@ -244,6 +264,21 @@ class MessagesService:
                         parts.append(event("error", anthropic_error_body(delta.error)))
                         yield LastPiece(b"".join(parts))
                         return
+                    elif isinstance(delta, ServerToolUse):
+                        parts += blocks.start("server_tool_use", {**use_block(delta), "input": {}})
+                        query = dumps({"query": delta.query})
+                        parts.append(
+                            _DELTA
+                            + b"%d" % blocks.open_index
+                            + _JSON
+                            + dumps(query.decode())
+                            + _END
+                        )
+                        parts += blocks.close()
+                    elif isinstance(delta, ServerToolResult):
+                        searches += delta.error is None
+                        parts += blocks.start("web_search_tool_result", result_block(delta))
+                        parts += blocks.close()
                 if parts:
                     yield b"".join(parts)
                     parts = []
@@ -262,6 +297,13 @@ def _stop_sequence(stop: Stop) -> str | None:
 
 def render_message(msg: OpenMessage, done: Completion) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
+    searches = 0
+    for step in done.server_tools:  # searches come first: the text answers from them
+        if isinstance(step, ServerToolUse):
+            content.append(use_block(step))
+        else:
+            content.append(result_block(step))
+            searches += step.error is None
     if done.reasoning:
         signature = done.reasoning_signature or PLACEHOLDER_SIGNATURE
         content.append({"type": "thinking", "thinking": done.reasoning, "signature": signature})
@@ -279,5 +321,5 @@ def render_message(msg: OpenMessage, done: Completion) -> dict[str, Any]:
         "content": content,
         "stop_reason": STOP_REASONS[done.stop.reason],
         "stop_sequence": _stop_sequence(done.stop),
-        "usage": usage_body(done.usage),
+        "usage": {**usage_body(done.usage), **server_tool_usage(searches)},
     }

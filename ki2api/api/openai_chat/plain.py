@@ -43,6 +43,7 @@ RICH_FIELDS = (
     "function_call",
     "reasoning_effort",
     "response_format",
+    "web_search_options",
 )
 HANDLED_MESSAGE_FIELDS = frozenset({"role", "content", "name"})
 RICH_MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "function_call")

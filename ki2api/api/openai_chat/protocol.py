@@ -25,6 +25,7 @@ from ki2api.core.request import (
     ToolChoice,
     ToolResult,
     ToolSpec,
+    WebSearch,
 )
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
@@ -85,6 +86,8 @@ class ChatCompletionWire(_Wire):
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     response_format: dict[str, Any] | None = None
+    # The gateway runs the searches (ki2api/core/websearch.py); the options' fields are ignored.
+    web_search_options: dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1)
     # Accepted for compatibility; the service has no such knobs (documented in the README).
     temperature: float | None = None
@@ -254,4 +257,5 @@ async def to_chat_request(wire: ChatCompletionWire, load_image: ImageLoader) -> 
         reasoning=_reasoning(wire.reasoning_effort),
         response_schema=_response_schema(wire.response_format),
         stream=wire.stream,
+        web_search=None if wire.web_search_options is None else WebSearch(),
     )

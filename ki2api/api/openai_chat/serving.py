@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -18,6 +18,8 @@ from ki2api.core.compliance import normalise_json_answer, tool_choice_problem
 from ki2api.core.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
+    SearchHit,
+    ServerToolResult,
     Stop,
     StopReason,
     StreamError,
@@ -29,6 +31,7 @@ from ki2api.core.deltas import (
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
+from ki2api.core.websearch import citations, open_search
 
 log = logging.getLogger("ki2api.openai")
 
@@ -101,11 +104,26 @@ class ChatCompletionsService:
         self, request: ChatRequest, *, include_usage: bool, conversation_header: str | None
     ) -> OpenChat:
         chat = OpenChat(request, include_usage)
-        chat.stream = await self.gateway.open(
+        opener = self.gateway.open if request.web_search is None else self._open_search
+        chat.stream = await opener(
             request, conversation_header=conversation_header, while_waiting=chat.prepare
         )
         chat.prepare()  # a no-op unless the gateway had no moment for it
         return chat
+
+    async def _open_search(
+        self,
+        request: ChatRequest,
+        *,
+        conversation_header: str | None,
+        while_waiting: Callable[[], object],
+    ) -> DeltaStream:
+        return await open_search(
+            self.gateway,
+            request,
+            conversation_header=conversation_header,
+            while_waiting=while_waiting,
+        )
 
     async def sse(self, chat: OpenChat) -> AsyncIterator[bytes]:
         head, open_tail, first, tail_usage = chat.chunk_parts()
@@ -118,11 +136,16 @@ class ChatCompletionsService:
         stream = chat.stream
         called: list[str] = []
         parts = [first]  # goes out with the first batch
+        # Only a request with web search keeps its text: the citations point into it.
+        said: list[str] | None = None if chat.request.web_search is None else []
+        hits: list[SearchHit] = []
         try:
             async for batch in stream.batches():
                 for delta in batch:
                     if isinstance(delta, TextDelta):
                         parts.append(chunk({"content": delta.text}))
+                        if said is not None:
+                            said.append(delta.text)
                     elif delta is KEEP_ALIVE:
                         parts.append(KEEPALIVE)
                     elif isinstance(delta, ReasoningDelta):
@@ -143,6 +166,10 @@ class ChatCompletionsService:
                     elif isinstance(delta, Usage):
                         usage = delta
                     elif isinstance(delta, Stop):
+                        if said is not None and hits:
+                            notes = url_citations("".join(said), hits)
+                            if notes:
+                                parts.append(chunk({"annotations": notes}))
                         parts.append(
                             head
                             + b'{},"logprobs":null,"finish_reason":'
@@ -171,6 +198,8 @@ class ChatCompletionsService:
                         parts.append(b"data: " + dumps(openai_error_body(delta.error)) + b"\n\n")
                         yield LastPiece(b"".join(parts))
                         return
+                    elif isinstance(delta, ServerToolResult):
+                        hits.extend(delta.hits)
                 if parts:
                     yield b"".join(parts)
                     parts = []
@@ -191,6 +220,17 @@ class ChatCompletionsService:
         return render_completion(chat, done)
 
 
+def url_citations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
+    """OpenAI's ``url_citation`` annotations for the result URLs the answer names."""
+    return [
+        {
+            "type": "url_citation",
+            "url_citation": {"start_index": a, "end_index": b, "url": h.url, "title": h.title},
+        }
+        for a, b, h in citations(text, hits)
+    ]
+
+
 def render_completion(chat: OpenChat, done: Completion) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": done.text or None}
     if done.reasoning:
@@ -205,6 +245,9 @@ def render_completion(chat: OpenChat, done: Completion) -> dict[str, Any]:
             for call in done.tool_calls
         ]
     message["refusal"] = None
+    hits = [h for s in done.server_tools if isinstance(s, ServerToolResult) for h in s.hits]
+    if hits:
+        message["annotations"] = url_citations(done.text, hits)
     return {
         "id": chat.id,
         "object": "chat.completion",

@@ -3,13 +3,17 @@
 The gateway stores no responses and no conversations: ``previous_response_id``,
 ``conversation``, ``item_reference`` items, stored ``prompt`` templates and ``background`` mode
 are refused with a 400 that says so; send the whole conversation as ``input`` items instead
-(``store`` is accepted and ignored). Only ``function`` tools exist (flat: ``{type, name,
-description, parameters}``); built-in tools (web search, file search, computer use ...) are a 400.
-``reasoning`` items in the input are dropped: the service takes no reasoning in history.
+(``store`` is accepted and ignored, as are ``prompt_cache_key``, ``client_metadata``, ``include``
+apart from ``reasoning.encrypted_content``). Tools: ``function``, plus the kinds Codex sends
+(``namespace``, ``custom``, ``local_shell``, ``web_search``; see :mod:`.tools`); other built-in
+tools are dropped with a warning. ``reasoning`` items in the input are dropped (their sealed
+content is checked, see :mod:`.sealed`): the service takes no reasoning in history. So are
+``web_search_call`` items: the results they stood for are not in them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ki2api.api.common import check_json_depth, parse_wire_model
 from ki2api.api.openai_chat.protocol import EFFORT_BUDGETS
+from ki2api.api.responses.sealed import ReasoningSeal
+from ki2api.api.responses.tools import (
+    ToolKinds,
+    check_choice_offered,
+    flat_name,
+    parse_tools,
+)
 from ki2api.core.errors import InvalidRequest
 from ki2api.core.request import (
     ChatRequest,
@@ -29,12 +40,13 @@ from ki2api.core.request import (
     ToolCall,
     ToolChoice,
     ToolResult,
-    ToolSpec,
+    WebSearch,
 )
+
+log = logging.getLogger("ki2api.responses")
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
 
-EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 IMAGE_IN_RESULT = "(image attached to this message)"
 STATELESS = (
     "This gateway does not store responses or conversations, so {what} cannot be used: send "
@@ -42,6 +54,8 @@ STATELESS = (
     "function_call_output items) on every request."
 )
 _TEXT_PARTS = ("input_text", "output_text", "text", "summary_text")
+# Items standing for built-in tools that ran on the provider's side: nothing to replay.
+_SKIPPED_ITEMS = frozenset({"web_search_call", "tool_search_call", "tool_search_output"})
 
 
 class _Wire(BaseModel):
@@ -74,6 +88,9 @@ class ResponsesWire(_Wire):
     temperature: float | None = None
     top_p: float | None = None
     user: str | None = None
+    include: list[str] | None = None
+    prompt_cache_key: str | None = None
+    client_metadata: dict[str, Any] | None = None
 
 
 def parse_wire(body: Any) -> ResponsesWire:
@@ -172,8 +189,16 @@ class _Converter:
         return "\n\n".join(texts)
 
 
+def _output_text(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, dict) and isinstance(raw.get("output"), str):
+        return str(raw["output"])
+    return orjson.dumps(raw).decode()
+
+
 async def _items(
-    items: list[dict[str, Any]], convert: _Converter
+    items: list[dict[str, Any]], convert: _Converter, seal: ReasoningSeal | None = None
 ) -> tuple[list[str], list[Message]]:
     system: list[str] = []
     messages: list[Message] = []
@@ -195,17 +220,45 @@ async def _items(
         elif kind == "function_call":
             call = ToolCall(
                 _str(item, "call_id", where),
-                _str(item, "name", where),
+                flat_name(_str(item, "name", where), item.get("namespace")),
                 _arguments(item.get("arguments")),
             )
             messages.append(Message("assistant", tool_calls=[call]))
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            text = item.get("input")
+            call = ToolCall(
+                _str(item, "call_id", where),
+                _str(item, "name", where),
+                {"input": text if isinstance(text, str) else ""},
+            )
+            messages.append(Message("assistant", tool_calls=[call]))
+        elif kind == "local_shell_call":
+            action = item.get("action")
+            action = action if isinstance(action, dict) else {}
+            args = {"command": action.get("command") or []}
+            if isinstance(action.get("working_directory"), str):
+                args["workdir"] = action["working_directory"]
+            call_id = item.get("call_id") or item.get("id")
+            if not isinstance(call_id, str) or not call_id:
+                raise InvalidRequest(f"{where}.call_id must be a string.", param=where)
+            shell = ToolCall(call_id, "local_shell", args)
+            messages.append(Message("assistant", tool_calls=[shell]))
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             message = Message("user")
             content = await convert.output(item.get("output", ""), f"{where}.output", message)
             message.tool_results.append(ToolResult(_str(item, "call_id", where), content))
             messages.append(message)
+        elif kind == "local_shell_call_output":
+            content = _output_text(item.get("output", ""))
+            result = ToolResult(_str(item, "call_id", where), content)
+            messages.append(Message("user", tool_results=[result]))
         elif kind == "reasoning":
+            if seal is not None and "encrypted_content" in item:
+                if seal.open(item.get("encrypted_content")) is None:
+                    log.info("%s: encrypted reasoning not sealed by this gateway; ignored", where)
             continue  # see the module docstring
+        elif kind in _SKIPPED_ITEMS:
+            continue
         elif kind == "item_reference":
             raise InvalidRequest(STATELESS.format(what="item_reference items"), param=where)
         else:
@@ -217,44 +270,29 @@ async def _items(
     return system, messages
 
 
-def _tools(wire: ResponsesWire) -> list[ToolSpec]:
-    tools: list[ToolSpec] = []
-    for i, tool in enumerate(wire.tools or []):
-        where = f"tools[{i}]"
-        if tool.get("type") != "function":
-            raise InvalidRequest(
-                f"{where}: tools of type {tool.get('type')!r} are not supported; only "
-                "'function' tools are (built-in tools run on OpenAI's servers).",
-                param=f"{where}.type",
-            )
-        name = _str(tool, "name", where)
-        if not name:
-            raise InvalidRequest(f"{where}.name must not be empty.", param=f"{where}.name")
-        description = tool.get("description")
-        parameters = tool.get("parameters")
-        tools.append(
-            ToolSpec(
-                name,
-                description if isinstance(description, str) else "",
-                parameters if isinstance(parameters, dict) else EMPTY_SCHEMA,
-            )
-        )
-    return tools
-
-
-def _tool_choice(raw: str | dict[str, Any] | None) -> ToolChoice:
+def _tool_choice(raw: str | dict[str, Any] | None, kinds: ToolKinds) -> ToolChoice:
     if raw is None or raw == "auto":
         return ToolChoice("auto")
     if raw in ("none", "required"):
         return ToolChoice(raw)  # type: ignore[arg-type]
-    if isinstance(raw, dict) and raw.get("type") == "function":
+    check_choice_offered(raw, kinds)
+    if isinstance(raw, dict) and raw.get("type") in ("function", "custom"):
         name = raw.get("name")
         if isinstance(name, str) and name:
-            return ToolChoice("tool", name)
+            return ToolChoice("tool", flat_name(name, raw.get("namespace")))
+    if isinstance(raw, dict) and raw.get("type") == "local_shell" and kinds.local_shell:
+        return ToolChoice("tool", "local_shell")
     raise InvalidRequest(
         "tool_choice must be 'none', 'auto', 'required' or {'type': 'function', 'name': ...}.",
         param="tool_choice",
     )
+
+
+def _web_search(tool: dict[str, Any]) -> WebSearch:
+    filters = tool.get("filters")
+    allowed = filters.get("allowed_domains") if isinstance(filters, dict) else None
+    domains = tuple(d for d in allowed if isinstance(d, str)) if isinstance(allowed, list) else ()
+    return WebSearch(allowed_domains=domains)
 
 
 def _reasoning(wire: ResponsesWire) -> Reasoning | None:
@@ -285,22 +323,34 @@ def _response_schema(text: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 async def to_chat_request(wire: ResponsesWire, load_image: ImageLoader) -> ChatRequest:
+    return (await parse_request(wire, load_image))[0]
+
+
+async def parse_request(
+    wire: ResponsesWire, load_image: ImageLoader, seal: ReasoningSeal | None = None
+) -> tuple[ChatRequest, ToolKinds]:
+    """The internal request, and what the answer needs to render calls as the client's
+    item types."""
     convert = _Converter(load_image)
+    tools, kinds = parse_tools(wire.tools)
     if isinstance(wire.input, str):
         system: list[str] = []
         messages = [Message("user", [TextPart(wire.input)] if wire.input else [])]
     else:
-        system, messages = await _items(wire.input, convert)
+        system, messages = await _items(wire.input, convert, seal)
     if not messages:
         raise InvalidRequest("input must hold at least one message.", param="input")
-    return ChatRequest(
+    request = ChatRequest(
         model=wire.model,
         messages=messages,
         system="\n\n".join(t for t in [wire.instructions or "", *system] if t),
-        tools=_tools(wire),
-        tool_choice=_tool_choice(wire.tool_choice),
+        tools=tools,
+        tool_choice=_tool_choice(wire.tool_choice, kinds),
         max_tokens=wire.max_output_tokens,
         reasoning=_reasoning(wire),
         response_schema=_response_schema(wire.text),
         stream=wire.stream,
     )
+    if kinds.web_search is not None:
+        request.web_search = _web_search(kinds.web_search)
+    return request, kinds

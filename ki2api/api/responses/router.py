@@ -11,7 +11,7 @@ from starlette.responses import Response
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
-from ki2api.api.responses.protocol import parse_wire, to_chat_request
+from ki2api.api.responses.protocol import parse_request, parse_wire
 from ki2api.api.responses.serving import OpenResponse, ResponsesService
 from ki2api.core.errors import GatewayError
 
@@ -32,11 +32,12 @@ class ResponsesDoor:
 
     async def open(self, body: Any, conversation_header: str | None) -> OpenResponse:
         wire = parse_wire(body)
+        service = self.get_service()
         images = self.images.loader()
-        chat_request = await to_chat_request(wire, images.load)
+        chat_request, kinds = await parse_request(wire, images.load, service.seal)
         await images.fill(chat_request)
-        return await self.get_service().open(
-            chat_request, wire, conversation_header=conversation_header
+        return await service.open(
+            chat_request, wire, conversation_header=conversation_header, kinds=kinds
         )
 
     def streamed(self, opened: OpenResponse) -> bool:
@@ -46,7 +47,7 @@ class ResponsesDoor:
         return self.get_service().sse(opened)
 
     async def complete(self, opened: OpenResponse) -> tuple[Any, Mapping[str, str] | None]:
-        return await self.get_service().complete(opened), None
+        return await self.get_service().complete(opened), opened.warning_headers()
 
     async def finish(self, opened: OpenResponse) -> None:
         await opened.stream.aclose()

@@ -20,6 +20,7 @@ arguments are never reported as done) and the response as ``incomplete``.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,10 +28,16 @@ from typing import Any
 
 import orjson
 
+from ki2api.api.common import HeadedPiece
 from ki2api.api.responses.protocol import ResponsesWire
+from ki2api.api.responses.sealed import ReasoningSeal
+from ki2api.api.responses.tools import ToolKinds, custom_input, local_shell_action
 from ki2api.core.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
+    SearchHit,
+    ServerToolResult,
+    ServerToolUse,
     Stop,
     StopReason,
     StreamError,
@@ -45,7 +52,9 @@ from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 from ki2api.core.tokens import estimate_tokens
+from ki2api.core.websearch import citations, open_search
 
+log = logging.getLogger("ki2api.responses")
 KEEPALIVE = b": keep-alive\n\n"
 INCOMPLETE_REASONS = {
     StopReason.MAX_TOKENS: "max_output_tokens",
@@ -77,6 +86,9 @@ def error_code(error: GatewayError) -> str:
     return "rate_limit_exceeded" if error.status == 429 else "server_error"
 
 
+WARNING_HEADER = "x-ki2api-warning"
+
+
 @dataclass(slots=True)
 class OpenResponse:
     request: ChatRequest
@@ -84,6 +96,46 @@ class OpenResponse:
     stream: DeltaStream
     id: str
     created_at: int
+    kinds: ToolKinds = field(default_factory=ToolKinds)
+    seal: ReasoningSeal | None = None  # set when the client asked for encrypted reasoning
+
+    def warning_headers(self) -> dict[str, str] | None:
+        warnings = self.kinds.warnings()
+        return {WARNING_HEADER: "; ".join(warnings)} if warnings else None
+
+    def reasoning_item(self, item_id: str, text: str, signature: str | None) -> dict[str, Any]:
+        item = _reasoning_item(item_id, text)
+        if self.seal is not None:
+            item["encrypted_content"] = self.seal.seal(text, signature)
+        return item
+
+    def call_item(
+        self, item_id: str, call_id: str, name: str, arguments: str, status: str
+    ) -> dict[str, Any]:
+        """A tool call as the item type of the tool the client declared."""
+        kinds = self.kinds
+        if name in kinds.custom:
+            return {
+                "type": "custom_tool_call",
+                "id": item_id,
+                "call_id": call_id,
+                "name": name,
+                "input": custom_input(arguments),
+                "status": status,
+            }
+        if name == "local_shell" and kinds.local_shell:
+            return {
+                "type": "local_shell_call",
+                "id": item_id,
+                "call_id": call_id,
+                "status": status,
+                "action": local_shell_action(arguments),
+            }
+        item = _call_item(item_id, call_id, name, arguments, status)
+        namespaced = kinds.namespaced.get(name)
+        if namespaced is not None:
+            item["namespace"], item["name"] = namespaced
+        return item
 
     def body(
         self,
@@ -132,8 +184,31 @@ class OpenResponse:
         }
 
 
-def _message_item(item_id: str, text: str, status: str) -> dict[str, Any]:
-    part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+def _annotations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
+    if not hits:
+        return []
+    return [
+        {"type": "url_citation", "start_index": a, "end_index": b, "url": h.url, "title": h.title}
+        for a, b, h in citations(text, hits)
+    ]
+
+
+def _search_item(
+    item_id: str, use: ServerToolUse, result: ServerToolResult | None
+) -> dict[str, Any]:
+    action: dict[str, Any] = {"type": "search", "query": use.query}
+    status = "in_progress"
+    if result is not None:
+        status = "completed" if result.error is None else "failed"
+        action["sources"] = [{"type": "url", "url": h.url} for h in result.hits]
+    return {"type": "web_search_call", "id": item_id, "status": status, "action": action}
+
+
+def _message_item(
+    item_id: str, text: str, status: str, hits: list[SearchHit] | None = None
+) -> dict[str, Any]:
+    annotations = _annotations(text, hits) if hits else []
+    part = {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
     return {
         "type": "message",
         "id": item_id,
@@ -166,13 +241,15 @@ def _call_item(
 
 @dataclass(slots=True)
 class _Item:
-    kind: str  # reasoning | message | function_call
+    kind: str  # reasoning | message | function_call | custom_tool_call | local_shell_call
     index: int  # output_index
     id: str
     head: bytes  # '"item_id":"…","output_index":N' for the pre-serialised delta events
     pieces: list[str] = field(default_factory=list)
     call_id: str = ""
     name: str = ""
+    signature: str | None = None
+    final: dict[str, Any] | None = None  # a web_search_call's finished item
 
     def where(self) -> dict[str, Any]:
         return {"item_id": self.id, "output_index": self.index}
@@ -181,12 +258,14 @@ class _Item:
 class _Events:
     """Numbers the events and keeps the output items of one streamed response."""
 
-    def __init__(self) -> None:
+    def __init__(self, resp: OpenResponse) -> None:
+        self.resp = resp
         self.seq = 0
         self.output: list[dict[str, Any]] = []
         self.open: _Item | None = None
         self.calls: dict[int, _Item] = {}  # tool call index → its item
         self.reasoning: list[str] = []
+        self.hits: list[SearchHit] = []  # of the searches the gateway ran, for citations
 
     def event(self, kind: str, body: dict[str, Any]) -> bytes:
         body = {"type": kind, **body, "sequence_number": self.seq}
@@ -220,7 +299,7 @@ class _Events:
         where = item.where()
         out: list[bytes] = []
         if item.kind == "reasoning":
-            final = _reasoning_item(item.id, text)
+            final = self.resp.reasoning_item(item.id, text, item.signature)
             part = {"type": "summary_text", "text": text}
             out.append(
                 self.event(
@@ -234,8 +313,10 @@ class _Events:
                     {**where, "summary_index": 0, "part": part},
                 )
             )
+        elif item.kind == "web_search_call":
+            final = item.final or {}
         elif item.kind == "message":
-            final = _message_item(item.id, text, status)
+            final = _message_item(item.id, text, status, self.hits)
             out.append(
                 self.event(
                     "response.output_text.done",
@@ -249,12 +330,17 @@ class _Events:
                 )
             )
         else:
-            final = _call_item(item.id, item.call_id, item.name, text, status)
-            if status == "completed":
+            final = self.resp.call_item(item.id, item.call_id, item.name, text, status)
+            if status != "completed":
+                pass
+            elif item.kind == "custom_tool_call":
+                body = {**where, "input": final["input"]}
+                out.append(self.event("response.custom_tool_call_input.done", body))
+            elif item.kind == "function_call":
                 out.append(
                     self.event(
                         "response.function_call_arguments.done",
-                        {**where, "name": item.name, "arguments": text},
+                        {**where, "name": final["name"], "arguments": text},
                     )
                 )
         self.output[item.index] = final
@@ -267,26 +353,45 @@ class _Events:
 class ResponsesService:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.seal = ReasoningSeal(gateway.settings.reasoning_secret)
 
     async def open(
-        self, request: ChatRequest, wire: ResponsesWire, *, conversation_header: str | None
+        self,
+        request: ChatRequest,
+        wire: ResponsesWire,
+        *,
+        conversation_header: str | None,
+        kinds: ToolKinds | None = None,
     ) -> OpenResponse:
-        stream = await self.gateway.open(request, conversation_header=conversation_header)
+        kinds = kinds or ToolKinds()
+        for warning in kinds.warnings():
+            log.warning("responses: %s", warning)
+        if request.web_search is None:
+            stream = await self.gateway.open(request, conversation_header=conversation_header)
+        else:
+            stream = await open_search(
+                self.gateway, request, conversation_header=conversation_header
+            )
+        encrypted = bool(wire.include) and "reasoning.encrypted_content" in (wire.include or [])
         return OpenResponse(
             request=request,
             wire=wire,
             stream=stream,
             id=_new_id("resp"),
             created_at=int(time.time()),
+            kinds=kinds,
+            seal=self.seal if encrypted else None,
         )
 
     async def sse(self, resp: OpenResponse) -> AsyncIterator[bytes]:
-        ev = _Events()
+        ev = _Events(resp)
         usage: Usage | None = None
         stream = resp.stream
         try:
             start = resp.body("in_progress", [])
-            yield ev.event("response.created", {"response": start})
+            created = ev.event("response.created", {"response": start})
+            headers = resp.warning_headers()
+            yield created if headers is None else HeadedPiece.with_headers(created, headers)
             yield ev.event("response.in_progress", {"response": start})
             async for delta in stream:
                 if delta is KEEP_ALIVE:
@@ -327,6 +432,7 @@ class ResponsesService:
                         for chunk in out:
                             yield chunk
                     item.pieces.append(delta.text)
+                    item.signature = delta.signature or item.signature
                     ev.reasoning.append(delta.text)
                     yield ev.delta(
                         b"response.reasoning_summary_text.delta",
@@ -335,8 +441,9 @@ class ResponsesService:
                         delta.text,
                     )
                 elif isinstance(delta, ToolCallStart):
-                    call = _call_item("", delta.id, delta.name, "", "in_progress")
-                    item, out = ev.start("function_call", "fc", call)
+                    call = resp.call_item("", delta.id, delta.name, "", "in_progress")
+                    prefix = "ctc" if call["type"] == "custom_tool_call" else "fc"
+                    item, out = ev.start(call["type"], prefix, call)
                     item.call_id, item.name = delta.id, delta.name
                     ev.calls[delta.index] = item
                     for chunk in out:
@@ -345,9 +452,13 @@ class ResponsesService:
                     item = ev.calls.get(delta.index)
                     if item is not None and delta.fragment:
                         item.pieces.append(delta.fragment)
-                        yield ev.delta(
-                            b"response.function_call_arguments.delta", item, b"", delta.fragment
-                        )
+                        if item.kind == "function_call":  # the others are not JSON to the client
+                            yield ev.delta(
+                                b"response.function_call_arguments.delta",
+                                item,
+                                b"",
+                                delta.fragment,
+                            )
                 elif isinstance(delta, ToolCallEnd):
                     if ev.open is not None and ev.open is ev.calls.get(delta.index):
                         for chunk in ev.close("completed"):
@@ -363,6 +474,23 @@ class ResponsesService:
                     body = resp.body(status, ev.output, final, incomplete=incomplete)
                     yield ev.event(f"response.{status}", {"response": body})
                     return
+                elif isinstance(delta, ServerToolUse):
+                    added = _search_item("", delta, None)
+                    item, out = ev.start("web_search_call", "ws", added)
+                    item.final = {**added, "id": item.id}
+                    out.append(ev.event("response.web_search_call.in_progress", item.where()))
+                    out.append(ev.event("response.web_search_call.searching", item.where()))
+                    for chunk in out:
+                        yield chunk
+                elif isinstance(delta, ServerToolResult):
+                    item = ev.open
+                    if item is not None and item.kind == "web_search_call" and item.final:
+                        use = ServerToolUse(delta.id, item.final["action"]["query"])
+                        item.final = _search_item(item.id, use, delta)
+                        ev.hits.extend(delta.hits)
+                        yield ev.event("response.web_search_call.completed", item.where())
+                        for chunk in ev.close("completed"):
+                            yield chunk
                 elif isinstance(delta, StreamError):
                     error = delta.error
                     yield ev.event(
@@ -384,11 +512,20 @@ def render_response(resp: OpenResponse, done: Completion) -> dict[str, Any]:
     status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
     if done.reasoning:
-        output.append(_reasoning_item(_new_id("rs"), done.reasoning))
+        rs = resp.reasoning_item(_new_id("rs"), done.reasoning, done.reasoning_signature)
+        output.append(rs)
+    hits: list[SearchHit] = []
+    uses: dict[str, ServerToolUse] = {}
+    for step in done.server_tools:
+        if isinstance(step, ServerToolUse):
+            uses[step.id] = step
+        elif step.id in uses:
+            output.append(_search_item(_new_id("ws"), uses[step.id], step))
+            hits.extend(step.hits)
     if done.text or not done.tool_calls:
-        output.append(_message_item(_new_id("msg"), done.text, status))
+        output.append(_message_item(_new_id("msg"), done.text, status, hits))
     output.extend(
-        _call_item(_new_id("fc"), call.id, call.name, call.arguments, "completed")
+        resp.call_item(_new_id("fc"), call.id, call.name, call.arguments, "completed")
         for call in done.tool_calls
     )
     usage = usage_body(done.usage, done.reasoning)
