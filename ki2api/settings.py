@@ -72,6 +72,9 @@ class Settings:
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
     kiro_refresh_url: str = "https://prod.{region}.auth.desktop.kiro.dev/refreshToken"
     kiro_oidc_url: str = "https://oidc.{region}.amazonaws.com/token"
+    # ListAvailableModels (POST / with x-amz-target); None: the management host, or the host of
+    # KIRO_API_URL when that is set (a proxy or the simulator answers both)
+    kiro_models_url: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     # --- limits ---
@@ -87,6 +90,11 @@ class Settings:
     max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
     yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
+
+    # --- models (ki2api/kiro/models.py, ki2api/kiro/available_models.py) ---
+    model_aliases: str | None = None  # JSON object: client name -> model name
+    model_fallback: str | None = None  # what an unknown name gets (e.g. "auto"); None: a 404
+    kiro_models_ttl: float = 3600.0  # seconds an account's model list is trusted
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -136,11 +144,15 @@ class Settings:
             queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
             yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
             not in {"0", "false", "no", "off"},
+            model_aliases=(env.get("MODEL_ALIASES") or "").strip() or None,
+            model_fallback=(env.get("MODEL_FALLBACK") or "").strip() or None,
+            kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),
             ("kiro_refresh_url", "KIRO_REFRESH_URL"),
             ("kiro_oidc_url", "KIRO_OIDC_URL"),
+            ("kiro_models_url", "KIRO_MODELS_URL"),
         ):
             if env.get(url_var):
                 values[name] = env[url_var]

@@ -34,6 +34,7 @@ from ki2api.core.deltas import (
 from ki2api.core.errors import (
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
     NoHealthyAccount,
     QuotaExceeded,
     TokenExpired,
@@ -45,6 +46,7 @@ from ki2api.core.limits import OutputLimiter
 from ki2api.core.request import ChatRequest
 from ki2api.core.stats import RequestRecord, RequestStats
 from ki2api.kiro.accounts import AccountPool, Lease
+from ki2api.kiro.available_models import AvailableModels
 from ki2api.kiro.client import KiroClient, KiroResponse
 from ki2api.kiro.events import KiroEventParser
 from ki2api.kiro.models import ModelCatalog, ModelInfo
@@ -53,6 +55,7 @@ from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api.gateway")
 
+_NONE: frozenset[str] = frozenset()
 _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 2.0
 
@@ -93,6 +96,7 @@ class DeltaStream:
         self._context = current_request.get()
         if self._context is not None:
             self._context.model = model.id
+            self._context.kiro_model = model.kiro_id
             self._context.account = self.account
             self._context.streamed = request.stream
         self._batches = self._run()
@@ -272,11 +276,13 @@ class Gateway:
         pool: AccountPool,
         catalog: ModelCatalog,
         stats: RequestStats | None = None,
+        models: AvailableModels | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.pool = pool
         self.catalog = catalog
+        self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
 
@@ -332,6 +338,8 @@ class Gateway:
             if while_waiting is not None:
                 while_waiting()
 
+        # Accounts that do not offer the model sit this request out (they stay healthy).
+        lacking = self.models.skip_for(model.kiro_id) if self.models is not None else _NONE
         tried: set[str] = set()
         last: GatewayError | None = None
         cooldown: float | None = None  # the pool's last word on when an account is back
@@ -340,7 +348,7 @@ class Gateway:
             current = lease
             if current is None:
                 try:
-                    current = await self.pool.acquire(exclude=frozenset(tried))
+                    current = await self.pool.acquire(exclude=lacking.union(tried))
                 except NoHealthyAccount as exc:
                     cooldown = exc.retry_after
                     wait = _wait_before_retry(exc, last, tried)
@@ -349,7 +357,7 @@ class Gateway:
                     await asyncio.sleep(wait)
                     tried.clear()
                     try:
-                        current = await self.pool.acquire()
+                        current = await self.pool.acquire(exclude=lacking)
                     except NoHealthyAccount as again:
                         raise _final_error(last, again) from None
             kiro_request = body_for(current.credential.profile_arn)
@@ -364,6 +372,15 @@ class Gateway:
             except InvalidRequest:
                 current.succeeded()  # the account is fine; the request is not
                 raise
+            except ModelNotFound as exc:
+                # Kiro does not offer the model to this account: another account may.
+                current.succeeded()
+                if lease is not None or self.models is None:
+                    raise
+                self.models.note_missing(current.credential.label, model.kiro_id)
+                tried.add(current.credential.label)
+                last = exc
+                continue
             except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
                 current.failed(exc)
                 last = exc
@@ -448,7 +465,7 @@ def _wait_before_retry(
     """
     if last is None:
         return None
-    if isinstance(last, QuotaExceeded | UpstreamAuthFailed):
+    if isinstance(last, QuotaExceeded | UpstreamAuthFailed | ModelNotFound):
         return None
     if tried and not isinstance(last, UpstreamThrottled):
         return 0.0
@@ -460,7 +477,7 @@ def _wait_before_retry(
 
 def _final_error(last: GatewayError | None, exhausted: NoHealthyAccount) -> GatewayError:
     """What to tell the client once every account has been tried."""
-    if isinstance(last, QuotaExceeded) or (
+    if isinstance(last, QuotaExceeded | ModelNotFound) or (
         isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
     ):
         return last  # the client can act on these (new account, new login)

@@ -184,6 +184,7 @@ class SimulatorState:
             )
             self.requests: list[RequestRecord] = []
             self.refresh_calls: list[RefreshCall] = []
+            self.models_calls: list[str | None] = []  # account label of each model-list call
             self.open_streams = 0
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
@@ -309,6 +310,11 @@ class SimulatorState:
     def log_refresh(self, path: str, body: Any, status: int) -> None:
         with self._changed:
             self.refresh_calls.append(RefreshCall(path, body, time.monotonic(), status))
+            self._changed.notify_all()
+
+    def log_models_call(self, label: str | None) -> None:
+        with self._changed:
+            self.models_calls.append(label)
             self._changed.notify_all()
 
     # --- request log ----------------------------------------------------------------------
