@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from ki2api.core.calibration import TokenCalibration
 from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.core.context import current_request
 from ki2api.core.conversation import conversation_id_for
@@ -285,6 +286,7 @@ class Gateway:
         self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
+        self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
 
     async def open(
         self,
