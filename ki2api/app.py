@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
+from ki2api.api.admin_models import create_admin_models_router
 from ki2api.api.anthropic.router import (
     MESSAGES_PATH,
     AnthropicMessagesDoor,
@@ -256,6 +257,9 @@ def create_app(
     )
     app.include_router(create_responses_router(responses))
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
+    app.include_router(
+        create_admin_models_router(settings, lambda: catalog, lambda: runtime().models)
+    )
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import

@@ -236,3 +236,51 @@ async def test_no_list_known_means_the_built_in_table() -> None:
     models.start()
     await asyncio.sleep(0)
     await models.aclose()
+
+
+def test_admin_edits_the_alias_table(stack_factory: StackFactory) -> None:
+    stack = stack_factory(
+        {"MODEL_ALIASES": '{"gpt-4o": "claude-sonnet-4-6"}', "ADMIN_KEY": "admin-key-0123456789"}
+    )
+    admin = {"authorization": "Bearer admin-key-0123456789"}
+    client = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+
+    def served(name: str) -> str:
+        raw = client.messages.with_raw_response.create(
+            model=name, max_tokens=20, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert raw.parse().model == name
+        return raw.headers["x-ki2api-model"]
+
+    assert served("gpt-4o") == "claude-sonnet-4.6"
+    listed = httpx.get(f"{stack.url}/v1/models", headers=stack.headers()).json()["data"]
+    assert {"id": "gpt-4o", "owned_by": "ki2api-alias"}.items() <= next(
+        m for m in listed if m["id"] == "gpt-4o"
+    ).items()
+    assert httpx.get(f"{stack.url}/admin/model-aliases", headers=stack.headers()).status_code == 403
+    put = httpx.put(
+        f"{stack.url}/admin/model-aliases", headers=admin, json={"gpt-4o": "claude-haiku-4-5"}
+    )
+    assert put.json() == {"aliases": {"gpt-4o": "claude-haiku-4-5"}}
+    assert served("gpt-4o") == "claude-haiku-4.5"
+    bad = httpx.put(f"{stack.url}/admin/model-aliases", headers=admin, json=["gpt-4o"])
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    overview = httpx.post(f"{stack.url}/admin/models/refresh", headers=admin).json()
+    assert overview["aliases"] == {"gpt-4o": "claude-haiku-4-5"}
+    assert [row["label"] for row in overview["accounts"]] == ["env"]
+    assert "claude-opus-4.6" in overview["accounts"][0]["kiro_ids"]
+
+
+def test_unknown_names_can_go_to_auto(stack_factory: StackFactory) -> None:
+    strict = stack_factory()
+    client = anthropic.Anthropic(base_url=strict.url, api_key=strict.api_key, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError, match="The closest: claude-sonnet-4-5"):
+        client.messages.create(
+            model="claude-sonet-4-5", max_tokens=20, messages=[{"role": "user", "content": "x"}]
+        )
+    lenient = stack_factory({"MODEL_FALLBACK": "auto"})
+    client = anthropic.Anthropic(base_url=lenient.url, api_key=lenient.api_key, max_retries=0)
+    raw = client.messages.with_raw_response.create(
+        model="gpt-4o", max_tokens=20, messages=[{"role": "user", "content": "x"}]
+    )
+    assert raw.headers["x-ki2api-model"] == "auto" and raw.parse().model == "gpt-4o"
