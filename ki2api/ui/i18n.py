@@ -187,6 +187,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "snippet_curl": ("curl", "curl"),
     "snippet_openai": ("Python — openai SDK", "Python —— openai SDK"),
     "snippet_anthropic": ("Python — anthropic SDK", "Python —— anthropic SDK"),
+    "snippet_claude_code": (
+        "Claude Code (coding agent): two environment variables",
+        "Claude Code（编程智能体）：两个环境变量",
+    ),
     "snippet_editor": (
         "Editors (Continue, Cline, Cursor …): an OpenAI-compatible provider",
         "编辑器（Continue、Cline、Cursor 等）：OpenAI 兼容提供方",

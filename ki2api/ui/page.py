@@ -253,6 +253,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                     "curl": gr.Code(language="shell", label="curl", elem_id="ki-code-curl"),
                     "openai": gr.Code(language="python", label="openai", elem_id="ki-code-openai"),
                     "anthropic": gr.Code(language="python", label="anthropic"),
+                    "claude_code": gr.Code(
+                        language="shell", label="Claude Code", elem_id="ki-code-claude-code"
+                    ),
                     "editor": gr.Code(language="yaml", label="editor"),
                 }
 
