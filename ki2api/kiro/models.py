@@ -2,8 +2,10 @@
 
 One table, used twice: to resolve a client's ``model`` (Anthropic-style names, the dotted Kiro ids,
 the older upper-case ids, ``auto``; any case; a ``-thinking`` suffix) and to list models on
-``/v1/models``. The built-in rows are only the fallback: a catalog can be rebuilt from the
-service's own ``ListAvailableModels`` answer by passing its rows to :class:`ModelCatalog`.
+``/v1/models``. The built-in rows are only the fallback: :mod:`ki2api.kiro.available_models`
+narrows the catalog to what the accounts list (``ListAvailableModels``, :meth:`set_available`).
+Names nobody lists still find a model when one fits (see :class:`ModelCatalog`), so a client on
+its own defaults (Claude Code asks for models newer than Kiro's) is not stranded.
 """
 
 from __future__ import annotations
@@ -310,7 +312,7 @@ class ModelCatalog:
         if info is None:
             info = self._match(key)
         if info is None and self.fallback and key:
-            info = self._index.get(_key(self.fallback))
+            info = self._match(_key(self.fallback))
         if info is None:
             raise self._not_found(name, key)
         return replace(info, thinking=True) if thinking else info
