@@ -190,6 +190,10 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     expect(page.locator("#ki-admin-msg")).to_contain_text("Added account team-2")
     assert "team-2" in {a.label for a in rt.pool.snapshot()}
     assert POOL_TOKEN not in page.content()
+    page.locator("#ki-aliases textarea").fill('{"gpt-4o": "claude-haiku-4-5"}')
+    page.get_by_role("button", name="Save aliases").click()
+    expect(page.locator("#ki-admin-msg")).to_contain_text("1 alias(es) in use")
+    assert rt.catalog.resolve("gpt-4o").id == "claude-haiku-4-5"
 
     page.get_by_role("tab", name=re.compile("Status")).click()
     table = page.locator("#ki-accounts")

@@ -135,6 +135,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "refreshed": ("Refreshed {label}: {state}.", "已刷新 {label}：{state}。"),
     "removed": ("Removed {label}.", "已删除 {label}。"),
     "need_admin": ("Sign in as administrator first.", "请先以管理员身份登录。"),
+    "aliases": (
+        "Model aliases (JSON, MODEL_ALIASES; in memory until restart)",
+        "模型别名（JSON，即 MODEL_ALIASES；重启前有效）",
+    ),
+    "save_aliases": ("Save aliases", "保存别名"),
+    "aliases_saved": ("{count} alias(es) in use.", "当前生效的别名：{count} 个。"),
     "failed": ("Failed: {why}", "失败：{why}"),
     # status
     "status_title": ("### Accounts", "### 账号"),
