@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.core.errors import UpstreamUnavailable
+from ki2api.core.errors import UpstreamAuthFailed, UpstreamUnavailable
 from ki2api.core.gateway import Gateway, collect
 from ki2api.core.request import ChatRequest, Message, TextPart
 from ki2api.kiro.accounts import AccountPool
@@ -284,3 +284,12 @@ def test_unknown_names_can_go_to_auto(stack_factory: StackFactory) -> None:
         model="gpt-4o", max_tokens=20, messages=[{"role": "user", "content": "x"}]
     )
     assert raw.headers["x-ki2api-model"] == "auto" and raw.parse().model == "gpt-4o"
+
+
+async def test_a_token_no_header_can_carry_is_a_failed_list_not_a_crash(
+    sim: SimulatorServer, http: httpx.AsyncClient
+) -> None:
+    settings = Settings(kiro_api_url=sim.url + "/generateAssistantResponse")
+    credential = Credential("a", "tok-\u20ac-not-ascii", None, "us-east-1", False)
+    with pytest.raises(UpstreamAuthFailed):
+        await fetch_model_list(http, settings, ModelCatalog(), credential)

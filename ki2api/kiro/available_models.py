@@ -25,6 +25,7 @@ import orjson
 
 from ki2api.core.errors import (
     GatewayError,
+    UpstreamAuthFailed,
     UpstreamProtocolError,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -109,6 +110,10 @@ async def fetch_model_list(
             raise UpstreamTimeout("ListAvailableModels timed out") from exc
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"ListAvailableModels failed ({type(exc).__name__})") from exc
+        except UnicodeEncodeError:  # a token no HTTP header can carry (pasted by hand)
+            raise UpstreamAuthFailed(
+                "ListAvailableModels: the account's token is not valid in an HTTP header"
+            ) from None
         if response.status_code != 200:
             raise error_for_response(
                 response.status_code, response.content[:4096], response.headers
