@@ -293,3 +293,14 @@ async def test_a_token_no_header_can_carry_is_a_failed_list_not_a_crash(
     credential = Credential("a", "tok-\u20ac-not-ascii", None, "us-east-1", False)
     with pytest.raises(UpstreamAuthFailed):
         await fetch_model_list(http, settings, ModelCatalog(), credential)
+
+
+async def test_any_failure_of_the_list_call_is_recorded_not_raised() -> None:
+    async def fetch(credential: Credential) -> list[ModelInfo]:
+        raise RuntimeError("a bug or a bad KIRO_MODELS_URL")
+
+    models = AvailableModels(FakeAccounts(["x"]), ModelCatalog(), fetch)
+    await models.refresh(force=True)
+    assert [(e.label, e.models, e.error) for e in models.snapshot()] == [
+        ("x", None, "RuntimeError")
+    ]

@@ -238,13 +238,14 @@ class AvailableModels:
         previous = self._lists.get(label)
         try:
             rows = await self._accounts.with_credential(label, self._fetch)
-        except GatewayError as exc:
-            log.info("model list of account %s not available: %s", label, exc.message)
+        except Exception as exc:  # noqa: BLE001 - a failed list must never fail a caller
+            why = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
+            log.info("model list of account %s not available: %s", label, why)
             keep = previous.models if previous is not None else None
-            self._lists[label] = AccountModels(label, keep, self._clock(), exc.message)
+            self._lists[label] = AccountModels(label, keep, self._clock(), why)
             if keep is not None:  # keep the old list, ask again sooner
                 self._lists[label] = AccountModels(
-                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, exc.message
+                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why
                 )
             return
         self._lists[label] = AccountModels(label, tuple(rows), self._clock())
