@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
+from ki2api.api.admin_models import create_admin_models_router
 from ki2api.api.anthropic.router import (
     MESSAGES_PATH,
     AnthropicMessagesDoor,
@@ -30,6 +31,7 @@ from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import limits_middleware
+from ki2api.api.model_list import create_models_router
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
@@ -40,8 +42,9 @@ from ki2api.core.gateway import Gateway
 from ki2api.core.logsafe import printable
 from ki2api.core.stats import RequestStats
 from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.client import KiroClient, create_http_client
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.models import ModelCatalog, parse_aliases
 from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api")
@@ -62,6 +65,7 @@ class Runtime:
     messages: MessagesService
     responses: ResponsesService
     stats: RequestStats
+    models: AvailableModels | None = None
     simulator: Any = None
 
 
@@ -98,6 +102,16 @@ def demo_settings(settings: Settings, simulator_url: str) -> Settings:
     )
 
 
+def catalog_from_settings(settings: Settings) -> ModelCatalog:
+    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK."""
+    try:
+        aliases = parse_aliases(settings.model_aliases)
+    except ValueError as exc:
+        log.error("MODEL_ALIASES ignored: %s", exc)
+        aliases = {}
+    return ModelCatalog(aliases=aliases, fallback=settings.model_fallback)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -107,7 +121,7 @@ def create_app(
     with_ui: bool = True,
 ) -> Ki2API:
     """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
-    catalog = catalog or ModelCatalog()
+    catalog = catalog or catalog_from_settings(settings)
     built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
 
     @contextlib.asynccontextmanager
@@ -127,7 +141,16 @@ def create_app(
         accounts = pool or AccountPool.from_settings(effective, client)
         await accounts.start()
         stats = RequestStats()
-        gateway = Gateway(effective, KiroClient(client, effective), accounts, catalog, stats)
+        models = AvailableModels(
+            accounts,
+            catalog,
+            lambda credential: fetch_model_list(client, effective, catalog, credential),
+            ttl=effective.kiro_models_ttl,
+        )
+        models.start()  # asks every account for its models, in the background
+        gateway = Gateway(
+            effective, KiroClient(client, effective), accounts, catalog, stats, models
+        )
         app.state.runtime = built[0] = Runtime(
             settings=effective,
             http=client,
@@ -138,11 +161,13 @@ def create_app(
             messages=MessagesService(gateway),
             responses=ResponsesService(gateway),
             stats=stats,
+            models=models,
             simulator=simulator,
         )
         try:
             yield
         finally:
+            await models.aclose()
             await accounts.aclose()
             if http is None:
                 await client.aclose()
@@ -233,11 +258,15 @@ def create_app(
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(create_openai_router(settings, chat, lambda: catalog))
+    app.include_router(create_models_router(settings, lambda: catalog))
     app.include_router(
         create_anthropic_router(settings, messages, lambda: runtime().messages, images)
     )
     app.include_router(create_responses_router(responses))
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
+    app.include_router(
+        create_admin_models_router(settings, lambda: catalog, lambda: runtime().models)
+    )
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import

@@ -83,6 +83,9 @@ class Settings:
     kiro_refresh_url: str = "https://prod.{region}.auth.desktop.kiro.dev/refreshToken"
     kiro_oidc_url: str = "https://oidc.{region}.amazonaws.com/token"
     kiro_mcp_url: str = "https://q.{region}.amazonaws.com/mcp"  # web search (MCP tools/call)
+    # ListAvailableModels (POST / with x-amz-target); None: the management host, or the host of
+    # KIRO_API_URL when that is set (a proxy or the simulator answers both)
+    kiro_models_url: str | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     # --- limits ---
@@ -104,6 +107,11 @@ class Settings:
     header_timeout: float = 10.0  # a connection's request head must be complete within this
     reasoning_secret: str | None = None  # HMAC key for Responses' encrypted reasoning items
     web_search_max_rounds: int = 5  # searches the gateway runs for the model in one answer
+
+    # --- models (ki2api/kiro/models.py, ki2api/kiro/available_models.py) ---
+    model_aliases: str | None = None  # JSON object: client name -> model name
+    model_fallback: str | None = None  # what an unknown name gets (e.g. "auto"); None: a 404
+    kiro_models_ttl: float = 3600.0  # seconds an account's model list is trusted
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -159,12 +167,16 @@ class Settings:
             header_timeout=_float(env, "HEADER_TIMEOUT", 10.0),
             reasoning_secret=env.get("REASONING_SECRET") or None,
             web_search_max_rounds=int(env.get("WEB_SEARCH_MAX_ROUNDS") or 5),
+            model_aliases=(env.get("MODEL_ALIASES") or "").strip() or None,
+            model_fallback=(env.get("MODEL_FALLBACK") or "").strip() or None,
+            kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),
             ("kiro_refresh_url", "KIRO_REFRESH_URL"),
             ("kiro_oidc_url", "KIRO_OIDC_URL"),
             ("kiro_mcp_url", "KIRO_MCP_URL"),
+            ("kiro_models_url", "KIRO_MODELS_URL"),
         ):
             if env.get(url_var):
                 values[name] = env[url_var]

@@ -1,8 +1,8 @@
 """Coding agents (Codex CLI, opencode) driven for real: where to find them, and a gateway in
 front of the simulator that records what the agent sent.
 
-The agents are pinned and installed by ``.ci/install-agents-codex`` into ``$KI2API_AGENTS_DIR``
-(else ``.cache/agents``); a test installs a missing one itself and skips only when npm is
+The agents are pinned and installed by ``.ci/install-agents`` into ``$KI2API_AGENTS_DIR``
+(else ``~/.cache/ki2api-agents``); a test installs a missing one itself and skips only when npm is
 missing. Each run gets a throwaway HOME (and CODEX_HOME) and a temporary work folder.
 """
 
@@ -29,10 +29,11 @@ from tests.servers import ServerThread
 from tests.stack import API_KEY, stack_env
 
 ROOT = Path(__file__).resolve().parent.parent
-INSTALL = ROOT / ".ci" / "install-agents-codex"
+INSTALL = ROOT / ".ci" / "install-agents"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "agents"
-# Read at import: the suite's autouse fixture clears KI2API_* variables before each test.
-AGENTS_DIR = os.environ.get("KI2API_AGENTS_DIR", "")
+# As the test run started: the autouse fixture later swaps HOME and drops KI2API_* variables,
+# which decide where the agents are cached.
+_ENV = dict(os.environ)
 SAVE_FIXTURES = os.environ.get("KI2API_SAVE_AGENT_FIXTURES") == "1"
 
 
@@ -40,7 +41,7 @@ def agent_bin(name: str) -> Path:
     """The pinned agent's executable, installed if needed; a skip only without npm."""
     if shutil.which("npm") is None or shutil.which("node") is None:
         pytest.skip("npm is not installed: the agent tests need it to install the agents")
-    env = {**os.environ, "KI2API_AGENTS_DIR": AGENTS_DIR} if AGENTS_DIR else None
+    env = _ENV
     listing = subprocess.run(
         [str(INSTALL), "--print"], capture_output=True, text=True, check=True, cwd=ROOT, env=env
     ).stdout

@@ -191,6 +191,10 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     expect(page.locator("#ki-admin-msg")).to_contain_text("Added account team-2")
     assert "team-2" in {a.label for a in rt.pool.snapshot()}
     assert POOL_TOKEN not in page.content()
+    page.locator("#ki-aliases textarea").fill('{"gpt-4o": "claude-haiku-4-5"}')
+    page.get_by_role("button", name="Save aliases").click()
+    expect(page.locator("#ki-admin-msg")).to_contain_text("1 alias(es) in use")
+    assert rt.catalog.resolve("gpt-4o").id == "claude-haiku-4-5"
 
     page.get_by_role("tab", name=re.compile("Status")).click()
     table = page.locator("#ki-accounts")
@@ -204,6 +208,8 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     page.get_by_role("tab", name=re.compile("Connect")).click()
     expect(page.locator("#ki-connect")).to_contain_text(f"{srv.url}/v1")
     expect(page.locator("#ki-code-openai")).to_contain_text(f'base_url="{srv.url}/v1"')
+    claude_code = page.locator("#ki-code-claude-code")
+    expect(claude_code).to_contain_text(f"ANTHROPIC_BASE_URL={srv.url}")
     assert API_KEY not in page.content() and ADMIN_KEY not in page.content()
     page.screenshot(path=str(SCREENSHOTS / "connect.png"), full_page=True)
     page.context.close()

@@ -96,6 +96,8 @@ def test_snippets_show_only_the_public_default_key() -> None:
     assert 'base_url="https://gw.example/v1"' in code["openai"]
     assert 'base_url="https://gw.example"' in code["anthropic"]
     assert "$KI2API_KEY" in code["curl"] and "apiBase: https://gw.example/v1" in code["editor"]
+    assert "export ANTHROPIC_BASE_URL=https://gw.example\n" in code["claude_code"]
+    assert "export ANTHROPIC_API_KEY=$KI2API_KEY" in code["claude_code"]
     local = intro(Settings(), "http://127.0.0.1:8989", ["auto"], "en")
     assert "`ki2api-key-2024`" in local and "`http://127.0.0.1:8989/v1`" in local
     remote = intro(Settings(api_key="s3cret-key-value", api_key_is_default=False), "x", [], "zh")

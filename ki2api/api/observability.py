@@ -118,6 +118,8 @@ class ObservabilityMiddleware:
                 # A new message: the app's may be a shared constant (mutating it would pile
                 # every request's id onto every later answer).
                 headers = [*message.get("headers", ()), rid_header]
+                if ctx.kiro_model is not None:  # which Kiro model served the answer
+                    headers.append((b"x-ki2api-model", ctx.kiro_model.encode("latin-1", "replace")))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -142,12 +144,13 @@ class ObservabilityMiddleware:
         if path.startswith("/v1/"):
             # Everything a client chose is escaped: one request, one line, these fields.
             access_log.info(
-                "method=%s path=%s status=%d model=%s account=%s latency_ms=%.1f ttft_ms=%s "
-                "error=%s request_id=%s",
+                "method=%s path=%s status=%d model=%s kiro_model=%s account=%s latency_ms=%.1f "
+                "ttft_ms=%s error=%s request_id=%s",
                 printable(scope.get("method")),
                 printable(path),
                 status,
                 printable(ctx.model or "-"),
+                printable(ctx.kiro_model or "-"),
                 printable(ctx.account or "-"),
                 elapsed * 1000,
                 "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",

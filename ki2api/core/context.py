@@ -14,6 +14,7 @@ from dataclasses import dataclass
 class RequestContext:
     request_id: str
     model: str | None = None
+    kiro_model: str | None = None  # the Kiro model that served it (x-ki2api-model)
     account: str | None = None
     ttft: float | None = None  # seconds from request start to the first content delta
     error: str | None = None  # the error code the client saw, if any

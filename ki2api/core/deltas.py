@@ -62,6 +62,7 @@ class Usage:
     # where the counts came from: "upstream", "context" (from contextUsagePercentage), "estimate"
     source: str = "estimate"
     credits: float | None = None
+    cache_write_tokens: int = 0  # included in input_tokens, like cache_read_tokens
 
 
 @dataclass(frozen=True, slots=True)

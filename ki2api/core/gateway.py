@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+from ki2api.core.calibration import TokenCalibration
 from ki2api.core.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.core.context import current_request
 from ki2api.core.conversation import conversation_id_for
@@ -36,6 +37,7 @@ from ki2api.core.errors import (
     AccountsCoolingDown,
     GatewayError,
     InvalidRequest,
+    ModelNotFound,
     NoHealthyAccount,
     QuotaExceeded,
     TokenExpired,
@@ -48,6 +50,7 @@ from ki2api.core.logsafe import printable
 from ki2api.core.request import ChatRequest
 from ki2api.core.stats import RequestRecord, RequestStats
 from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool, Lease
+from ki2api.kiro.available_models import AvailableModels
 from ki2api.kiro.client import KiroClient, KiroResponse
 from ki2api.kiro.events import KiroEventParser
 from ki2api.kiro.models import ModelCatalog, ModelInfo
@@ -57,6 +60,7 @@ from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api.gateway")
 
+_NONE: frozenset[str] = frozenset()
 _BACKOFF_BASE = 0.2
 _BACKOFF_CAP = 2.0
 
@@ -97,6 +101,7 @@ class DeltaStream:
         self._context = current_request.get()
         if self._context is not None:
             self._context.model = model.id
+            self._context.kiro_model = model.kiro_id
             self._context.account = self.account
             self._context.streamed = request.stream
         self._batches = self._run()
@@ -282,14 +287,17 @@ class Gateway:
         pool: AccountPool,
         catalog: ModelCatalog,
         stats: RequestStats | None = None,
+        models: AvailableModels | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
         self.pool = pool
         self.catalog = catalog
+        self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
         self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
+        self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
 
     async def open(
         self,
@@ -343,13 +351,15 @@ class Gateway:
             if while_waiting is not None:
                 while_waiting()
 
+        # Accounts that do not offer the model sit this request out (they stay healthy).
+        lacking = self.models.skip_for(model.kiro_id) if self.models is not None else _NONE
         tried: set[str] = set()
         last: GatewayError | None = None
         attempts = max(1, self.settings.upstream_attempts)
         for attempt in range(attempts):
             current = lease
             if current is None:
-                current = await self._acquire(model.kiro_id, tried, last, attempt)
+                current = await self._acquire(model.kiro_id, lacking, tried, last, attempt)
             kiro_request = body_for(current.credential.profile_arn)
             try:
                 response, slot = await self._open_in_slot(kiro_request, current, prepare)
@@ -362,6 +372,15 @@ class Gateway:
             except InvalidRequest:
                 current.succeeded()  # the account is fine; the request is not
                 raise
+            except ModelNotFound as exc:
+                # Kiro does not offer the model to this account: another account may.
+                current.succeeded()
+                if lease is not None or self.models is None:
+                    raise
+                self.models.note_missing(current.credential.label, model.kiro_id)
+                tried.add(current.credential.label)
+                last = exc
+                continue
             except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
                 current.failed(exc)
                 last = exc
@@ -401,12 +420,17 @@ class Gateway:
         raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
 
     async def _acquire(
-        self, model: str, tried: set[str], last: GatewayError | None, attempt: int
+        self,
+        model: str,
+        lacking: frozenset[str],
+        tried: set[str],
+        last: GatewayError | None,
+        attempt: int,
     ) -> Lease:
         """An account for the next attempt. When none is free: wait out a short cooldown, or
         retry accounts that failed only passingly; otherwise answer why (see _final_error)."""
         try:
-            return await self.pool.acquire(exclude=frozenset(tried), model=model)
+            return await self.pool.acquire(exclude=lacking.union(tried), model=model)
         except NO_ACCOUNT_NOW as exc:
             retry_tried = bool(tried) and self.pool.any_ready(tried, model)
             wait = _wait_before_retry(exc, last, retry_tried, attempt)
@@ -416,7 +440,7 @@ class Gateway:
             await self.pool.sleep(wait)
         tried.clear()
         try:
-            return await self.pool.acquire(model=model)
+            return await self.pool.acquire(exclude=lacking, model=model)
         except NO_ACCOUNT_NOW as again:
             raise _final_error(last, again) from None
 
@@ -463,7 +487,7 @@ def _wait_before_retry(
     if isinstance(refused, AccountsCoolingDown) and refused.retry_after is not None:
         if refused.retry_after <= _LONGEST_COOLDOWN_WAIT:
             return refused.retry_after
-    if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed):
+    if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed | ModelNotFound):
         return None
     if retry_tried:
         return _backoff(attempt) if isinstance(last, UpstreamThrottled) else 0.0
@@ -479,7 +503,7 @@ def _final_error(last: GatewayError | None, refused: GatewayError) -> GatewayErr
     if isinstance(last, UpstreamThrottled) and isinstance(refused, AccountsCoolingDown):
         last.retry_after = refused.retry_after  # when the first account is back, not the last
         return last
-    if isinstance(last, QuotaExceeded | UpstreamThrottled) or (
+    if isinstance(last, QuotaExceeded | UpstreamThrottled | ModelNotFound) or (
         isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
     ):
         return last

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -73,6 +73,7 @@ from ki2api.settings import Settings
 
 _DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
 log = logging.getLogger("ki2api.accounts")
+T = TypeVar("T")
 
 STRATEGIES = ("lru", "round_robin", "first")
 QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
@@ -505,18 +506,28 @@ class AccountPool:
         account.enable()
         return account.status()
 
-    async def fetch_usage(self, label: str) -> UsageLimits:
-        """Ask the service for the account's remaining credits (on demand only)."""
+    async def with_credential(self, label: str, call: Callable[[Credential], Awaitable[T]]) -> T:
+        """An off-path call (usage, model list) with the account's fresh token; once more with
+        a newer token if the service refuses this one."""
         account = self._get(label)
         credential = await account.ensure_fresh()
         try:
-            usage = await fetch_usage_limits(self._http, self._settings, credential)
+            return await call(credential)
         except TokenExpired:
             newer = await account.recover_rejected_token(credential.access_token)
             if newer is None:
                 raise
-            usage = await fetch_usage_limits(self._http, self._settings, newer)
-        account.usage = usage
+            return await call(newer)
+
+    def usable_labels(self) -> list[str]:
+        return [a.label for a in self._accounts.values() if a.usable()]
+
+    async def fetch_usage(self, label: str) -> UsageLimits:
+        """Ask the service for the account's remaining credits (on demand only)."""
+        usage = await self.with_credential(
+            label, lambda credential: fetch_usage_limits(self._http, self._settings, credential)
+        )
+        self._get(label).usage = usage
         return usage
 
 

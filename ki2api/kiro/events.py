@@ -131,6 +131,7 @@ class KiroEventParser:
         self._input_tokens: int | None = None
         self._output_tokens: int | None = None
         self._cache_read = 0
+        self._cache_write = 0
         self._context_pct: float | None = None
         self._credits: float | None = None
         self._upstream_stop: StopReason | None = None
@@ -218,23 +219,42 @@ class KiroEventParser:
         inp = source.get("inputTokenCount", source.get("uncachedInputTokens"))
         out = source.get("outputTokenCount", source.get("outputTokens"))
         cache = source.get("cacheReadInputTokens")
+        write = source.get("cacheWriteInputTokens", source.get("cacheCreationInputTokens"))
         if isinstance(inp, int):
-            self._input_tokens = inp + (cache if isinstance(cache, int) else 0)
+            self._input_tokens = (
+                inp
+                + (cache if isinstance(cache, int) else 0)
+                + (write if isinstance(write, int) else 0)
+            )
         if isinstance(out, int):
             self._output_tokens = out
         if isinstance(cache, int):
             self._cache_read = cache
+        if isinstance(write, int):
+            self._cache_write = write
 
     def usage(self) -> Usage:
         if self._input_tokens is not None and self._output_tokens is not None:
             return Usage(
-                self._input_tokens, self._output_tokens, self._cache_read, "upstream", self._credits
+                self._input_tokens,
+                self._output_tokens,
+                self._cache_read,
+                "upstream",
+                self._credits,
+                self._cache_write,
             )
         output = self._output_tokens
         if output is None:
             output = estimate_tokens("".join(self._output_chars))
         if self._input_tokens is not None:
-            return Usage(self._input_tokens, output, self._cache_read, "upstream", self._credits)
+            return Usage(
+                self._input_tokens,
+                output,
+                self._cache_read,
+                "upstream",
+                self._credits,
+                self._cache_write,
+            )
         if self._context_pct is not None:
             # The percentage covers the prompt plus this answer.
             total = round(self._context_pct / 100 * self._context_window)

@@ -105,4 +105,8 @@ class AccountEndpoints:
         if auth.error is not None:
             return error_response(auth.error)
         models = list(self.state.available_models)
+        allowed = auth.account.models if auth.account is not None else None
+        if allowed is not None:
+            models = [m for m in models if m.get("modelId") in allowed]
+        self.state.log_models_call(auth.account.label if auth.account else None)
         return JSONResponse({"models": models, "defaultModel": {"modelId": "auto"}})

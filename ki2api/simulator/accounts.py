@@ -60,6 +60,9 @@ class Account:
     free_trial_limit: float | None = 500.0
     free_trial_usage: float = 0.0
     email: str = "simulated-user@example.com"
+    # Kiro model ids this account may use (ListAvailableModels, and the chat call refuses the
+    # others with INVALID_MODEL_ID); None: every model the simulator lists.
+    models: list[str] | None = None
     previous_access_tokens: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:

@@ -51,8 +51,11 @@ class ChatEndpoints:
             return self._refuse(record, auth.error)
 
         content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        allowed = auth.account.models if auth.account is not None else None
         body, refusal = parse_and_check(
-            raw, model_ids=state.model_ids, max_body_bytes=state.max_body_bytes
+            raw,
+            model_ids=state.model_ids if allowed is None else state.model_ids & set(allowed),
+            max_body_bytes=state.max_body_bytes,
         )
         if content_type not in JSON_TYPES:
             refusal = Refusal(f"content-type {content_type or '(none)'} is not JSON")
@@ -62,7 +65,9 @@ class ChatEndpoints:
             return self._refuse(record, HttpError(400, refusal.body(), _validation_headers()))
 
         prompt = prompt_from_kiro(body, len(raw))
-        script, fault = state.next_answer(lambda: default_answer(prompt), auth.account, body)
+        script, fault = state.next_answer(
+            lambda: state.answer_from_responder(body) or default_answer(prompt), auth.account, body
+        )
         record.script, record.fault = script.name, fault
         if auth.account is not None:
             auth.account.chat_count += 1

@@ -31,6 +31,9 @@ from ki2api.simulator.scripts import HttpError, Script, Step, as_script
 from ki2api.simulator.validator import KNOWN_MODEL_IDS, MAX_BODY_BYTES
 
 QueueItem = Script | Fault
+# Picks the answer from the request itself (a parsed generateAssistantResponse body); None:
+# the default answer. For clients that send requests a queue cannot foresee (coding agents).
+Responder = Callable[[Any], "Script | Step | Iterable[Step] | None"]
 Scriptable = Script | Step | Iterable[Step]
 Matcher = Callable[[Any], bool]  # the parsed chat request body -> whether a rule answers it
 
@@ -117,6 +120,7 @@ class SimulatorState:
     - ``fault_rate`` with ``random_faults`` (names in ``faults.FAULTS``), drawn from a seeded RNG;
     - ``model_ids`` the validator accepts, ``max_body_bytes``, ``available_models``;
     - ``refresh_latency`` (s) before a refresh answer, ``access_token_ttl`` (s);
+    - ``responder``: a function of the request body that picks the answer (else the default);
     - ``log_limit``: the newest requests kept in ``requests`` (None: all).
     """
 
@@ -186,12 +190,14 @@ class SimulatorState:
             )
             self.requests: list[RequestRecord] = []
             self.refresh_calls: list[RefreshCall] = []
+            self.models_calls: list[str | None] = []  # account label of each model-list call
             self.open_streams = 0
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
             self._rules: list[tuple[Matcher, Script]] = []
             # Web search (POST /mcp): a queue of results or faults, and the log of calls.
             self.searches = SearchBook()
+            self.responder: Responder | None = None
             self._refresh_faults: deque[HttpError] = deque()
             self._ids = 0
 
@@ -261,13 +267,20 @@ class SimulatorState:
                 return script
         return None
 
+    def answer_from_responder(self, body: Any) -> Script | None:
+        """What ``responder`` (if set) answers to this body."""
+        responder = self.responder
+        answer = responder(body) if responder is not None else None
+        return None if answer is None else as_script(answer, "responder")
+
     def next_answer(
         self, default: Callable[[], Script], account: Account | None = None, body: Any = None
     ) -> tuple[Script, str | None]:
         """The script for one chat request and the name of the injected fault, if any.
 
         Order: the account's own fault, then a matching rule (:meth:`answer_when`), then the
-        queue, then a random fault, then ``default``.
+        queue, then a random fault, then ``default`` (``responder``'s answer, else the fake
+        model's).
         """
         with self._changed:
             item: QueueItem | None = None
@@ -336,6 +349,11 @@ class SimulatorState:
     def log_refresh(self, path: str, body: Any, status: int) -> None:
         with self._changed:
             self.refresh_calls.append(RefreshCall(path, body, time.monotonic(), status))
+            self._changed.notify_all()
+
+    def log_models_call(self, label: str | None) -> None:
+        with self._changed:
+            self.models_calls.append(label)
             self._changed.notify_all()
 
     # --- request log ----------------------------------------------------------------------

@@ -62,9 +62,17 @@ def snippets(base: str, key: str, model: str) -> dict[str, str]:
             ")\n"
             "print(message.content[0].text)\n"
         ),
+        "claude_code": (
+            "# Claude Code: these two are all it needs; its own default models are mapped\n"
+            "# to the newest of the same family this server has (opus, sonnet, haiku)\n"
+            f"export ANTHROPIC_BASE_URL={base}\n"
+            f"export ANTHROPIC_API_KEY={literal}\n"
+            "claude\n"
+        ),
         "editor": (
-            "# Continue (config.yaml); Cline / Cursor / others: the same three values under\n"
-            '# "OpenAI Compatible" (base URL, API key, model id)\n'
+            '# Continue (config.yaml). Cline: API Provider "OpenAI Compatible" (or "Anthropic"\n'
+            "# with a custom base URL) and the same base URL, key and model id. Cursor: Models →\n"
+            "# OpenAI API Key + Override OpenAI Base URL (it must be reachable from the internet)\n"
             "models:\n"
             f"  - name: {model} (Ki2API)\n"
             "    provider: openai\n"

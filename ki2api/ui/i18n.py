@@ -138,6 +138,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     "refreshed": ("Refreshed {label}: {state}.", "已刷新 {label}：{state}。"),
     "removed": ("Removed {label}.", "已删除 {label}。"),
     "need_admin": ("Sign in as administrator first.", "请先以管理员身份登录。"),
+    "aliases": (
+        "Model aliases (JSON, MODEL_ALIASES; in memory until restart)",
+        "模型别名（JSON，即 MODEL_ALIASES；重启前有效）",
+    ),
+    "save_aliases": ("Save aliases", "保存别名"),
+    "aliases_saved": ("{count} alias(es) in use.", "当前生效的别名：{count} 个。"),
     "failed": ("Failed: {why}", "失败：{why}"),
     # status
     "status_title": ("### Accounts", "### 账号"),
@@ -196,6 +202,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "snippet_curl": ("curl", "curl"),
     "snippet_openai": ("Python — openai SDK", "Python —— openai SDK"),
     "snippet_anthropic": ("Python — anthropic SDK", "Python —— anthropic SDK"),
+    "snippet_claude_code": (
+        "Claude Code (coding agent): two environment variables",
+        "Claude Code（编程智能体）：两个环境变量",
+    ),
     "snippet_editor": (
         "Editors (Continue, Cline, Cursor …): an OpenAI-compatible provider",
         "编辑器（Continue、Cline、Cursor 等）：OpenAI 兼容提供方",

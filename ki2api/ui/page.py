@@ -223,6 +223,20 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                                 ),
                                 value="remove_account",
                             )
+                        with gr.Row(elem_classes=["ki-bottom"]):
+                            aliases_box = texts.add(
+                                gr.Textbox(
+                                    label=t("aliases"),
+                                    placeholder='{"gpt-4o": "claude-sonnet-4-6"}',
+                                    scale=3,
+                                    elem_id="ki-aliases",
+                                ),
+                                label="aliases",
+                            )
+                            aliases_btn = texts.add(
+                                gr.Button(t("save_aliases"), scale=0, min_width=130),
+                                value="save_aliases",
+                            )
                         admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
 
             with gr.Tab("Status · 状态", id="status") as status_tab:
@@ -253,6 +267,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                     "curl": gr.Code(language="shell", label="curl", elem_id="ki-code-curl"),
                     "openai": gr.Code(language="python", label="openai", elem_id="ki-code-openai"),
                     "anthropic": gr.Code(language="python", label="anthropic"),
+                    "claude_code": gr.Code(
+                        language="shell", label="Claude Code", elem_id="ki-code-claude-code"
+                    ),
                     "editor": gr.Code(language="yaml", label="editor"),
                 }
 
@@ -354,6 +371,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
         )
         remove_btn.click(
             tokens.remove_account, [admin, account, lang], [admin_msg, account], **PRIVATE
+        )
+        aliases_btn.click(
+            tokens.save_aliases, [admin, aliases_box, lang], [admin_msg, aliases_box], **PRIVATE
         )
 
         # --- status: refresh while the tab is open ---------------------------------------

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
+import orjson
 
 from ki2api.api.auth import keys_match
 from ki2api.core.errors import GatewayError
@@ -132,3 +133,16 @@ class TokenHandlers:
         except GatewayError as exc:
             return t("failed", lang, why=exc.message), self._choices()
         return t("removed", lang, label=label), self._choices()
+
+    def save_aliases(self, admin: bool, text: str, lang: str) -> tuple[str, str]:
+        """MODEL_ALIASES, edited in memory: an empty box shows the current table."""
+        if not admin:
+            return t("need_admin", lang), ""
+        catalog = self.runtime().catalog
+        if (text or "").strip():
+            try:
+                catalog.set_aliases(text.strip())
+            except ValueError as exc:
+                return t("failed", lang, why=str(exc)), text
+        current = orjson.dumps(catalog.aliases).decode()
+        return t("aliases_saved", lang, count=len(catalog.aliases)), current

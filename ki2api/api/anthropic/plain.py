@@ -27,6 +27,7 @@ HANDLED_FIELDS = frozenset(
         "temperature",
         "top_p",
         "top_k",
+        "context_management",
     }
 )
 RICH_FIELDS = ("tools", "tool_choice", "thinking", "output_config")
@@ -47,6 +48,9 @@ def parse_plain(body: Any) -> ChatRequest | None:
         return None
     metadata = body.get("metadata")
     if not (metadata is None or type(metadata) is dict):
+        return None
+    edits = body.get("context_management")  # accepted, nothing to do (see protocol.py)
+    if not (edits is None or type(edits) is dict):
         return None
     if not (number_or_none(body.get("temperature")) and number_or_none(body.get("top_p"))):
         return None

@@ -4,6 +4,13 @@ Pydantic checks the top-level shape (unknown fields are accepted and ignored, as
 own ``metadata``, ``temperature``, ``top_p``, ``top_k`` and ``service_tier`` are here); content
 blocks are converted one by one below, each refusal naming the block's path.
 
+Claude Code's extras are accepted: ``context_management`` (its ``clear_thinking`` edit is what
+happens anyway, since thinking never goes upstream; other edits are ignored), ``cache_control``
+on any block or tool, ``metadata``, a tool's ``defer_loading`` (every tool is sent in full) and
+``tool_reference`` blocks in tool results (told to the model as text). ``thinking`` maps to
+Kiro's thinking tags (``enabled`` with ``budget_tokens``, or ``adaptive`` with
+``output_config.effort``); its ``display`` is ignored.
+
 What cannot travel to Kiro is handled openly: ``thinking`` / ``redacted_thinking`` blocks in the
 history are dropped (the service takes no reasoning in history, and as text the model would echo
 it); images inside a ``tool_result`` ride on the user turn that carries the result (Kiro's tool
@@ -96,6 +103,8 @@ class CountTokensWire(_Wire):
     tool_choice: ToolChoiceWire | None = None
     thinking: ThinkingWire | None = None
     output_config: OutputConfigWire | None = None
+    # Accepted and ignored (see the module docstring): context edits happen here anyway.
+    context_management: dict[str, Any] | None = None
 
 
 class MessagesWire(CountTokensWire):
@@ -204,10 +213,15 @@ class _Converter:
                 texts.append(self.document(inner, at))
             elif kind == "search_result":
                 texts.append(_search_result_text(inner))
+            elif kind == "tool_reference":
+                # Tool search (advanced-tool-use) loading a deferred tool: Kiro already has
+                # every tool in full, so the model only needs to know it may call it now.
+                name = inner.get("tool_name")
+                texts.append(f"Tool {name!s} is loaded: call it directly.")
             else:
                 raise InvalidRequest(
                     f"{at}: blocks of type {kind!r} are not supported in a tool_result "
-                    "(text, image, document, search_result).",
+                    "(text, image, document, search_result, tool_reference).",
                     param=at,
                 )
         return ToolResult(call_id, "\n\n".join(t for t in texts if t), is_error)

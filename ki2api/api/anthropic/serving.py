@@ -13,8 +13,14 @@ the service cut off (``Stop(MAX_TOKENS)`` without ``ToolCallEnd``) has already s
 block: the block is closed and the message ends with ``stop_reason: max_tokens``, as Anthropic
 does when ``max_tokens`` cuts a tool call.
 
-``message_start`` carries an estimate of ``input_tokens`` (Kiro counts only at the end);
-``message_delta`` carries the final counts, which the SDK's accumulator takes over.
+``message_start`` carries an estimate of ``input_tokens`` (Kiro counts only at the end),
+scaled by what the service counted for the same model before (:mod:`ki2api.core.calibration`);
+``message_delta`` carries the final counts, which the SDK's accumulator takes over. Cache
+tokens are Kiro's own counts when it sends them, else 0.
+
+Kiro refusing the input as too long becomes Anthropic's own answer, a 400
+``invalid_request_error`` "prompt is too long: N tokens > M maximum" (also when the refusal
+arrives as the stream's first event), which Claude Code answers by compacting the conversation.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
+from ki2api.core.errors import ContextLengthExceeded, InvalidRequest
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
@@ -71,13 +78,23 @@ def event(name: str, body: dict[str, Any]) -> bytes:
 
 
 def usage_body(usage: Usage) -> dict[str, int]:
-    # Anthropic's input_tokens leaves out the tokens read from the cache; ours includes them.
+    # Anthropic's input_tokens leaves out the cached tokens (read or written); ours includes them.
+    cached = usage.cache_read_tokens + usage.cache_write_tokens
     return {
-        "input_tokens": max(usage.input_tokens - usage.cache_read_tokens, 0),
+        "input_tokens": max(usage.input_tokens - cached, 0),
         "output_tokens": usage.output_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": usage.cache_write_tokens,
     }
+
+
+def prompt_too_long(error: ContextLengthExceeded, tokens: int, window: int) -> InvalidRequest:
+    """Anthropic's wording, which Claude Code reads to compact: N is above M by definition."""
+    return InvalidRequest(
+        f"prompt is too long: {max(tokens, window + 1)} tokens > {window} maximum",
+        param=error.param,
+        code="context_length_exceeded",
+    )
 
 
 def tool_input(arguments: str) -> dict[str, Any]:
@@ -94,14 +111,16 @@ def tool_input(arguments: str) -> dict[str, Any]:
 class OpenMessage:
     """A message being served: its request, its delta stream, its id and ``message_start``."""
 
-    __slots__ = ("request", "stream", "id", "input_estimate", "_start")
+    __slots__ = ("request", "stream", "id", "input_estimate", "raw_estimate", "ratio", "_start")
 
     stream: DeltaStream  # set once the gateway has opened the answer
     id: str
-    input_estimate: int
+    input_estimate: int  # calibrated
+    raw_estimate: int
 
-    def __init__(self, request: ChatRequest) -> None:
+    def __init__(self, request: ChatRequest, ratio: float = 1.0) -> None:
         self.request = request
+        self.ratio = ratio
         self._start: bytes | None = None
 
     def prepare(self) -> None:
@@ -110,7 +129,8 @@ class OpenMessage:
         if self._start is not None:
             return
         self.id = f"msg_{hex_id(24)}"
-        self.input_estimate = estimate_request_tokens(self.request)
+        self.raw_estimate = estimate_request_tokens(self.request)
+        self.input_estimate = max(1, round(self.raw_estimate * self.ratio))
         start = {
             "type": "message_start",
             "message": {
@@ -172,11 +192,17 @@ class MessagesService:
         self.gateway = gateway
 
     async def open(self, request: ChatRequest, *, conversation_header: str | None) -> OpenMessage:
-        msg = OpenMessage(request)
-        opener = self.gateway.open if request.web_search is None else self._open_search
-        msg.stream = await opener(
-            request, conversation_header=conversation_header, while_waiting=msg.prepare
-        )
+        gateway = self.gateway
+        model = gateway.catalog.resolve(request.model)  # memoised: a dict lookup
+        msg = OpenMessage(request, gateway.calibration.ratio(model.kiro_id))
+        opener = gateway.open if request.web_search is None else self._open_search
+        try:
+            msg.stream = await opener(
+                request, conversation_header=conversation_header, while_waiting=msg.prepare
+            )
+        except ContextLengthExceeded as exc:
+            msg.prepare()
+            raise prompt_too_long(exc, msg.input_estimate, model.context_window) from None
         msg.prepare()  # a no-op unless the gateway had no moment for it
         return msg
 
@@ -194,6 +220,16 @@ class MessagesService:
             while_waiting=while_waiting,
         )
 
+    def _final_usage(self, msg: OpenMessage, usage: Usage | None) -> Usage:
+        """The counts for ``message_delta``; a real count also teaches the calibration."""
+        if usage is None or usage.source == "estimate":
+            output = usage.output_tokens if usage is not None else 0
+            return Usage(msg.input_estimate, output, credits=usage.credits if usage else None)
+        self.gateway.calibration.observe(
+            msg.stream.model.kiro_id, msg.raw_estimate, usage.input_tokens
+        )
+        return usage
+
     def count_tokens(self, request: ChatRequest) -> int:
         """The estimate of :mod:`ki2api.api.anthropic.counting`; unknown models are a 404."""
         self.gateway.catalog.resolve(request.model)
@@ -205,6 +241,7 @@ class MessagesService:
         searches = 0  # web searches the gateway ran for this answer
         stream = msg.stream
         parts = [msg.message_start()]  # goes out with the first batch
+        first = True
         try:
             async for batch in stream.batches():
                 for delta in batch:
@@ -248,7 +285,7 @@ class MessagesService:
                         usage = delta
                     elif isinstance(delta, Stop):
                         parts += blocks.close()  # also a tool call cut off by max_tokens
-                        final = usage or Usage(msg.input_estimate, 0)
+                        final = self._final_usage(msg, usage)
                         body = {
                             "type": "message_delta",
                             "delta": {
@@ -261,7 +298,12 @@ class MessagesService:
                         yield LastPiece(b"".join(parts))
                         return
                     elif isinstance(delta, StreamError):
-                        parts.append(event("error", anthropic_error_body(delta.error)))
+                        error = delta.error
+                        if first and isinstance(error, ContextLengthExceeded):
+                            # Nothing sent yet: the flow answers the 400 Claude Code acts on.
+                            window = stream.model.context_window
+                            raise prompt_too_long(error, msg.input_estimate, window)
+                        parts.append(event("error", anthropic_error_body(error)))
                         yield LastPiece(b"".join(parts))
                         return
                     elif isinstance(delta, ServerToolUse):
@@ -280,6 +322,7 @@ class MessagesService:
                         parts += blocks.start("web_search_tool_result", result_block(delta))
                         parts += blocks.close()
                 if parts:
+                    first = False
                     yield b"".join(parts)
                     parts = []
             if parts:
@@ -288,7 +331,14 @@ class MessagesService:
             await stream.aclose()
 
     async def complete(self, msg: OpenMessage) -> dict[str, Any]:
-        return render_message(msg, await collect(msg.stream, close=False))
+        try:
+            done = await collect(msg.stream, close=False)
+        except ContextLengthExceeded as exc:
+            raise prompt_too_long(
+                exc, msg.input_estimate, msg.stream.model.context_window
+            ) from None
+        done.usage = self._final_usage(msg, done.usage)
+        return render_message(msg, done)
 
 
 def _stop_sequence(stop: Stop) -> str | None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-import orjson
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from starlette.responses import Response
 
-from ki2api.api.auth import check_api_key
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
@@ -72,20 +70,6 @@ def create_openai_router(
     get_catalog: Callable[[], ModelCatalog],
 ) -> APIRouter:
     router = APIRouter()
-
-    @router.get("/v1/models")
-    async def list_models(request: Request) -> Response:
-        try:
-            check_api_key(request, settings)
-        except GatewayError as exc:
-            return openai_error_response(exc)
-        data = [
-            {"id": m.id, "object": "model", "created": 1_700_000_000, "owned_by": m.owned_by}
-            for m in get_catalog().list()
-        ]
-        return Response(
-            orjson.dumps({"object": "list", "data": data}), media_type="application/json"
-        )
 
     add_documented_route(
         router,
