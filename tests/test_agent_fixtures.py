@@ -40,6 +40,8 @@ async def _no_images(url: str, param: str) -> ImagePart:
 
 def load(path: Path) -> dict[str, Any]:
     body: dict[str, Any] = orjson.loads(path.read_bytes())
+    if "_about" in body:  # a whole captured exchange (method, path, headers): take its body
+        body = body["body"]
     body["model"] = MODEL_FOR.get(body["model"], body["model"])
     return body
 

@@ -165,6 +165,7 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(stack_factory: StackFacto
             "path",
             "status",
             "model",
+            "kiro_model",
             "account",
             "latency_ms",
             "ttft_ms",
