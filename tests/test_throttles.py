@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -23,6 +22,7 @@ import openai
 import orjson
 import pytest
 
+from ki2api.core.errors import ModelCapacity, UpstreamThrottled
 from ki2api.kiro.accounts import AccountPool
 from ki2api.settings import Settings
 from ki2api.simulator import http_error
@@ -33,7 +33,6 @@ from tests.stack import Stack, StackFactory
 
 REPEAT = 20
 SONNET, HAIKU = "claude-sonnet-4-5", "claude-haiku-4-5"  # Kiro: claude-sonnet-4.5 / -haiku-4.5
-KIRO_ID = {SONNET: "claude-sonnet-4.5", HAIKU: "claude-haiku-4.5"}
 PATHS = {"openai": "chat/completions", "anthropic": "messages", "responses": "responses"}
 pytestmark = pytest.mark.timeout(120)
 # One client for the module: a new one per request builds a TLS context each time, slowly.
@@ -525,8 +524,6 @@ def test_a_suspension_disables_the_account_with_kiro_words_and_is_not_retried(
 
 
 async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> None:
-    from ki2api.core.errors import ModelCapacity, UpstreamThrottled
-
     clock = FakeClock()
     accounts = json.dumps(
         [{"label": "a", "accessToken": "tok-a-0001"}, {"label": "b", "accessToken": "tok-b-0001"}]
@@ -551,9 +548,12 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         assert "INSUFFICIENT_MODEL_CAPACITY" in cells["a"]
         assert cells["b"].startswith(f"{words[2]} · {words[1]} · ")
         assert "Too many requests" in cells["b"]
-    assert math.isclose(
-        orjson.loads(orjson.dumps([s.to_dict() for s in pool.snapshot()]))[1]["cooldowns"][0][
-            "seconds"
-        ],
-        90,
-    )
+    [throttle] = orjson.loads(orjson.dumps(pool.snapshot()[1].to_dict()))["cooldowns"]
+    assert throttle == {
+        "model": None,
+        "scope": "account",
+        "cause": "rate_limit",
+        "reason": "Kiro is throttling (Kiro 429: Too many requests)",
+        "until": throttle["until"],
+        "seconds": 90,
+    }

@@ -359,7 +359,14 @@ class Gateway:
         for attempt in range(attempts):
             current = lease
             if current is None:
-                current = await self._acquire(model.kiro_id, lacking, tried, last, attempt)
+                try:
+                    current = await self.pool.acquire(
+                        exclude=lacking.union(tried), model=model.kiro_id
+                    )
+                except NO_ACCOUNT_NOW as refused:
+                    current = await self._none_free(
+                        refused, model.kiro_id, lacking, tried, last, attempt
+                    )
             kiro_request = body_for(current.credential.profile_arn)
             try:
                 response, slot = await self._open_in_slot(kiro_request, current, prepare)
@@ -419,23 +426,21 @@ class Gateway:
         assert last is not None
         raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
 
-    async def _acquire(
+    async def _none_free(
         self,
+        refused: GatewayError,
         model: str,
         lacking: frozenset[str],
         tried: set[str],
         last: GatewayError | None,
         attempt: int,
     ) -> Lease:
-        """An account for the next attempt. When none is free: wait out a short cooldown, or
-        retry accounts that failed only passingly; otherwise answer why (see _final_error)."""
-        try:
-            return await self.pool.acquire(exclude=lacking.union(tried), model=model)
-        except NO_ACCOUNT_NOW as exc:
-            retry_tried = bool(tried) and self.pool.any_ready(tried, model)
-            wait = _wait_before_retry(exc, last, retry_tried, attempt)
-            if wait is None:
-                raise _final_error(last, exc) from None
+        """No account can take the next attempt now: wait out a short cooldown, or retry the
+        accounts that failed only passingly; otherwise answer why (see _final_error)."""
+        retry_tried = bool(tried) and self.pool.any_ready(tried, model)
+        wait = _wait_before_retry(refused, last, retry_tried, attempt)
+        if wait is None:
+            raise _final_error(last, refused) from None
         if wait > 0:
             await self.pool.sleep(wait)
         tried.clear()
