@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import httpx
 
 from ki2api.core.errors import InvalidRequest
-from ki2api.core.image_fit import fit_image
+from ki2api.core.image_fit import fit_image_async
 from ki2api.core.images import decode_base64_image, decode_data_url, load_image_url
 from ki2api.core.request import ChatRequest, ImagePart
 from ki2api.settings import Settings
@@ -124,9 +124,7 @@ class RequestImages:
             except InvalidRequest as exc:
                 exc.param = exc.param or item.param
                 raise
-        if len(image.data) <= share:
-            return image
-        return await asyncio.to_thread(fit_image, image, share, param=item.param)
+        return await fit_image_async(image, share, param=item.param)
 
     def _decode(self, item: _Pending) -> ImagePart:
         limit = self._settings.max_image_bytes

@@ -8,14 +8,16 @@ their share are sent as they came, byte for byte.
 
 Decoding is the costly part, in memory and CPU: JPEGs are decoded at a reduced scale
 (``draft``), other formats above :data:`MAX_PIXELS` are refused before decoding, and at most
-:data:`DECODERS` images are decoded at a time in the whole process. The work is synchronous:
-callers run it in a worker thread.
+:data:`DECODERS` images are decoded at a time in the whole process, on threads of their own
+(:func:`fit_image_async`): never the event loop's default executor, which DNS lookups share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
-import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from PIL import Image, ImageOps
 
@@ -30,15 +32,24 @@ DECODERS = 2  # images being decoded at once, process-wide
 QUALITIES = (85, 70, 55)
 
 _FORMATS = ("PNG", "JPEG", "GIF", "WEBP")  # what Kiro takes; no other decoder is ever tried
-_decoding = threading.BoundedSemaphore(DECODERS)
+_decoders = ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="ki2api-image")
 
 
 def fit_image(image: ImagePart, max_bytes: int, *, param: str | None = None) -> ImagePart:
     """``image`` itself if it has at most ``max_bytes`` bytes, else a JPEG that does."""
     if len(image.data) <= max_bytes:
         return image
-    with _decoding:
-        return _shrink(image, max_bytes, param)
+    return _shrink(image, max_bytes, param)
+
+
+async def fit_image_async(
+    image: ImagePart, max_bytes: int, *, param: str | None = None
+) -> ImagePart:
+    """:func:`fit_image` on the decoders' threads; a waiting job is dropped if cancelled."""
+    if len(image.data) <= max_bytes:
+        return image
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decoders, partial(_shrink, image, max_bytes, param))
 
 
 def _shrink(image: ImagePart, max_bytes: int, param: str | None) -> ImagePart:
