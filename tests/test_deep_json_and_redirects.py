@@ -4,12 +4,12 @@ cannot build, are 400s in the client's own error format, never 500s."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -96,7 +96,10 @@ def check_400(r: httpx.Response, fmt: str, words: str) -> None:
 
 def post(stack: Stack, route: str, body: dict[str, Any]) -> httpx.Response:
     return httpx.post(
-        f"{stack.url}{route}", content=orjson.dumps(body), headers=stack.headers(), timeout=30
+        f"{stack.url}{route}",
+        content=json.dumps(body).encode(),  # stdlib: orjson itself refuses to write 255+ levels
+        headers={**stack.headers(), "content-type": "application/json"},
+        timeout=30,
     )
 
 
@@ -182,3 +185,20 @@ def test_the_request_builder_refuses_what_orjson_cannot_write() -> None:
             request, model=ModelCatalog().resolve(MODEL), profile_arn=None, conversation_id="c"
         )
     assert info.value.status == 400
+
+
+@pytest.mark.parametrize("route", FORMATS)
+@pytest.mark.parametrize("field", ["metadata", "tool_choice", "response_format", "text"])
+def test_any_deep_field_is_a_4xx_never_a_5xx(stack: Stack, route: str, field: str) -> None:
+    """Plain bodies take a fast path without the wire model: a deep field must not slip
+    through it into anything that writes JSON."""
+    deep: Any = "x"
+    for _ in range(400):
+        deep = {"a": deep}
+    body = body_with_tool(route, {"type": "object"})
+    body.pop("tools")
+    body[field] = deep
+    r = post(stack, route, body)
+    assert r.status_code < 500, (r.status_code, r.text[:300])
+    if r.status_code != 200:
+        check_400(r, FORMATS[route], "")

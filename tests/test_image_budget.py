@@ -279,6 +279,23 @@ def test_count_tokens_never_fetches_images(stack: Stack, images: ImageServer) ->
     assert not stack.state.requests  # nor anything upstream
 
 
+def test_count_tokens_sizes_inline_images_from_their_header(stack: Stack) -> None:
+    def count(raw: bytes) -> int:
+        data = base64.b64encode(raw).decode()
+        image = {
+            "type": "image",
+            "source": {"type": "base64", "media_type": "image/png", "data": data},
+        }
+        return claude(stack).messages.count_tokens(model=MODEL, messages=user([image])).input_tokens
+
+    out = io.BytesIO()
+    Image.new("RGB", (3000, 3000)).save(out, "PNG")  # scaled by the API to about 1.15 MP
+    tiny, big, huge = count(TINY_PNG), count(BIG_PNG), count(out.getvalue())
+    assert tiny < 10  # a 1x1 image
+    assert 1_300 <= big <= 1_400  # 1000 x 1000 / 750
+    assert 1_450 <= huge <= 1_600
+
+
 def test_count_tokens_still_checks_inline_images(stack: Stack) -> None:
     bad = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "@@"}}
     with pytest.raises(anthropic.BadRequestError) as info:

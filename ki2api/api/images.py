@@ -15,7 +15,8 @@ loaded together afterwards (:meth:`RequestImages.fill`), once their number is kn
   ``MAX_IMAGE_BYTES`` (and the decoders' pixels, bounded process-wide), however many URLs it
   names. ``data:`` URLs and base64 sources take the same path: decoded only in their turn.
 
-``count_tokens`` uses :meth:`ImageLoaderFactory.counting`: placeholders that are never fetched.
+``count_tokens`` uses :meth:`ImageLoaderFactory.counting`: inline images are checked and kept
+(their size feeds the estimate), URLs stay placeholders and are never fetched.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 import httpx
 
 from ki2api.core.errors import InvalidRequest
-from ki2api.core.image_fit import fit_image
+from ki2api.core.image_fit import fit_image_async
 from ki2api.core.images import decode_base64_image, decode_data_url, load_image_url
 from ki2api.core.request import ChatRequest, ImagePart
 from ki2api.settings import Settings
@@ -83,13 +84,14 @@ class RequestImages:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
+        loaded: dict[int, ImagePart] = {}
         if not self._fetch:
-            for item in pending:  # nothing fetched, nothing kept: the estimate needs no bytes
+            for item in pending:  # inline ones are checked (and sized); URLs stay placeholders
                 if item.url is None or item.url[:5].lower() == "data:":
-                    self._decode(item)
+                    loaded[id(item.placeholder)] = self._decode(item)
+            _replace(request, loaded)
             return
         budget = shares([_known_size(item) for item in pending], self._settings.image_budget_bytes)
-        loaded: dict[int, ImagePart] = {}
         jobs = iter(zip(pending, budget, strict=True))
 
         async def worker() -> None:
@@ -102,11 +104,7 @@ class RequestImages:
                     group.create_task(worker())
         except* InvalidRequest as errors:
             raise errors.exceptions[0] from None
-        for message in request.messages:
-            if any(isinstance(p, ImagePart) for p in message.parts):
-                message.parts = [
-                    loaded.get(id(p), p) if isinstance(p, ImagePart) else p for p in message.parts
-                ]
+        _replace(request, loaded)
 
     async def _one(self, item: _Pending, share: int) -> ImagePart:
         if item.url is None or item.url[:5].lower() == "data:":
@@ -124,15 +122,21 @@ class RequestImages:
             except InvalidRequest as exc:
                 exc.param = exc.param or item.param
                 raise
-        if len(image.data) <= share:
-            return image
-        return await asyncio.to_thread(fit_image, image, share, param=item.param)
+        return await fit_image_async(image, share, param=item.param)
 
     def _decode(self, item: _Pending) -> ImagePart:
         limit = self._settings.max_image_bytes
         if item.url is not None:
             return decode_data_url(item.url, max_bytes=limit, param=item.param)
         return decode_base64_image(item.media_type, item.data, max_bytes=limit, param=item.param)
+
+
+def _replace(request: ChatRequest, loaded: dict[int, ImagePart]) -> None:
+    for message in request.messages:
+        if any(isinstance(p, ImagePart) for p in message.parts):
+            message.parts = [
+                loaded.get(id(p), p) if isinstance(p, ImagePart) else p for p in message.parts
+            ]
 
 
 def shares(sizes: list[int | None], budget: int) -> list[int]:

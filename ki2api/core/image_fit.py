@@ -8,14 +8,17 @@ their share are sent as they came, byte for byte.
 
 Decoding is the costly part, in memory and CPU: JPEGs are decoded at a reduced scale
 (``draft``), other formats above :data:`MAX_PIXELS` are refused before decoding, and at most
-:data:`DECODERS` images are decoded at a time in the whole process. The work is synchronous:
-callers run it in a worker thread.
+:data:`DECODERS` images are decoded at a time in the whole process, on threads of their own
+(:func:`fit_image_async`): never the event loop's default executor, which DNS lookups share.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
-import threading
+import math
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from PIL import Image, ImageOps
 
@@ -30,15 +33,24 @@ DECODERS = 2  # images being decoded at once, process-wide
 QUALITIES = (85, 70, 55)
 
 _FORMATS = ("PNG", "JPEG", "GIF", "WEBP")  # what Kiro takes; no other decoder is ever tried
-_decoding = threading.BoundedSemaphore(DECODERS)
+_decoders = ThreadPoolExecutor(max_workers=DECODERS, thread_name_prefix="ki2api-image")
 
 
 def fit_image(image: ImagePart, max_bytes: int, *, param: str | None = None) -> ImagePart:
     """``image`` itself if it has at most ``max_bytes`` bytes, else a JPEG that does."""
     if len(image.data) <= max_bytes:
         return image
-    with _decoding:
-        return _shrink(image, max_bytes, param)
+    return _shrink(image, max_bytes, param)
+
+
+async def fit_image_async(
+    image: ImagePart, max_bytes: int, *, param: str | None = None
+) -> ImagePart:
+    """:func:`fit_image` on the decoders' threads; a waiting job is dropped if cancelled."""
+    if len(image.data) <= max_bytes:
+        return image
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decoders, partial(_shrink, image, max_bytes, param))
 
 
 def _shrink(image: ImagePart, max_bytes: int, param: str | None) -> ImagePart:
@@ -69,7 +81,7 @@ def _shrink(image: ImagePart, max_bytes: int, param: str | None) -> ImagePart:
             if len(data) <= max_bytes:
                 return ImagePart(format="jpeg", data=data)
         # JPEG size grows roughly with the pixel count: scale the area to the budget, with room.
-        scale = min(0.9, (max_bytes / len(data)) ** 0.5 * 0.9)
+        scale = min(0.9, math.sqrt(max_bytes / len(data)) * 0.9)
         width, height = round(picture.width * scale), round(picture.height * scale)
         if min(width, height) < MIN_EDGE:
             raise InvalidRequest(
@@ -78,6 +90,23 @@ def _shrink(image: ImagePart, max_bytes: int, param: str | None) -> ImagePart:
                 param=param,
             )
         picture = picture.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def image_tokens(image: ImagePart) -> int | None:
+    """Anthropic's estimate for an image, from its header alone: width x height / 750, after
+    the scaling its API applies (long edge 1568 px, about 1.15 megapixels); ``None`` when the
+    size cannot be read (no bytes: a URL that was not fetched)."""
+    if not image.data:
+        return None
+    try:
+        with Image.open(io.BytesIO(image.data), formats=_FORMATS) as opened:
+            width, height = opened.size  # the header only: nothing is decoded
+    except Exception:
+        return None
+    scale = min(
+        1.0, LONG_EDGE / max(width, height, 1), math.sqrt(1_150_000 / max(width * height, 1))
+    )
+    return max(1, round(width * scale) * round(height * scale) // 750)
 
 
 def _flattened(picture: Image.Image) -> Image.Image:

@@ -2,10 +2,11 @@
 
 Kiro has no counting endpoint and reports usage only at the end of an answer, so this is an
 estimate, not Anthropic's count: :func:`ki2api.core.tokens.estimate_tokens` over every piece of
-text the model reads (system prompt, messages, tool calls and results, tool definitions), plus a
-flat :data:`IMAGE_TOKENS` per image (Anthropic's own figure for an image of about a megapixel;
-decoding sizes is not worth it for an estimate). It does not include the few tokens of
-placeholders and steering the request builder adds.
+text the model reads (system prompt, messages, tool calls and results, tool definitions), plus
+per image Anthropic's formula on its size read from the header, or a flat :data:`IMAGE_TOKENS`
+(its figure for an image of about a megapixel) for an image URL, which ``count_tokens`` never
+fetches. It does not include the few tokens of placeholders and steering the request builder
+adds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from ki2api.core.image_fit import image_tokens
 from ki2api.core.request import ChatRequest, ImagePart, TextPart
 from ki2api.core.tokens import estimate_tokens
 
@@ -22,13 +24,13 @@ IMAGE_TOKENS = 1_600
 
 def estimate_request_tokens(request: ChatRequest) -> int:
     texts: list[str] = [request.system]
-    images = 0
+    images = 0  # tokens
     for message in request.messages:
         for part in message.parts:
             if isinstance(part, TextPart):
                 texts.append(part.text)
             elif isinstance(part, ImagePart):
-                images += 1
+                images += image_tokens(part) or IMAGE_TOKENS
         for call in message.tool_calls:
             texts.append(call.name)
             texts.append(_json_text(call.arguments))
@@ -36,7 +38,7 @@ def estimate_request_tokens(request: ChatRequest) -> int:
     for tool in request.tools:
         texts.append(f"{tool.name} {tool.description}")
         texts.append(_json_text(tool.parameters))
-    return estimate_tokens("\n".join(t for t in texts if t)) + images * IMAGE_TOKENS
+    return estimate_tokens("\n".join(t for t in texts if t)) + images
 
 
 def _json_text(value: Any) -> str:
