@@ -71,8 +71,12 @@ def pool_on(clock: FakeClock) -> Callable[[Settings], AccountPool]:
     )
 
 
+ADMIN_KEY = "throttle-tests-admin-key"  # the admin API is off without one
+ADMIN = {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
 def one_account(factory: StackFactory, clock: FakeClock, attempts: int = 1) -> Stack:
-    return factory(pool=pool_on(clock), upstream_attempts=attempts)
+    return factory(pool=pool_on(clock), upstream_attempts=attempts, admin_key=ADMIN_KEY)
 
 
 def two_accounts(factory: StackFactory, clock: FakeClock, attempts: int = 3) -> Stack:
@@ -83,7 +87,11 @@ def two_accounts(factory: StackFactory, clock: FakeClock, attempts: int = 3) -> 
     ]
     env = {"KIRO_ACCESS_TOKEN": "", "KIRO_ACCOUNTS": json.dumps(accounts)}
     stack = factory(
-        env, pool=pool_on(clock), upstream_attempts=attempts, kiro_pool_strategy="first"
+        env,
+        pool=pool_on(clock),
+        upstream_attempts=attempts,
+        kiro_pool_strategy="first",
+        admin_key=ADMIN_KEY,
     )
     stack.state.add_account(access_token="sim-access-a-000001", label="sim-a")
     stack.state.add_account(access_token="sim-access-b-000001", label="sim-b")
@@ -112,7 +120,7 @@ def post(stack: Stack, model: str = SONNET, fmt: str = "openai", **kw: Any) -> h
 
 
 def accounts(stack: Stack) -> dict[str, dict[str, Any]]:
-    r = CLIENT.get(f"{stack.url}/admin/accounts", headers=stack.headers())
+    r = CLIENT.get(f"{stack.url}/admin/accounts", headers=ADMIN)
     assert r.status_code == 200, r.text
     return {row["label"]: row for row in r.json()["data"]}
 
@@ -513,7 +521,7 @@ def test_a_suspension_disables_the_account_with_kiro_words_and_is_not_retried(
         readd = CLIENT.post(
             f"{stack.url}/admin/accounts?replace=true",
             json={"label": "env", "accessToken": "test-access-token-WXYZ"},
-            headers=stack.headers(),
+            headers=ADMIN,
         )
         assert readd.status_code == 201, readd.text
         assert post(stack).status_code == 200
