@@ -115,7 +115,7 @@ def test_admin_key_follows_the_admin_api_rule() -> None:
 def test_countdown_and_masked_own_token() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert countdown(now + timedelta(minutes=42, seconds=5), now, "en") == "in 42 min"
-    assert countdown(now + timedelta(hours=3, minutes=2), now, "zh") == "3 h 2 min 后"
+    assert countdown(now + timedelta(hours=3, minutes=2), now, "zh") == "3 小时 2 分钟 后"
     assert countdown(now - timedelta(seconds=1), now, "en") == "expired"
     from ki2api.kiro.credentials import parse_pasted_token
 

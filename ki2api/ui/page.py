@@ -70,7 +70,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             visible=settings.on_space and settings.api_key_is_default,
         )
 
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, on two rows
             with gr.Tab("Playground · 试用", id="playground") as playground_tab:
                 with gr.Row():
                     with gr.Column(scale=3):
@@ -229,19 +229,25 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 texts.add(gr.Markdown(t("traffic_title")), value="traffic_title")
                 summary = gr.Markdown("", elem_id="ki-summary")
                 plot = texts.add(
-                    gr.LinePlot(
+                    gr.ScatterPlot(
                         status.latency_frame_empty(),
-                        x="minutes",
+                        x="time",
                         y="seconds",
                         x_title=t("plot_x"),
+                        y_title=t("plot_y"),
                         color="series",
+                        color_title=t("plot_legend"),
                         color_map=SERIES_COLORS,
+                        x_lim=status.plot_window(),
+                        y_lim=[0, None],
+                        x_axis_format="%H:%M",
                         label=t("plot_title"),
-                        height=300,
-                        elem_id="ki-plot",
+                        elem_id="ki-plot",  # no fixed height: the axes and legend must fit
                     ),
                     label="plot_title",
                     x_title="plot_x",
+                    y_title="plot_y",
+                    color_title="plot_legend",
                 )
                 texts.add(gr.Markdown(t("status_title")), value="status_title")
                 table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)
@@ -262,7 +268,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             rt = runtime()
             return (
                 status.traffic_summary(rt, lang_code),
-                status.latency_frame(rt, lang_code),
+                gr.update(value=status.latency_frame(rt, lang_code), x_lim=status.plot_window()),
                 status.accounts_table(rt, lang_code),
             )
 
@@ -277,7 +283,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 gr.update(value=snippets[k], label=labels[k]) for k in codes
             ]
 
-        def render_all(choice: str, spec: AccountSpec | None, request: gr.Request) -> list[Any]:
+        def render_all(
+            choice: str, spec: AccountSpec | None, is_admin: bool, request: gr.Request
+        ) -> list[Any]:
             if choice in LANGUAGES:
                 lang_code = LANGUAGES[choice]
             else:  # page load: the browser's preferred language
@@ -291,6 +299,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 t("metrics_idle", lang_code),
                 using_line(spec, lang_code),
                 describe_own(spec, lang_code),
+                t("signed_in" if is_admin else "signed_out", lang_code),
                 gr.update(choices=models),
                 *render_status(lang_code),
                 *render_connect(lang_code, request),
@@ -304,6 +313,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             metrics,
             using,
             own_status,
+            admin_status,
             model,
             summary,
             plot,
@@ -312,8 +322,8 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             *codes.values(),
             *texts.components,
         ]
-        page.load(render_all, [gr.State(""), own], all_outputs, **PRIVATE)
-        language.input(render_all, [language, own], all_outputs, **PRIVATE)
+        page.load(render_all, [gr.State(""), own, admin], all_outputs, **PRIVATE)
+        language.input(render_all, [language, own, admin], all_outputs, **PRIVATE)
 
         # --- playground ------------------------------------------------------------------
 
