@@ -31,6 +31,16 @@ STRINGS: dict[str, tuple[str, str]] = {
         "**演示模式** —— 回答来自 Ki2API 内置的 **模拟器**，不是真实模型。"
         "配置 Kiro 登录（或在 **令牌** 页粘贴你自己的令牌）即可获得真实回答。",
     ),
+    "no_accounts_banner": (
+        "**No Kiro account is configured**, so chats answer with an error. Paste your own "
+        "token under **Tokens**, restart with `python app.py --demo` to try the built-in "
+        "simulator, or set `KIRO_ACCESS_TOKEN` / `KIRO_REFRESH_TOKEN` (or log in to Kiro on "
+        "this machine: `~/.aws/sso/cache/kiro-auth-token.json` is read) and restart.",
+        "**尚未配置 Kiro 账号**，对话会返回错误。可以在 **令牌** 页粘贴你自己的令牌，"
+        "或用 `python app.py --demo` 重启以试用内置模拟器，"
+        "或设置 `KIRO_ACCESS_TOKEN` / `KIRO_REFRESH_TOKEN`"
+        "（或在本机登录 Kiro：会读取 `~/.aws/sso/cache/kiro-auth-token.json`）后重启。",
+    ),
     "space_setup_title": (
         "**This Space has no `API_KEY` secret yet, so its API is switched off.**",
         "**此 Space 还没有设置 `API_KEY` 密钥，因此 API 处于关闭状态。**",
@@ -44,6 +54,14 @@ STRINGS: dict[str, tuple[str, str]] = {
         "3. 重启 Space，之后请求时带上 `Authorization: Bearer <API_KEY>`。",
     ),
     "language": ("Language / 语言", "语言 / Language"),
+    "tab_playground": ("Playground", "试用"),
+    "tab_tokens": ("Tokens", "令牌"),
+    "tab_status": ("Status", "状态"),
+    "tab_connect": ("Connect", "连接"),
+    "footer": (
+        "Ki2API · built with [Gradio](https://www.gradio.app)",
+        "Ki2API · 基于 [Gradio](https://www.gradio.app) 构建",
+    ),
     # playground
     "chat": ("Chat", "对话"),
     "chat_placeholder": (

@@ -69,6 +69,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             elem_classes=["ki-banner"],
             visible=settings.on_space and settings.api_key_is_default,
         )
+        no_accounts = gr.Markdown(
+            "", elem_id="ki-no-accounts", elem_classes=["ki-banner"], visible=False
+        )
 
         with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, on two rows
             with gr.Tab("Playground · 试用", id="playground") as playground_tab:
@@ -262,6 +265,16 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                     "editor": gr.Code(language="yaml", label="editor"),
                 }
 
+        # The tabs' first labels name both languages; the visitor's language replaces them.
+        for tab, key in (
+            (playground_tab, "tab_playground"),
+            (tokens_tab, "tab_tokens"),
+            (status_tab, "tab_status"),
+            (connect_tab, "tab_connect"),
+        ):
+            texts.add(tab, label=key)
+        texts.add(gr.Markdown(t("footer"), elem_id="ki-footer"), value="footer")
+
         # --- rendering that depends on the language / the request ------------------------
 
         def render_status(lang_code: str) -> tuple[str, Any, Any]:
@@ -296,6 +309,10 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 lang_code,
                 name,
                 _setup_text(lang_code),
+                gr.update(  # rendered on each load: an account may have been added since
+                    value=t("no_accounts_banner", lang_code),
+                    visible=not runtime().pool.has_accounts(),
+                ),
                 t("metrics_idle", lang_code),
                 using_line(spec, lang_code),
                 describe_own(spec, lang_code),
@@ -310,6 +327,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             lang,
             language,
             setup,
+            no_accounts,
             metrics,
             using,
             own_status,

@@ -23,11 +23,12 @@ CSS = """
 .ki-banner { border-radius: 10px; padding: 10px 16px !important; }
 .ki-banner p, .ki-banner li { margin: 2px 0; }
 #ki-demo { background: #fff7e6; border: 1px solid #f5c26b; color: #5c3b00; }
-#ki-setup { background: #fdecec; border: 1px solid #ef9a9a; color: #6b1010; }
+#ki-setup, #ki-no-accounts { background: #fdecec; border: 1px solid #ef9a9a; color: #6b1010; }
 #ki-metrics p { font-size: 0.9rem; color: var(--body-text-color-subdued); margin: 4px 2px; }
 #ki-using p { font-size: 0.88rem; }
 .ki-bottom { align-items: flex-end; }
 .ki-muted p { font-size: 0.9rem; color: var(--body-text-color-subdued); }
+#ki-footer p { text-align: center; font-size: 0.85rem; color: var(--body-text-color-subdued); }
 @media (max-width: 480px) { #ki-header h1 { font-size: 1.5rem; } }
 /* Phones: nothing may be wider than the screen. Flex items default to their content's width
    (a code line, a table); let them shrink, and let tables and code scroll in their own box. */
