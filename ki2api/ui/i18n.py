@@ -105,7 +105,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "`~/.aws/sso/cache/kiro-auth-token.json`. It stays **in this browser tab's session only**: "
         "it is used for your playground chats, never saved on the server, never shown again in "
         "full, and gone when you close the tab.",
-        "粘贴 Kiro 的 access token、refresh token、API key（`ksk_…`），或 "
+        "粘贴 Kiro 的访问令牌、刷新令牌、API 密钥（`ksk_…`），或 "
         "`~/.aws/sso/cache/kiro-auth-token.json` 的完整内容。"
         "令牌**只保存在当前浏览器标签页的会话中**："
         "仅用于你自己的试用对话，不会存到服务器，不会再次完整显示，关闭标签页后即失效。",
@@ -127,7 +127,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "admin_help": (
         "Sign in with `ADMIN_KEY` (or the API key when no admin key is set) to add, refresh and "
         "remove the server's accounts. The sign-in lasts for this tab only.",
-        "使用 `ADMIN_KEY`（未设置时使用 API key）登录后，可添加、刷新、删除服务器的账号。"
+        "使用 `ADMIN_KEY`（未设置时使用 API 密钥）登录后，可添加、刷新、删除服务器的账号。"
         "登录状态只在当前标签页有效。",
     ),
     "admin_key": ("Admin key", "管理员密钥"),
@@ -197,16 +197,16 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Base URL of this deployment: **`{base}`** — OpenAI clients use **`{base}/v1`**. "
         "Send the API key as `Authorization: Bearer …` (or `x-api-key`).",
         "本部署的地址：**`{base}`** —— OpenAI 客户端使用 **`{base}/v1`**。"
-        "请求时通过 `Authorization: Bearer …`（或 `x-api-key`）携带 API key。",
+        "请求时通过 `Authorization: Bearer …`（或 `x-api-key`）携带 API 密钥。",
     ),
     "key_default": (
         "This server uses the **default** API key `{key}` (fine on your own machine; set `API_KEY` "
         "before exposing it).",
-        "本服务器使用**默认** API key `{key}`（本机使用没问题；对外开放前请设置 `API_KEY`）。",
+        "本服务器使用**默认** API 密钥 `{key}`（本机使用没问题；对外开放前请设置 `API_KEY`）。",
     ),
     "key_secret": (
         "Replace `$KI2API_KEY` with the API key the owner of this deployment gave you.",
-        "把 `$KI2API_KEY` 换成部署者提供给你的 API key。",
+        "把 `$KI2API_KEY` 换成部署者提供给你的 API 密钥。",
     ),
     "models_title": ("**Models:** {models}", "**可用模型：** {models}"),
     "snippet_curl": ("curl", "curl"),
