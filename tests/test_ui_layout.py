@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from ki2api.app import create_app
@@ -100,6 +101,13 @@ def _home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     settings = Settings(demo=True, kiro_token_file=_home(tmp_path_factory))
     with ServerThread(create_app(settings)) as server:
+        chat = httpx.post(  # something for the Status tab to show
+            f"{server.url}/v1/chat/completions",
+            headers={"authorization": f"Bearer {settings.api_key}"},
+            json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=30,
+        )
+        assert chat.status_code == 200
         yield server
 
 
@@ -203,6 +211,11 @@ def test_status_plot_is_readable_from_one_point_to_a_thousand(
     settings = Settings(demo=True, kiro_token_file=_home(tmp_path_factory))
     app = create_app(settings)
     with ServerThread(app) as server:
+        page = open_page(browser, server.url, "phone")
+        show_tab(page, "status")  # no request yet: a sentence, not an empty chart
+        expect(page.locator("#ki-summary")).to_contain_text("No requests yet")
+        expect(page.locator("#ki-plot")).to_be_hidden()
+        page.context.close()
         stats = app.state.runtime.stats
         now = time.time()
         stats.add(RequestRecord(now - 30, "claude-sonnet-4-6", "env", 0.8, 0.2, 40, None, True))

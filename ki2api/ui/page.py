@@ -245,6 +245,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                         y_lim=[0, None],
                         x_axis_format="%H:%M",
                         label=t("plot_title"),
+                        visible=False,  # until there is a request to show
                         elem_id="ki-plot",  # no fixed height: the axes and legend must fit
                     ),
                     label="plot_title",
@@ -279,9 +280,11 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
 
         def render_status(lang_code: str) -> tuple[str, Any, Any]:
             rt = runtime()
+            frame = status.latency_frame(rt, lang_code)
             return (
                 status.traffic_summary(rt, lang_code),
-                gr.update(value=status.latency_frame(rt, lang_code), x_lim=status.plot_window()),
+                # No requests: the summary says so, rather than an empty chart.
+                gr.update(value=frame, x_lim=status.plot_window(), visible=not frame.empty),
                 status.accounts_table(rt, lang_code),
             )
 

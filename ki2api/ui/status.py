@@ -93,7 +93,8 @@ def traffic_summary(rt: Runtime, lang: str) -> str:
     header = "| " + " | ".join(name for name, _ in cells) + " |"
     line = "|" + "---|" * len(cells)
     values = "| " + " | ".join(f"**{v}**" for _, v in cells) + " |"
-    return "\n".join([header, line, values])
+    empty = [] if s.count else ["", t("plot_empty", lang)]
+    return "\n".join([header, line, values, *empty])
 
 
 def latency_frame_empty() -> pd.DataFrame:

@@ -37,6 +37,8 @@ CSS = """
 #ki-summary table { display: block; overflow-x: auto; }
 #ki-summary th, #ki-summary td, #ki-accounts th { white-space: nowrap; }
 #ki-accounts th span { white-space: nowrap; word-break: keep-all; }
+/* A time label on the plot's last tick may reach past the chart's edge: show it whole. */
+#ki-plot svg.marks { overflow: visible; }
 /* CodeMirror sizes the line numbers of an editor it has not seen on screen (a hidden tab, below
    the fold) from a guessed line height; give each number its line's real height instead (the
    snippets never wrap). The hidden first element only measures the gutter's width. */
