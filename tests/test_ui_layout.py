@@ -249,6 +249,12 @@ def check_plot(page: Any, points: int) -> None:
     assert len(ticks) >= 2, texts  # clock times on the x axis
     assert not any(re.fullmatch(r"-?0\.0\d{4,}", t) for t in texts), texts
     assert "series" not in texts and "latency" in texts, texts  # the legend's title
+    outer = plot.bounding_box()
+    assert outer is not None
+    for label in plot.locator("svg.marks g.role-axis-label text").all():
+        box = label.bounding_box()
+        if box is not None and label.evaluate("e => getComputedStyle(e).opacity") != "0":
+            assert outer["x"] <= box["x"] and box["x"] + box["width"] <= outer["x"] + outer["width"]
 
 
 @pytest.fixture(scope="module")
