@@ -34,7 +34,7 @@ CSS = """
    (a code line, a table); let them shrink, and let tables and code scroll in their own box. */
 .gradio-container .main, .gradio-container .contain, .gradio-container .wrap,
 .gradio-container .codemirror-wrapper, .gradio-container .table-wrap { min-width: 0; }
-#ki-summary table { display: block; overflow-x: auto; }
+#ki-summary table { display: block; overflow-x: auto; width: max-content; max-width: 100%; }
 #ki-summary th, #ki-summary td, #ki-accounts th { white-space: nowrap; }
 #ki-accounts th span { white-space: nowrap; word-break: keep-all; }
 /* A time label on the plot's last tick may reach past the chart's edge: show it whole. */
