@@ -28,7 +28,7 @@ from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_metrics_access
 from ki2api.api.endpoint import ChatEndpoint
 from ki2api.api.errors import error_response_for_path, openai_error_response
-from ki2api.api.http_errors import install_http_errors
+from ki2api.api.http_errors import install_api_fallback, install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import limits_middleware
 from ki2api.api.model_list import create_models_router
@@ -241,7 +241,7 @@ def create_app(
     async def health() -> Response:
         rt = runtime()
         body = {
-            "status": "ok",
+            "status": "ok" if rt.pool.has_accounts() else "no_accounts",  # 200 either way
             "version": __version__,
             "demo": settings.demo,
             "accounts_usable": rt.pool.usable_count(),
@@ -271,6 +271,7 @@ def create_app(
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
 
+        install_api_fallback(app)  # last API route: /v1/* never reaches the page
         mount_ui(app, settings, runtime)  # mounts on this app (and returns it)
     return app
 

@@ -143,7 +143,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 1
     # The simulator owns its options (--port, --latency-ms, faults, ...): pass the rest on.
     try:
-        return simulator_main(args.args)
+        return simulator_main(args.args, prog="ki2api simulate")
     except SystemExit as exc:  # its own --help or a usage error
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import importlib.util
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -51,10 +53,32 @@ def http_protocol(header_timeout: float | None = None) -> Any:
     return protocol if header_timeout is None else with_header_timeout(protocol, header_timeout)
 
 
+class PortUnavailable(Exception):
+    """The address cannot be listened on; the message says why and what to do, in one line."""
+
+
+def check_port(host: str, port: int) -> None:
+    """Bind once and let go, before minutes of start-up end in uvicorn's bind error (which
+    comes after the app has started, between lines saying it runs)."""
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        in_use = exc.errno == errno.EADDRINUSE or getattr(exc, "winerror", None) == 10048
+        why = "the port is in use (is Ki2API already running?)" if in_use else exc.strerror
+        hint = f"pick another port with --port {port + 1} or PORT={port + 1}"
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {why}; {hint}") from None
+
+
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
     from ki2api.app import create_app
 
     configure_logging(settings.log_level)
+    try:
+        check_port(settings.host, settings.port)
+    except PortUnavailable as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     app = create_app(settings, with_ui=with_ui)
     shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     log.info("Ki2API listening on http://%s:%d (API at /v1, UI at /)", shown, settings.port)

@@ -158,6 +158,67 @@ def test_serve_demo_answers_on_the_given_port(tmp_path: Path) -> None:
         output, _ = process.communicate(timeout=20)
     assert f"listening on http://localhost:{port}" in output
     assert "cli-test-key-0123" not in output
+    # The embedded simulator leaves uvicorn's own lines about this server alone.
+    assert f"Uvicorn running on http://127.0.0.1:{port}" in output
+    assert "Shutting down" in output and "Finished server process" in output
+    assert output.count("Uvicorn running on") == 1  # not the simulator's port
+
+
+def _start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_serve_on_a_busy_port_says_so_once(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _start(["app.py", "--demo", "--port", str(port)], {"HOME": str(tmp_path)})
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    lines = output.strip().splitlines()
+    assert len(lines) == 1, output
+    assert f"cannot listen on 127.0.0.1:{port}: the port is in use" in lines[0]
+    assert f"--port {port + 1} or PORT={port + 1}" in lines[0]
+    assert "listening on" not in output and "Errno" not in output and "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_serve_without_a_login_says_so_everywhere(tmp_path: Path) -> None:
+    """No Kiro login: a WARNING with the ways out, /health says so (200), the 503 names them."""
+    openai = pytest.importorskip("openai")
+    port = _free_port()
+    process = _start(["app.py", "--port", str(port)], {"HOME": str(tmp_path), "API_KEY": "k-1"})
+    try:
+        deadline = time.monotonic() + 60
+        health = None
+        while time.monotonic() < deadline and process.poll() is None and health is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None, "the server did not answer"
+        assert health.status_code == 200 and health.json()["status"] == "no_accounts"
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-1")
+        with pytest.raises(openai.APIStatusError) as failed:
+            client.chat.completions.create(
+                model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+            )
+        assert failed.value.status_code == 503
+        assert "--demo" in failed.value.message and "Tokens tab" in failed.value.message
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    warning = next(line for line in output.splitlines() if "WARNING" in line and "Kiro" in line)
+    for way_out in ("--demo", "Tokens tab", "KIRO_ACCESS_TOKEN", "log in to Kiro"):
+        assert way_out in warning, warning
 
 
 # --- simulate ---------------------------------------------------------------------------------
@@ -185,6 +246,18 @@ def test_simulate_runs_the_simulator_with_its_own_options() -> None:
 def test_simulate_passes_help_to_the_simulator() -> None:
     result = _run("simulate", "--help")
     assert result.returncode == 0 and "--latency-ms" in result.stdout
+    assert result.stdout.startswith("usage: ki2api simulate ")
+    assert "(default: 9999)" in result.stdout and "(default: 127.0.0.1)" in result.stdout
+
+
+def test_simulate_on_a_busy_port_says_so_once() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = _run("simulate", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "cannot listen on" in result.stderr and "--port" in result.stderr
 
 
 def test_other_commands_reject_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     next(factories, None)
 
 
+@pytest.fixture(scope="module")
+def page_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The same gateway with the web page mounted at / (as ``python app.py`` runs it)."""
+    factories: Iterator[StackFactory] = make_stack_factory()
+    make = next(factories)
+    no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
+    yield make(with_ui=True, kiro_token_file=no_login)
+    next(factories, None)
+
+
+@pytest.fixture(params=["api only", "with the page"])
+def either_stack(request: pytest.FixtureRequest) -> Stack:
+    name = "stack" if request.param == "api only" else "page_stack"
+    return request.getfixturevalue(name)  # type: ignore[no-any-return]
+
+
 def valid_body(route: str, **extra: Any) -> dict[str, Any]:
     if route == "/v1/responses":
         body: dict[str, Any] = {"model": MODEL, "input": "hi"}
@@ -251,20 +267,27 @@ def test_wrong_content_types(stack: Stack, route: str) -> None:
 
 
 @pytest.mark.parametrize("route", ROUTES)
-def test_get_on_post_routes_is_405_in_the_clients_format(stack: Stack, route: str) -> None:
+def test_get_on_post_routes_is_405_in_the_clients_format(either_stack: Stack, route: str) -> None:
+    stack = either_stack
     for method in ("GET", "PUT", "DELETE", "PATCH"):
         r = httpx.request(method, f"{stack.url}{route}", headers=stack.headers())
         assert r.status_code == 405
+        assert "POST" in r.headers["allow"]
         check_format(r, ROUTES[route])
 
 
-def test_unknown_api_routes_are_404_in_openai_format(stack: Stack) -> None:
+def test_unknown_api_routes_are_404_in_openai_format(either_stack: Stack) -> None:
+    stack = either_stack
     for path in ("/v1/nothing", "/v1/chat", "/v1/chat/completions/extra", "/admin/nothing"):
-        r = httpx.post(f"{stack.url}{path}", headers=stack.headers())
-        assert r.status_code in (404, 405)
-        check_format(r, "openai")
+        for method in ("POST", "GET"):
+            r = httpx.request(method, f"{stack.url}{path}", headers=stack.headers())
+            assert r.status_code in (404, 405)
+            check_format(r, "openai")
     r = httpx.post(f"{stack.url}/v1/messages/nothing", headers=stack.headers())
     check_format(r, "anthropic")
+    r = httpx.delete(f"{stack.url}/v1/models", headers=stack.headers())
+    assert r.status_code == 405 and "GET" in r.headers["allow"]
+    check_format(r, "openai")
 
 
 def test_hostile_headers(stack: Stack) -> None:

@@ -10,12 +10,15 @@ from hypothesis import strategies as st
 from ki2api.kiro.eventstream import EventStreamDecoder
 from ki2api.simulator import faults
 from ki2api.simulator.default_model import (
+    ANY_TOOL,
     SIMULATOR_TAG,
     Prompt,
+    best_tool,
     default_answer,
     example_arguments,
     prompt_from_kiro,
     prompt_from_openai,
+    tool_arguments,
 )
 from ki2api.simulator.samples import kiro_request_body, tool_spec
 from ki2api.simulator.scripts import (
@@ -231,3 +234,78 @@ def test_prompt_from_kiro_reads_thinking_and_results() -> None:
     events = [s for s in default_answer(prompt).steps if isinstance(s, Event)]
     assert any(e.event_type == "reasoningContentEvent" for e in events)
     assert prompt_from_kiro({"junk": 1}) == Prompt()
+
+
+def _weather_and_time(text: str, **body: object) -> Prompt:
+    city = {"type": "object", "properties": {"city": {"type": "string"}}}
+    zone = {"type": "object", "properties": {"timezone": {"type": "string"}}}
+    tools = [
+        tool_spec("get_weather", "Current weather in a city.", city),
+        tool_spec("get_time", "Current time in an IANA time zone.", zone),
+    ]
+    return prompt_from_kiro(kiro_request_body(text, tools=tools, **body))  # type: ignore[arg-type]
+
+
+def test_the_best_fitting_tool_is_picked_by_shared_words() -> None:
+    assert best_tool(_weather_and_time("What's the weather in Paris?")) == "get_weather"
+    assert best_tool(_weather_and_time("Which time zone is Lima in?")) == "get_time"
+    assert best_tool(_weather_and_time("Tell me a joke")) is None  # nothing in common
+    assert best_tool(_weather_and_time("今天天气怎么样？")) is None
+    # The gateway's tool_choice lines: any tool (the first when none fits), or a named one.
+    forced = _weather_and_time(
+        "Tell me a joke\n\nRespond by calling one or more of the available tools."
+    )
+    assert forced.tool_choice == ANY_TOOL and best_tool(forced) == "get_weather"
+    assert forced.said == "Tell me a joke"
+    named = _weather_and_time("Weather in Rome?\n\nRespond by calling the tool get_time.")
+    assert best_tool(named) == "get_time" and "Respond" not in named.text
+
+
+def test_tool_arguments_come_from_the_message_where_it_has_them() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "description": "City name"},
+            "timezone": {"type": "string"},
+            "days": {"type": "integer"},
+            "query": {"type": "string"},
+            "unit": {"type": "string", "enum": ["c", "f"]},
+            "note": {"type": "string"},
+        },
+    }
+    text = "Forecast for New York for 3 days, zone America/New_York"
+    assert tool_arguments(schema, text) == {
+        "city": "New York",
+        "timezone": "America/New_York",
+        "days": 3,
+        "query": text,
+        "unit": "c",
+        "note": "example",
+    }
+    assert tool_arguments(schema, "nothing useful") == {
+        "city": "example",
+        "timezone": "UTC",
+        "days": 1,
+        "query": "nothing useful",
+        "unit": "c",
+        "note": "example",
+    }
+
+
+def test_the_echo_leaves_out_a_system_prompt_on_the_first_turn() -> None:
+    first = prompt_from_kiro(kiro_request_body("You are terse.\n\nHello there"))
+    assert "“Hello there” (2 words)" in default_answer(first).text
+    later = kiro_request_body(
+        "One.\n\nTwo.",
+        history=[
+            {
+                "userInputMessage": {
+                    "content": "You are terse.\n\nHi",
+                    "modelId": "m",
+                    "origin": "AI_EDITOR",
+                }
+            },
+            {"assistantResponseMessage": {"content": "Hello"}},
+        ],
+    )
+    assert "“One. Two.”" in default_answer(prompt_from_kiro(later)).text

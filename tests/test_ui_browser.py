@@ -1,11 +1,13 @@
 """The web page in headless Chromium, served by a real uvicorn, answering from the simulator.
 
 Chats stream in, Stop closes the upstream request, a pasted token stays in its own tab, the
-admin adds an account, the language switch works; screenshots go to docs/screenshots/.
+admin adds an account, the language switch works. Screenshots go to test-artifacts/ (not
+tracked); ``UPDATE_SCREENSHOTS=1`` writes the README's, in docs/screenshots/, instead.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,9 @@ from ki2api.simulator.scripts import text_events
 from tests.servers import ServerThread
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS_SCREENSHOTS = ROOT / "docs" / "screenshots"
+ARTIFACTS = ROOT / "test-artifacts"
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -67,6 +71,23 @@ def browser() -> Iterator[Any]:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield chromium
         chromium.close()
+
+
+def screenshot_path(name: str) -> Path:
+    """Where a screenshot goes: the tracked docs folder only when asked for."""
+    asked = os.environ.get("UPDATE_SCREENSHOTS", "").strip() not in ("", "0")
+    folder = DOCS_SCREENSHOTS if asked else ARTIFACTS
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / name
+
+
+def test_screenshots_go_to_the_docs_only_on_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UPDATE_SCREENSHOTS", raising=False)
+    assert screenshot_path("status.png") == ARTIFACTS / "status.png"
+    monkeypatch.setenv("UPDATE_SCREENSHOTS", "0")
+    assert screenshot_path("status.png").parent == ARTIFACTS
+    monkeypatch.setenv("UPDATE_SCREENSHOTS", "1")
+    assert screenshot_path("status.png") == DOCS_SCREENSHOTS / "status.png"
 
 
 def open_page(browser: Any, url: str, locale: str = "en-US") -> Any:
@@ -118,7 +139,7 @@ def test_playground_streams_answers_with_thinking_and_tools(server, browser) -> 
     chat.get_by_text("Thinking").click()  # finished thinking is folded away; unfold it
     expect(chat).to_contain_text("Simulated reasoning about")
     page.wait_for_timeout(600)  # let the last update and the end of the event render
-    page.screenshot(path=str(SCREENSHOTS / "playground.png"))
+    page.screenshot(path=str(screenshot_path("playground.png")))
     page.context.close()
 
 
@@ -203,7 +224,7 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     expect(page.locator("#ki-summary")).to_contain_text("requests")
     assert POOL_TOKEN not in page.content()
     page.wait_for_timeout(500)  # the plot draws after the data arrives
-    page.screenshot(path=str(SCREENSHOTS / "status.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("status.png")), full_page=True)
 
     page.get_by_role("tab", name=re.compile("Connect")).click()
     expect(page.locator("#ki-connect")).to_contain_text(f"{srv.url}/v1")
@@ -211,7 +232,7 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     claude_code = page.locator("#ki-code-claude-code")
     expect(claude_code).to_contain_text(f"ANTHROPIC_BASE_URL={srv.url}")
     assert API_KEY not in page.content() and ADMIN_KEY not in page.content()
-    page.screenshot(path=str(SCREENSHOTS / "connect.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("connect.png")), full_page=True)
     page.context.close()
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import Match, Mount
 
 from ki2api.api.errors import error_response_for_path
 from ki2api.core.errors import GatewayError, InvalidRequest, NotFound
@@ -50,3 +51,35 @@ async def _render(request: Request, exc: Exception) -> Response:
 
 def install_http_errors(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _render)
+
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def install_api_fallback(app: FastAPI) -> None:
+    """Call after the API's last route, before mounting the page at ``/``.
+
+    Starlette gives a path that no route takes fully (an unknown path, or a known one with the
+    wrong method) to the mount at ``/``, whose answer is Gradio's ``{"detail": "Not Found"}``.
+    A last route under each API prefix answers the 404 / 405 the API gives without the page."""
+
+    async def fallback(request: Request) -> Response:
+        routes = [
+            route
+            for route in app.router.routes
+            if not isinstance(route, Mount) and getattr(route, "endpoint", None) is not fallback
+        ]
+        # The methods some API route takes on this path (a router nests routes: ask it).
+        allowed = {
+            method
+            for method in _ALL_METHODS
+            if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+        }
+        if allowed:
+            raise HTTPException(405, headers={"Allow": ", ".join(sorted(allowed))})
+        raise HTTPException(404)
+
+    for prefix in _API_PREFIXES:
+        app.add_api_route(
+            prefix + "{rest:path}", fallback, methods=_ALL_METHODS, include_in_schema=False
+        )

@@ -89,10 +89,18 @@ NO_ACCOUNT_NOW = (AccountsCoolingDown, QuotaExceeded, NoHealthyAccount)
 Sleep = Callable[[float], Awaitable[None]]
 
 NOT_CONFIGURED_MESSAGE = (
-    "No Kiro account is configured. Set KIRO_ACCESS_TOKEN and/or KIRO_REFRESH_TOKEN "
+    "No Kiro account is configured. To try Ki2API without one, restart it with --demo (a "
+    "built-in simulator answers); to chat in the playground with your own Kiro token, paste it "
+    "in the page's Tokens tab. For real use, set KIRO_ACCESS_TOKEN and/or KIRO_REFRESH_TOKEN "
     "(Space secrets or environment), point KIRO_TOKEN_FILE at a kiro-auth-token.json, list "
     "accounts in KIRO_ACCOUNTS, add one with POST /admin/accounts, or log in to Kiro on this "
     "machine (the login is read from {path})."
+)
+NO_ACCOUNTS_WARNING = (
+    "no Kiro account: every chat will answer 503 until there is one. Three ways out: "
+    "restart with --demo (a built-in simulator answers); paste a token in the page's Tokens "
+    "tab (for your own playground chats); or set KIRO_ACCESS_TOKEN / KIRO_REFRESH_TOKEN / "
+    "KIRO_ACCOUNTS / KIRO_TOKEN_FILE, or log in to Kiro on this machine (read from {path})"
 )
 
 
@@ -247,6 +255,8 @@ class AccountPool:
     async def start(self) -> None:
         states = ", ".join(f"{a.label} ({a.status().description})" for a in self._accounts.values())
         log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
+        if not self._accounts:
+            log.warning(NO_ACCOUNTS_WARNING.format(path=self._settings.kiro_token_file))
 
     async def aclose(self) -> None:
         await asyncio.gather(
@@ -358,6 +368,11 @@ class AccountPool:
         self._adopt_default_file()
         self._revive_from_files()
         return [a.status() for a in self._accounts.values()]
+
+    def has_accounts(self) -> bool:
+        """Any account at all (a Kiro login made since start-up counts)."""
+        self._adopt_default_file()
+        return bool(self._accounts)
 
     def usable_count(self) -> int:
         return sum(1 for a in self._accounts.values() if a.usable())

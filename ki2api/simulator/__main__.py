@@ -13,12 +13,15 @@ from ki2api.simulator.faults import FAULTS, RANDOM_FAULTS
 from ki2api.simulator.server import bind_socket, make_config, url_for
 from ki2api.simulator.state import SimulatorState
 
+PROG = "python -m ki2api.simulator"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ki2api.simulator",
+        prog=prog,
         description="A Kiro look-alike HTTP server for tests, benchmarks and demos. "
         "It never talks to AWS; every answer is simulated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=9999, help="port (0 = any free port)")
@@ -44,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
     faults = [name.strip() for name in args.faults.split(",") if name.strip()]
     unknown = [name for name in faults if name not in FAULTS]
     if unknown:
@@ -59,7 +62,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault_seed=args.seed,
         random_faults=faults,
     )
-    sock = bind_socket(args.host, args.port)
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        print(
+            f"error: cannot listen on {args.host}:{args.port}: {exc.strerror}; "
+            f"pick another port with --port (0 = any free port)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"Ki2API Kiro simulator listening on {url_for(sock)}", flush=True)
     uvicorn.Server(make_config(create_simulator_app(state), log_level=args.log_level)).run(
         sockets=[sock]

@@ -1,10 +1,17 @@
 """The answer given when nothing is scripted: a deterministic fake model.
 
 It says plainly that it is the Ki2API simulator and echoes the last user message (in Chinese
-when the user wrote Chinese). When the request offers tools and the user names one, it calls
-that tool with arguments made from the tool's JSON schema; when the message carries tool
-results, it answers about them. Thinking tags (``<thinking_mode>...``) add reasoning events.
-The same input always gives the same bytes, so tests can compare whole answers.
+when the user wrote Chinese). When the request offers tools it calls one if the user names it,
+else the one whose name and description share the most words with the message (none shared:
+no call), and always one when the request requires it (the gateway's "Respond by calling ..."
+line, or ``tool_choice`` on the OpenAI-compatible endpoint). Arguments come from the tool's JSON
+schema, with values taken from the message where a property asks for one (a city after "in",
+an IANA zone, numbers, a query). When the message carries tool results, it answers about them.
+Thinking tags (``<thinking_mode>...``) add reasoning events. The same input always gives the
+same bytes, so tests can compare whole answers.
+
+The gateway puts the system prompt in front of the first user turn's text, as Kiro expects; on
+a first turn the echo is the text's last paragraph, so it does not repeat the system prompt.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ _THINKING_TAGS = re.compile(
 )
 _THINKING_ON = re.compile(r"<thinking_mode>\s*(enabled|adaptive)\s*</thinking_mode>")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# The gateway's tool_choice steering (ki2api/kiro/request_builder.py), read as a model would.
+_STEER_ANY = re.compile(r"\s*Respond by calling one or more of the available tools\.")
+_STEER_TOOL = re.compile(r"\s*Respond by calling the tool (\S+?)\.(?=\s|$)")
+ANY_TOOL = "*"  # Prompt.tool_choice: some tool must be called
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +61,13 @@ class Prompt:
     model_id: str | None = None
     conversation_id: str | None = None
     size: int = 0  # request size in bytes, for the context-usage figure
+    said: str | None = None  # the user's own words, when ``text`` may carry a system prompt
+    tool_choice: str | None = None  # ANY_TOOL, a tool's name, or None (the model decides)
+    descriptions: Mapping[str, str] = field(default_factory=dict)  # tool name -> description
+
+    @property
+    def words(self) -> str:
+        return self.text if self.said is None else self.said
 
 
 def _result_text(result: Any) -> str:
@@ -67,18 +85,39 @@ def _thinking(text: str) -> tuple[str, bool]:
     return _THINKING_TAGS.sub("", text).strip(), bool(_THINKING_ON.search(text))
 
 
+def _steering(text: str) -> tuple[str, str | None]:
+    """The text without the gateway's tool_choice line, and what that line asks."""
+    named = _STEER_TOOL.search(text)
+    if named is not None:
+        return (text[: named.start()] + text[named.end() :]).strip(), named.group(1)
+    if _STEER_ANY.search(text):
+        return _STEER_ANY.sub("", text).strip(), ANY_TOOL
+    return text, None
+
+
+def _openai_tool_choice(choice: Any) -> str | None:
+    if choice == "required":
+        return ANY_TOOL
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return str(function["name"])
+    return None
+
+
 def prompt_from_kiro(body: Any, size: int = 0) -> Prompt:
     """Read a (validated) ``generateAssistantResponse`` body."""
     try:
         state = body["conversationState"]
         message = state["currentMessage"]["userInputMessage"]
         context = message.get("userInputMessageContext") or {}
-        tools = {
-            t["toolSpecification"]["name"]: t["toolSpecification"]["inputSchema"]["json"]
-            for t in context.get("tools", [])
-        }
+        specs = [t["toolSpecification"] for t in context.get("tools", [])]
+        tools = {spec["name"]: spec["inputSchema"]["json"] for spec in specs}
+        descriptions = {spec["name"]: str(spec.get("description") or "") for spec in specs}
         results = tuple(_result_text(r) for r in context.get("toolResults", []))
         text, thinking = _thinking(str(message.get("content", "")))
+        text, choice = _steering(text)
+        first_turn = not state.get("history")
         return Prompt(
             text,
             tools,
@@ -87,6 +126,9 @@ def prompt_from_kiro(body: Any, size: int = 0) -> Prompt:
             message.get("modelId"),
             state.get("conversationId"),
             size,
+            said=text.rsplit("\n\n", 1)[-1].strip() if first_turn else None,
+            tool_choice=choice if tools else None,
+            descriptions=descriptions,
         )
     except (KeyError, TypeError, AttributeError):
         return Prompt(size=size)
@@ -108,11 +150,13 @@ def prompt_from_openai(body: Any, size: int = 0) -> Prompt:
         return Prompt(size=size)
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     tools: dict[str, Mapping[str, Any]] = {}
+    descriptions: dict[str, str] = {}
     for tool in body.get("tools") or []:
         function = tool.get("function") if isinstance(tool, dict) else None
         if isinstance(function, dict) and isinstance(function.get("name"), str):
             params = function.get("parameters")
             tools[function["name"]] = params if isinstance(params, dict) else {}
+            descriptions[function["name"]] = str(function.get("description") or "")
     results: list[str] = []
     while messages and messages[-1].get("role") == "tool":
         results.insert(0, _openai_text(messages.pop().get("content")))
@@ -122,7 +166,20 @@ def prompt_from_openai(body: Any, size: int = 0) -> Prompt:
     text, thinking = _thinking(text)
     thinking = thinking or bool(body.get("reasoning_effort"))
     model = body.get("model") if isinstance(body.get("model"), str) else None
-    return Prompt(text, tools, tuple(results), thinking, model, None, size)
+    if body.get("tool_choice") == "none":
+        tools = {}
+    choice = _openai_tool_choice(body.get("tool_choice")) if tools else None
+    return Prompt(
+        text,
+        tools,
+        tuple(results),
+        thinking,
+        model,
+        None,
+        size,
+        tool_choice=choice,
+        descriptions=descriptions,
+    )
 
 
 # --- arguments from a JSON schema ---------------------------------------------------------------
@@ -186,11 +243,92 @@ def _clip(text: str) -> str:
 
 
 def _named_tool(prompt: Prompt) -> str | None:
-    lowered = prompt.text.lower()
+    lowered = prompt.words.lower()
     for name in sorted(prompt.tools, key=len, reverse=True):
         if re.search(rf"(?<![\w-]){re.escape(name.lower())}(?![\w-])", lowered):
             return name
     return None
+
+
+# Words that say nothing about which tool fits ("get" in get_weather, "the" in a question).
+_STOP_WORDS = frozenset(
+    "a an and are as at be by can could current do does for from get give how i in is it "
+    "list me my of on or please show tell that the this to tool tools use what whats when "
+    "where which who will with would you your".split()
+)
+
+
+def _keywords(text: str) -> set[str]:
+    words = re.findall(r"[a-z0-9]+", re.sub(r"(?<=[a-z])(?=[A-Z])", " ", text).lower())
+    # "cities" / "city", "times" / "time": a plural names the same thing.
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words} - _STOP_WORDS
+
+
+def best_tool(prompt: Prompt) -> str | None:
+    """The tool the message asks for: named, else the most words in common with its name
+    (counted twice) and description; when the request requires a call, never None."""
+    if not prompt.tools:
+        return None
+    if prompt.tool_choice in prompt.tools:
+        return prompt.tool_choice
+    named = _named_tool(prompt)
+    if named is not None:
+        return named
+    asked = _keywords(prompt.words)
+    best, best_score = None, 0
+    for name, _schema in prompt.tools.items():
+        about = prompt.descriptions.get(name, "")
+        score = 2 * len(asked & _keywords(name)) + len(asked & _keywords(about))
+        if score > best_score:
+            best, best_score = name, score
+    if best is None and prompt.tool_choice is not None:
+        best = next(iter(prompt.tools))
+    return best
+
+
+_PLACE = re.compile(r"\b(?:in|for|at|near|of|from|to)\s+([A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)")
+_CAPITALIZED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-z][\w'-]*)")
+_TIME_ZONE = re.compile(r"\b[A-Z][A-Za-z]+/[A-Z][A-Za-z_]+(?:/[A-Z][A-Za-z_]+)?\b")
+_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+_PLACE_WORDS = ("city", "location", "place", "town", "country", "region", "address", "where")
+_QUERY_WORDS = ("query", "search", "question", "prompt", "text", "message", "topic", "keyword")
+
+
+def _value_from_text(name: str, schema: Mapping[str, Any], text: str, numbers: list[str]) -> Any:
+    """A value for one property taken from the message, or None to keep the placeholder."""
+    if any(k in schema for k in ("const", "default", "enum")):
+        return None
+    kind = schema.get("type", "string")
+    about = f"{name} {schema.get('description', '')}".lower()
+    if kind in ("integer", "number") and numbers:
+        number = float(numbers.pop(0))
+        return int(number) if kind == "integer" else number
+    if kind != "string":
+        return None
+    if "zone" in about or name.lower() in ("tz", "timezone"):
+        zone = _TIME_ZONE.search(text)
+        return zone.group(0) if zone else "UTC"
+    if any(word in about for word in _PLACE_WORDS):
+        place = _PLACE.search(text) or _CAPITALIZED.search(text)
+        return place.group(1) if place else None
+    if any(word in about for word in _QUERY_WORDS):
+        return _clip(text)
+    return None
+
+
+def tool_arguments(schema: Any, text: str) -> Any:
+    """Arguments that satisfy the schema, filled from the message where it has the value."""
+    arguments = example_arguments(schema)
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(arguments, dict) or not isinstance(properties, dict):
+        return arguments
+    numbers = _NUMBER.findall(text)
+    for name, sub in properties.items():
+        if isinstance(sub, dict):
+            value = _value_from_text(name, sub, text, numbers)
+            if value is not None:
+                arguments[name] = value
+    return arguments
 
 
 def _tool_use_id(prompt: Prompt, name: str) -> str:
@@ -200,23 +338,24 @@ def _tool_use_id(prompt: Prompt, name: str) -> str:
 
 
 def answer_text(prompt: Prompt) -> str:
-    chinese = bool(_CJK.search(prompt.text))
+    chinese = bool(_CJK.search(prompt.words))
     if prompt.tool_results:
         joined = _clip(" | ".join(prompt.tool_results))
         if chinese:
             return f"{SIMULATOR_TAG_ZH}收到 {len(prompt.tool_results)} 个工具结果：「{joined}」。"
         count = len(prompt.tool_results)
         return f"{SIMULATOR_TAG} Received {count} tool result(s): “{joined}”. Done."
+    said = prompt.words
     if chinese:
         return (
             f"{SIMULATOR_TAG_ZH}这是模拟回答，不是真实模型的输出。"
-            f"你说：「{_clip(prompt.text)}」（共 {len(prompt.text)} 个字符）。"
+            f"你说：「{_clip(said)}」（共 {len(said)} 个字符）。"
         )
-    words = len(prompt.text.split())
+    words = len(said.split())
     unit = "word" if words == 1 else "words"
     return (
         f"{SIMULATOR_TAG} This is a simulated answer, not a real model. "
-        f"You said: “{_clip(prompt.text)}” ({words} {unit})."
+        f"You said: “{_clip(said)}” ({words} {unit})."
     )
 
 
@@ -227,9 +366,9 @@ def default_answer(prompt: Prompt) -> Script:
     if prompt.thinking:
         steps += reasoning_events(f"Simulated reasoning about: {_clip(prompt.text)}", 3)
     context = round(min(99.0, 100 * prompt.size / 4 / _CONTEXT_TOKENS), 4)
-    tool = None if prompt.tool_results else _named_tool(prompt)
+    tool = None if prompt.tool_results else best_tool(prompt)
     if tool is not None:
-        arguments = orjson.dumps(example_arguments(prompt.tools[tool])).decode()
+        arguments = orjson.dumps(tool_arguments(prompt.tools[tool], prompt.words)).decode()
         steps += text_events(f"{SIMULATOR_TAG} Calling {tool}.", 2, model_id=prompt.model_id)
         steps += tool_use_events(tool, _tool_use_id(prompt, tool), arguments, 3)
         steps += trailer(0.0058, context)

@@ -14,6 +14,7 @@ ends every answer still playing (stalled ones included), then stops uvicorn, so 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import socket
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.config import LOGGING_CONFIG
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from ki2api.simulator.app import create_simulator_app
@@ -57,16 +59,36 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_config(app: ASGIApp, *, log_level: str = "warning") -> uvicorn.Config:
+def make_config(
+    app: ASGIApp, *, log_level: str = "warning", own_logging: bool = True
+) -> uvicorn.Config:
+    """``own_logging=False`` (a simulator inside another program) leaves the logging set-up
+    alone: uvicorn's would set its shared loggers to ``log_level`` for the host's server too."""
     return uvicorn.Config(
         app,
         http=TransportExposingProtocol,
         lifespan="off",
-        log_level=log_level,
+        log_level=log_level if own_logging else None,
+        log_config=LOGGING_CONFIG if own_logging else None,
         access_log=False,
         timeout_graceful_shutdown=2,
         timeout_keep_alive=30,
     )
+
+
+_THREAD_LEVELS: dict[str, int] = {}  # simulator thread name -> lowest level it logs
+
+
+class _SimulatorThreadFilter(logging.Filter):
+    """Keeps an embedded simulator's uvicorn lines below its level ("Uvicorn running on ..."
+    a port nobody should open) out of the shared uvicorn loggers."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= _THREAD_LEVELS.get(record.threadName or "", 0)
+
+
+_THREAD_FILTER = _SimulatorThreadFilter()
+_thread_count = itertools.count(1)
 
 
 def url_for(sock: socket.socket) -> str:
@@ -105,10 +127,15 @@ class SimulatorServer:
         self._socket = bind_socket(self.host, self.port)
         self.port = self._socket.getsockname()[1]
         self.url = url_for(self._socket)
-        self._server = uvicorn.Server(make_config(self.app, log_level=self._log_level))
+        config = make_config(self.app, own_logging=False)
+        self._server = uvicorn.Server(config)
         sock, server = self._socket, self._server
+        name = f"kiro-simulator-{next(_thread_count)}"
+        _THREAD_LEVELS[name] = logging.getLevelName(self._log_level.upper())
+        for logger in ("uvicorn.error", "uvicorn"):
+            logging.getLogger(logger).addFilter(_THREAD_FILTER)  # once: filters are a set
         self._thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="kiro-simulator", daemon=True
+            target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True
         )
         self._thread.start()
         deadline = time.monotonic() + _START_TIMEOUT
@@ -134,6 +161,8 @@ class SimulatorServer:
                 thread.join(timeout)
         if self._socket is not None:
             self._socket.close()
+        if thread is not None:
+            _THREAD_LEVELS.pop(thread.name, None)
         self._server = self._thread = self._socket = None
 
     def __enter__(self) -> SimulatorServer:

@@ -63,7 +63,7 @@ def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> 
         ssr_mode=False,  # SSR needs a Node server
         theme=THEME,
         css=CSS,
-        footer_links=["gradio", "settings"],  # the page's events are not an API: no "api" link
+        footer_links=[],  # the page has its own footer, in the visitor's language
         run_history=False,  # the browser must not keep copies of pasted tokens
         show_error=False,
     )

@@ -149,9 +149,9 @@ class AnswerView:
             args = "".join(view.args) or "{}"
             meta = {"title": title}  # no status: stays open, the arguments are the point
             out.append({"role": "assistant", "content": f"```json\n{args}\n```", "metadata": meta})
-        if self.error is not None:
-            note = f"⚠️ {t('error_prefix', self.lang)}: {self.error}"
-            out.append({"role": "assistant", "content": note, "metadata": {"title": note[:80]}})
+        if self.error is not None:  # the title says what happened, once; the message says why
+            title = f"⚠️ {t('error_prefix', self.lang)}"
+            out.append({"role": "assistant", "content": self.error, "metadata": {"title": title}})
         if not out:
             out.append({"role": "assistant", "content": "…", "metadata": {"title": "⏳"}})
         return out

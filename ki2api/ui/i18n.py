@@ -31,6 +31,16 @@ STRINGS: dict[str, tuple[str, str]] = {
         "**演示模式** —— 回答来自 Ki2API 内置的 **模拟器**，不是真实模型。"
         "配置 Kiro 登录（或在 **令牌** 页粘贴你自己的令牌）即可获得真实回答。",
     ),
+    "no_accounts_banner": (
+        "**No Kiro account is configured**, so chats answer with an error. Paste your own "
+        "token under **Tokens**, restart with `python app.py --demo` to try the built-in "
+        "simulator, or set `KIRO_ACCESS_TOKEN` / `KIRO_REFRESH_TOKEN` (or log in to Kiro on "
+        "this machine: `~/.aws/sso/cache/kiro-auth-token.json` is read) and restart.",
+        "**尚未配置 Kiro 账号**，对话会返回错误。可以在 **令牌** 页粘贴你自己的令牌，"
+        "或用 `python app.py --demo` 重启以试用内置模拟器，"
+        "或设置 `KIRO_ACCESS_TOKEN` / `KIRO_REFRESH_TOKEN`"
+        "（或在本机登录 Kiro：会读取 `~/.aws/sso/cache/kiro-auth-token.json`）后重启。",
+    ),
     "space_setup_title": (
         "**This Space has no `API_KEY` secret yet, so its API is switched off.**",
         "**此 Space 还没有设置 `API_KEY` 密钥，因此 API 处于关闭状态。**",
@@ -44,6 +54,14 @@ STRINGS: dict[str, tuple[str, str]] = {
         "3. 重启 Space，之后请求时带上 `Authorization: Bearer <API_KEY>`。",
     ),
     "language": ("Language / 语言", "语言 / Language"),
+    "tab_playground": ("Playground", "试用"),
+    "tab_tokens": ("Tokens", "令牌"),
+    "tab_status": ("Status", "状态"),
+    "tab_connect": ("Connect", "连接"),
+    "footer": (
+        "Ki2API · built with [Gradio](https://www.gradio.app)",
+        "Ki2API · 基于 [Gradio](https://www.gradio.app) 构建",
+    ),
     # playground
     "chat": ("Chat", "对话"),
     "chat_placeholder": (
@@ -87,7 +105,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "`~/.aws/sso/cache/kiro-auth-token.json`. It stays **in this browser tab's session only**: "
         "it is used for your playground chats, never saved on the server, never shown again in "
         "full, and gone when you close the tab.",
-        "粘贴 Kiro 的 access token、refresh token、API key（`ksk_…`），或 "
+        "粘贴 Kiro 的访问令牌、刷新令牌、API 密钥（`ksk_…`），或 "
         "`~/.aws/sso/cache/kiro-auth-token.json` 的完整内容。"
         "令牌**只保存在当前浏览器标签页的会话中**："
         "仅用于你自己的试用对话，不会存到服务器，不会再次完整显示，关闭标签页后即失效。",
@@ -162,6 +180,14 @@ STRINGS: dict[str, tuple[str, str]] = {
     "cause_quota": ("quota used up", "额度用尽"),
     "cause_refresh": ("token refresh failed", "令牌刷新失败"),
     "no_accounts": ("no accounts configured", "未配置账号"),
+    "state_healthy": ("healthy", "正常"),
+    "state_cooling_down": ("cooling down", "冷却中"),
+    "state_needs_login": ("needs login", "需要重新登录"),
+    "state_disabled": ("disabled", "已停用"),
+    "unit_s": ("s", "秒"),
+    "unit_min": ("min", "分钟"),
+    "unit_h": ("h", "小时"),
+    "unit_d": ("d", "天"),
     "expired": ("expired", "已过期"),
     "unknown": ("unknown", "未知"),
     "in": ("in {d}", "{d} 后"),
@@ -171,11 +197,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "ttft_p50": ("first token p50", "首字延迟 p50"),
     "active": ("answers in flight", "进行中的回答"),
     "usable": ("usable accounts", "可用账号"),
-    "plot_title": (
-        "Latency of recent requests, seconds: total (indigo) and first token (orange)",
-        "最近请求的延迟（秒）：总耗时（靛蓝）与首字延迟（橙色）",
-    ),
-    "plot_x": ("minutes ago (0 = now)", "几分钟前（0 = 现在）"),
+    "plot_title": ("Latency of recent requests", "最近请求的延迟"),
+    "plot_x": ("time (your clock)", "时间（本机时钟）"),
+    "plot_y": ("seconds", "秒"),
+    "plot_legend": ("latency", "延迟"),
     "plot_empty": (
         "No requests yet — send one in the playground.",
         "还没有请求 —— 去试用页发一条吧。",
@@ -187,16 +212,16 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Base URL of this deployment: **`{base}`** — OpenAI clients use **`{base}/v1`**. "
         "Send the API key as `Authorization: Bearer …` (or `x-api-key`).",
         "本部署的地址：**`{base}`** —— OpenAI 客户端使用 **`{base}/v1`**。"
-        "请求时通过 `Authorization: Bearer …`（或 `x-api-key`）携带 API key。",
+        "请求时通过 `Authorization: Bearer …`（或 `x-api-key`）携带 API 密钥。",
     ),
     "key_default": (
         "This server uses the **default** API key `{key}` (fine on your own machine; set `API_KEY` "
         "before exposing it).",
-        "本服务器使用**默认** API key `{key}`（本机使用没问题；对外开放前请设置 `API_KEY`）。",
+        "本服务器使用**默认** API 密钥 `{key}`（本机使用没问题；对外开放前请设置 `API_KEY`）。",
     ),
     "key_secret": (
         "Replace `$KI2API_KEY` with the API key the owner of this deployment gave you.",
-        "把 `$KI2API_KEY` 换成部署者提供给你的 API key。",
+        "把 `$KI2API_KEY` 换成部署者提供给你的 API 密钥。",
     ),
     "models_title": ("**Models:** {models}", "**可用模型：** {models}"),
     "snippet_curl": ("curl", "curl"),

@@ -69,8 +69,11 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             elem_classes=["ki-banner"],
             visible=settings.on_space and settings.api_key_is_default,
         )
+        no_accounts = gr.Markdown(
+            "", elem_id="ki-no-accounts", elem_classes=["ki-banner"], visible=False
+        )
 
-        with gr.Tabs():
+        with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, on two rows
             with gr.Tab("Playground · 试用", id="playground") as playground_tab:
                 with gr.Row():
                     with gr.Column(scale=3):
@@ -243,19 +246,26 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 texts.add(gr.Markdown(t("traffic_title")), value="traffic_title")
                 summary = gr.Markdown("", elem_id="ki-summary")
                 plot = texts.add(
-                    gr.LinePlot(
+                    gr.ScatterPlot(
                         status.latency_frame_empty(),
-                        x="minutes",
+                        x="time",
                         y="seconds",
                         x_title=t("plot_x"),
+                        y_title=t("plot_y"),
                         color="series",
+                        color_title=t("plot_legend"),
                         color_map=SERIES_COLORS,
+                        x_lim=status.plot_window(),
+                        y_lim=[0, None],
+                        x_axis_format="%H:%M",
                         label=t("plot_title"),
-                        height=300,
-                        elem_id="ki-plot",
+                        visible=False,  # until there is a request to show
+                        elem_id="ki-plot",  # no fixed height: the axes and legend must fit
                     ),
                     label="plot_title",
                     x_title="plot_x",
+                    y_title="plot_y",
+                    color_title="plot_legend",
                 )
                 texts.add(gr.Markdown(t("status_title")), value="status_title")
                 table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)
@@ -273,13 +283,25 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                     "editor": gr.Code(language="yaml", label="editor"),
                 }
 
+        # The tabs' first labels name both languages; the visitor's language replaces them.
+        for tab, key in (
+            (playground_tab, "tab_playground"),
+            (tokens_tab, "tab_tokens"),
+            (status_tab, "tab_status"),
+            (connect_tab, "tab_connect"),
+        ):
+            texts.add(tab, label=key)
+        texts.add(gr.Markdown(t("footer"), elem_id="ki-footer"), value="footer")
+
         # --- rendering that depends on the language / the request ------------------------
 
         def render_status(lang_code: str) -> tuple[str, Any, Any]:
             rt = runtime()
+            frame = status.latency_frame(rt, lang_code)
             return (
                 status.traffic_summary(rt, lang_code),
-                status.latency_frame(rt, lang_code),
+                # No requests: the summary says so, rather than an empty chart.
+                gr.update(value=frame, x_lim=status.plot_window(), visible=not frame.empty),
                 status.accounts_table(rt, lang_code),
             )
 
@@ -294,7 +316,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 gr.update(value=snippets[k], label=labels[k]) for k in codes
             ]
 
-        def render_all(choice: str, spec: AccountSpec | None, request: gr.Request) -> list[Any]:
+        def render_all(
+            choice: str, spec: AccountSpec | None, is_admin: bool, request: gr.Request
+        ) -> list[Any]:
             if choice in LANGUAGES:
                 lang_code = LANGUAGES[choice]
             else:  # page load: the browser's preferred language
@@ -305,9 +329,14 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                 lang_code,
                 name,
                 _setup_text(lang_code),
+                gr.update(  # rendered on each load: an account may have been added since
+                    value=t("no_accounts_banner", lang_code),
+                    visible=not runtime().pool.has_accounts(),
+                ),
                 t("metrics_idle", lang_code),
                 using_line(spec, lang_code),
                 describe_own(spec, lang_code),
+                t("signed_in" if is_admin else "signed_out", lang_code),
                 gr.update(choices=models),
                 *render_status(lang_code),
                 *render_connect(lang_code, request),
@@ -318,9 +347,11 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             lang,
             language,
             setup,
+            no_accounts,
             metrics,
             using,
             own_status,
+            admin_status,
             model,
             summary,
             plot,
@@ -329,8 +360,8 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             *codes.values(),
             *texts.components,
         ]
-        page.load(render_all, [gr.State(""), own], all_outputs, **PRIVATE)
-        language.input(render_all, [language, own], all_outputs, **PRIVATE)
+        page.load(render_all, [gr.State(""), own, admin], all_outputs, **PRIVATE)
+        language.input(render_all, [language, own, admin], all_outputs, **PRIVATE)
 
         # --- playground ------------------------------------------------------------------
 

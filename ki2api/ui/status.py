@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ki2api.kiro.account import CooldownStatus
-from ki2api.ui.i18n import t
+from ki2api.ui.i18n import STRINGS, t
 
 if TYPE_CHECKING:
     from ki2api.app import Runtime
 
 WINDOW = 900.0  # the last 15 minutes
-PLOT_POINTS = 200
+PLOT_POINTS = 1000  # requests; a scatter plot stays readable
 
 STATE_ICONS = {"healthy": "🟢", "cooling_down": "🟡", "needs_login": "🔴", "disabled": "⚫"}
 
@@ -39,18 +39,24 @@ def hide_paths(text: str) -> str:
     return _PATH.sub(name_only, text)
 
 
+def state_name(state: str, lang: str) -> str:
+    key = f"state_{state}"
+    return t(key, lang) if key in STRINGS else state.replace("_", " ")
+
+
 def countdown(when: datetime, now: datetime, lang: str) -> str:
     seconds = int((when - now).total_seconds())
     if seconds <= 0:
         return t("expired", lang)
+    s, m, h, d = (t(f"unit_{u}", lang) for u in ("s", "min", "h", "d"))
     if seconds < 60:
-        span = f"{seconds} s"
+        span = f"{seconds} {s}"
     elif seconds < 3600:
-        span = f"{seconds // 60} min"
+        span = f"{seconds // 60} {m}"
     elif seconds < 48 * 3600:
-        span = f"{seconds // 3600} h {seconds % 3600 // 60} min"
+        span = f"{seconds // 3600} {h} {seconds % 3600 // 60} {m}"
     else:
-        span = f"{seconds // 86400} d"
+        span = f"{seconds // 86400} {d}"
     return t("in", lang, d=span)
 
 
@@ -78,7 +84,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
         rows.append(
             [
                 account.label,
-                f"{STATE_ICONS.get(account.state, '')} {account.state.replace('_', ' ')}",
+                f"{STATE_ICONS.get(account.state, '')} {state_name(account.state, lang)}",
                 account.token,  # already masked by the pool
                 expires,
                 account.requests,
@@ -120,23 +126,39 @@ def traffic_summary(rt: Runtime, lang: str) -> str:
     header = "| " + " | ".join(name for name, _ in cells) + " |"
     line = "|" + "---|" * len(cells)
     values = "| " + " | ".join(f"**{v}**" for _, v in cells) + " |"
-    return "\n".join([header, line, values])
+    empty = [] if s.count else ["", t("plot_empty", lang)]
+    return "\n".join([header, line, values, *empty])
 
 
 def latency_frame_empty() -> pd.DataFrame:
-    return pd.DataFrame({"minutes": [], "seconds": [], "series": []})
+    return pd.DataFrame(
+        {
+            "time": pd.Series([], dtype="datetime64[ms]"),
+            "seconds": pd.Series([], dtype=float),
+            "series": pd.Series([], dtype=str),
+        }
+    )
 
 
 def latency_frame(rt: Runtime, lang: str) -> pd.DataFrame:
-    """Long form for a LinePlot: x is minutes before now (numbers: no datetime conversions),
-    one row per request and series (total, first token)."""
-    now = time.time()
+    """Long form for a scatter plot, one row per request and series (total, first token).
+
+    x is the clock time the request ended (UTC instants; the browser draws them in its own
+    time zone); points rather than lines, so one request is as visible as a thousand."""
     rows: list[tuple[float, float, str]] = []
     for record in rt.stats.recent(WINDOW)[-PLOT_POINTS:]:
-        ago = round((record.finished_at - now) / 60, 3)
-        rows.append((ago, round(record.latency, 3), t("series_latency", lang)))
+        rows.append((record.finished_at, round(record.latency, 3), t("series_latency", lang)))
         if record.ttft is not None:
-            rows.append((ago, round(record.ttft, 3), t("series_ttft", lang)))
+            rows.append((record.finished_at, round(record.ttft, 3), t("series_ttft", lang)))
     if not rows:
         return latency_frame_empty()
-    return pd.DataFrame(rows, columns=["minutes", "seconds", "series"])
+    frame = pd.DataFrame(rows, columns=["time", "seconds", "series"])
+    frame["time"] = pd.to_datetime(frame["time"], unit="s").astype("datetime64[ms]")
+    return frame
+
+
+def plot_window(now: float | None = None) -> list[float | None]:
+    """The plot's x range, in seconds since the epoch: always the whole window, so a single
+    point sits at its time instead of in a degenerate axis."""
+    end = time.time() if now is None else now
+    return [end - WINDOW, end + WINDOW / 30]  # a margin: the newest point is not on the edge
