@@ -179,11 +179,15 @@ async def test_fetch_parses_the_service_list(
 
 
 class FakeAccounts:
-    def __init__(self, labels: list[str]) -> None:
-        self.labels = labels
+    def __init__(self, labels: list[str], usable: list[str] | None = None) -> None:
+        self.all = labels
+        self.usable = labels if usable is None else usable
+
+    def labels(self) -> list[str]:
+        return list(self.all)
 
     def usable_labels(self) -> list[str]:
-        return list(self.labels)
+        return list(self.usable)
 
     async def with_credential(
         self, label: str, call: Callable[[Credential], Awaitable[list[ModelInfo]]]
@@ -304,3 +308,19 @@ async def test_any_failure_of_the_list_call_is_recorded_not_raised() -> None:
     assert [(e.label, e.models, e.error) for e in models.snapshot()] == [
         ("x", None, "RuntimeError")
     ]
+
+
+async def test_a_resting_account_keeps_its_list_and_a_removed_one_loses_it() -> None:
+    async def fetch(credential: Credential) -> list[ModelInfo]:
+        return [ModelInfo("claude-haiku-4-5", "claude-haiku-4.5")]
+
+    accounts = FakeAccounts(["x", "y"])
+    models = AvailableModels(accounts, ModelCatalog(), fetch)
+    await models.refresh()
+    accounts.usable = ["y"]  # x cools down: not asked, but its list still counts
+    await models.refresh(force=True)
+    assert {e.label for e in models.snapshot()} == {"x", "y"}
+    assert models.skip_for("claude-haiku-4.5") == frozenset()
+    accounts.all = accounts.usable = ["y"]  # x removed from the pool
+    await models.refresh(force=True)
+    assert {e.label for e in models.snapshot()} == {"y"}

@@ -534,6 +534,9 @@ class AccountPool:
                 raise
             return await call(newer)
 
+    def labels(self) -> list[str]:
+        return list(self._accounts)
+
     def usable_labels(self) -> list[str]:
         return [a.label for a in self._accounts.values() if a.usable()]
 

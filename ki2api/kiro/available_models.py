@@ -132,6 +132,8 @@ async def fetch_model_list(
 class AccountSource(Protocol):
     """What this module needs of the account pool."""
 
+    def labels(self) -> list[str]: ...
+
     def usable_labels(self) -> list[str]: ...
 
     async def with_credential(
@@ -228,7 +230,9 @@ class AvailableModels:
         jobs = [self._refresh_one(lb) for lb in wanted if force or self._due(lb, now)]
         if jobs:
             await asyncio.gather(*jobs)
-        gone = [label for label in self._lists if label not in current and labels is None]
+        # An account cooling down keeps its list; one removed from the pool loses it.
+        members = set(self._accounts.labels())
+        gone = [label for label in self._lists if label not in members]
         for label in gone:
             del self._lists[label]
         if jobs or gone:

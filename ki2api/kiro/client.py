@@ -325,6 +325,8 @@ class KiroClient:
 def _header_safe(value: str) -> str:
     if any(c in value for c in "\r\n\0"):
         raise UpstreamAuthFailed("The account's access token contains a line break; log in again.")
+    if not value.isascii():  # a pasted token with stray characters: no header can carry it
+        raise UpstreamAuthFailed("The account's access token is not plain ASCII; log in again.")
     return value
 
 
