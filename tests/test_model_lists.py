@@ -32,6 +32,9 @@ ACCOUNTS = orjson.dumps(
 ).decode()
 
 
+ADMIN_KEY = "model-lists-admin-key"  # the admin API is off without one
+
+
 def two_account_stack(stack_factory: StackFactory, **env: str) -> Stack:
     """Account a offers only Haiku 4.5; account b offers Sonnet 4.5 and Haiku 4.5."""
     state = SimulatorState(require_known_tokens=True)
@@ -40,7 +43,8 @@ def two_account_stack(stack_factory: StackFactory, **env: str) -> Stack:
         "claude-sonnet-4.5",
         "claude-haiku-4.5",
     ]
-    return stack_factory({"KIRO_ACCESS_TOKEN": "", "KIRO_ACCOUNTS": ACCOUNTS, **env}, state=state)
+    env = {"KIRO_ACCESS_TOKEN": "", "KIRO_ACCOUNTS": ACCOUNTS, "ADMIN_KEY": ADMIN_KEY, **env}
+    return stack_factory(env, state=state)
 
 
 def wait_for_lists(stack: Stack) -> None:
@@ -89,7 +93,8 @@ def test_pool_serves_what_its_accounts_offer(stack_factory: StackFactory, caplog
     served = [r.account for r in stack.state.requests]
     assert served == ["b", "b"]  # a lacks Sonnet: skipped, not tried
     assert any("kiro_model=claude-sonnet-4.5" in r.getMessage() for r in caplog.records)
-    accounts = httpx.get(f"{stack.url}/admin/accounts", headers=headers).json()["data"]
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    accounts = httpx.get(f"{stack.url}/admin/accounts", headers=admin).json()["data"]
     assert {row["label"]: row["state"] for row in accounts} == {"a": "healthy", "b": "healthy"}
     # A Haiku request may go to either account; the lists were not asked again meanwhile.
     for _ in range(4):
