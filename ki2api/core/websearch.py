@@ -325,6 +325,24 @@ class SearchingStream(DeltaStream):
             self._inner = stream
 
 
+async def open_answer(
+    gateway: Gateway,
+    request: ChatRequest,
+    *,
+    conversation_header: str | None = None,
+    while_waiting: Callable[[], object] | None = None,
+) -> DeltaStream:
+    """What every front door calls: the gateway's answer, or, when the request offered a
+    web-search tool, the answer with the gateway's searches in it."""
+    if request.web_search is None:
+        return await gateway.open(
+            request, conversation_header=conversation_header, while_waiting=while_waiting
+        )
+    return await open_search(
+        gateway, request, conversation_header=conversation_header, while_waiting=while_waiting
+    )
+
+
 async def open_search(
     gateway: Gateway,
     request: ChatRequest,

@@ -25,7 +25,7 @@ arrives as the stream's first event), which Claude Code answers by compacting th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -52,7 +52,7 @@ from ki2api.core.errors import ContextLengthExceeded, InvalidRequest
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
-from ki2api.core.websearch import open_search
+from ki2api.core.websearch import open_answer
 
 STOP_REASONS = {
     StopReason.END_TURN: "end_turn",
@@ -195,30 +195,15 @@ class MessagesService:
         gateway = self.gateway
         model = gateway.catalog.resolve(request.model)  # memoised: a dict lookup
         msg = OpenMessage(request, gateway.calibration.ratio(model.kiro_id))
-        opener = gateway.open if request.web_search is None else self._open_search
         try:
-            msg.stream = await opener(
-                request, conversation_header=conversation_header, while_waiting=msg.prepare
+            msg.stream = await open_answer(
+                gateway, request, conversation_header=conversation_header, while_waiting=msg.prepare
             )
         except ContextLengthExceeded as exc:
             msg.prepare()
             raise prompt_too_long(exc, msg.input_estimate, model.context_window) from None
         msg.prepare()  # a no-op unless the gateway had no moment for it
         return msg
-
-    async def _open_search(
-        self,
-        request: ChatRequest,
-        *,
-        conversation_header: str | None,
-        while_waiting: Callable[[], object],
-    ) -> DeltaStream:
-        return await open_search(
-            self.gateway,
-            request,
-            conversation_header=conversation_header,
-            while_waiting=while_waiting,
-        )
 
     def _final_usage(self, msg: OpenMessage, usage: Usage | None) -> Usage:
         """The counts for ``message_delta``; a real count also teaches the calibration."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -31,7 +31,7 @@ from ki2api.core.deltas import (
 from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
-from ki2api.core.websearch import citations, open_search
+from ki2api.core.websearch import citations, open_answer
 
 log = logging.getLogger("ki2api.openai")
 
@@ -104,26 +104,14 @@ class ChatCompletionsService:
         self, request: ChatRequest, *, include_usage: bool, conversation_header: str | None
     ) -> OpenChat:
         chat = OpenChat(request, include_usage)
-        opener = self.gateway.open if request.web_search is None else self._open_search
-        chat.stream = await opener(
-            request, conversation_header=conversation_header, while_waiting=chat.prepare
-        )
-        chat.prepare()  # a no-op unless the gateway had no moment for it
-        return chat
-
-    async def _open_search(
-        self,
-        request: ChatRequest,
-        *,
-        conversation_header: str | None,
-        while_waiting: Callable[[], object],
-    ) -> DeltaStream:
-        return await open_search(
+        chat.stream = await open_answer(
             self.gateway,
             request,
             conversation_header=conversation_header,
-            while_waiting=while_waiting,
+            while_waiting=chat.prepare,
         )
+        chat.prepare()  # a no-op unless the gateway had no moment for it
+        return chat
 
     async def sse(self, chat: OpenChat) -> AsyncIterator[bytes]:
         head, open_tail, first, tail_usage = chat.chunk_parts()

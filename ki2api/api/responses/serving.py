@@ -52,7 +52,7 @@ from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest
 from ki2api.core.tokens import estimate_tokens
-from ki2api.core.websearch import citations, open_search
+from ki2api.core.websearch import citations, open_answer
 
 log = logging.getLogger("ki2api.responses")
 KEEPALIVE = b": keep-alive\n\n"
@@ -366,12 +366,7 @@ class ResponsesService:
         kinds = kinds or ToolKinds()
         for warning in kinds.warnings():
             log.warning("responses: %s", warning)
-        if request.web_search is None:
-            stream = await self.gateway.open(request, conversation_header=conversation_header)
-        else:
-            stream = await open_search(
-                self.gateway, request, conversation_header=conversation_header
-            )
+        stream = await open_answer(self.gateway, request, conversation_header=conversation_header)
         encrypted = bool(wire.include) and "reasoning.encrypted_content" in (wire.include or [])
         return OpenResponse(
             request=request,
