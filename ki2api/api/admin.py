@@ -71,15 +71,22 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
+async def run_as_admin(
+    request: Request, settings: Settings, work: Callable[[], Awaitable[Response]]
+) -> Response:
+    """``work``'s answer for a caller with the admin key; else the refusal, in OpenAI's format."""
+    try:
+        check_admin_key(request, settings)
+        return await work()
+    except GatewayError as exc:
+        return openai_error_response(exc)
+
+
 def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
-    async def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Response:
-        try:
-            check_admin_key(request, settings)
-            return await work()
-        except GatewayError as exc:
-            return openai_error_response(exc)
+    def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Awaitable[Response]:
+        return run_as_admin(request, settings, work)
 
     def listing(pool: AccountPool) -> dict[str, Any]:
         rows = pool.snapshot()

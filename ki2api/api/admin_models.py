@@ -20,10 +20,9 @@ from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ki2api.api.auth import check_admin_key
+from ki2api.api.admin import run_as_admin
 from ki2api.api.common import read_json_body
-from ki2api.api.errors import openai_error_response
-from ki2api.core.errors import GatewayError, InvalidRequest
+from ki2api.core.errors import InvalidRequest
 from ki2api.kiro.available_models import AvailableModels
 from ki2api.kiro.models import ModelCatalog
 from ki2api.settings import Settings
@@ -42,12 +41,8 @@ def create_admin_models_router(
 ) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
-    async def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Response:
-        try:
-            check_admin_key(request, settings)
-            return await work()
-        except GatewayError as exc:
-            return openai_error_response(exc)
+    def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Awaitable[Response]:
+        return run_as_admin(request, settings, work)
 
     def overview() -> dict[str, Any]:
         catalog, models = get_catalog(), get_models()
