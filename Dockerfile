@@ -1,9 +1,10 @@
 # Ki2API gateway: the API under /v1 and the web page at /, on port 8989.
 #   docker build -t ki2api .
 #   docker run -p 8989:8989 -e API_KEY=change-me -v "$HOME/.aws/sso/cache:/home/ki2api/.aws/sso/cache" ki2api
-# The base image is named by tag, not digest: pin it where you build and can check it, with
-#   docker buildx imagetools inspect python:3.11-slim   →   FROM python:3.11-slim@sha256:<digest>
-FROM python:3.11-slim
+# The base image is pinned by digest (the multi-platform index of python:3.11-slim, Python 3.11.15
+# on Debian trixie, as the official images' published record lists it); the tag is kept for the
+# reader. To move it on: docker buildx imagetools inspect python:3.11-slim, and copy the index digest.
+FROM python:3.11-slim@sha256:90744cff8f32887f075c47d747a173ff333e9e98801667af93c357fa9f5e28ff
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -469,3 +469,14 @@ def test_docker_image_runs_as_a_user_who_cannot_change_the_code() -> None:
     assert f"chown -R {user}:{user} /home/{user}/.aws" in " ".join(lines)
     install = [line for line in lines if line.startswith("RUN pip install")]
     assert install == ["RUN pip install --require-hashes --no-deps -r requirements.txt"]
+
+
+def test_docker_base_image_is_pinned_by_digest() -> None:
+    froms = [
+        line.split()[1]
+        for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+        if line.startswith("FROM ")
+    ]
+    assert froms, "no FROM line"
+    for image in froms:
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), image
