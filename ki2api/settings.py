@@ -87,6 +87,8 @@ class Settings:
     max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
     yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
+    page_max_body_bytes: int = 1024 * 1024  # every route but the API's (the page's events)
+    playground_max_share: float = 0.25  # of the pool's slots the page's chats may hold at once
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -136,6 +138,8 @@ class Settings:
             queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
             yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
             not in {"0", "false", "no", "off"},
+            page_max_body_bytes=int(env.get("PAGE_MAX_BODY_BYTES") or 1024 * 1024),
+            playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

@@ -178,9 +178,13 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     page = open_page(browser, srv.url)
     page.get_by_role("tab", name=re.compile("Tokens")).click()
     expect(page.locator("#ki-new-account")).to_be_hidden()
-    page.locator("#ki-admin-key input").fill(API_KEY)  # ADMIN_KEY is set: the API key is not
+    page.locator("#ki-admin-key input").fill("not-the-key-0123456789")
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-admin-status")).to_contain_text("Wrong key")
+    page.locator("#ki-admin-key input").fill(API_KEY)  # ADMIN_KEY is set: the API key is not
+    page.locator("#ki-sign-in").click()  # ... an admin's, but it opens the pool to the chat
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
+    expect(page.locator("#ki-new-account")).to_be_hidden()
     page.locator("#ki-admin-key input").fill(ADMIN_KEY)
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-admin-status")).to_contain_text("Signed in")
