@@ -81,8 +81,11 @@ def hostile_value(component: dict[str, Any], text: str) -> Any:
         return text
     if kind in ("checkbox", "state"):
         return True
-    if kind == "chatbot":
-        return [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}]
+    if kind == "chatbot":  # a conversation, in the shape Gradio 6's Chatbot takes
+        return [
+            {"role": "user", "content": [{"type": "text", "text": text}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+        ]
     return default_value(component)
 
 
