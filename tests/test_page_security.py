@@ -11,16 +11,21 @@ within the playground's share of the pool, and frees the account's slot when the
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from ki2api.app import create_app
+from ki2api.settings import Settings
 from ki2api.simulator import Delay, Script, text_answer
 from ki2api.simulator.scripts import text_events
+from ki2api.ui.guard import page_route_allowed, walk_routes
 from tests import gradio_raw
 from tests.gradio_raw import Session
 from tests.stack import Stack, StackFactory, make_stack_factory
@@ -308,3 +313,38 @@ def test_the_page_still_loads(stack: Stack) -> None:
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert httpx.get(f"{stack.url}/theme.css", timeout=10).status_code == 200
     assert httpx.get(f"{stack.url}/health", timeout=10).status_code == 200
+
+
+# --- the route list in docs/security.md -------------------------------------------------
+
+SECURITY_DOC = Path(__file__).resolve().parents[1] / "docs" / "security.md"
+_ROW = re.compile(r"^\| `([A-Z]+)` \| `([^`]+)` \| ([^|]+) \|$")
+
+
+def documented_routes() -> dict[tuple[str, str], str]:
+    rows: dict[tuple[str, str], str] = {}
+    for line in SECURITY_DOC.read_text(encoding="utf-8").splitlines():
+        match = _ROW.match(line.strip())
+        if match:
+            method, path, who = match.groups()
+            assert (method, path) not in rows, f"listed twice: {method} {path}"
+            rows[method, path] = who.strip()
+    return rows
+
+
+def test_security_doc_lists_every_route() -> None:
+    app = create_app(Settings(), with_ui=True)  # the mounted page's routes too
+    actual = set(walk_routes(app.routes))
+    documented = documented_routes()
+    assert len(actual) > 60  # the walk reached into the mount and the included routers
+    missing = sorted(actual - set(documented))
+    stale = sorted(set(documented) - actual)
+    assert not missing, f"routes missing from docs/security.md: {missing}"
+    assert not stale, f"docs/security.md lists routes the app does not have: {stale}"
+    # What the table says about the page's routes is what the guard does.
+    for (method, path), who in documented.items():
+        if path.startswith(("/v1/", "/admin/")) or path in ("/health", "/metrics"):
+            continue
+        concrete = re.sub(r"\{[^}]*\}", "x", path)
+        served = page_route_allowed(method, concrete) or path.startswith(("/docs", "/openapi"))
+        assert served == (who != "nobody (404)"), (method, path, who)
