@@ -186,11 +186,6 @@ def create_app(
         Middleware(ObservabilityMiddleware, metrics=metrics),
         *limits_middleware(settings, limiter),
     ]
-    for cls, args, kwargs in reversed(api_middleware):
-        app.add_middleware(cls, *args, **kwargs)
-    # Every route but the chat lane (which counts its own bytes): the API's limit under /v1
-    # and /admin, the page's everywhere else.
-    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
     app.lane = {
         path: _wrapped(endpoint, api_middleware)
         for path, endpoint in (
@@ -243,6 +238,12 @@ def create_app(
 
         checks = ApiChecks(settings, metrics, limiter)  # the page's chats pass the API's checks
         mount_ui(app, settings, runtime, checks)  # mounts on this app (and returns it)
+    # Added innermost first: the page's guard (by mount_ui), then the body limit around it
+    # (every route but the chat lane, which counts its own bytes: the API's limit under /v1
+    # and /admin, the page's elsewhere), then the API middleware around everything.
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    for cls, args, kwargs in reversed(api_middleware):
+        app.add_middleware(cls, *args, **kwargs)
     return app
 
 

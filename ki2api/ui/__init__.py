@@ -67,7 +67,9 @@ def _mount(
     app_paths = path_patterns(app.routes)  # the app's own routes: everything but the page
     page = build_page(settings, runtime, Playground(checks, runtime), readers)
     page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    app.add_middleware(PageGuard, app_paths=app_paths, readers=readers)
+    app.add_middleware(
+        PageGuard, app_paths=app_paths, readers=readers, event_ids=lambda: page.fns.keys()
+    )
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         page,

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 QUEUE_DATA = "/gradio_api/queue/data"
+QUEUE_JOIN = "/gradio_api/queue/join"
 
 # (methods, path pattern): what the page's browser code asks for. A GET also allows HEAD.
 PAGE_ROUTES: tuple[tuple[frozenset[str], re.Pattern[str]], ...] = tuple(
@@ -136,11 +138,13 @@ class PageGuard:
         app: ASGIApp,
         app_paths: Iterable[re.Pattern[str]],
         readers: Readers,
+        event_ids: Callable[[], Collection[int]],
         api_prefixes: tuple[str, ...] = ("/v1/", "/admin/"),
     ) -> None:
         self.app = app
         self.app_paths = tuple(app_paths)
         self.readers = readers
+        self.event_ids = event_ids  # the page's events (fn_index values)
         self.api_prefixes = api_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -151,8 +155,12 @@ class PageGuard:
         if path.startswith(self.api_prefixes) or any(p.fullmatch(path) for p in self.app_paths):
             await self.app(scope, receive, send)
             return
-        if not page_route_allowed(scope.get("method", ""), path):
+        method = scope.get("method", "")
+        if not page_route_allowed(method, path):
             await JSONResponse({"detail": "Not Found"}, status_code=404)(scope, receive, send)
+            return
+        if method == "POST":
+            await self._checked_json(scope, receive, send)
             return
         if path != QUEUE_DATA:
             await self.app(scope, receive, send)
@@ -162,6 +170,46 @@ class PageGuard:
             await self.app(scope, receive, send)
             return
         await self._reading(session, scope, receive, send)
+
+    def _known_event(self, data: Any) -> bool:
+        if not isinstance(data, dict):
+            return True  # Gradio's own validation answers this one
+        fn_index = data.get("fn_index")
+        return fn_index is None or (type(fn_index) is int and fn_index in self.event_ids())
+
+    async def _checked_json(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The page's POSTs carry small JSON (the body limit layer outside bounds them): it is
+        read here and held to the API's JSON rules (no NaN, valid UTF-8, nesting within
+        1,024), since Gradio answers some of what it cannot encode back with a 500."""
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # gone before the body was sent
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            response = JSONResponse({"detail": f"Request body is not valid JSON: {exc}"}, 400)
+            await response(scope, receive, send)
+            return
+        if scope.get("path") == QUEUE_JOIN and not self._known_event(data):
+            # Gradio looks an unknown event number up unchecked (a 500).
+            await JSONResponse({"detail": "No such event."}, 400)(scope, receive, send)
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reading(self, session: str, scope: Scope, receive: Receive, send: Send) -> None:
         readers = self.readers
