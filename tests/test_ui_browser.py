@@ -7,6 +7,7 @@ admin adds an account, the language switch works; screenshots go to docs/screens
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from ki2api.settings import Settings
 from ki2api.simulator import Delay, Script, text_answer
 from ki2api.simulator.scripts import text_events
 from tests.servers import ServerThread
+from tests.stack import Stack, make_stack_factory
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
@@ -221,3 +223,46 @@ def test_language_follows_the_browser_and_the_switch(server, browser) -> None:
     expect(page.locator("#ki-send")).to_have_text("Send")
     expect(page.locator("#ki-demo")).to_contain_text("simulator")
     page.context.close()
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Not demo mode: the pool stands for the owner's Kiro accounts (the simulator behind)."""
+    factories = make_stack_factory()
+    make = next(factories)
+    no_login = tmp_path_factory.mktemp("ui-keyed-home") / "kiro-auth-token.json"
+    yield make({"ADMIN_KEY": ADMIN_KEY}, with_ui=True, kiro_token_file=no_login)
+    next(factories, None)
+
+
+def test_the_playground_needs_a_sign_in_and_a_closed_tab_frees_the_account(
+    keyed: Stack, browser: Any
+) -> None:
+    sim = keyed.state
+    page = open_page(browser, keyed.url)
+    expect(page.locator("#ki-using")).to_contain_text("sign in with the API key")
+    send(page, "May I use the server's accounts?")
+    expect(page.locator("#ki-chat")).to_contain_text("Sign in with the API key")
+    assert sim.requests == []
+
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    page.locator("#ki-admin-key input").fill(keyed.api_key)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
+    assert keyed.api_key not in page.content()
+    page.get_by_role("tab", name=re.compile("Playground")).click()
+    expect(page.locator("#ki-using")).to_contain_text("server's Kiro accounts")
+    steps = text_events("The first words arrive, ", 1) + [Delay(30.0)]
+    sim.enqueue(Script(tuple(steps) + tuple(text_answer("never sent").steps), "slow"))
+    send(page, "Tell me a very long story.")
+    expect(page.locator("#ki-chat")).to_contain_text("The first words arrive")
+    assert len(sim.requests) == 1
+    label = keyed.runtime.pool.snapshot()[0].label
+    assert keyed.runtime.gateway.slots.in_use(label) == 1
+    page.context.close()  # the visitor closes the tab mid-answer
+    assert sim.wait_for(lambda s: s.requests[-1].closed_by_client, timeout=5)
+    assert sim.wait_idle(timeout=5)
+    deadline = time.monotonic() + 5
+    while keyed.runtime.gateway.slots.in_use(label) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keyed.runtime.gateway.slots.in_use(label) == 0
