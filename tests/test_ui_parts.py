@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ from ki2api.ui.access import ApiChecks, Playground, PlaygroundBusy
 from ki2api.ui.answer import AnswerView, history_to_messages
 from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
+from ki2api.ui.playground import _Chat, build_request
 from ki2api.ui.status import countdown
 from ki2api.ui.tokens import PageKey, admin_key_ok, describe_own, page_sign_in
 
@@ -177,3 +179,18 @@ def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
     release()
     release()  # twice: still one place given back
     assert playground.in_flight == 0
+
+
+async def test_a_chat_stopped_before_its_pump_ran_still_gives_its_slot_back() -> None:
+    # A reader can leave between the start of a chat and its pump's first step: the slot, the
+    # count and the handler's wake-up must not depend on the pump having run.
+    checks = ApiChecks(Settings(), Metrics())
+    playground = Playground(checks, lambda: SimpleNamespace(pool=[1]))  # type: ignore[arg-type,return-value]
+    release = playground.take_slot()
+    request = build_request("hi", [], "claude-sonnet-4-5", "", False, False)
+    chat = _Chat(SimpleNamespace(), playground, request)  # type: ignore[arg-type]
+    stop = chat.start(None, release)
+    stop()
+    stop()  # once is enough; twice changes nothing
+    assert await asyncio.wait_for(chat.deltas.get(), 2) is None
+    assert playground.in_flight == 0 and chat.recorded and chat.status == 499

@@ -90,6 +90,7 @@ class _Chat:
         self.deltas: asyncio.Queue[Delta | None] = asyncio.Queue()  # None: the pump is done
         self.error: GatewayError | None = None
         self.spec: AccountSpec | None = None  # the visitor's token after use (maybe refreshed)
+        self.status = CLIENT_CLOSED  # unless the answer ends or fails on its own
         self.recorded = False
 
     def record(self, status: int) -> None:
@@ -97,34 +98,51 @@ class _Chat:
             self.recorded = True
             self.playground.record(self.ctx, status, time.perf_counter() - self.started)
 
-    async def pump(self, own: AccountSpec | None, release: Callable[[], None]) -> None:
+    def start(self, own: AccountSpec | None, release: Callable[[], None]) -> Callable[[], None]:
+        """Start the pump; returns what stops it (once; later calls do nothing). However the
+        pump ends — even cancelled before it ran — the slot is given back, the chat counted
+        and the handler woken (a ``None`` in the queue)."""
+        pump = asyncio.create_task(self._pump(own))
+
+        def finished(_: object) -> None:
+            release()
+            self.record(self.status)
+            self.deltas.put_nowait(None)
+
+        pump.add_done_callback(finished)
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            if not stopped:  # one cancellation: a second would cut the closing short
+                stopped = True
+                pump.cancel()
+
+        return stop
+
+    async def _pump(self, own: AccountSpec | None) -> None:
         current_request.set(self.ctx)  # this task's own context: the gateway fills it in
-        status = CLIENT_CLOSED  # unless the answer ends or fails on its own
         stream = None
         try:
             lease = await self.rt.pool.ephemeral_lease(own) if own is not None else None
             stream = await self.rt.gateway.open(self.request, lease=lease)
             async for delta in stream:
                 self.deltas.put_nowait(delta)
-            status = 200
+            self.status = 200
             if lease is not None:
                 self.spec = lease.spec  # keep a refreshed token for the next message
         except GatewayError as exc:
             self.error = exc
-            status = exc.status
+            self.status = exc.status
             note_error(exc.openai_code)
         except Exception:  # a bug must not leave the chat hanging, nor show a trace
             log.exception("playground request failed")
             self.error = GatewayError("internal error")
-            status = 500
+            self.status = 500
         finally:
-            try:
-                if stream is not None:
-                    await stream.aclose()
-            finally:
-                release()
-                self.record(status)
-                self.deltas.put_nowait(None)
+            if stream is not None:
+                # Closing returns the connection and the account's slot: it must finish.
+                await asyncio.shield(stream.aclose())
 
 
 def make_chat_handler(
@@ -172,10 +190,9 @@ def make_chat_handler(
             yield [*shown, *view.messages()], "", "", own
             return
         yield [*shown, *view.messages()], "", "", own
-        pump = asyncio.create_task(run.pump(own, release))
+        stop = run.start(own, release)
         gone = asyncio.create_task(readers.wait_until_gone(session))
-        gone.add_done_callback(lambda _: pump.cancel())
-        pump.add_done_callback(lambda _: gone.cancel())
+        gone.add_done_callback(lambda _: stop())  # the visitor stopped reading: close it now
         try:
             done = False
             while not done:
@@ -190,7 +207,7 @@ def make_chat_handler(
                 if not done:
                     yield [*shown, *view.messages()], gr.update(), view.metrics(model), own
         finally:
-            pump.cancel()  # Stop (Gradio closes this generator): the pump closes the upstream
+            stop()  # Stop (Gradio closes this generator), or the answer is over
             gone.cancel()
         if run.error is not None:
             view.fail(run.error.message)
