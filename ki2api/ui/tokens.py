@@ -1,4 +1,5 @@
-"""Tokens: a visitor's own Kiro token (kept in their session only) and the admin's pool actions.
+"""Tokens: a visitor's own Kiro token (kept in their session only), the page's sign-in (API key:
+the playground may use the pool; admin key: the pool actions too) and the admin's pool actions.
 
 Every handler here takes or returns secrets and is registered with ``api_visibility="private"``.
 Only masked tokens are ever returned to the page; the session values are ``gr.State`` (server
