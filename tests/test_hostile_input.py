@@ -374,6 +374,8 @@ PAGE_BODIES: dict[str, bytes] = {
     "too few inputs": b'{"data": [], "fn_index": 3, "session_hash": "s1"}',
     "session hash huge": b'{"data": [], "fn_index": 0, "session_hash": "' + b"s" * 100_000 + b'"}',
     "trigger unknown": b'{"data": [], "trigger_id": 424242, "session_hash": "s1"}',
+    "session hash empty": b'{"data": [], "fn_index": 0, "session_hash": "", "event_id": ""}',
+    "session hash number": b'{"data": [], "fn_index": 0, "session_hash": 7}',
     "event data deep": b'{"data": [], "fn_index": 0, "session_hash": "s1", "event_data": '
     + b"[" * 5_000
     + b"]" * 5_000

@@ -171,11 +171,16 @@ class PageGuard:
             return
         await self._reading(session, scope, receive, send)
 
-    def _known_event(self, data: Any) -> bool:
+    def _acceptable_join(self, data: Any) -> bool:
+        """What Gradio's queue takes unchecked (a 500 otherwise): the event's number must be one
+        of the page's, and the session a non-empty string (an empty one is lost in the queue)."""
         if not isinstance(data, dict):
             return True  # Gradio's own validation answers this one
         fn_index = data.get("fn_index")
-        return fn_index is None or (type(fn_index) is int and fn_index in self.event_ids())
+        if fn_index is not None and not (type(fn_index) is int and fn_index in self.event_ids()):
+            return False
+        session = data.get("session_hash")
+        return session is None or (isinstance(session, str) and session != "")
 
     async def _checked_json(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The page's POSTs carry small JSON (the body limit layer outside bounds them): it is
@@ -196,9 +201,8 @@ class PageGuard:
             response = JSONResponse({"detail": f"Request body is not valid JSON: {exc}"}, 400)
             await response(scope, receive, send)
             return
-        if scope.get("path") == QUEUE_JOIN and not self._known_event(data):
-            # Gradio looks an unknown event number up unchecked (a 500).
-            await JSONResponse({"detail": "No such event."}, 400)(scope, receive, send)
+        if scope.get("path") == QUEUE_JOIN and not self._acceptable_join(data):
+            await JSONResponse({"detail": "No such event or session."}, 400)(scope, receive, send)
             return
         replayed = False
 
