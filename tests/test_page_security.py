@@ -348,3 +348,32 @@ def test_security_doc_lists_every_route() -> None:
         concrete = re.sub(r"\{[^}]*\}", "x", path)
         served = page_route_allowed(method, concrete) or path.startswith(("/docs", "/openapi"))
         assert served == (who != "nobody (404)"), (method, path, who)
+
+
+def test_twenty_joins_that_never_read_leave_the_api_its_slots(stack: Stack) -> None:
+    # The report: twenty queue joins that never read their answers held every account slot,
+    # and a keyed API client then got 503 account_busy.
+    sim = stack.state
+    seen = len(sim.requests)
+    slow = text_events("Holding, ", 1) + [Delay(8.0)]
+    for _ in range(20):
+        sim.enqueue(Script(tuple(slow) + tuple(text_answer("late").steps), "slow"))
+    fn = chat_fn(stack)
+    signed = Session(stack.url)
+    sign_in(stack, signed, stack.api_key)
+    for i in range(20):  # strangers, and a signed-in session that never reads either
+        session = signed if i % 2 else Session(stack.url)
+        assert session.join(fn, chat_data(f"hold a slot {i}")).status_code == 200
+    time.sleep(2.5)  # past the wait for a reader
+    try:
+        assert len(sim.requests) == seen
+        with httpx.stream(
+            "POST",
+            f"{stack.url}/v1/chat/completions",
+            headers=stack.headers(),
+            json={"model": MODEL, "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            timeout=5,
+        ) as api:
+            assert api.status_code == 200
+    finally:
+        sim.clear_queue()
