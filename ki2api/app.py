@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, cast
@@ -26,11 +26,12 @@ from ki2api.api.anthropic.router import (
 )
 from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_metrics_access
+from ki2api.api.body_limit import BodyLimitMiddleware
 from ki2api.api.endpoint import ChatEndpoint
 from ki2api.api.errors import error_response_for_path, openai_error_response
 from ki2api.api.http_errors import install_api_fallback, install_http_errors
 from ki2api.api.images import ImageLoaderFactory
-from ki2api.api.limits import limits_middleware
+from ki2api.api.limits import limits_middleware, rate_limiter
 from ki2api.api.model_list import create_models_router
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
@@ -206,6 +207,7 @@ def create_app(
             "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
         )
     )
+    limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
         Middleware(
@@ -213,10 +215,8 @@ def create_app(
             metrics=metrics,
             lane=frozenset((CHAT_PATH, MESSAGES_PATH, RESPONSES_PATH)),
         ),
-        *limits_middleware(settings),
+        *limits_middleware(settings, limiter),
     ]
-    for cls, args, kwargs in reversed(api_middleware):
-        app.add_middleware(cls, *args, **kwargs)
     app.lane = {
         path: _wrapped(endpoint, api_middleware)
         for path, endpoint in (
@@ -270,10 +270,27 @@ def create_app(
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
+        from ki2api.ui.access import ApiChecks
 
         install_api_fallback(app)  # last API route: /v1/* never reaches the page
-        mount_ui(app, settings, runtime)  # mounts on this app (and returns it)
+        checks = ApiChecks(settings, metrics, limiter)  # the page's chats pass the API's checks
+        mount_ui(app, settings, runtime, checks)  # mounts on this app (and returns it)
+    # Added innermost first: the page's guard (by mount_ui), then the body limit around it
+    # (every route but the chat lane, which counts its own bytes: the API's limit under /v1
+    # and /admin, the page's elsewhere), then the API middleware around everything.
+    app.add_middleware(BodyLimitMiddleware, limit_for=_body_limits(settings))
+    for cls, args, kwargs in reversed(api_middleware):
+        app.add_middleware(cls, *args, **kwargs)
     return app
+
+
+def _body_limits(settings: Settings) -> Callable[[str], int]:
+    api, page = settings.max_body_bytes, settings.page_max_body_bytes
+
+    def limit_for(path: str) -> int:
+        return api if path.startswith(("/v1/", "/admin/")) else page
+
+    return limit_for
 
 
 def _wrapped(endpoint: ASGIApp, middleware: list[Middleware]) -> ASGIApp:

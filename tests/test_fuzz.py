@@ -1,6 +1,7 @@
 """Fuzzing: schemathesis against the app's OpenAPI schema, and a hypothesis fuzzer throwing
-arbitrary JSON at every front door. Over 2,000 requests in all hit a gateway on a real socket
-(in front of the simulator), and none may answer 5xx or leak a traceback.
+arbitrary JSON at every front door and at the page's routes (Gradio's queue, and paths around
+it). Over 2,000 requests in all hit a gateway on a real socket (in front of the simulator), and
+none may answer 5xx or leak a traceback.
 
 The front doors read raw bodies (to bound their size and to answer bad JSON in the client's
 format), so FastAPI's schema has no request bodies; the test adds them (``BODIES``) so
@@ -291,6 +292,77 @@ def test_hypothesis_bodies_find_no_server_errors(
     )
     COUNT["requests"] += 1
     check_answer(r.status_code, r.text, route)
+
+
+# --- the page's routes (Gradio, mounted at /): the queue and the paths around it -----------
+
+
+@pytest.fixture(scope="module")
+def page_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    factories: Iterator[StackFactory] = make_stack_factory()
+    make = next(factories)
+    no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
+    yield make({}, with_ui=True, kiro_token_file=no_login)
+    next(factories, None)
+
+
+PAGE_EXAMPLES = 400
+queue_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": st.lists(json_values, max_size=10) | json_values,
+        "fn_index": st.integers(-3, 40) | st.integers() | json_values,
+        "session_hash": st.text(max_size=40) | json_values,
+        "trigger_id": st.integers(-3, 200) | json_values,
+        "event_id": st.text(max_size=40) | json_values,
+        "event_data": json_values,
+    },
+)
+page_paths = st.sampled_from(
+    ["/gradio_api/", "/gradio_api/file=", "/gradio_api/queue/", "/", "/assets/", "/config/"]
+).flatmap(lambda base: st.text(max_size=30).map(lambda tail: base + tail))
+
+
+def check_page(status: int, text: str, what: Any) -> None:
+    assert status < 500, (status, what, text[:300])
+    assert "Traceback" not in text and "site-packages" not in text
+
+
+@settings(max_examples=PAGE_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    route=st.sampled_from(["/gradio_api/queue/join", "/gradio_api/cancel"]),
+    body=queue_bodies | json_values,
+    raw=st.booleans(),
+)
+def test_page_queue_finds_no_server_errors(
+    page_stack: Stack, route: str, body: Any, raw: bool
+) -> None:
+    content = json.dumps(body).encode()
+    if raw:
+        content = content[: len(content) // 2]
+    r = httpx.post(
+        f"{page_stack.url}{route}",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=20,
+    )
+    COUNT["requests"] += 1
+    check_page(r.status_code, r.text, body)
+
+
+@settings(max_examples=PAGE_EXAMPLES // 4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(path=page_paths, method=st.sampled_from(["GET", "POST", "HEAD", "PUT", "DELETE"]))
+def test_page_paths_find_no_server_errors(page_stack: Stack, path: str, method: str) -> None:
+    try:
+        with httpx.Client(base_url=page_stack.url, timeout=10) as client:
+            request = client.build_request(method, path)
+            response = client.send(request, stream=True)
+            head = b"" if method == "HEAD" else next(response.iter_bytes(), b"")
+            response.close()
+    except httpx.InvalidURL:
+        return  # not a URL a client can send
+    COUNT["requests"] += 1
+    check_page(response.status_code, head.decode("utf-8", "replace"), (method, path))
 
 
 def test_enough_requests_were_made(stack: Stack) -> None:

@@ -1,10 +1,15 @@
 """Whatever a client sends, the answer is a 4xx (or a normal answer) in the client's format:
-never a 500, never a traceback. One gateway on a real socket serves every case."""
+never a 500, never a traceback. One gateway on a real socket serves every case; the page's
+routes (Gradio, mounted at /) get theirs from a second one with the page on, and oversized
+posts to them leave the process at most 50 MB larger."""
 
 from __future__ import annotations
 
+import gc
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -359,3 +364,139 @@ def test_each_answer_carries_exactly_its_own_request_id(stack: Stack, route: str
             generated = client.post(route, json=valid_body(route, stream=stream))
             assert len(generated.headers.get_list("x-request-id")) == 1
             seen.add(sent)
+
+
+# --- the page's routes (Gradio, mounted at /) ------------------------------------------------
+
+PAGE_MAX_BODY = 1024 * 1024  # PAGE_MAX_BODY_BYTES' default
+OVERSIZED_POSTS = 24  # of 48 MB each: over 1 GB sent in all
+RSS_GROWTH_BOUND = 50 * 1024 * 1024  # what the server may keep afterwards
+
+
+@pytest.fixture(scope="module")
+def page_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    factories: Iterator[StackFactory] = make_stack_factory()
+    make = next(factories)
+    no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
+    yield make({}, with_ui=True, kiro_token_file=no_login)
+    next(factories, None)
+
+
+def check_page_answer(r: httpx.Response) -> None:
+    assert r.status_code < 500, (r.status_code, r.text[:300])
+    assert "Traceback" not in r.text and "site-packages" not in r.text
+
+
+PAGE_BODIES: dict[str, bytes] = {
+    **MALFORMED,
+    "no session": b'{"data": [], "fn_index": 0}',
+    "fn_index negative": b'{"data": [], "fn_index": -1, "session_hash": "s1"}',
+    "fn_index huge": b'{"data": [], "fn_index": 99999999999999999999, "session_hash": "s1"}',
+    "fn_index string": b'{"data": [], "fn_index": "0", "session_hash": "s1"}',
+    "data not a list": b'{"data": {"a": 1}, "fn_index": 0, "session_hash": "s1"}',
+    "too few inputs": b'{"data": [], "fn_index": 3, "session_hash": "s1"}',
+    "session hash huge": b'{"data": [], "fn_index": 0, "session_hash": "' + b"s" * 100_000 + b'"}',
+    "trigger unknown": b'{"data": [], "trigger_id": 424242, "session_hash": "s1"}',
+    "session hash empty": b'{"data": [], "fn_index": 0, "session_hash": "", "event_id": ""}',
+    "session hash number": b'{"data": [], "fn_index": 0, "session_hash": 7}',
+    "event data deep": b'{"data": [], "fn_index": 0, "session_hash": "s1", "event_data": '
+    + b"[" * 5_000
+    + b"]" * 5_000
+    + b"}",
+}
+
+
+@pytest.mark.parametrize("route", ["/gradio_api/queue/join", "/gradio_api/cancel"])
+@pytest.mark.parametrize("name", PAGE_BODIES)
+def test_page_routes_answer_hostile_bodies_without_5xx(
+    page_stack: Stack, route: str, name: str
+) -> None:
+    r = httpx.post(
+        f"{page_stack.url}{route}",
+        content=PAGE_BODIES[name],
+        headers={"content-type": "application/json"},
+        timeout=20,
+    )
+    check_page_answer(r)
+
+
+def test_page_routes_answer_hostile_queries_without_5xx(page_stack: Stack) -> None:
+    base = page_stack.url
+    for path in (
+        "/gradio_api/queue/data",
+        "/gradio_api/queue/data?session_hash=",
+        "/gradio_api/queue/data?session_hash=" + "a" * 5000,
+        "/gradio_api/queue/data?session_hash=%00%ff",
+        "/gradio_api/heartbeat/" + "a" * 2000,
+        "/config?x=" + "%" * 10,
+        "/assets/../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/etc/passwd",
+        "/gradio_api/file=../../etc/passwd",
+    ):
+        with httpx.stream("GET", f"{base}{path}", timeout=20) as r:
+            head = r.read() if r.status_code != 200 else next(r.iter_bytes(), b"")
+            assert r.status_code < 500, (path, r.status_code)
+            assert b"root:" not in head and b"Traceback" not in head
+
+
+def _rss() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _post_oversized(stack: Stack, streamed: bool, filler: bytes, count: int) -> bytes:
+    """POST a queue event carrying ``count`` x ``filler`` over a raw socket, from one buffer
+    (the client must not grow this process's memory: the server runs in it). Returns the
+    status line, or b"" when the server closed before answering."""
+    head = b'{"fn_index": 0, "session_hash": "big", "data": ["'
+    tail = b'"]}'
+    size = len(head) + len(filler) * count + len(tail)
+    framing = b"transfer-encoding: chunked" if streamed else b"content-length: %d" % size
+    request = (
+        b"POST /gradio_api/queue/join HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + framing
+        + b"\r\nconnection: close\r\n\r\n"
+    )
+
+    def piece(data: bytes) -> bytes:
+        return b"%x\r\n%b\r\n" % (len(data), data) if streamed else data
+
+    try:
+        with socket.create_connection((stack.server.host, stack.server.port), timeout=30) as s:
+            s.sendall(request + piece(head))
+            for _ in range(count):
+                s.sendall(piece(filler))
+            s.sendall(piece(tail) + (b"0\r\n\r\n" if streamed else b""))
+            return s.recv(200).split(b"\r\n", 1)[0]
+    except OSError:
+        return b""  # the server closed before the client had sent everything: fine
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
+def test_oversized_posts_to_the_page_leave_memory_bounded(page_stack: Stack) -> None:
+    # The server runs in this process: its memory is ours. 24 posts of 48 MB (a valid queue
+    # event carrying 48 MB of data; half declared, half streamed without content-length, four
+    # at a time as in the report) may leave the process at most 50 MB larger.
+    filler = b"x" * (1024 * 1024)
+    httpx.get(f"{page_stack.url}/config", timeout=30)  # warm up Gradio's lazy parts
+    gc.collect()
+    before = _rss()
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(
+            pool.map(
+                lambda i: _post_oversized(page_stack, i % 2 == 1, filler, 48),
+                range(OVERSIZED_POSTS),
+            )
+        )
+    gc.collect()
+    grown = _rss() - before
+    too_large = b"HTTP/1.1 413 Request Entity Too Large"
+    # Refused early: the client sees the 413, or a connection closed under its feet.
+    assert all(s in (too_large, b"") for s in statuses), statuses
+    probe = b"POST /gradio_api/queue/join HTTP/1.1\r\nhost: x\r\ncontent-length: 50000000\r\n"
+    assert raw_exchange(page_stack, probe.decode(), b"{").startswith(too_large)  # what closed them
+    assert grown < RSS_GROWTH_BOUND, f"RSS grew by {grown / 1e6:.0f} MB"
+    assert httpx.get(f"{page_stack.url}/health", timeout=10).status_code == 200

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -37,30 +36,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
         yield srv
 
 
-def _walk_names(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key in ("label", "parameter_name", "python_type", "component"):
-                yield str(item)
-            yield from _walk_names(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _walk_names(item)
-
-
-def test_api_info_lists_no_endpoint_that_takes_or_returns_a_secret(server) -> None:
+def test_gradio_api_description_is_not_served(server) -> None:
+    # The page's events are not an API: Gradio's description of them is closed with the other
+    # routes the page does not use (ki2api/ui/guard.py).
     for query in ("", "?all_endpoints=true"):
         response = httpx.get(f"{server.url}/gradio_api/info{query}")
-        assert response.status_code == 200
-        info = response.json()
-        endpoints = {**info["named_endpoints"], **info["unnamed_endpoints"]}
-        for name, endpoint in endpoints.items():
-            assert not SECRET_WORDS.search(name), name
-            for field in _walk_names(endpoint.get("parameters", [])):
-                assert not SECRET_WORDS.search(field), (name, field)
-            for field in _walk_names(endpoint.get("returns", [])):
-                assert not SECRET_WORDS.search(field), (name, field)
-            assert "state" not in str(endpoint).lower(), name
+        assert response.status_code == 404
+        assert not SECRET_WORDS.search(response.text)
 
 
 def test_every_event_touching_a_secret_is_private(server) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from ki2api.settings import Settings
 from ki2api.simulator import Delay, Script, http_error, text_answer
 from ki2api.simulator.scripts import text_events
 from tests.servers import ServerThread
+from tests.stack import Stack, make_stack_factory
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,9 +202,13 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     page = open_page(browser, srv.url)
     page.get_by_role("tab", name=re.compile("Tokens")).click()
     expect(page.locator("#ki-new-account")).to_be_hidden()
-    page.locator("#ki-admin-key input").fill(API_KEY)  # ADMIN_KEY is set: the API key is not
+    page.locator("#ki-admin-key input").fill("not-the-key-0123456789")
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-admin-status")).to_contain_text("Wrong key")
+    page.locator("#ki-admin-key input").fill(API_KEY)  # ADMIN_KEY is set: the API key is not
+    page.locator("#ki-sign-in").click()  # ... an admin's, but it opens the pool to the chat
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
+    expect(page.locator("#ki-new-account")).to_be_hidden()
     page.locator("#ki-admin-key input").fill(ADMIN_KEY)
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-admin-status")).to_contain_text("Signed in")
@@ -273,3 +279,46 @@ def test_status_shows_which_cooldown_applies_to_which_model(server, browser) -> 
     expect(table).to_contain_text("claude-haiku-4.5 · model capacity · in 9 min")
     expect(table).to_contain_text("INSUFFICIENT_MODEL_CAPACITY")
     page.context.close()
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Not demo mode: the pool stands for the owner's Kiro accounts (the simulator behind)."""
+    factories = make_stack_factory()
+    make = next(factories)
+    no_login = tmp_path_factory.mktemp("ui-keyed-home") / "kiro-auth-token.json"
+    yield make({"ADMIN_KEY": ADMIN_KEY}, with_ui=True, kiro_token_file=no_login)
+    next(factories, None)
+
+
+def test_the_playground_needs_a_sign_in_and_a_closed_tab_frees_the_account(
+    keyed: Stack, browser: Any
+) -> None:
+    sim = keyed.state
+    page = open_page(browser, keyed.url)
+    expect(page.locator("#ki-using")).to_contain_text("sign in with the API key")
+    send(page, "May I use the server's accounts?")
+    expect(page.locator("#ki-chat")).to_contain_text("Sign in with the API key")
+    assert sim.requests == []
+
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    page.locator("#ki-admin-key input").fill(keyed.api_key)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
+    assert keyed.api_key not in page.content()
+    page.get_by_role("tab", name=re.compile("Playground")).click()
+    expect(page.locator("#ki-using")).to_contain_text("server's Kiro accounts")
+    steps = text_events("The first words arrive, ", 1) + [Delay(30.0)]
+    sim.enqueue(Script(tuple(steps) + tuple(text_answer("never sent").steps), "slow"))
+    send(page, "Tell me a very long story.")
+    expect(page.locator("#ki-chat")).to_contain_text("The first words arrive")
+    assert len(sim.requests) == 1
+    label = keyed.runtime.pool.snapshot()[0].label
+    assert keyed.runtime.gateway.slots.in_use(label) == 1
+    page.context.close()  # the visitor closes the tab mid-answer
+    assert sim.wait_for(lambda s: s.requests[-1].closed_by_client, timeout=5)
+    assert sim.wait_idle(timeout=5)
+    deadline = time.monotonic() + 5
+    while keyed.runtime.gateway.slots.in_use(label) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert keyed.runtime.gateway.slots.in_use(label) == 0

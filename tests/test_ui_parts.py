@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
+
+from ki2api.api.observability import Metrics
 from ki2api.core.deltas import (
     ReasoningDelta,
     Stop,
@@ -15,13 +21,15 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import UpstreamError
+from ki2api.core.errors import AuthenticationFailed, NotConfigured, UpstreamError
 from ki2api.settings import Settings
+from ki2api.ui.access import ApiChecks, Playground, PlaygroundBusy
 from ki2api.ui.answer import AnswerView, history_to_messages
 from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
+from ki2api.ui.playground import _Chat, build_request
 from ki2api.ui.status import accounts_table, countdown, hide_paths
-from ki2api.ui.tokens import admin_enabled, admin_key_ok, describe_own
+from ki2api.ui.tokens import PageKey, admin_enabled, admin_key_ok, describe_own, page_sign_in
 
 
 def test_answer_view_separates_thinking_text_and_tool_calls() -> None:
@@ -178,3 +186,58 @@ async def test_status_table_shows_no_login_file_path(tmp_path) -> None:
     shown = table.to_csv()
     assert "kiro-auth-token.json" in shown  # the note says which file is missing ...
     assert "private-folder-name" not in shown and str(tmp_path) not in shown  # ... not where
+
+
+def test_page_sign_in_takes_the_api_key_or_the_admin_key_and_never_shows_them() -> None:
+    settings = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
+    assert page_sign_in(" adm-98765 ", settings) == PageKey("admin", "adm-98765")
+    api = page_sign_in("api-key-1234567", settings)
+    assert api.role == "api" and "api-key" not in repr(api) and "adm" not in repr(api)
+    for wrong in ("", "nope", "api-key-123456"):
+        with pytest.raises(AuthenticationFailed):
+            page_sign_in(wrong, settings)
+    with pytest.raises(NotConfigured):  # a Space still on the public default key: no sign-in
+        page_sign_in("ki2api-key-2024", Settings(on_space=True))
+
+
+def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
+    class Pool:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __len__(self) -> int:
+            return self.n
+
+    def cap(accounts: int, **settings: Any) -> int:
+        runtime = SimpleNamespace(pool=Pool(accounts))
+        checks = ApiChecks(Settings(**settings), Metrics())
+        return Playground(checks, lambda: runtime).cap()  # type: ignore[arg-type,return-value]
+
+    assert cap(1) == 4  # a quarter of 16
+    assert cap(3, max_concurrent_per_account=4, playground_max_share=0.5) == 6
+    assert cap(1, max_concurrent_per_account=1) == 1  # never below one while the share is > 0
+    assert cap(0) == 4  # no account yet: the gateway's own error, not "busy"
+    assert cap(2, playground_max_share=0) == 0  # the page stays off the pool
+    checks = ApiChecks(Settings(max_concurrent_per_account=1, playground_max_share=1), Metrics())
+    playground = Playground(checks, lambda: SimpleNamespace(pool=Pool(1)))  # type: ignore[arg-type,return-value]
+    release = playground.take_slot()
+    with pytest.raises(PlaygroundBusy):
+        playground.take_slot()
+    release()
+    release()  # twice: still one place given back
+    assert playground.in_flight == 0
+
+
+async def test_a_chat_stopped_before_its_pump_ran_still_gives_its_slot_back() -> None:
+    # A reader can leave between the start of a chat and its pump's first step: the slot, the
+    # count and the handler's wake-up must not depend on the pump having run.
+    checks = ApiChecks(Settings(), Metrics())
+    playground = Playground(checks, lambda: SimpleNamespace(pool=[1]))  # type: ignore[arg-type,return-value]
+    release = playground.take_slot()
+    request = build_request("hi", [], "claude-sonnet-4-5", "", False, False)
+    chat = _Chat(SimpleNamespace(), playground, request)  # type: ignore[arg-type]
+    stop = chat.start(None, release)
+    stop()
+    stop()  # once is enough; twice changes nothing
+    assert await asyncio.wait_for(chat.deltas.get(), 2) is None
+    assert playground.in_flight == 0 and chat.recorded and chat.status == 499

@@ -103,8 +103,7 @@ class RateLimitMiddleware:
         if key is None or not keys_match(key, self.settings.api_key):
             await self.app(scope, receive, send)
             return
-        # Buckets are keyed by a digest: no key sits in memory longer than the request needs.
-        wait = self.limiter.take(hashlib.sha256(key.encode()).hexdigest())
+        wait = self.limiter.take(key_digest(key))
         if wait <= 0:
             await self.app(scope, receive, send)
             return
@@ -116,9 +115,21 @@ class RateLimitMiddleware:
         await render(error)(scope, receive, send)
 
 
-def limits_middleware(settings: Settings) -> list[Middleware]:
+def rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The app's one limiter (``RATE_LIMIT``), or None. The page's chats take from the same
+    buckets as the API's (:mod:`ki2api.ui.access`)."""
+    return RateLimiter(parse_rate(settings.rate_limit)) if settings.rate_limit else None
+
+
+def key_digest(key: str) -> str:
+    """A bucket's name: no key sits in memory longer than the request needs."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def limits_middleware(settings: Settings, limiter: RateLimiter | None = None) -> list[Middleware]:
     """The rate limit and CORS middleware the settings ask for (none by default), outermost
-    first: CORS wraps the rate limit, so preflights and 429s alike carry the CORS headers."""
+    first: CORS wraps the rate limit, so preflights and 429s alike carry the CORS headers.
+    ``limiter``: the app's (:func:`rate_limiter`), shared with the page."""
     middleware = []
     if settings.cors_origins:
         middleware.append(
@@ -132,6 +143,6 @@ def limits_middleware(settings: Settings) -> list[Middleware]:
             )
         )
     if settings.rate_limit:
-        limiter = RateLimiter(parse_rate(settings.rate_limit))
+        limiter = limiter or RateLimiter(parse_rate(settings.rate_limit))
         middleware.append(Middleware(RateLimitMiddleware, settings=settings, limiter=limiter))
     return middleware

@@ -27,6 +27,9 @@ access_log = logging.getLogger("ki2api.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _API_PREFIXES = ("/v1/", "/admin/", "/health", "/metrics")
 OTHER = "other"  # the one label of every path that is not one of the API's routes
+# The playground's chats have no HTTP route (the page calls the gateway in-process); their
+# metrics label and access-log path.
+PLAYGROUND_PATH = "/playground/chat"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -134,29 +137,43 @@ class ObservabilityMiddleware:
         if not path.startswith(_API_PREFIXES):
             return  # the page and its assets
         label = _route_label(scope, self.lane)
-        m = self.metrics
-        m.requests.labels(label, str(status)).inc()
-        m.latency.labels(label).observe(elapsed)
-        if ctx.ttft is not None:
-            m.ttft.observe(ctx.ttft)
-        if ctx.error:
-            m.errors.labels(ctx.error).inc()
-        if path.startswith("/v1/"):
-            # Everything a client chose is escaped: one request, one line, these fields.
-            access_log.info(
-                "method=%s path=%s status=%d model=%s kiro_model=%s account=%s latency_ms=%.1f "
-                "ttft_ms=%s error=%s request_id=%s",
-                printable(scope.get("method")),
-                printable(path),
-                status,
-                printable(ctx.model or "-"),
-                printable(ctx.kiro_model or "-"),
-                printable(ctx.account or "-"),
-                elapsed * 1000,
-                "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",
-                ctx.error or "-",
-                ctx.request_id,
-            )
+        record(self.metrics, scope.get("method"), path, label, ctx, status, elapsed)
+
+
+def record(
+    metrics: Metrics,
+    method: object,
+    path: str,
+    label: str,
+    ctx: RequestContext,
+    status: int,
+    elapsed: float,
+) -> None:
+    """Count one finished request in the metrics and, for the API's chats (``/v1/...``, and the
+    page's, :data:`PLAYGROUND_PATH`), write its access-log line."""
+    m = metrics
+    m.requests.labels(label, str(status)).inc()
+    m.latency.labels(label).observe(elapsed)
+    if ctx.ttft is not None:
+        m.ttft.observe(ctx.ttft)
+    if ctx.error:
+        m.errors.labels(ctx.error).inc()
+    if path.startswith("/v1/") or path == PLAYGROUND_PATH:
+        # Everything a client chose is escaped: one request, one line, these fields.
+        access_log.info(
+            "method=%s path=%s status=%d model=%s kiro_model=%s account=%s latency_ms=%.1f "
+            "ttft_ms=%s error=%s request_id=%s",
+            printable(method),
+            printable(path),
+            status,
+            printable(ctx.model or "-"),
+            printable(ctx.kiro_model or "-"),
+            printable(ctx.account or "-"),
+            elapsed * 1000,
+            "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",
+            ctx.error or "-",
+            ctx.request_id,
+        )
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

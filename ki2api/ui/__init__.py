@@ -14,6 +14,8 @@ import gradio as gr
 from fastapi import FastAPI
 
 from ki2api.settings import Settings
+from ki2api.ui.access import ApiChecks, Playground
+from ki2api.ui.guard import PageGuard, Readers, path_patterns
 from ki2api.ui.page import build_page
 from ki2api.ui.theme import CSS, THEME
 
@@ -23,10 +25,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 CONCURRENCY = 32  # chats (and other events) that run at once, per event
+QUEUE_SIZE = 256  # events waiting in Gradio's queue, all sessions together; more get a 503
 
 
-def mount_ui(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
-    return _in_a_running_loop(lambda: _mount(app, settings, runtime))
+def mount_ui(
+    app: FastAPI, settings: Settings, runtime: Callable[[], Runtime], checks: ApiChecks
+) -> FastAPI:
+    """``checks``: the API's machinery (rate limiter, metrics) the playground's chats go
+    through as well."""
+    return _in_a_running_loop(lambda: _mount(app, settings, runtime, checks))
 
 
 def _in_a_running_loop(build: Callable[[], T]) -> T:
@@ -53,9 +60,16 @@ def _in_a_running_loop(build: Callable[[], T]) -> T:
         loop.close()
 
 
-def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> FastAPI:
-    page = build_page(settings, runtime)
-    page.queue(default_concurrency_limit=CONCURRENCY)
+def _mount(
+    app: FastAPI, settings: Settings, runtime: Callable[[], Runtime], checks: ApiChecks
+) -> FastAPI:
+    readers = Readers()
+    app_paths = path_patterns(app.routes)  # the app's own routes: everything but the page
+    page = build_page(settings, runtime, Playground(checks, runtime), readers)
+    page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    app.add_middleware(
+        PageGuard, app_paths=app_paths, readers=readers, event_ids=lambda: page.fns.keys()
+    )
     mounted: FastAPI = gr.mount_gradio_app(
         app,
         page,
@@ -66,6 +80,7 @@ def _mount(app: FastAPI, settings: Settings, runtime: Callable[[], Runtime]) -> 
         footer_links=[],  # the page has its own footer, in the visitor's language
         run_history=False,  # the browser must not keep copies of pasted tokens
         show_error=False,
+        max_file_size=0,  # the page takes no uploads (and its guard closes the route anyway)
     )
     return mounted
 

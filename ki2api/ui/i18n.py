@@ -94,6 +94,10 @@ STRINGS: dict[str, tuple[str, str]] = {
     "tool_title": ("Tool call", "工具调用"),
     "error_prefix": ("The gateway could not answer", "网关无法回答"),
     "using_pool": ("Answers use the server's Kiro accounts.", "回答使用服务器配置的 Kiro 账号。"),
+    "using_sign_in": (
+        "To chat, sign in with the API key under **Tokens**, or paste your own Kiro token there.",
+        "要开始对话，请在 **令牌** 页用 API key 登录，或在那里粘贴你自己的 Kiro 令牌。",
+    ),
     "using_own": (
         "Answers use **your own token** {masked}.",
         "回答使用 **你自己的令牌** {masked}。",
@@ -123,19 +127,24 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "expires": (", expires {when}", "，{when} 过期"),
     "bad_token": ("That token cannot be used: {why}", "无法使用该令牌：{why}"),
-    "admin_title": ("### Pool accounts (administrator)", "### 账号池（管理员）"),
+    "admin_title": ("### Sign in: server accounts", "### 登录：服务器账号"),
     "admin_help": (
-        "Sign in with `ADMIN_KEY` to add, refresh and remove the server's accounts. The sign-in "
-        "lasts for this tab only. Administration stays off until the server has an `ADMIN_KEY` "
-        "(an environment variable, or a secret on a Space), separate from the API key.",
-        "使用 `ADMIN_KEY` 登录后，可添加、刷新、删除服务器的账号。登录状态只在当前标签页有效。"
-        "服务器设置 `ADMIN_KEY`（环境变量，或 Space 的 secret，与 API key 不同）之前，"
-        "管理功能保持关闭。",
+        "Sign in with the API key to chat on the server's accounts in the playground, or with "
+        "`ADMIN_KEY` to also add, refresh and remove them. The sign-in lasts for this tab only. "
+        "Administration stays off until the server has an `ADMIN_KEY` (an environment variable, "
+        "or a secret on a Space), separate from the API key.",
+        "使用 API key 登录后可在试用页使用服务器的账号对话；使用 `ADMIN_KEY` 登录后还可添加、刷新、"
+        "删除这些账号。登录状态只在当前标签页有效。服务器设置 `ADMIN_KEY`（环境变量，或 Space 的 "
+        "secret，与 API key 不同）之前，管理功能保持关闭。",
     ),
-    "admin_key": ("Admin key", "管理员密钥"),
+    "admin_key": ("API key or admin key", "API key 或管理员密钥"),
     "sign_in": ("Sign in", "登录"),
     "sign_out": ("Sign out", "退出"),
     "signed_in": ("Signed in as administrator.", "已以管理员身份登录。"),
+    "signed_in_api": (
+        "Signed in with the API key: the playground uses the server's accounts.",
+        "已用 API key 登录：试用页将使用服务器的账号。",
+    ),
     "signed_out": ("Not signed in.", "未登录。"),
     "wrong_key": ("Wrong key.", "密钥错误。"),
     "admin_disabled": (

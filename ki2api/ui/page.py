@@ -1,8 +1,10 @@
 """The Blocks layout and its events. Handlers live in the sibling modules; this file wires them.
 
 Session values (``gr.State``, server side, one per browser tab): the language, the visitor's own
-token spec and the admin flag. Every event is private (``api_visibility="private"``): the page's
-handlers are not an API, and several take or return secrets.
+token spec, their sign-in (API or admin key) and the admin flag. Every event is private
+(``api_visibility="private"``): the page's handlers are not an API, and several take or return
+secrets. Private events can still be called over raw HTTP, so each handler checks for itself
+who may do what (state values come from the session, never from the caller).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from ki2api.kiro.credentials import AccountSpec
 from ki2api.kiro.models import ModelCatalog
 from ki2api.settings import Settings
 from ki2api.ui import connect, status
+from ki2api.ui.access import Playground
+from ki2api.ui.guard import Readers
 from ki2api.ui.i18n import LANGUAGES, Texts, lang_from_header, t
 from ki2api.ui.playground import make_chat_handler
-from ki2api.ui.tokens import TokenHandlers, describe_own, using_line
+from ki2api.ui.tokens import PageKey, TokenHandlers, describe_own, sign_in_key, using_line
 
 if TYPE_CHECKING:
     from ki2api.app import Runtime
@@ -39,7 +43,9 @@ def _setup_text(lang: str) -> str:
     return t("space_setup_title", lang) + "\n\n" + SPACE_SETUP_MESSAGE
 
 
-def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
+def build_page(
+    settings: Settings, runtime: Callable[[], Runtime], playground: Playground, readers: Readers
+) -> gr.Blocks:
     texts = Texts()
     tokens = TokenHandlers(settings, runtime)
     default_models = [m.id for m in ModelCatalog().list()]
@@ -50,6 +56,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
         lang = gr.State("en")
         own = gr.State(None)  # the visitor's AccountSpec: never leaves the server
         admin = gr.State(False)
+        signed = gr.State(None)  # the visitor's sign-in (a PageKey): never leaves the server
 
         with gr.Row(elem_id="ki-header", equal_height=True):
             gr.Markdown("# 🪁 Ki2API", elem_id="ki-brand")
@@ -145,7 +152,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                         )
                         thinking = texts.add(gr.Checkbox(label=t("thinking")), label="thinking")
                         use_tools = texts.add(gr.Checkbox(label=t("tools")), label="tools")
-                        using = gr.Markdown(t("using_pool"), elem_id="ki-using")
+                        using = gr.Markdown(
+                            using_line(None, "en", None, settings.demo), elem_id="ki-using"
+                        )
                         clear = texts.add(gr.Button(t("clear"), size="sm"), value="clear")
 
             with gr.Tab("Tokens · 令牌", id="tokens") as tokens_tab, gr.Row():
@@ -317,7 +326,7 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             ]
 
         def render_all(
-            choice: str, spec: AccountSpec | None, is_admin: bool, request: gr.Request
+            choice: str, spec: AccountSpec | None, who: PageKey | None, request: gr.Request
         ) -> list[Any]:
             if choice in LANGUAGES:
                 lang_code = LANGUAGES[choice]
@@ -334,9 +343,9 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
                     visible=not runtime().pool.has_accounts(),
                 ),
                 t("metrics_idle", lang_code),
-                using_line(spec, lang_code),
+                using_line(spec, lang_code, who, settings.demo),
                 describe_own(spec, lang_code),
-                t("signed_in" if is_admin else "signed_out", lang_code),
+                t(sign_in_key(who), lang_code),
                 gr.update(choices=models),
                 *render_status(lang_code),
                 *render_connect(lang_code, request),
@@ -360,15 +369,15 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
             *codes.values(),
             *texts.components,
         ]
-        page.load(render_all, [gr.State(""), own, admin], all_outputs, **PRIVATE)
-        language.input(render_all, [language, own, admin], all_outputs, **PRIVATE)
+        page.load(render_all, [gr.State(""), own, signed], all_outputs, **PRIVATE)
+        language.input(render_all, [language, own, signed], all_outputs, **PRIVATE)
 
         # --- playground ------------------------------------------------------------------
 
-        chat = make_chat_handler(runtime)
+        chat = make_chat_handler(runtime, playground, readers)
         chat_io: dict[str, Any] = {
             "fn": chat,
-            "inputs": [box, chatbot, model, system, thinking, use_tools, own, lang],
+            "inputs": [box, chatbot, model, system, thinking, use_tools, own, signed, lang],
             "outputs": [chatbot, box, metrics, own],
             "show_progress": "minimal",
             **PRIVATE,
@@ -383,14 +392,17 @@ def build_page(settings: Settings, runtime: Callable[[], Runtime]) -> gr.Blocks:
         # --- tokens ----------------------------------------------------------------------
 
         use_io = [own, own_status, own_box, using]
-        use_btn.click(tokens.use_token, [own_box, own, lang], use_io, **PRIVATE)
-        own_box.submit(tokens.use_token, [own_box, own, lang], use_io, **PRIVATE)
-        forget_btn.click(tokens.forget_token, [lang], [own, own_status, using], **PRIVATE)
+        use_in = [own_box, own, signed, lang]
+        use_btn.click(tokens.use_token, use_in, use_io, **PRIVATE)
+        own_box.submit(tokens.use_token, use_in, use_io, **PRIVATE)
+        forget_btn.click(tokens.forget_token, [signed, lang], [own, own_status, using], **PRIVATE)
 
-        sign_in_io = [admin, admin_status, admin_box, admin_panel, account]
-        sign_in.click(tokens.sign_in, [admin_box, lang], sign_in_io, **PRIVATE)
-        admin_box.submit(tokens.sign_in, [admin_box, lang], sign_in_io, **PRIVATE)
-        sign_out.click(tokens.sign_out, [lang], [admin, admin_status, admin_panel], **PRIVATE)
+        # One sign-in for the pool (API key) and the admin functions (admin key).
+        sign_in_io = [signed, admin, admin_status, admin_box, admin_panel, account, using]
+        sign_in.click(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE)
+        admin_box.submit(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE)
+        sign_out_io = [signed, admin, admin_status, admin_panel, using]
+        sign_out.click(tokens.sign_out, [own, lang], sign_out_io, **PRIVATE)
         add_btn.click(
             tokens.add_account,
             [admin, new_account, new_label, lang],

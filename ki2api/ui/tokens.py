@@ -1,4 +1,5 @@
-"""Tokens: a visitor's own Kiro token (kept in their session only) and the admin's pool actions.
+"""Tokens: a visitor's own Kiro token (kept in their session only), the page's sign-in (API key:
+the playground may use the pool; admin key: the pool actions too) and the admin's pool actions.
 
 Every handler here takes or returns secrets and is registered with ``api_visibility="private"``.
 Only masked tokens are ever returned to the page; the session values are ``gr.State`` (server
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import gradio as gr
 import orjson
 
-from ki2api.api.auth import keys_match
+from ki2api.api.auth import check_presented_key, keys_match
 from ki2api.core.errors import GatewayError
 from ki2api.kiro.credentials import AccountSpec, CredentialError, mask_secret, parse_pasted_token
 from ki2api.kiro.sources import unique_label
@@ -29,6 +31,22 @@ if TYPE_CHECKING:
 WRONG_KEY_DELAY = 1.0  # slows down guessing the admin key through the page
 
 
+@dataclass(frozen=True, slots=True)
+class PageKey:
+    """A visitor's sign-in on the page (``gr.State``: their session only, never sent to the
+    browser). ``admin``: the admin functions and the pool; ``api``: the pool."""
+
+    role: Literal["api", "admin"]
+    key: str = field(repr=False)
+
+
+def sign_in_key(who: PageKey | None) -> str:
+    """The i18n key of the line that says how this visitor is signed in."""
+    if who is None:
+        return "signed_out"
+    return "signed_in" if who.role == "admin" else "signed_in_api"
+
+
 def describe_own(spec: AccountSpec | None, lang: str) -> str:
     if spec is None:
         return t("no_own_token", lang)
@@ -39,9 +57,11 @@ def describe_own(spec: AccountSpec | None, lang: str) -> str:
     return t("own_token_set", lang, masked=masked, method=spec.auth_method, expiry=expiry)
 
 
-def using_line(spec: AccountSpec | None, lang: str) -> str:
+def using_line(
+    spec: AccountSpec | None, lang: str, signed: PageKey | None = None, demo: bool = False
+) -> str:
     if spec is None:
-        return t("using_pool", lang)
+        return t("using_pool", lang) if signed is not None or demo else t("using_sign_in", lang)
     return t("using_own", lang, masked=f"`{mask_secret(spec.access_token or spec.refresh_token)}`")
 
 
@@ -57,6 +77,16 @@ def admin_key_ok(key: str, settings: Settings) -> bool:
     return keys_match(key.strip(), settings.admin_key)
 
 
+def page_sign_in(key: str, settings: Settings) -> PageKey:
+    """The admin key, else the API key (the API's own check, in constant time); raises the
+    API's error for anything else."""
+    key = (key or "").strip()
+    if admin_key_ok(key, settings):
+        return PageKey("admin", key)
+    check_presented_key(key or None, settings)
+    return PageKey("api", key)
+
+
 class TokenHandlers:
     def __init__(self, settings: Settings, runtime: Callable[[], Runtime]) -> None:
         self.settings = settings
@@ -64,8 +94,11 @@ class TokenHandlers:
 
     # --- the visitor's own token -------------------------------------------------------------
 
+    def _using(self, spec: AccountSpec | None, lang: str, signed: PageKey | None) -> str:
+        return using_line(spec, lang, signed, self.settings.demo)
+
     async def use_token(
-        self, text: str, current: AccountSpec | None, lang: str
+        self, text: str, current: AccountSpec | None, signed: PageKey | None, lang: str
     ) -> tuple[AccountSpec | None, str, str, str]:
         """Returns (session spec, status line, cleared box, playground line)."""
         rt = self.runtime()
@@ -74,27 +107,42 @@ class TokenHandlers:
             lease = await rt.pool.ephemeral_lease(spec)  # refreshes now if it must
             spec = lease.spec
         except CredentialError as exc:
-            return current, t("bad_token", lang, why=str(exc)), "", using_line(current, lang)
+            why = str(exc)
+            return current, t("bad_token", lang, why=why), "", self._using(current, lang, signed)
         except GatewayError as exc:
-            return current, t("bad_token", lang, why=exc.message), "", using_line(current, lang)
-        return spec, describe_own(spec, lang), "", using_line(spec, lang)
+            why = exc.message
+            return current, t("bad_token", lang, why=why), "", self._using(current, lang, signed)
+        return spec, describe_own(spec, lang), "", self._using(spec, lang, signed)
 
-    def forget_token(self, lang: str) -> tuple[None, str, str]:
-        return None, describe_own(None, lang), using_line(None, lang)
+    def forget_token(self, signed: PageKey | None, lang: str) -> tuple[None, str, str]:
+        return None, describe_own(None, lang), self._using(None, lang, signed)
 
     # --- administrator -----------------------------------------------------------------------
 
-    async def sign_in(self, key: str, lang: str) -> tuple[bool, str, str, Any, Any]:
-        """Returns (signed-in flag, message, cleared key box, admin panel, account choices)."""
-        if not admin_enabled(self.settings):
-            return False, t("admin_disabled", lang), "", gr.update(visible=False), gr.update()
-        if not admin_key_ok(key, self.settings):
-            await asyncio.sleep(WRONG_KEY_DELAY)
-            return False, t("wrong_key", lang), "", gr.update(visible=False), gr.update()
-        return True, t("signed_in", lang), "", gr.update(visible=True), self._choices()
+    async def sign_in(
+        self, key: str, own: AccountSpec | None, lang: str
+    ) -> tuple[PageKey | None, bool, str, str, Any, Any, str]:
+        """Returns (sign-in, admin flag, message, cleared key box, admin panel, account choices,
+        playground line)."""
+        closed = gr.update(visible=False)
+        try:
+            signed = page_sign_in(key, self.settings)
+        except GatewayError as exc:
+            using = self._using(own, lang, None)
+            if exc.status == 401:
+                await asyncio.sleep(WRONG_KEY_DELAY)
+                return None, False, t("wrong_key", lang), "", closed, gr.update(), using
+            why = t("failed", lang, why=exc.message)
+            return None, False, why, "", closed, gr.update(), using
+        using = self._using(own, lang, signed)
+        if signed.role == "admin":
+            panel = gr.update(visible=True)
+            return signed, True, t(sign_in_key(signed), lang), "", panel, self._choices(), using
+        return signed, False, t(sign_in_key(signed), lang), "", closed, gr.update(), using
 
-    def sign_out(self, lang: str) -> tuple[bool, str, Any]:
-        return False, t("signed_out", lang), gr.update(visible=False)
+    def sign_out(self, own: AccountSpec | None, lang: str) -> tuple[None, bool, str, Any, str]:
+        using = self._using(own, lang, None)
+        return None, False, t("signed_out", lang), gr.update(visible=False), using
 
     def _choices(self, selected: str | None = None) -> Any:
         labels = [a.label for a in self.runtime().pool.snapshot()]
