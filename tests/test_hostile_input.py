@@ -373,15 +373,6 @@ OVERSIZED_POSTS = 24  # of 48 MB each: over 1 GB sent in all
 RSS_GROWTH_BOUND = 50 * 1024 * 1024  # what the server may keep afterwards
 
 
-@pytest.fixture(scope="module")
-def page_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    factories: Iterator[StackFactory] = make_stack_factory()
-    make = next(factories)
-    no_login = tmp_path_factory.mktemp("home") / "kiro-auth-token.json"
-    yield make({}, with_ui=True, kiro_token_file=no_login)
-    next(factories, None)
-
-
 def check_page_answer(r: httpx.Response) -> None:
     assert r.status_code < 500, (r.status_code, r.text[:300])
     assert "Traceback" not in r.text and "site-packages" not in r.text
