@@ -249,3 +249,21 @@ async def test_unsupported_scheme() -> None:
     async with client() as http:
         with pytest.raises(httpx.UnsupportedProtocol):
             await http.get("ftp://127.0.0.1/")
+
+
+async def test_closing_the_pool_closes_connections_in_use_and_wakes_waiters(
+    server: ServerThread,
+) -> None:
+    # A stream still being read when its client closes (a background call at shutdown) must not
+    # leave its socket open, and a request waiting for a connection must not wait forever.
+    transport = Http11Transport(limits=httpx.Limits(max_connections=1))
+    http = httpx.AsyncClient(transport=transport, timeout=5.0)
+    held = await http.send(http.build_request("GET", f"{server.url}/stall"), stream=True)
+    waiting = asyncio.create_task(http.get(f"{server.url}/echo"))
+    await asyncio.sleep(0.05)
+    await http.aclose()
+    with pytest.raises(httpx.TransportError):
+        await asyncio.wait_for(waiting, 2)
+    with pytest.raises(httpx.TransportError):
+        await held.aread()
+    await held.aclose()

@@ -280,7 +280,9 @@ class _Pool:
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._open = 0  # connections counted against max_connections (idle or in use)
+        self._busy: set[_Connection] = set()  # handed out: closed too when the pool closes
         self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         stack = self._idle.get(origin)
@@ -325,8 +327,11 @@ class _Pool:
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
         while True:
+            if self._closed:
+                raise httpx.ConnectError("the connection pool is closed", request=request)
             conn = self._take_idle(origin)
             if conn is not None:
+                self._busy.add(conn)
                 return conn
             if self._max is None or self._open < self._max or self._evict_idle():
                 break
@@ -344,11 +349,16 @@ class _Pool:
                 raise
         self._open += 1
         try:
-            return await self._connect(origin, request, timeouts.get("connect"))
+            conn = await self._connect(origin, request, timeouts.get("connect"))
         except BaseException:
             self._open -= 1
             self._wake_one()
             raise
+        if self._closed:  # closed while connecting: nobody will give this one back
+            conn.close()
+            raise httpx.ConnectError("the connection pool is closed", request=request)
+        self._busy.add(conn)
+        return conn
 
     async def _connect(
         self, origin: Origin, request: httpx.Request | None, timeout: float | None
@@ -372,7 +382,12 @@ class _Pool:
         return conn
 
     def release(self, conn: _Connection) -> None:
-        if conn.reusable and (self._max_idle is None or self._idle_count < self._max_idle):
+        if conn not in self._busy:
+            return  # given back already, or closed with the pool
+        self._busy.discard(conn)
+        if self._closed:
+            conn.close()
+        elif conn.reusable and (self._max_idle is None or self._idle_count < self._max_idle):
             conn.reset()
             self._idle.setdefault(conn.origin, []).append(conn)
             self._idle_count += 1
@@ -381,11 +396,22 @@ class _Pool:
             self._discard(conn)
 
     def close(self) -> None:
+        """Close every connection, in use or idle (a stream still being read ends with a read
+        error), and wake the waiters, who then find the pool closed."""
+        self._closed = True
         for stack in self._idle.values():
             for conn in stack:
                 conn.close()
+        for conn in self._busy:
+            conn.close()
+        self._busy.clear()
         self._idle.clear()
         self._idle_count = 0
+        self._open = 0
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
 
 
 class Answer:
