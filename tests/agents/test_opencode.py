@@ -7,7 +7,6 @@ by content (a request that offers tools), not by order."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +14,12 @@ import orjson
 import pytest
 
 from ki2api.simulator.scripts import text_answer, tool_use_answer
-from tests.agent_clients import (
-    AgentStack,
-    agent_bin,
-    agent_env,
-    agent_stack,
-    run_agent,
-    save_fixture,
-)
+from tests.agents.clients import AgentStack, agent_env, run_agent, save_fixture
 
 pytestmark = pytest.mark.slow
 
 MODEL = "claude-sonnet-4-5"
 SECRET = "the secret word is kumquat"
-
-
-@pytest.fixture(scope="module")
-def opencode() -> Path:
-    return agent_bin("opencode")
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[AgentStack]:
-    yield from agent_stack()
-
-
-@pytest.fixture(autouse=True)
-def fresh(stack: AgentStack) -> None:
-    stack.sim.state.clear_queue()
-    stack.sim.state.reset_logs()
-    stack.recorder.seen.clear()
 
 
 def offers_tools(body: Any) -> bool:
@@ -86,7 +61,7 @@ def agent_turns(stack: AgentStack) -> list[Any]:
     return bodies
 
 
-def test_plain_answer(opencode, stack, tmp_path):
+def test_plain_answer(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
     stack.sim.state.answer_when(offers_tools, text_answer("Hello from the Kiro simulator."))
     out, _ = run_opencode(opencode, stack, tmp_path, "say hello to the gateway")
     assert "Hello from the Kiro simulator." in out
@@ -95,7 +70,7 @@ def test_plain_answer(opencode, stack, tmp_path):
     save_fixture("opencode-plain.json", first)
 
 
-def test_tool_loop_through_read(opencode, stack, tmp_path):
+def test_tool_loop_through_read(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
     def read_call(body: Any) -> bool:
         return offers_tools(body)
 

@@ -7,7 +7,6 @@ are back in the conversation. Asserted on what Claude Code printed."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,7 @@ import pytest
 
 from ki2api.simulator.mcp import SearchResult
 from ki2api.simulator.scripts import text_answer, tool_use_answer
-from tests.agent_clients import (
-    AgentStack,
-    agent_bin,
-    agent_env,
-    agent_stack,
-    run_agent,
-    save_fixture,
-)
+from tests.agents.clients import AgentStack, agent_env, run_agent, save_fixture
 from tests.stack import API_KEY
 
 pytestmark = pytest.mark.slow
@@ -32,16 +24,6 @@ pytestmark = pytest.mark.slow
 MODEL = "claude-sonnet-4-5"
 URL = "https://en.wikipedia.org/wiki/Kumquat"
 ANSWER = "Kumquats are in season in winter (source: Wikipedia)."
-
-
-@pytest.fixture(scope="module")
-def claude() -> Path:
-    return agent_bin("claude-code")
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[AgentStack]:
-    yield from agent_stack()
 
 
 def _context(body: Any) -> dict[str, Any]:
@@ -61,7 +43,9 @@ def has_search_results(body: Any) -> bool:
     return URL in orjson.dumps(body["conversationState"]["currentMessage"]).decode()
 
 
-def test_websearch_answered_from_the_simulated_search(claude, stack, tmp_path):
+def test_websearch_answered_from_the_simulated_search(
+    claude_code: Path, stack: AgentStack, tmp_path: Path
+) -> None:
     state = stack.sim.state
     query = orjson.dumps({"query": "kumquat season"}).decode()
     state.answer_when(asks_for_search, tool_use_answer("WebSearch", "tooluse_ws1", query))
@@ -80,7 +64,7 @@ def test_websearch_answered_from_the_simulated_search(claude, stack, tmp_path):
         ENABLE_TOOL_SEARCH="false",
     )
     argv = [
-        str(claude),
+        str(claude_code),
         "-p",
         "When are kumquats in season? Search the web.",
         "--model",
