@@ -2,7 +2,7 @@
 an ``opencode.json`` with one OpenAI-compatible provider (base URL, key, one model) in a
 temporary work folder and a throwaway HOME. opencode speaks Chat Completions; it also asks the
 same model for a session title, in parallel, so the simulator answers the agent's own requests
-by content (a request that offers tools), not by order."""
+by content (a request that offers tools, through its ``responder``), not by order."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def agent_turns(stack: AgentStack) -> list[Any]:
 
 
 def test_plain_answer(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
-    stack.sim.state.answer_when(offers_tools, text_answer("Hello from the Kiro simulator."))
+    hello = text_answer("Hello from the Kiro simulator.")
+    stack.state.responder = lambda body: hello if offers_tools(body) else None
     out, _ = run_opencode(opencode, stack, tmp_path, "say hello to the gateway")
     assert "Hello from the Kiro simulator." in out
     first = agent_turns(stack)[0]
@@ -71,12 +72,12 @@ def test_plain_answer(opencode: Path, stack: AgentStack, tmp_path: Path) -> None
 
 
 def test_tool_loop_through_read(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
-    def read_call(body: Any) -> bool:
-        return offers_tools(body)
-
     work = tmp_path / "work"
     args = orjson.dumps({"filePath": str(work / "notes.txt")}).decode()
-    stack.sim.state.answer_when(read_call, tool_use_answer("read", "tooluse_read1", args))
+    read = tool_use_answer("read", "tooluse_read1", args)
+    # The read call for the agent's turn; its answer after the tool result (and the title
+    # request) get the fake model's default, which quotes what it was sent.
+    stack.state.responder = lambda body: read if offers_tools(body) else None
     out, _ = run_opencode(opencode, stack, tmp_path, "read notes.txt and tell me the secret word")
     # The simulator's model quotes the tool result it got back: opencode read the file.
     assert "Received 1 tool result" in out and "kumquat" in out
