@@ -13,6 +13,7 @@ import openai
 import orjson
 import pytest
 
+from ki2api.simulator.faults import throttled
 from ki2api.simulator.mcp import SearchFault, SearchResult
 from ki2api.simulator.scripts import (
     HttpError,
@@ -145,6 +146,29 @@ def test_failed_search_is_an_error_block_not_a_failed_request(stack):
         "error_code": "unavailable",
     }
     assert "usage" in response.json() and "server_tool_use" not in response.json()["usage"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_search_while_every_account_cools_down_is_an_error_block(factory, stream):
+    """Kiro throttled the only account (Retry-After 60: it cools down). Claude Code's search
+    request meanwhile gets a search error it can read, not a failed request."""
+    own = factory()
+    own.state.fail_next(1, throttled(retry_after=60))
+    chat = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    assert post_messages(own, chat).status_code == 429  # the account now cools for 60 s
+    response = post_messages(own, claude_code_body("kumquat", stream))
+    assert response.status_code == 200, response.text
+    if stream:
+        events = [e.json() for e in parse_sse(response.text)]
+        assert not [e for e in events if e["type"] == "error"], events
+        blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    else:
+        blocks = response.json()["content"]
+    assert blocks[1]["content"] == {
+        "type": "web_search_tool_result_error",
+        "error_code": "unavailable",
+    }
+    assert own.state.searches.calls == []  # no account was used for it
 
 
 # --- the model asks for a search in the middle of its answer ------------------------------------
