@@ -484,3 +484,33 @@ def test_responses_failed_search_is_a_failed_web_search_call(stack):
     output = response.json()["output"]
     assert output[0]["type"] == "web_search_call" and output[0]["status"] == "failed"
     assert output[1]["content"][0]["text"] == "No luck."
+
+
+def test_a_search_answer_does_not_skew_the_input_token_estimate(factory):
+    """A search answer's input_tokens add up every round (two calls of ~5,000 tokens: 10,000),
+    which is not what its prompt alone counts: the estimate Claude Code reads in message_start
+    (learned per model from earlier answers) stays what Kiro counts for one call."""
+    own = factory()
+    counted = 5000
+    pct = 100 * counted / 200_000  # Kiro's context usage for 5,000 tokens of a 200k window
+    prompt = "word " * 3000
+    client = anthropic.Anthropic(base_url=own.url, api_key=own.api_key, max_retries=0)
+
+    def message_start_input_tokens(**extra: Any) -> int:
+        with client.messages.stream(
+            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": prompt}], **extra
+        ) as events:
+            start = next(e for e in events if e.type == "message_start")
+            events.until_done()
+        return start.message.usage.input_tokens
+
+    own.state.enqueue(text_answer("ok", context_usage=pct), text_answer("ok", context_usage=pct))
+    message_start_input_tokens()  # learns: this prompt is 5,000 tokens
+    assert abs(message_start_input_tokens() - counted) < counted * 0.05
+    search = tool_use_answer("web_search", "tooluse_ws1", '{"query": "kumquat"}', context_usage=pct)
+    own.state.enqueue(search, text_answer("Winter.", context_usage=pct))
+    own.state.searches.enqueue(RESULTS)
+    message_start_input_tokens(tools=[SERVER_TOOL])
+    assert len(own.state.searches.calls) == 1
+    own.state.enqueue(text_answer("ok", context_usage=pct))
+    assert abs(message_start_input_tokens() - counted) < counted * 0.05
