@@ -64,7 +64,8 @@ def snippets(base: str, key: str, model: str) -> dict[str, str]:
         ),
         "claude_code": (
             "# Claude Code: these two are all it needs; its own default models are mapped\n"
-            "# to the newest of the same family this server has (opus, sonnet, haiku)\n"
+            "# to the newest of the same family this server has (opus, sonnet, haiku); its\n"
+            "# WebSearch works; fields Kiro has no knob for are ignored (see docs/errors.md)\n"
             f"export ANTHROPIC_BASE_URL={base}\n"
             f"export ANTHROPIC_API_KEY={literal}\n"
             "claude\n"
