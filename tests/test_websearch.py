@@ -514,3 +514,33 @@ def test_a_search_answer_does_not_skew_the_input_token_estimate(factory):
     assert len(own.state.searches.calls) == 1
     own.state.enqueue(text_answer("ok", context_usage=pct))
     assert abs(message_start_input_tokens() - counted) < counted * 0.05
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_search_answer_on_a_resolved_model_name_echoes_it(stack, stream):
+    """Claude Code's default model name (one Kiro does not list) with a web search: resolved to
+    the family's newest, every round sent with that Kiro id; the answer names the model asked for
+    and x-ki2api-model the one that served it."""
+    stack.state.enqueue(search_call("kumquat"), text_answer("Winter."))
+    stack.state.searches.enqueue(RESULTS)
+    body = {
+        "model": "claude-opus-4-8[1m]",
+        "max_tokens": 1000,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "When are kumquats in season?"}],
+        "tools": [SERVER_TOOL],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-ki2api-model"] == "claude-opus-4.6"
+    if stream:
+        events = [e.json() for e in parse_sse(response.text)]
+        model = next(e for e in events if e["type"] == "message_start")["message"]["model"]
+    else:
+        model = response.json()["model"]
+    assert model == "claude-opus-4-8[1m]"
+    sent = [
+        b["conversationState"]["currentMessage"]["userInputMessage"]["modelId"]
+        for b in kiro_requests(stack)
+    ]
+    assert sent == ["claude-opus-4.6", "claude-opus-4.6"]
