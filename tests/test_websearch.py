@@ -4,6 +4,7 @@ MCP search endpoint (scripted results and faults)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -544,3 +545,28 @@ def test_search_answer_on_a_resolved_model_name_echoes_it(stack, stream):
         for b in kiro_requests(stack)
     ]
     assert sent == ["claude-opus-4.6", "claude-opus-4.6"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_too_long_with_a_search_tool_is_anthropics_400(stack, stream):
+    """A request offering web search that Kiro finds too long gets the answer Claude Code
+    compacts on, as without the tool."""
+    too_long = HttpError(
+        400,
+        {"message": "Input is too long.", "reason": "CONTENT_LENGTH_EXCEEDS_THRESHOLD"},
+        {"x-amzn-errortype": "ValidationException"},
+    )
+    stack.state.fail_next(1, too_long)
+    body = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "When are kumquats in season?"}],
+        "tools": [SERVER_TOOL],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 200000 maximum", error["message"])
+    assert stack.state.searches.calls == []
