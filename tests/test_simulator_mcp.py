@@ -1,4 +1,4 @@
-"""The simulator's web-search endpoint (``POST /mcp``) and ``SimulatorState.answer_when``, and
+"""The simulator's web-search endpoint (``POST /mcp``) and ``SimulatorState.responder``, and
 the gateway's MCP client against it: the strict check of the JSON-RPC body, scripted results
 and faults, the headers Kiro wants."""
 
@@ -136,13 +136,17 @@ def test_client_refuses_a_query_too_long_without_calling(sim):
     assert sim.state.searches.calls == []
 
 
-def test_answer_when_picks_the_request_by_content(sim):
-    sim.state.answer_when(lambda body: "second" in orjson.dumps(body).decode(), text_answer("B"))
+def test_responder_picks_the_answer_by_content_after_the_queue(sim):
+    sim.state.responder = lambda body: (
+        text_answer("B") if "second" in orjson.dumps(body).decode() else None
+    )
     sim.state.enqueue(text_answer("A"))
     texts = []
-    for prompt in ("first", "second"):
+    for prompt in ("second", "second", "third"):
         body = {"model": "m", "messages": [{"role": "user", "content": prompt}]}
         answer = httpx.post(sim.url + "/v1/chat/completions", json=body, timeout=10).json()
         texts.append(answer["choices"][0]["message"]["content"])
-    assert texts == ["A", "B"]
+    # The queue first; then the responder; where it answers None, the fake model.
+    assert texts[:2] == ["A", "B"]
+    assert "third" in texts[2]
     assert sim.state.pending() == 0

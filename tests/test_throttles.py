@@ -565,3 +565,45 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         "until": throttle["until"],
         "seconds": 90,
     }
+
+
+# --- accounts that lack the model, with per-model cooldowns -----------------------------------
+
+
+def test_an_account_lacking_the_model_does_not_answer_for_its_cooldown(
+    stack_factory: StackFactory,
+) -> None:
+    """a does not offer Sonnet and is out of quota for an hour; b offers it and Kiro lacks
+    capacity for it there for two. A Sonnet request is told when b's Sonnet is back (429
+    rate_limit_exceeded), not when a's quota is (a cannot serve it then either), and not that
+    the quota is used up (the account that serves the model has quota)."""
+    clock = FakeClock()
+    stack = two_accounts(stack_factory, clock, attempts=1)
+    models = stack.runtime.models
+    assert models is not None
+    capacity = http_error(
+        429,
+        "I am experiencing high traffic.",
+        "INSUFFICIENT_MODEL_CAPACITY",
+        {"retry-after": "7200"},
+    )
+    for _ in range(REPEAT):
+        models.note_missing("a", "claude-sonnet-4.5")  # as Kiro's INVALID_MODEL_ID teaches it
+        stack.state.fail_next(1, "quota_exceeded")
+        openai_error(post(stack, HAIKU), 429, "insufficient_quota")  # a: out of quota (1 h)
+        stack.state.fail_next(1, capacity)
+        openai_error(post(stack, SONNET), 429, "insufficient_model_capacity")  # b: Sonnet cools
+        assert [s[:2] for s in sent(stack)] == [
+            ("sim-a", "claude-haiku-4.5"),
+            ("sim-b", "claude-sonnet-4.5"),
+        ]
+        clock.advance(10)
+        r = post(stack, SONNET)  # refused here: only b may serve it, in 7190 s
+        message = openai_error(r, 429, "rate_limit_exceeded")
+        assert r.headers["retry-after"] == "7190"
+        assert "b: claude-sonnet-4.5 cooling down for 7190 s" in message
+        assert "a: does not offer claude-sonnet-4.5" in message
+        assert len(sent(stack)) == 2  # nothing more reached Kiro
+        assert clock.slept == []
+        clock.advance(7200)  # past b's Sonnet cooldown (and a's quota) for the next round
+        next_round(stack, clock)

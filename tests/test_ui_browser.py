@@ -237,6 +237,8 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     expect(page.locator("#ki-code-openai")).to_contain_text(f'base_url="{srv.url}/v1"')
     claude_code = page.locator("#ki-code-claude-code")
     expect(claude_code).to_contain_text(f"ANTHROPIC_BASE_URL={srv.url}")
+    expect(page.locator("#ki-code-codex")).to_contain_text(f'base_url = "{srv.url}/v1"')
+    expect(page.locator("#ki-code-opencode")).to_contain_text(f'"baseURL": "{srv.url}/v1"')
     assert API_KEY not in page.content() and ADMIN_KEY not in page.content()
     page.screenshot(path=str(screenshot_path("connect.png")), full_page=True)
     page.context.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import tomllib
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -112,6 +114,31 @@ def test_snippets_show_only_the_public_default_key() -> None:
     assert "`ki2api-key-2024`" in local and "`http://127.0.0.1:8989/v1`" in local
     remote = intro(Settings(api_key="s3cret-key-value", api_key_is_default=False), "x", [], "zh")
     assert "s3cret" not in remote and "$KI2API_KEY" in remote
+
+
+def test_snippets_for_codex_and_opencode_are_their_whole_config() -> None:
+    """The Connect tab shows each agent the exact settings the README gives (and that the agent
+    tests drive): a Codex provider on the Responses API, an opencode OpenAI-compatible provider,
+    with this server's URL and the key read from KI2API_KEY (never written into the file)."""
+    code = snippets("https://gw.example", "", "claude-sonnet-4-6")
+    codex = tomllib.loads(code["codex"].split("\n# then:")[0])
+    assert codex["model"] == "claude-sonnet-4-6" and codex["model_provider"] == "ki2api"
+    provider = codex["model_providers"]["ki2api"]
+    assert provider["base_url"] == "https://gw.example/v1"
+    assert provider["wire_api"] == "responses" and provider["env_key"] == "KI2API_KEY"
+    assert "export KI2API_KEY=$KI2API_KEY" in code["codex"]
+    opencode = json.loads(code["opencode"].split("\n// then:")[0])
+    options = opencode["provider"]["ki2api"]["options"]
+    assert options == {"baseURL": "https://gw.example/v1", "apiKey": "{env:KI2API_KEY}"}
+    assert opencode["provider"]["ki2api"]["npm"] == "@ai-sdk/openai-compatible"
+    assert opencode["model"] == "ki2api/claude-sonnet-4-6"
+    assert "claude-sonnet-4-6" in opencode["provider"]["ki2api"]["models"]
+    # The public default key may be shown; then it is filled in.
+    assert (
+        "export KI2API_KEY=ki2api-key-2024" in snippets("http://h", "ki2api-key-2024", "m")["codex"]
+    )
+    for lang in ("en", "zh"):
+        assert t("snippet_codex", lang) and t("snippet_opencode", lang)
 
 
 def test_admin_key_follows_the_admin_api_rule() -> None:

@@ -4,6 +4,7 @@ MCP search endpoint (scripted results and faults)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import openai
 import orjson
 import pytest
 
+from ki2api.simulator.faults import throttled
 from ki2api.simulator.mcp import SearchFault, SearchResult
 from ki2api.simulator.scripts import (
     HttpError,
@@ -145,6 +147,29 @@ def test_failed_search_is_an_error_block_not_a_failed_request(stack):
         "error_code": "unavailable",
     }
     assert "usage" in response.json() and "server_tool_use" not in response.json()["usage"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_search_while_every_account_cools_down_is_an_error_block(factory, stream):
+    """Kiro throttled the only account (Retry-After 60: it cools down). Claude Code's search
+    request meanwhile gets a search error it can read, not a failed request."""
+    own = factory()
+    own.state.fail_next(1, throttled(retry_after=60))
+    chat = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
+    assert post_messages(own, chat).status_code == 429  # the account now cools for 60 s
+    response = post_messages(own, claude_code_body("kumquat", stream))
+    assert response.status_code == 200, response.text
+    if stream:
+        events = [e.json() for e in parse_sse(response.text)]
+        assert not [e for e in events if e["type"] == "error"], events
+        blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    else:
+        blocks = response.json()["content"]
+    assert blocks[1]["content"] == {
+        "type": "web_search_tool_result_error",
+        "error_code": "unavailable",
+    }
+    assert own.state.searches.calls == []  # no account was used for it
 
 
 # --- the model asks for a search in the middle of its answer ------------------------------------
@@ -460,3 +485,88 @@ def test_responses_failed_search_is_a_failed_web_search_call(stack):
     output = response.json()["output"]
     assert output[0]["type"] == "web_search_call" and output[0]["status"] == "failed"
     assert output[1]["content"][0]["text"] == "No luck."
+
+
+def test_a_search_answer_does_not_skew_the_input_token_estimate(factory):
+    """A search answer's input_tokens add up every round (two calls of ~5,000 tokens: 10,000),
+    which is not what its prompt alone counts: the estimate Claude Code reads in message_start
+    (learned per model from earlier answers) stays what Kiro counts for one call."""
+    own = factory()
+    counted = 5000
+    pct = 100 * counted / 200_000  # Kiro's context usage for 5,000 tokens of a 200k window
+    prompt = "word " * 3000
+    client = anthropic.Anthropic(base_url=own.url, api_key=own.api_key, max_retries=0)
+
+    def message_start_input_tokens(**extra: Any) -> int:
+        with client.messages.stream(
+            model=MODEL, max_tokens=100, messages=[{"role": "user", "content": prompt}], **extra
+        ) as events:
+            start = next(e for e in events if e.type == "message_start")
+            events.until_done()
+        return start.message.usage.input_tokens
+
+    own.state.enqueue(text_answer("ok", context_usage=pct), text_answer("ok", context_usage=pct))
+    message_start_input_tokens()  # learns: this prompt is 5,000 tokens
+    assert abs(message_start_input_tokens() - counted) < counted * 0.05
+    search = tool_use_answer("web_search", "tooluse_ws1", '{"query": "kumquat"}', context_usage=pct)
+    own.state.enqueue(search, text_answer("Winter.", context_usage=pct))
+    own.state.searches.enqueue(RESULTS)
+    message_start_input_tokens(tools=[SERVER_TOOL])
+    assert len(own.state.searches.calls) == 1
+    own.state.enqueue(text_answer("ok", context_usage=pct))
+    assert abs(message_start_input_tokens() - counted) < counted * 0.05
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_search_answer_on_a_resolved_model_name_echoes_it(stack, stream):
+    """Claude Code's default model name (one Kiro does not list) with a web search: resolved to
+    the family's newest, every round sent with that Kiro id; the answer names the model asked for
+    and x-ki2api-model the one that served it."""
+    stack.state.enqueue(search_call("kumquat"), text_answer("Winter."))
+    stack.state.searches.enqueue(RESULTS)
+    body = {
+        "model": "claude-opus-4-8[1m]",
+        "max_tokens": 1000,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "When are kumquats in season?"}],
+        "tools": [SERVER_TOOL],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-ki2api-model"] == "claude-opus-4.6"
+    if stream:
+        events = [e.json() for e in parse_sse(response.text)]
+        model = next(e for e in events if e["type"] == "message_start")["message"]["model"]
+    else:
+        model = response.json()["model"]
+    assert model == "claude-opus-4-8[1m]"
+    sent = [
+        b["conversationState"]["currentMessage"]["userInputMessage"]["modelId"]
+        for b in kiro_requests(stack)
+    ]
+    assert sent == ["claude-opus-4.6", "claude-opus-4.6"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_prompt_too_long_with_a_search_tool_is_anthropics_400(stack, stream):
+    """A request offering web search that Kiro finds too long gets the answer Claude Code
+    compacts on, as without the tool."""
+    too_long = HttpError(
+        400,
+        {"message": "Input is too long.", "reason": "CONTENT_LENGTH_EXCEEDS_THRESHOLD"},
+        {"x-amzn-errortype": "ValidationException"},
+    )
+    stack.state.fail_next(1, too_long)
+    body = {
+        "model": MODEL,
+        "max_tokens": 1000,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "When are kumquats in season?"}],
+        "tools": [SERVER_TOOL],
+    }
+    response = post_messages(stack, body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 200000 maximum", error["message"])
+    assert stack.state.searches.calls == []

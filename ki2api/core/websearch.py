@@ -42,7 +42,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import GatewayError, NoHealthyAccount
+from ki2api.core.errors import GatewayError
 from ki2api.core.gateway import DeltaStream
 from ki2api.core.ids import hex_id
 from ki2api.core.request import (
@@ -55,6 +55,7 @@ from ki2api.core.request import (
     WebSearch,
 )
 from ki2api.core.tokens import estimate_tokens
+from ki2api.kiro.accounts import NO_ACCOUNT_NOW
 from ki2api.kiro.websearch import SearchFailed
 
 if TYPE_CHECKING:
@@ -190,7 +191,7 @@ class SearchingStream(DeltaStream):
         gateway = self._gateway
         try:
             lease = await gateway.pool.acquire()
-        except NoHealthyAccount as exc:
+        except NO_ACCOUNT_NOW as exc:  # cooling down, out of quota or unhealthy: all alike here
             raise SearchFailed(f"no Kiro account is available ({exc.message})") from None
         try:
             hits = await gateway.web_search.search(query, lease.credential)

@@ -1,7 +1,7 @@
 """The account pool: which account serves a request, and what a failure does to that account.
 
     pool = AccountPool.from_settings(settings, http)
-    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5")
+    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
     lease.succeeded() / lease.failed(error)
 
@@ -388,7 +388,7 @@ class AccountPool:
             if account.state in ("needs_login", "disabled") and account.spec.token_file:
                 account.sync_from_file()
 
-    def _choose(self, skip: set[str], model: str | None) -> Account | None:
+    def _choose(self, skip: frozenset[str], model: str | None) -> Account | None:
         accounts = list(self._accounts.values())
         candidates = [a for a in accounts if a.label not in skip and a.usable() and a.serves(model)]
         if not candidates:
@@ -411,32 +411,39 @@ class AccountPool:
         )
 
     async def acquire(
-        self, exclude: frozenset[str] = frozenset(), model: str | None = None
+        self,
+        exclude: frozenset[str] = frozenset(),
+        model: str | None = None,
+        lacking: frozenset[str] = frozenset(),
     ) -> Lease:
         """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
-        module's docstring for what is raised when there is none."""
+        module's docstring for what is raised when there is none. ``exclude``: accounts already
+        tried; ``lacking``: accounts that do not offer ``model`` (their cooldowns say nothing
+        about when it can be served)."""
         self._adopt_default_file()
         if not self._accounts:
             # Clients and the page's visitors see this: the file's name, not where it is.
             where = f"…/{self._settings.kiro_token_file.name}"
             raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
         self._revive_from_files()
-        skip = set(exclude)
+        skip = exclude | lacking
         while True:
             account = self._choose(skip, model)
             if account is None:
-                raise self._no_account(exclude, model)
+                raise self._no_account(exclude, model, lacking)
             account.last_used = self._clock()  # before any await: spreads concurrent requests
             try:
                 credential = await account.ensure_fresh()
             except GatewayError as exc:
                 log.info("account %s unusable: %s", account.label, exc.message)
-                skip.add(account.label)
+                skip = skip | {account.label}
                 continue
             account.requests += 1
             return Lease(account, self, credential, model)
 
-    def _no_account(self, exclude: frozenset[str], model: str | None) -> GatewayError:
+    def _no_account(
+        self, exclude: frozenset[str], model: str | None, lacking: frozenset[str]
+    ) -> GatewayError:
         """Why no account can serve ``model`` now, told by the way out that comes first: an
         account or model cooling down after Kiro's throttles (429, with the shortest wait and
         what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
@@ -444,6 +451,9 @@ class AccountPool:
         blocked: list[tuple[Account, Cooldown]] = []
         parts = []
         for account in self._accounts.values():
+            if account.label in lacking:
+                parts.append(f"{account.label}: does not offer {model}")
+                continue
             cooldown = account.blocking(model)
             if cooldown is not None:
                 blocked.append((account, cooldown))

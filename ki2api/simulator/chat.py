@@ -65,9 +65,7 @@ class ChatEndpoints:
             return self._refuse(record, HttpError(400, refusal.body(), _validation_headers()))
 
         prompt = prompt_from_kiro(body, len(raw))
-        script, fault = state.next_answer(
-            lambda: state.answer_from_responder(body) or default_answer(prompt), auth.account, body
-        )
+        script, fault = state.next_answer(lambda: default_answer(prompt), auth.account, body)
         record.script, record.fault = script.name, fault
         if auth.account is not None:
             auth.account.chat_count += 1

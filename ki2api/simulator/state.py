@@ -31,11 +31,11 @@ from ki2api.simulator.scripts import HttpError, Script, Step, as_script
 from ki2api.simulator.validator import KNOWN_MODEL_IDS, MAX_BODY_BYTES
 
 QueueItem = Script | Fault
-# Picks the answer from the request itself (a parsed generateAssistantResponse body); None:
-# the default answer. For clients that send requests a queue cannot foresee (coding agents).
+# Picks the answer from the request itself (the parsed chat request body); None: the default
+# answer. For clients whose requests a queue cannot foresee (coding agents: side requests for a
+# title or a summary, in an order the test cannot know).
 Responder = Callable[[Any], "Script | Step | Iterable[Step] | None"]
 Scriptable = Script | Step | Iterable[Step]
-Matcher = Callable[[Any], bool]  # the parsed chat request body -> whether a rule answers it
 
 
 @dataclass(slots=True, repr=False)
@@ -120,7 +120,8 @@ class SimulatorState:
     - ``fault_rate`` with ``random_faults`` (names in ``faults.FAULTS``), drawn from a seeded RNG;
     - ``model_ids`` the validator accepts, ``max_body_bytes``, ``available_models``;
     - ``refresh_latency`` (s) before a refresh answer, ``access_token_ttl`` (s);
-    - ``responder``: a function of the request body that picks the answer (else the default);
+    - ``responder``: a function of the chat request body that picks the answer by its content,
+      or None for the default (asked only when nothing is queued);
     - ``log_limit``: the newest requests kept in ``requests`` (None: all).
     """
 
@@ -194,7 +195,6 @@ class SimulatorState:
             self.open_streams = 0
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
-            self._rules: list[tuple[Matcher, Script]] = []
             # Web search (POST /mcp): a queue of results or faults, and the log of calls.
             self.searches = SearchBook()
             self.responder: Responder | None = None
@@ -239,38 +239,19 @@ class SimulatorState:
         with self._changed:
             self._queue.extendleft(item for _ in range(n))
 
-    def answer_when(self, match: Matcher, script: Scriptable) -> None:
-        """Answer the first chat request whose parsed body ``match`` accepts with ``script``,
-        once, ahead of the queue. For clients that send side requests (a title, a summary) in
-        an order the test cannot know: the rule picks its request by content."""
-        with self._changed:
-            self._rules.append((match, as_script(script)))
-
     def pending(self) -> int:
         with self._changed:
-            return len(self._queue) + len(self._rules)
+            return len(self._queue)
 
     def clear_queue(self) -> None:
         with self._changed:
             self._queue.clear()
-            self._rules.clear()
             self._refresh_faults.clear()
-
-    def _rule_for(self, body: Any) -> Script | None:
-        for i, (match, script) in enumerate(self._rules):
-            try:
-                hit = match(body)
-            except Exception:  # a test's matcher looking at an unexpected body
-                hit = False
-            if hit:
-                del self._rules[i]
-                return script
-        return None
 
     def answer_from_responder(self, body: Any) -> Script | None:
         """What ``responder`` (if set) answers to this body."""
         responder = self.responder
-        answer = responder(body) if responder is not None else None
+        answer = responder(body) if responder is not None and body is not None else None
         return None if answer is None else as_script(answer, "responder")
 
     def next_answer(
@@ -278,24 +259,21 @@ class SimulatorState:
     ) -> tuple[Script, str | None]:
         """The script for one chat request and the name of the injected fault, if any.
 
-        Order: the account's own fault, then a matching rule (:meth:`answer_when`), then the
-        queue, then a random fault, then ``default`` (``responder``'s answer, else the fake
-        model's).
+        Order: the account's own fault, then the queue, then a random fault, then
+        ``responder``'s answer to ``body``, else ``default`` (the fake model's).
         """
         with self._changed:
             item: QueueItem | None = None
             if account is not None and account.fault is not None:
                 item = account.fault
-            elif self._rules and (rule := self._rule_for(body)) is not None:
-                item = rule
             elif self._queue:
                 item = self._queue.popleft()
             elif self.fault_rate > 0 and self._rng.random() < self.fault_rate:
                 item = get_fault(self._rng.choice(self.random_faults))
         if item is None:
-            return default(), None
+            return self.answer_from_responder(body) or default(), None
         if isinstance(item, Fault):
-            return item.apply(default()), item.name
+            return item.apply(self.answer_from_responder(body) or default()), item.name
         return item, None
 
     # --- accounts and tokens --------------------------------------------------------------

@@ -64,10 +64,39 @@ def snippets(base: str, key: str, model: str) -> dict[str, str]:
         ),
         "claude_code": (
             "# Claude Code: these two are all it needs; its own default models are mapped\n"
-            "# to the newest of the same family this server has (opus, sonnet, haiku)\n"
+            "# to the newest of the same family this server has (opus, sonnet, haiku); its\n"
+            "# WebSearch works; fields Kiro has no knob for are ignored (see docs/errors.md)\n"
             f"export ANTHROPIC_BASE_URL={base}\n"
             f"export ANTHROPIC_API_KEY={literal}\n"
             "claude\n"
+        ),
+        "codex": (
+            "# Codex CLI: ~/.codex/config.toml (or $CODEX_HOME/config.toml); the Responses API.\n"
+            "# Its namespace, custom (apply_patch) and web_search tools work; other built-in\n"
+            "# tools are dropped with an x-ki2api-warning header (see docs/errors.md)\n"
+            f'model = "{model}"\n'
+            'model_provider = "ki2api"\n\n'
+            "[model_providers.ki2api]\n"
+            'name = "Ki2API"\n'
+            f'base_url = "{base}/v1"\n'
+            'env_key = "KI2API_KEY"\n'
+            'wire_api = "responses"\n'
+            f"# then: export KI2API_KEY={literal}; codex\n"
+        ),
+        "opencode": (
+            "{\n"
+            '  "$schema": "https://opencode.ai/config.json",\n'
+            '  "provider": {\n'
+            '    "ki2api": {\n'
+            '      "npm": "@ai-sdk/openai-compatible",\n'
+            '      "name": "Ki2API",\n'
+            f'      "options": {{"baseURL": "{base}/v1", "apiKey": "{{env:KI2API_KEY}}"}},\n'
+            f'      "models": {{"{model}": {{"name": "{model}"}}}}\n'
+            "    }\n"
+            "  },\n"
+            f'  "model": "ki2api/{model}"\n'
+            "}\n"
+            "// then: export KI2API_KEY=" + literal + "; opencode\n"
         ),
         "editor": (
             '# Continue (config.yaml). Cline: API Provider "OpenAI Compatible" (or "Anthropic"\n'

@@ -240,6 +240,14 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Claude Code (coding agent): two environment variables",
         "Claude Code（编程智能体）：两个环境变量",
     ),
+    "snippet_codex": (
+        "Codex CLI (coding agent): a provider in config.toml",
+        "Codex CLI（编程智能体）：在 config.toml 中添加 provider",
+    ),
+    "snippet_opencode": (
+        "opencode (coding agent): opencode.json in your project",
+        "opencode（编程智能体）：项目中的 opencode.json",
+    ),
     "snippet_editor": (
         "Editors (Continue, Cline, Cursor …): an OpenAI-compatible provider",
         "编辑器（Continue、Cline、Cursor 等）：OpenAI 兼容提供方",

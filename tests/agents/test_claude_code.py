@@ -9,7 +9,6 @@ printed or did, never on the gateway's log.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +16,20 @@ import pytest
 
 from ki2api.simulator.faults import http_error
 from ki2api.simulator.scripts import Script, text_answer, tool_use_answer
-from tests.agents.conftest import agent_env
-from tests.stack import Stack
+from tests.agents.clients import AgentStack, claude_env, run_agent
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT = 120  # seconds per agent run; each takes a second or two on a quiet machine
 
 
-def run_claude(claude: Path, stack: Stack, home: Path, work: Path, *args: str) -> dict[str, Any]:
-    env = agent_env(
-        home,
-        ANTHROPIC_BASE_URL=stack.url,
-        ANTHROPIC_API_KEY=stack.api_key,
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_AUTOUPDATER="1",
-    )
-    done = subprocess.run(
+def run_claude(
+    claude: Path, stack: AgentStack, home: Path, work: Path, *args: str
+) -> dict[str, Any]:
+    done = run_agent(
         [str(claude), "-p", *args, "--output-format", "json"],
         cwd=work,
-        env=env,
-        capture_output=True,
-        text=True,
+        env=claude_env(home, stack),
         timeout=TIMEOUT,
     )
     assert done.stdout.strip(), f"no output (exit {done.returncode}): {done.stderr[-2000:]}"
@@ -59,7 +50,7 @@ def current_message(body: Any) -> tuple[str, list[str]]:
 
 
 def test_plain_answer_on_its_default_model(
-    claude_code: Path, agent_stack: Stack, agent_home: Path, work_dir: Path
+    claude_code: Path, stack: AgentStack, agent_home: Path, work_dir: Path
 ) -> None:
     asked: list[str] = []
 
@@ -67,8 +58,8 @@ def test_plain_answer_on_its_default_model(
         asked.append(body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"])
         return text_answer("Hello from the gateway: PLAIN-ANSWER-42.")
 
-    agent_stack.state.responder = model
-    result = run_claude(claude_code, agent_stack, agent_home, work_dir, "Say hello.")
+    stack.state.responder = model
+    result = run_claude(claude_code, stack, agent_home, work_dir, "Say hello.")
     assert result["is_error"] is False, result
     assert result["_exit"] == 0
     assert "PLAIN-ANSWER-42" in result["result"]
@@ -78,7 +69,7 @@ def test_plain_answer_on_its_default_model(
 
 
 def test_tool_loop_reads_a_file_in_the_work_folder(
-    claude_code: Path, agent_stack: Stack, agent_home: Path, work_dir: Path
+    claude_code: Path, stack: AgentStack, agent_home: Path, work_dir: Path
 ) -> None:
     notes = work_dir / "notes.txt"
     notes.write_text("The launch code is PAPAYA-7431.\n")
@@ -92,15 +83,15 @@ def test_tool_loop_reads_a_file_in_the_work_folder(
         arguments = json.dumps({"file_path": str(notes)})
         return tool_use_answer("Read", "tooluse_read_notes_0001", arguments)
 
-    agent_stack.state.responder = model
-    result = run_claude(claude_code, agent_stack, agent_home, work_dir, "What is in notes.txt?")
+    stack.state.responder = model
+    result = run_claude(claude_code, stack, agent_home, work_dir, "What is in notes.txt?")
     assert result["is_error"] is False, result
     assert "PAPAYA-7431" in result["result"]  # only the agent's Read could have found it
     assert result["num_turns"] >= 2
 
 
 def test_prompt_too_long_makes_it_compact_and_carry_on(
-    claude_code: Path, agent_stack: Stack, agent_home: Path, work_dir: Path
+    claude_code: Path, stack: AgentStack, agent_home: Path, work_dir: Path
 ) -> None:
     """A second session turn is 'too long' for Kiro once: Claude Code summarises the
     conversation (its compaction) and asks again with the summary, which then goes through."""
@@ -120,12 +111,12 @@ def test_prompt_too_long_makes_it_compact_and_carry_on(
             return text_answer("<summary>The user said hello; FIRST-TURN-DONE.</summary>")
         return text_answer("ANSWER-TO-FIRST")
 
-    agent_stack.state.responder = model
-    first = run_claude(claude_code, agent_stack, agent_home, work_dir, "FIRST hello")
+    stack.state.responder = model
+    first = run_claude(claude_code, stack, agent_home, work_dir, "FIRST hello")
     assert first["is_error"] is False and "ANSWER-TO-FIRST" in first["result"], first
     second = run_claude(
         claude_code,
-        agent_stack,
+        stack,
         agent_home,
         work_dir,
         "SECOND question",

@@ -210,9 +210,10 @@ class MessagesService:
         if usage is None or usage.source == "estimate":
             output = usage.output_tokens if usage is not None else 0
             return Usage(msg.input_estimate, output, credits=usage.credits if usage else None)
-        self.gateway.calibration.observe(
-            msg.stream.model.kiro_id, msg.raw_estimate, usage.input_tokens
-        )
+        if msg.request.web_search is None:  # a search answer's count sums its rounds
+            self.gateway.calibration.observe(
+                msg.stream.model.kiro_id, msg.raw_estimate, usage.input_tokens
+            )
         return usage
 
     def count_tokens(self, request: ChatRequest) -> int:

@@ -6,54 +6,28 @@ on what Codex printed or did on disk. Codex runs without its sandbox
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from ki2api.kiro.models import DEFAULT_MODELS, ModelCatalog, ModelInfo
 from ki2api.simulator.default_model import SIMULATOR_TAG
 from ki2api.simulator.scripts import tool_use_answer
-from tests.agent_clients import (
-    AgentStack,
-    agent_bin,
-    agent_env,
-    agent_stack,
-    run_agent,
-    save_fixture,
-)
+from tests.agents.clients import AgentStack, agent_env, run_agent, save_fixture
 
 pytestmark = pytest.mark.slow
 
 MODEL = "claude-sonnet-4-5"
 # Codex offers its free-form apply_patch tool to the gpt-5 family only; the gateway serves such
-# a name when the operator maps it (here through the catalog).
+# a name when the operator maps it (MODEL_ALIASES).
 GPT_MODEL = "gpt-5.5"
+GATEWAY_ENV = {"MODEL_ALIASES": orjson.dumps({GPT_MODEL: "claude-sonnet-4-6"}).decode()}
 SECRET = "the secret word is kumquat"
 PATCH = (
     "*** Begin Patch\n*** Update File: notes.txt\n@@\n"
     "-the secret word is kumquat\n+the secret word is quince\n*** End Patch\n"
 )
-
-
-@pytest.fixture(scope="module")
-def codex() -> Path:
-    return agent_bin("codex")
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[AgentStack]:
-    rows = [*DEFAULT_MODELS, ModelInfo(GPT_MODEL, "claude-sonnet-4.6")]
-    yield from agent_stack(catalog=ModelCatalog(rows))
-
-
-@pytest.fixture(autouse=True)
-def fresh(stack: AgentStack) -> None:
-    stack.sim.state.clear_queue()
-    stack.sim.state.reset_logs()
-    stack.recorder.seen.clear()
 
 
 def run_codex(
@@ -92,7 +66,7 @@ def requests(stack: AgentStack) -> list[Any]:
     return bodies
 
 
-def test_plain_answer(codex, stack, tmp_path):
+def test_plain_answer(codex: Path, stack: AgentStack, tmp_path: Path) -> None:
     out, _ = run_codex(codex, stack, tmp_path, "say hello to the gateway")
     assert SIMULATOR_TAG in out and "say hello to the gateway" in out
     first = requests(stack)[0]
@@ -101,7 +75,7 @@ def test_plain_answer(codex, stack, tmp_path):
     save_fixture("codex-plain.json", first)
 
 
-def test_tool_loop_through_exec_command(codex, stack, tmp_path):
+def test_tool_loop_through_exec_command(codex: Path, stack: AgentStack, tmp_path: Path) -> None:
     args = orjson.dumps({"cmd": "cat notes.txt"}).decode()
     stack.sim.state.enqueue(tool_use_answer("exec_command", "tooluse_exec1", args))
     out, _ = run_codex(codex, stack, tmp_path, "read notes.txt and tell me the secret word")
@@ -113,7 +87,9 @@ def test_tool_loop_through_exec_command(codex, stack, tmp_path):
     save_fixture("codex-exec-command.json", second)
 
 
-def test_apply_patch_through_exec_command_changes_the_file(codex, stack, tmp_path):
+def test_apply_patch_through_exec_command_changes_the_file(
+    codex: Path, stack: AgentStack, tmp_path: Path
+) -> None:
     command = f"apply_patch <<'EOF'\n{PATCH}EOF\n"
     args = orjson.dumps({"cmd": command}).decode()
     stack.sim.state.enqueue(tool_use_answer("exec_command", "tooluse_patch1", args))
@@ -122,7 +98,9 @@ def test_apply_patch_through_exec_command_changes_the_file(codex, stack, tmp_pat
     assert "Updated the following files" in out
 
 
-def test_apply_patch_custom_tool_changes_the_file(codex, stack, tmp_path):
+def test_apply_patch_custom_tool_changes_the_file(
+    codex: Path, stack: AgentStack, tmp_path: Path
+) -> None:
     args = orjson.dumps({"input": PATCH}).decode()
     stack.sim.state.enqueue(tool_use_answer("apply_patch", "tooluse_patch2", args))
     out, work = run_codex(codex, stack, tmp_path, "change the secret word", model=GPT_MODEL)

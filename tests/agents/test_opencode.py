@@ -2,12 +2,11 @@
 an ``opencode.json`` with one OpenAI-compatible provider (base URL, key, one model) in a
 temporary work folder and a throwaway HOME. opencode speaks Chat Completions; it also asks the
 same model for a session title, in parallel, so the simulator answers the agent's own requests
-by content (a request that offers tools), not by order."""
+by content (a request that offers tools, through its ``responder``), not by order."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,36 +14,12 @@ import orjson
 import pytest
 
 from ki2api.simulator.scripts import text_answer, tool_use_answer
-from tests.agent_clients import (
-    AgentStack,
-    agent_bin,
-    agent_env,
-    agent_stack,
-    run_agent,
-    save_fixture,
-)
+from tests.agents.clients import AgentStack, agent_env, run_agent, save_fixture
 
 pytestmark = pytest.mark.slow
 
 MODEL = "claude-sonnet-4-5"
 SECRET = "the secret word is kumquat"
-
-
-@pytest.fixture(scope="module")
-def opencode() -> Path:
-    return agent_bin("opencode")
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[AgentStack]:
-    yield from agent_stack()
-
-
-@pytest.fixture(autouse=True)
-def fresh(stack: AgentStack) -> None:
-    stack.sim.state.clear_queue()
-    stack.sim.state.reset_logs()
-    stack.recorder.seen.clear()
 
 
 def offers_tools(body: Any) -> bool:
@@ -86,8 +61,9 @@ def agent_turns(stack: AgentStack) -> list[Any]:
     return bodies
 
 
-def test_plain_answer(opencode, stack, tmp_path):
-    stack.sim.state.answer_when(offers_tools, text_answer("Hello from the Kiro simulator."))
+def test_plain_answer(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
+    hello = text_answer("Hello from the Kiro simulator.")
+    stack.state.responder = lambda body: hello if offers_tools(body) else None
     out, _ = run_opencode(opencode, stack, tmp_path, "say hello to the gateway")
     assert "Hello from the Kiro simulator." in out
     first = agent_turns(stack)[0]
@@ -95,13 +71,13 @@ def test_plain_answer(opencode, stack, tmp_path):
     save_fixture("opencode-plain.json", first)
 
 
-def test_tool_loop_through_read(opencode, stack, tmp_path):
-    def read_call(body: Any) -> bool:
-        return offers_tools(body)
-
+def test_tool_loop_through_read(opencode: Path, stack: AgentStack, tmp_path: Path) -> None:
     work = tmp_path / "work"
     args = orjson.dumps({"filePath": str(work / "notes.txt")}).decode()
-    stack.sim.state.answer_when(read_call, tool_use_answer("read", "tooluse_read1", args))
+    read = tool_use_answer("read", "tooluse_read1", args)
+    # The read call for the agent's turn; its answer after the tool result (and the title
+    # request) get the fake model's default, which quotes what it was sent.
+    stack.state.responder = lambda body: read if offers_tools(body) else None
     out, _ = run_opencode(opencode, stack, tmp_path, "read notes.txt and tell me the secret word")
     # The simulator's model quotes the tool result it got back: opencode read the file.
     assert "Received 1 tool result" in out and "kumquat" in out
