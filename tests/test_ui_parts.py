@@ -29,7 +29,14 @@ from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
 from ki2api.ui.playground import _Chat, build_request
 from ki2api.ui.status import accounts_table, countdown, hide_paths
-from ki2api.ui.tokens import PageKey, admin_enabled, admin_key_ok, describe_own, page_sign_in
+from ki2api.ui.tokens import (
+    PageKey,
+    TokenHandlers,
+    admin_enabled,
+    admin_key_ok,
+    describe_own,
+    page_sign_in,
+)
 
 
 def test_answer_view_separates_thinking_text_and_tool_calls() -> None:
@@ -198,6 +205,26 @@ def test_page_sign_in_takes_the_api_key_or_the_admin_key_and_never_shows_them() 
             page_sign_in(wrong, settings)
     with pytest.raises(NotConfigured):  # a Space still on the public default key: no sign-in
         page_sign_in("ki2api-key-2024", Settings(on_space=True))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_administration_on(
+    lang: str,
+) -> None:
+    """The page says administration is off, and how to turn it on, to whoever signs in while
+    the server has no ADMIN_KEY: with the API key (no admin panel appears) or with a key the
+    visitor took for an admin key (refused as wrong)."""
+    off = TokenHandlers(Settings(api_key="api-key-1234567", api_key_is_default=False), dict)
+    signed, admin, message, *_ = await off.sign_in("api-key-1234567", None, lang)
+    assert signed == PageKey("api", "api-key-1234567") and admin is False
+    assert t("signed_in_api", lang) in message and t("admin_disabled", lang) in message
+    signed, admin, message, *_ = await off.sign_in("adm-98765", None, lang)
+    assert signed is None and admin is False
+    assert t("wrong_key", lang) in message and t("admin_disabled", lang) in message
+
+    on = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
+    _, _, message, *_ = await TokenHandlers(on, dict).sign_in("api-key-1234567", None, lang)
+    assert message == t("signed_in_api", lang)
 
 
 def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
