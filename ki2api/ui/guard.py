@@ -140,12 +140,14 @@ class PageGuard:
         readers: Readers,
         event_ids: Callable[[], Collection[int]],
         api_prefixes: tuple[str, ...] = ("/v1/", "/admin/"),
+        known_session: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self.app = app
         self.app_paths = tuple(app_paths)
         self.readers = readers
         self.event_ids = event_ids  # the page's events (fn_index values)
         self.api_prefixes = api_prefixes
+        self.known_session = known_session  # has Gradio's queue messages for this session?
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,6 +170,11 @@ class PageGuard:
         session = _session_hash(scope)
         if session is None:
             await self.app(scope, receive, send)
+            return
+        if not self.known_session(session):
+            # Gradio finds this out inside an answer it has already started: a 200 cut short,
+            # and tracebacks in the log for every such GET.
+            await JSONResponse({"detail": "No such session."}, 404)(scope, receive, send)
             return
         await self._reading(session, scope, receive, send)
 
