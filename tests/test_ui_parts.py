@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from ki2api.api.observability import Metrics
@@ -22,8 +24,9 @@ from ki2api.core.deltas import (
     Usage,
 )
 from ki2api.core.errors import AuthenticationFailed, NotConfigured, UpstreamError
+from ki2api.kiro.accounts import AccountPool
 from ki2api.settings import Settings
-from ki2api.ui.access import ApiChecks, Playground, PlaygroundBusy
+from ki2api.ui.access import ApiChecks, NotSignedIn, Playground, PlaygroundBusy
 from ki2api.ui.answer import AnswerView, history_to_messages
 from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
@@ -225,6 +228,30 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     on = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
     _, _, message, *_ = await TokenHandlers(on, dict).sign_in("api-key-1234567", None, lang)
     assert message == t("signed_in_api", lang)
+
+
+def test_without_any_account_a_visitor_is_told_that_before_being_asked_to_sign_in(
+    tmp_path: Path,
+) -> None:
+    """No account at all (the page's banner says so to everyone): the playground says how to
+    get one, not to sign in for a pool that is empty. With accounts, a sign-in is needed."""
+
+    def playground(**accounts: Any) -> Playground:
+        settings = Settings(
+            api_key="api-key-1234567",
+            api_key_is_default=False,
+            kiro_token_file=tmp_path / "private-folder" / "kiro-auth-token.json",
+            **accounts,
+        )
+        runtime = SimpleNamespace(pool=AccountPool.from_settings(settings, httpx.AsyncClient()))
+        return Playground(ApiChecks(settings, Metrics()), lambda: runtime)  # type: ignore[arg-type,return-value]
+
+    with pytest.raises(NotConfigured) as info:
+        playground().check_key(None)
+    assert "No Kiro account is configured" in info.value.message and "Tokens" in info.value.message
+    assert "private-folder" not in info.value.message  # the file's name, not where it is
+    with pytest.raises(NotSignedIn):
+        playground(kiro_access_token="aoaAAAAAGaaa-access").check_key(None)
 
 
 def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
