@@ -460,3 +460,15 @@ def test_responses_failed_search_is_a_failed_web_search_call(stack):
     output = response.json()["output"]
     assert output[0]["type"] == "web_search_call" and output[0]["status"] == "failed"
     assert output[1]["content"][0]["text"] == "No luck."
+
+
+@pytest.mark.parametrize("published_ms", [10**20, -(10**20)])
+def test_a_publication_date_no_datetime_can_hold_has_no_page_age(published_ms: int) -> None:
+    """The search results' dates come from upstream: one out of a datetime's range must not
+    break the answer being rendered (ValueError / OverflowError before); it has no page_age."""
+    from ki2api.api.anthropic.server_tools import result_block
+    from ki2api.core.deltas import SearchHit, ServerToolResult
+
+    hit = SearchHit("t", "https://example.com/", "s", published_ms=published_ms)
+    block = result_block(ServerToolResult("srvtoolu_1", hits=(hit,)))
+    assert block["content"][0]["page_age"] is None
