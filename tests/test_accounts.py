@@ -28,7 +28,13 @@ from ki2api.core.errors import (
     UpstreamUnavailable,
 )
 from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool
-from ki2api.kiro.credentials import AccountSpec, Credential, mask_secret, parse_pasted_token
+from ki2api.kiro.credentials import (
+    AccountSpec,
+    Credential,
+    CredentialError,
+    mask_secret,
+    parse_pasted_token,
+)
 from ki2api.settings import Settings
 from tests.servers import ServerThread
 from tests.test_refresh import FakeAuth, auth_settings
@@ -663,6 +669,24 @@ def test_pasted_token_shapes():
         with pytest.raises(ValueError) as info:
             parse_pasted_token(bad, settings)
         assert "oops" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        {"expiresAt": 99999999999999999},  # year 3,170,843
+        {"expiresAt": -99999999999999999},
+        {"expiresAt": "99999-01-01T00:00:00Z"},
+        {"expiresIn": 1e300},  # past what a timedelta holds
+        {"expiresIn": 1e15},  # a timedelta, but now + it is past year 9999
+    ],
+)
+def test_a_time_no_datetime_can_hold_is_a_credential_error(times: dict[str, Any]) -> None:
+    """A pasted login (the page's own-token box: anyone may paste) or one added through the
+    admin API whose expiry no datetime can hold is refused as bad input, not a crash."""
+    text = orjson.dumps({"accessToken": "aoaAAAAAGaaa", **times}).decode()
+    with pytest.raises(CredentialError):
+        parse_pasted_token(text, Settings())
 
 
 # --- secrets stay secret ------------------------------------------------------------------------

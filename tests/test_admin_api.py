@@ -179,6 +179,12 @@ BAD_BODIES = [
     b'{"accessToken": "abcdefghijklmnop", "expiresAt": "soon"}',
     b'"two words"',
     b'{"tokenFile": ["x"]}',
+    # times no datetime can hold (a 500 before: the year out of range, an overflow)
+    b'{"accessToken": "abcdefghijklmnop", "expiresAt": 99999999999999999}',
+    b'{"accessToken": "abcdefghijklmnop", "expiresAt": -99999999999999999}',
+    b'{"accessToken": "abcdefghijklmnop", "expiresAt": "99999-01-01T00:00:00Z"}',
+    b'{"accessToken": "abcdefghijklmnop", "expiresIn": 1e300}',
+    b'{"accessToken": "abcdefghijklmnop", "expiresIn": 1e15}',
 ]
 
 

@@ -308,6 +308,46 @@ def test_gradio_routes_the_page_does_not_use_are_closed(
     assert response.status_code == 404, (path, response.status_code, response.text[:200])
 
 
+def test_reading_a_session_that_never_joined_is_a_404_without_a_traceback(
+    stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Gradio raises its "session not found" inside an answer stream it has already started:
+    a 200, then three tracebacks in the log for each such GET (anyone's: a log flood). The
+    guard answers 404 first; a session that joined still reads its answers."""
+    with caplog.at_level(logging.DEBUG):
+        for session in ("never-joined-0123", "x", "a" * 2000):
+            response = httpx.get(
+                f"{stack.url}/gradio_api/queue/data",
+                params={"session_hash": session},
+                timeout=15,
+            )
+            assert response.status_code == 404, (response.status_code, response.text[:200])
+        time.sleep(0.5)  # the server's thread logs after the answer
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not errors, [r.getMessage() for r in errors]
+    config = gradio_raw.page_config(stack.url)
+    render = next(e for e in gradio_raw.events(config) if e.targets and e.targets[0][1] == "load")
+    joined = Session(stack.url)
+    values = [gradio_raw.default_value(c) for c in render.inputs]
+    assert gradio_raw.final_output(joined.call(render.fn_index, values)) is not None
+
+
+def test_a_join_with_fewer_values_than_its_event_takes_is_a_400(stack: Stack) -> None:
+    """Gradio runs such an event anyway and fails in it, printing a traceback for each join
+    (anyone's); the guard refuses it first. Extra values are Gradio's to ignore."""
+    config = gradio_raw.page_config(stack.url)
+    events = [e for e in gradio_raw.events(config) if e.backend and e.inputs]
+    assert events
+    for event in events:
+        values = [gradio_raw.default_value(c) for c in event.inputs]
+        for short in ([], values[:-1]):
+            refused = Session(stack.url).join(event.fn_index, short)
+            assert refused.status_code == 400, (event.fn_index, short, refused.text[:200])
+    event = events[0]
+    values = [gradio_raw.default_value(c) for c in event.inputs]
+    assert Session(stack.url).join(event.fn_index, [*values, "extra"]).status_code == 200
+
+
 def test_the_page_still_loads(stack: Stack) -> None:
     page = httpx.get(f"{stack.url}/", timeout=30)
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]

@@ -88,6 +88,7 @@ ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
     "get_time", "p50", "p95", "env",
+    "Code", "Space",  # names: Claude Code (an agent), a Hugging Face Space
 }  # fmt: skip
 NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+")
 MODEL_ID = re.compile(r"^(claude|auto)\b")

@@ -6,9 +6,11 @@ import asyncio
 import json
 import tomllib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from ki2api.api.observability import Metrics
@@ -24,14 +26,22 @@ from ki2api.core.deltas import (
     Usage,
 )
 from ki2api.core.errors import AuthenticationFailed, NotConfigured, UpstreamError
+from ki2api.kiro.accounts import AccountPool
 from ki2api.settings import Settings
-from ki2api.ui.access import ApiChecks, Playground, PlaygroundBusy
+from ki2api.ui.access import ApiChecks, NotSignedIn, Playground, PlaygroundBusy
 from ki2api.ui.answer import AnswerView, history_to_messages
 from ki2api.ui.connect import base_url, intro, shown_key, snippets
 from ki2api.ui.i18n import STRINGS, lang_from_header, t
 from ki2api.ui.playground import _Chat, build_request
 from ki2api.ui.status import accounts_table, countdown, hide_paths
-from ki2api.ui.tokens import PageKey, admin_enabled, admin_key_ok, describe_own, page_sign_in
+from ki2api.ui.tokens import (
+    PageKey,
+    TokenHandlers,
+    admin_enabled,
+    admin_key_ok,
+    describe_own,
+    page_sign_in,
+)
 
 
 def test_answer_view_separates_thinking_text_and_tool_calls() -> None:
@@ -225,6 +235,50 @@ def test_page_sign_in_takes_the_api_key_or_the_admin_key_and_never_shows_them() 
             page_sign_in(wrong, settings)
     with pytest.raises(NotConfigured):  # a Space still on the public default key: no sign-in
         page_sign_in("ki2api-key-2024", Settings(on_space=True))
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_administration_on(
+    lang: str,
+) -> None:
+    """The page says administration is off, and how to turn it on, to whoever signs in while
+    the server has no ADMIN_KEY: with the API key (no admin panel appears) or with a key the
+    visitor took for an admin key (refused as wrong)."""
+    off = TokenHandlers(Settings(api_key="api-key-1234567", api_key_is_default=False), dict)
+    signed, admin, message, *_ = await off.sign_in("api-key-1234567", None, lang)
+    assert signed == PageKey("api", "api-key-1234567") and admin is False
+    assert t("signed_in_api", lang) in message and t("admin_disabled", lang) in message
+    signed, admin, message, *_ = await off.sign_in("adm-98765", None, lang)
+    assert signed is None and admin is False
+    assert t("wrong_key", lang) in message and t("admin_disabled", lang) in message
+
+    on = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
+    _, _, message, *_ = await TokenHandlers(on, dict).sign_in("api-key-1234567", None, lang)
+    assert message == t("signed_in_api", lang)
+
+
+def test_without_any_account_a_visitor_is_told_that_before_being_asked_to_sign_in(
+    tmp_path: Path,
+) -> None:
+    """No account at all (the page's banner says so to everyone): the playground says how to
+    get one, not to sign in for a pool that is empty. With accounts, a sign-in is needed."""
+
+    def playground(**accounts: Any) -> Playground:
+        settings = Settings(
+            api_key="api-key-1234567",
+            api_key_is_default=False,
+            kiro_token_file=tmp_path / "private-folder" / "kiro-auth-token.json",
+            **accounts,
+        )
+        runtime = SimpleNamespace(pool=AccountPool.from_settings(settings, httpx.AsyncClient()))
+        return Playground(ApiChecks(settings, Metrics()), lambda: runtime)  # type: ignore[arg-type,return-value]
+
+    with pytest.raises(NotConfigured) as info:
+        playground().check_key(None)
+    assert "No Kiro account is configured" in info.value.message and "Tokens" in info.value.message
+    assert "private-folder" not in info.value.message  # the file's name, not where it is
+    with pytest.raises(NotSignedIn):
+        playground(kiro_access_token="aoaAAAAAGaaa-access").check_key(None)
 
 
 def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:

@@ -570,3 +570,15 @@ def test_prompt_too_long_with_a_search_tool_is_anthropics_400(stack, stream):
     assert error["type"] == "invalid_request_error"
     assert re.fullmatch(r"prompt is too long: \d+ tokens > 200000 maximum", error["message"])
     assert stack.state.searches.calls == []
+
+
+@pytest.mark.parametrize("published_ms", [10**20, -(10**20)])
+def test_a_publication_date_no_datetime_can_hold_has_no_page_age(published_ms: int) -> None:
+    """The search results' dates come from upstream: one out of a datetime's range must not
+    break the answer being rendered (ValueError / OverflowError before); it has no page_age."""
+    from ki2api.api.anthropic.server_tools import result_block
+    from ki2api.core.deltas import SearchHit, ServerToolResult
+
+    hit = SearchHit("t", "https://example.com/", "s", published_ms=published_ms)
+    block = result_block(ServerToolResult("srvtoolu_1", hits=(hit,)))
+    assert block["content"][0]["page_age"] is None

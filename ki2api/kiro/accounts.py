@@ -374,6 +374,12 @@ class AccountPool:
         self._adopt_default_file()
         return bool(self._accounts)
 
+    def not_configured(self) -> NotConfigured:
+        """The error for a pool without any account, saying how to get one."""
+        # Clients and the page's visitors see this: the file's name, not where it is.
+        where = f"…/{self._settings.kiro_token_file.name}"
+        return NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
+
     def usable_count(self) -> int:
         return sum(1 for a in self._accounts.values() if a.usable())
 
@@ -422,9 +428,7 @@ class AccountPool:
         about when it can be served)."""
         self._adopt_default_file()
         if not self._accounts:
-            # Clients and the page's visitors see this: the file's name, not where it is.
-            where = f"…/{self._settings.kiro_token_file.name}"
-            raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
+            raise self.not_configured()
         self._revive_from_files()
         skip = exclude | lacking
         while True:

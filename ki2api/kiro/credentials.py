@@ -178,7 +178,10 @@ def parse_time(value: Any) -> datetime | None:
         raise CredentialError("expiresAt must be an ISO-8601 time or a Unix time")
     if isinstance(value, int | float):
         seconds = value / 1000 if value > 1e11 else value
-        return datetime.fromtimestamp(seconds, UTC)
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):  # past what a datetime holds
+            raise CredentialError("expiresAt is out of range") from None
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
@@ -247,7 +250,10 @@ def spec_from_mapping(
     expires_at = parse_time(_get(data, "expires_at"))
     expires_in = _get(data, "expires_in")
     if expires_at is None and isinstance(expires_in, int | float) and access_token:
-        expires_at = (now or datetime.now(UTC)) + timedelta(seconds=float(expires_in))
+        try:
+            expires_at = (now or datetime.now(UTC)) + timedelta(seconds=float(expires_in))
+        except OverflowError:  # past year 9999
+            raise CredentialError("expiresIn is out of range") from None
     region = _text(data, "region") or settings.kiro_region
     if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", region):
         raise CredentialError(f"region {region!r} does not look like an AWS region")

@@ -67,8 +67,14 @@ def _mount(
     app_paths = path_patterns(app.routes)  # the app's own routes: everything but the page
     page = build_page(settings, runtime, Playground(checks, runtime), readers)
     page.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    inputs = {fn_index: len(fn.inputs) for fn_index, fn in page.fns.items()}  # fixed once built
     app.add_middleware(
-        PageGuard, app_paths=app_paths, readers=readers, event_ids=lambda: page.fns.keys()
+        PageGuard,
+        app_paths=app_paths,
+        readers=readers,
+        events=lambda: inputs,
+        # A session's answers exist once it joined the queue (Gradio keeps the last 2,000).
+        known_session=lambda session: session in page._queue.pending_messages_per_session,
     )
     mounted: FastAPI = gr.mount_gradio_app(
         app,

@@ -65,6 +65,9 @@ class Playground:
         if signed is None:
             if settings.demo:
                 return  # the pool is the built-in simulator
+            pool = self.runtime().pool
+            if not pool.has_accounts():  # the page's banner says so too: say how to get one
+                raise pool.not_configured()
             raise NotSignedIn(
                 "Sign in with the API key (Tokens tab), or paste your own Kiro token there, "
                 "to chat on this server's accounts."

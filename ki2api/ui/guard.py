@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -138,14 +138,16 @@ class PageGuard:
         app: ASGIApp,
         app_paths: Iterable[re.Pattern[str]],
         readers: Readers,
-        event_ids: Callable[[], Collection[int]],
+        events: Callable[[], Mapping[int, int]],
         api_prefixes: tuple[str, ...] = ("/v1/", "/admin/"),
+        known_session: Callable[[str], bool] = lambda _: True,
     ) -> None:
         self.app = app
         self.app_paths = tuple(app_paths)
         self.readers = readers
-        self.event_ids = event_ids  # the page's events (fn_index values)
+        self.events = events  # the page's events: fn_index → how many input values it takes
         self.api_prefixes = api_prefixes
+        self.known_session = known_session  # has Gradio's queue messages for this session?
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -169,16 +171,28 @@ class PageGuard:
         if session is None:
             await self.app(scope, receive, send)
             return
+        if not self.known_session(session):
+            # Gradio finds this out inside an answer it has already started: a 200 cut short,
+            # and tracebacks in the log for every such GET.
+            await JSONResponse({"detail": "No such session."}, 404)(scope, receive, send)
+            return
         await self._reading(session, scope, receive, send)
 
     def _acceptable_join(self, data: Any) -> bool:
         """What Gradio's queue takes unchecked (a 500 otherwise): the event's number must be one
-        of the page's, and the session a non-empty string (an empty one is lost in the queue)."""
+        of the page's, and the session a non-empty string (an empty one is lost in the queue).
+        Fewer input values than the event takes: Gradio runs it anyway, fails in it and prints
+        a traceback."""
         if not isinstance(data, dict):
             return True  # Gradio's own validation answers this one
         fn_index = data.get("fn_index")
-        if fn_index is not None and not (type(fn_index) is int and fn_index in self.event_ids()):
-            return False
+        if fn_index is not None:
+            events = self.events()
+            if not (type(fn_index) is int and fn_index in events):
+                return False
+            values = data.get("data")
+            if isinstance(values, list) and len(values) < events[fn_index]:
+                return False
         session = data.get("session_hash")
         return session is None or (isinstance(session, str) and session != "")
 

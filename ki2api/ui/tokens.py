@@ -131,14 +131,23 @@ class TokenHandlers:
             using = self._using(own, lang, None)
             if exc.status == 401:
                 await asyncio.sleep(WRONG_KEY_DELAY)
-                return None, False, t("wrong_key", lang), "", closed, gr.update(), using
+                wrong = self._with_admin_note(t("wrong_key", lang), lang)
+                return None, False, wrong, "", closed, gr.update(), using
             why = t("failed", lang, why=exc.message)
             return None, False, why, "", closed, gr.update(), using
         using = self._using(own, lang, signed)
         if signed.role == "admin":
             panel = gr.update(visible=True)
             return signed, True, t(sign_in_key(signed), lang), "", panel, self._choices(), using
-        return signed, False, t(sign_in_key(signed), lang), "", closed, gr.update(), using
+        message = self._with_admin_note(t(sign_in_key(signed), lang), lang)
+        return signed, False, message, "", closed, gr.update(), using
+
+    def _with_admin_note(self, message: str, lang: str) -> str:
+        """While the server has no ADMIN_KEY, a sign-in also says administration is off and
+        how to turn it on (no admin panel appears, and an admin key cannot work)."""
+        if admin_enabled(self.settings):
+            return message
+        return f"{message}\n\n{t('admin_disabled', lang)}"
 
     def sign_out(self, own: AccountSpec | None, lang: str) -> tuple[None, bool, str, Any, str]:
         using = self._using(own, lang, None)

@@ -63,7 +63,10 @@ def history_text(block: dict[str, Any]) -> str | None:
 def _page_age(published_ms: int | None) -> str | None:
     if published_ms is None:
         return None
-    return datetime.fromtimestamp(published_ms / 1000, UTC).strftime("%B %-d, %Y")
+    try:
+        return datetime.fromtimestamp(published_ms / 1000, UTC).strftime("%B %-d, %Y")
+    except (OverflowError, OSError, ValueError):  # upstream's date, out of a datetime's range
+        return None
 
 
 def use_block(delta: ServerToolUse) -> dict[str, Any]:
