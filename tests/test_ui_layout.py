@@ -81,15 +81,16 @@ VISIBLE_TEXT = """() => {
   return out;
 }"""
 
-# Names that stay in English in the Chinese page: products, SDKs and editors, the example
-# tools, percentiles, the name of the other language, the demo account's label. Code spans,
-# file names, VARIABLE_NAMES, masked tokens ("…oken") and model ids are skipped as well.
+# Names that stay in English in the Chinese page: products (a Hugging Face Space, Claude
+# Code), SDKs and editors, the example tools, percentiles, the name of the other language, the
+# demo account's label. Code spans, file names, VARIABLE_NAMES, masked tokens ("…oken") and
+# model ids are skipped as well.
 ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
-    "get_time", "p50", "p95", "env",
+    "get_time", "p50", "p95", "env", "Space",
 }  # fmt: skip
-NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+")
+NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b")
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
 

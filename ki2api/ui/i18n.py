@@ -50,7 +50,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "2. Add a secret named `API_KEY` with a long random value.\n"
         "3. Restart the Space, then send it as `Authorization: Bearer <API_KEY>`.",
         "1. 打开 Space 的 **Settings → Variables and secrets**。\n"
-        "2. 新建名为 `API_KEY` 的 secret，值为一段足够长的随机字符串。\n"
+        "2. 新建名为 `API_KEY` 的机密变量（secret），值为一段足够长的随机字符串。\n"
         "3. 重启 Space，之后请求时带上 `Authorization: Bearer <API_KEY>`。",
     ),
     "language": ("Language / 语言", "语言 / Language"),
@@ -96,7 +96,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "using_pool": ("Answers use the server's Kiro accounts.", "回答使用服务器配置的 Kiro 账号。"),
     "using_sign_in": (
         "To chat, sign in with the API key under **Tokens**, or paste your own Kiro token there.",
-        "要开始对话，请在 **令牌** 页用 API key 登录，或在那里粘贴你自己的 Kiro 令牌。",
+        "要开始对话，请在 **令牌** 页用 API 密钥登录，或在那里粘贴你自己的 Kiro 令牌。",
     ),
     "using_own": (
         "Answers use **your own token** {masked}.",
@@ -133,24 +133,24 @@ STRINGS: dict[str, tuple[str, str]] = {
         "`ADMIN_KEY` to also add, refresh and remove them. The sign-in lasts for this tab only. "
         "Administration stays off until the server has an `ADMIN_KEY` (an environment variable, "
         "or a secret on a Space), separate from the API key.",
-        "使用 API key 登录后可在试用页使用服务器的账号对话；使用 `ADMIN_KEY` 登录后还可添加、刷新、"
-        "删除这些账号。登录状态只在当前标签页有效。服务器设置 `ADMIN_KEY`（环境变量，或 Space 的 "
-        "secret，与 API key 不同）之前，管理功能保持关闭。",
+        "使用 API 密钥登录后可在试用页使用服务器的账号对话；使用 `ADMIN_KEY` 登录后还可添加、刷新、"
+        "删除这些账号。登录状态只在当前标签页有效。服务器设置 `ADMIN_KEY`（环境变量，或 Space 的"
+        "机密变量，与 API 密钥不同）之前，管理功能保持关闭。",
     ),
-    "admin_key": ("API key or admin key", "API key 或管理员密钥"),
+    "admin_key": ("API key or admin key", "API 密钥或管理员密钥"),
     "sign_in": ("Sign in", "登录"),
     "sign_out": ("Sign out", "退出"),
     "signed_in": ("Signed in as administrator.", "已以管理员身份登录。"),
     "signed_in_api": (
         "Signed in with the API key: the playground uses the server's accounts.",
-        "已用 API key 登录：试用页将使用服务器的账号。",
+        "已用 API 密钥登录：试用页将使用服务器的账号。",
     ),
     "signed_out": ("Not signed in.", "未登录。"),
     "wrong_key": ("Wrong key.", "密钥错误。"),
     "admin_disabled": (
         "Administration is off: set `ADMIN_KEY` (an environment variable, or a secret on a "
         "Space) and restart the server to turn it on.",
-        "管理功能已关闭：设置 `ADMIN_KEY`（环境变量，或 Space 的 secret）并重启服务后即可开启。",
+        "管理功能已关闭：设置 `ADMIN_KEY`（环境变量，或 Space 的机密变量）并重启服务后即可开启。",
     ),
     "new_account": (
         "New account: token or kiro-auth-token.json",
