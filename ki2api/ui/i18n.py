@@ -98,6 +98,19 @@ STRINGS: dict[str, tuple[str, str]] = {
         "To chat, sign in with the API key under **Tokens**, or paste your own Kiro token there.",
         "要开始对话，请在 **令牌** 页用 API 密钥登录，或在那里粘贴你自己的 Kiro 令牌。",
     ),
+    "chat_sign_in": (
+        "Sign in with the API key (Tokens tab), or paste your own Kiro token there, to chat on "
+        "this server's accounts.",
+        "请先在 **令牌** 页用 API 密钥登录，或在那里粘贴你自己的 Kiro 令牌，"
+        "再使用服务器的账号对话。",
+    ),
+    "chat_no_accounts": (
+        "No Kiro account is configured on this server. Paste your own Kiro token in the Tokens "
+        "tab to chat with it, or restart with `python app.py --demo` to try the built-in "
+        "simulator.",
+        "本服务器尚未配置 Kiro 账号。可以在 **令牌** 页粘贴你自己的 Kiro 令牌来对话，"
+        "或用 `python app.py --demo` 重启以试用内置模拟器。",
+    ),
     "using_own": (
         "Answers use **your own token** {masked}.",
         "回答使用 **你自己的令牌** {masked}。",
