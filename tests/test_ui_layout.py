@@ -22,6 +22,7 @@ import pytest
 from ki2api.app import create_app
 from ki2api.core.stats import RequestRecord
 from ki2api.settings import Settings
+from ki2api.simulator import http_error
 from tests.servers import ServerThread
 from tests.test_ui_browser import ARGS, CHROMIUM
 
@@ -88,9 +89,11 @@ VISIBLE_TEXT = """() => {
 ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
-    "get_time", "p50", "p95", "env", "Space",
+    "get_time", "p50", "p95", "env", "Space", "JSON",
 }  # fmt: skip
-NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b")
+# Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
+# their translated cause.
+NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?")
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
 
@@ -98,17 +101,38 @@ def _home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("layout-home") / "kiro-auth-token.json"
 
 
+ADMIN_KEY = "layout-admin-key-0123456789"
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    settings = Settings(demo=True, kiro_token_file=_home(tmp_path_factory))
-    with ServerThread(create_app(settings)) as server:
+    """A demo with an ADMIN_KEY (the alias editor can be shown), one answered request and one
+    model cooling down (the Status tab's cooldown column has something to say)."""
+    settings = Settings(demo=True, admin_key=ADMIN_KEY, kiro_token_file=_home(tmp_path_factory))
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        headers = {"authorization": f"Bearer {settings.api_key}"}
         chat = httpx.post(  # something for the Status tab to show
             f"{server.url}/v1/chat/completions",
-            headers={"authorization": f"Bearer {settings.api_key}"},
+            headers=headers,
             json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "Hi"}]},
             timeout=30,
         )
         assert chat.status_code == 200
+        busy = http_error(
+            429,
+            "I am experiencing high traffic, please try again shortly.",
+            "INSUFFICIENT_MODEL_CAPACITY",
+            {"retry-after": "600"},
+        )
+        app.state.runtime.simulator.state.fail_next(1, busy)
+        cooled = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            headers=headers,
+            json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=30,
+        )
+        assert cooled.status_code == 429
         yield server
 
 
@@ -135,6 +159,19 @@ def open_page(browser: Any, url: str, size: str, lang: str = "en", locale: str =
     return page
 
 
+def sign_in_as_admin(page: Any, lang: str) -> None:
+    """The sign-in box, then the admin panel with the alias editor and its message."""
+    show_tab(page, "tokens")
+    page.locator("#ki-admin-key input").fill(ADMIN_KEY)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-aliases")).to_be_visible()
+    page.locator("#ki-aliases textarea, #ki-aliases input").first.fill(
+        '{"gpt-4o": "claude-sonnet-4-6", "a-very-long-alias-name-for-a-phone-screen": "auto"}'
+    )
+    page.locator("#ki-save-aliases").click()
+    expect(page.locator("#ki-admin-msg")).to_contain_text("2")
+
+
 def show_tab(page: Any, tab: str) -> None:
     page.locator(f"button[role=tab][data-tab-id={tab}]").click()
     page.wait_for_timeout(700)  # let the tab's components draw (the plot, the editors)
@@ -150,6 +187,7 @@ def shoot(page: Any, name: str) -> None:
 def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, lang: str) -> None:
     page = open_page(browser, demo.url, size, lang)
     width = SIZES[size][0]
+    sign_in_as_admin(page, lang)
     for tab in TABS:
         show_tab(page, tab)
         shoot(page, f"{size}-{lang}-{tab}")
@@ -159,9 +197,17 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
         for button in page.locator("button[role=tab]").all():  # the tab bar wraps
             box = button.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, tab
-        if tab == "playground":
-            send = page.locator("#ki-send").bounding_box()
-            assert send is not None and send["x"] >= 0 and send["x"] + send["width"] <= width
+        inside = {
+            "playground": ("#ki-send",),
+            "tokens": ("#ki-sign-in", "#ki-aliases", "#ki-save-aliases", "#ki-admin-msg"),
+            "status": ("#ki-accounts",),
+            "connect": ("#ki-code-claude-code",),
+        }
+        for part in inside[tab]:
+            box = page.locator(part).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, part
+        if tab == "status":
+            expect(page.locator("#ki-accounts")).to_contain_text("claude-haiku-4.5")
         if tab == "status":  # the axis titles and the legend are inside the plot's box
             plot = page.locator("#ki-plot").bounding_box()
             assert plot is not None
@@ -193,6 +239,7 @@ def test_chinese_page_has_no_stray_english(
 ) -> None:
     """Chinese from the browser's language (phone) and from the switch (laptop)."""
     page = open_page(browser, demo.url, size, "zh", locale)
+    sign_in_as_admin(page, "zh")  # the admin panel's words and the alias message too
     stray: dict[str, set[str]] = {}
     for tab in TABS:
         show_tab(page, tab)
@@ -202,7 +249,7 @@ def test_chinese_page_has_no_stray_english(
             for word in re.findall(r"[A-Za-z][A-Za-z0-9_]+", NOT_WORDS.sub(" ", text)):
                 if word not in ALLOWED_ENGLISH:
                     stray.setdefault(tab, set()).add(word)
-    assert stray == {}
+    assert stray == {}, sorted((k, sorted(v)) for k, v in stray.items())
     page.context.close()
 
 

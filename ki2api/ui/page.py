@@ -246,7 +246,12 @@ def build_page(
                                 label="aliases",
                             )
                             aliases_btn = texts.add(
-                                gr.Button(t("save_aliases"), scale=0, min_width=130),
+                                gr.Button(
+                                    t("save_aliases"),
+                                    scale=0,
+                                    min_width=130,
+                                    elem_id="ki-save-aliases",
+                                ),
                                 value="save_aliases",
                             )
                         admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
