@@ -57,6 +57,23 @@ UNBOXED_OVERFLOW = """() => {
   return found.slice(0, 10);
 }"""
 
+# Block labels whose words run under their block's buttons (copy, download, full screen).
+LABELS_UNDER_BUTTONS = """() => {
+  const found = [];
+  for (const buttons of document.querySelectorAll('gradio-app .icon-button-wrapper')) {
+    const b = buttons.getBoundingClientRect();
+    const label = buttons.parentElement && buttons.parentElement.querySelector(':scope > label');
+    if (!label || b.width === 0) continue;
+    const range = document.createRange();
+    range.selectNodeContents(label);
+    for (const r of range.getClientRects()) {
+      if (r.width > 0 && r.left < b.right && r.right > b.left && r.top < b.bottom
+          && r.bottom > b.top) { found.push(label.textContent.trim()); break; }
+    }
+  }
+  return found;
+}"""
+
 # Line numbers against the lines they number, in every code editor on the page.
 GUTTER_OFFSETS = """() => [...document.querySelectorAll('.cm-editor')].map(editor => {
   const numbers = [...editor.querySelectorAll('.cm-lineNumbers .cm-gutterElement')]
@@ -93,7 +110,9 @@ ALLOWED_ENGLISH = {
 }  # fmt: skip
 # Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
 # their translated cause.
-NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?")
+NOT_WORDS = re.compile(
+    r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
+)
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
 
@@ -194,6 +213,7 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
         scroll_width = page.evaluate("document.documentElement.scrollWidth")
         assert scroll_width <= page.evaluate("innerWidth"), (tab, scroll_width)
         assert page.evaluate(UNBOXED_OVERFLOW) == [], tab
+        assert page.evaluate(LABELS_UNDER_BUTTONS) == [], tab
         for button in page.locator("button[role=tab]").all():  # the tab bar wraps
             box = button.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, tab
