@@ -83,6 +83,10 @@ GUTTER_OFFSETS = """() => [...document.querySelectorAll('.cm-editor')].map(edito
     Math.abs(n.getBoundingClientRect().top - lines[i].getBoundingClientRect().top) : 0);
 })"""
 
+# The comments of the Connect snippets: prose, in the visitor's language.
+SNIPPET_COMMENTS = """() => [...document.querySelectorAll('.cm-editor .cm-line')]
+  .map(line => line.textContent.trim()).filter(text => text.startsWith('#'))"""
+
 # Text a visitor can read: visible text nodes outside code, inputs and screen-reader labels.
 VISIBLE_TEXT = """() => {
   const out = [];
@@ -106,12 +110,12 @@ VISIBLE_TEXT = """() => {
 ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
-    "get_time", "p50", "p95", "env", "Space", "JSON",
+    "get_time", "p50", "p95", "env", "Space", "JSON", "opus", "sonnet", "haiku",
 }  # fmt: skip
 # Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
 # their translated cause.
 NOT_WORDS = re.compile(
-    r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
+    r"[\w.-]+\.(?:json|yaml)|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
 )
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
@@ -263,7 +267,12 @@ def test_chinese_page_has_no_stray_english(
     stray: dict[str, set[str]] = {}
     for tab in TABS:
         show_tab(page, tab)
-        for text in page.evaluate(VISIBLE_TEXT):
+        shown = page.evaluate(VISIBLE_TEXT)
+        if tab == "connect":
+            comments = page.evaluate(SNIPPET_COMMENTS)
+            assert len(comments) >= 5, comments
+            shown += comments
+        for text in shown:
             if MODEL_ID.match(text):
                 continue
             for word in re.findall(r"[A-Za-z][A-Za-z0-9_]+", NOT_WORDS.sub(" ", text)):

@@ -324,7 +324,7 @@ def build_page(
             models = [m.id for m in rt.catalog.list()]
             headers = dict(request.headers) if request is not None else None
             base = connect.base_url(settings, headers)
-            snippets = connect.snippets(base, connect.shown_key(settings), models[0])
+            snippets = connect.snippets(base, connect.shown_key(settings), models[0], lang_code)
             labels = {k: t(f"snippet_{k}", lang_code) for k in codes}
             return [connect.intro(settings, base, models, lang_code)] + [
                 gr.update(value=snippets[k], label=labels[k]) for k in codes
