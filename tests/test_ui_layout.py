@@ -362,5 +362,8 @@ def test_without_an_account_the_page_says_so(
     assert text.count(said) == 1, text
     assert "--demo" in text and ("Tokens tab" if lang == "en" else "令牌") in text, text
     assert "Sign in" not in text, text
+    using = page.locator("#ki-using")  # the line under the settings agrees with the chat
+    expect(using).to_contain_text("Tokens" if lang == "en" else "令牌")
+    assert "sign in" not in using.inner_text().lower() and "登录" not in using.inner_text()
     shoot(page, f"phone-{lang}-no-account")
     page.context.close()

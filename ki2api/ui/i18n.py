@@ -111,6 +111,10 @@ STRINGS: dict[str, tuple[str, str]] = {
         "本服务器尚未配置 Kiro 账号。可以在 **令牌** 页粘贴你自己的 Kiro 令牌来对话，"
         "或用 `python app.py --demo` 重启以试用内置模拟器。",
     ),
+    "using_no_accounts": (
+        "This server has no Kiro account yet: paste your own Kiro token under **Tokens** to chat.",
+        "本服务器还没有 Kiro 账号：在 **令牌** 页粘贴你自己的 Kiro 令牌即可对话。",
+    ),
     "using_own": (
         "Answers use **your own token** {masked}.",
         "回答使用 **你自己的令牌** {masked}。",

@@ -339,16 +339,16 @@ def build_page(
                 lang_code = lang_from_header(request.headers.get("accept-language"))
             name = next(k for k, v in LANGUAGES.items() if v == lang_code)
             models = [m.id for m in runtime().catalog.list()]
+            empty = not runtime().pool.has_accounts()
             return [
                 lang_code,
                 name,
                 _setup_text(lang_code),
                 gr.update(  # rendered on each load: an account may have been added since
-                    value=t("no_accounts_banner", lang_code),
-                    visible=not runtime().pool.has_accounts(),
+                    value=t("no_accounts_banner", lang_code), visible=empty
                 ),
                 t("metrics_idle", lang_code),
-                using_line(spec, lang_code, who, settings.demo),
+                using_line(spec, lang_code, who, settings.demo, empty),
                 describe_own(spec, lang_code),
                 t(sign_in_key(who), lang_code),
                 gr.update(choices=models),
