@@ -22,6 +22,7 @@ import pytest
 from ki2api.app import create_app
 from ki2api.core.stats import RequestRecord
 from ki2api.settings import Settings
+from ki2api.simulator import http_error
 from tests.servers import ServerThread
 from tests.test_ui_browser import ARGS, CHROMIUM
 
@@ -56,6 +57,23 @@ UNBOXED_OVERFLOW = """() => {
   return found.slice(0, 10);
 }"""
 
+# Block labels whose words run under their block's buttons (copy, download, full screen).
+LABELS_UNDER_BUTTONS = """() => {
+  const found = [];
+  for (const buttons of document.querySelectorAll('gradio-app .icon-button-wrapper')) {
+    const b = buttons.getBoundingClientRect();
+    const label = buttons.parentElement && buttons.parentElement.querySelector(':scope > label');
+    if (!label || b.width === 0) continue;
+    const range = document.createRange();
+    range.selectNodeContents(label);
+    for (const r of range.getClientRects()) {
+      if (r.width > 0 && r.left < b.right && r.right > b.left && r.top < b.bottom
+          && r.bottom > b.top) { found.push(label.textContent.trim()); break; }
+    }
+  }
+  return found;
+}"""
+
 # Line numbers against the lines they number, in every code editor on the page.
 GUTTER_OFFSETS = """() => [...document.querySelectorAll('.cm-editor')].map(editor => {
   const numbers = [...editor.querySelectorAll('.cm-lineNumbers .cm-gutterElement')]
@@ -64,6 +82,10 @@ GUTTER_OFFSETS = """() => [...document.querySelectorAll('.cm-editor')].map(edito
   return numbers.map((n, i) => lines[i] ?
     Math.abs(n.getBoundingClientRect().top - lines[i].getBoundingClientRect().top) : 0);
 })"""
+
+# The comments of the Connect snippets: prose, in the visitor's language.
+SNIPPET_COMMENTS = """() => [...document.querySelectorAll('.cm-editor .cm-line')]
+  .map(line => line.textContent.trim()).filter(text => text.startsWith('#'))"""
 
 # Text a visitor can read: visible text nodes outside code, inputs and screen-reader labels.
 VISIBLE_TEXT = """() => {
@@ -81,16 +103,21 @@ VISIBLE_TEXT = """() => {
   return out;
 }"""
 
-# Names that stay in English in the Chinese page: products, SDKs and editors, the example
-# tools, percentiles, the name of the other language, the demo account's label. Code spans,
-# file names, VARIABLE_NAMES, masked tokens ("…oken") and model ids are skipped as well.
+# Names that stay in English in the Chinese page: products (a Hugging Face Space, Claude
+# Code), SDKs and editors, the example tools, percentiles, the name of the other language, the
+# demo account's label. Code spans, file names, VARIABLE_NAMES, masked tokens ("…oken") and
+# model ids are skipped as well.
 ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
-    "get_time", "p50", "p95", "env",
-    "Code", "Space",  # names: Claude Code (an agent), a Hugging Face Space
+    "get_time", "p50", "p95", "env", "Space", "JSON", "opus", "sonnet", "haiku",
+    "Code",  # Claude Code (an agent)
 }  # fmt: skip
-NOT_WORDS = re.compile(r"[\w.-]+\.json|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+")
+# Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
+# their translated cause.
+NOT_WORDS = re.compile(
+    r"[\w.-]+\.(?:json|yaml)|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
+)
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
 
@@ -98,17 +125,38 @@ def _home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("layout-home") / "kiro-auth-token.json"
 
 
+ADMIN_KEY = "layout-admin-key-0123456789"
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    settings = Settings(demo=True, kiro_token_file=_home(tmp_path_factory))
-    with ServerThread(create_app(settings)) as server:
+    """A demo with an ADMIN_KEY (the alias editor can be shown), one answered request and one
+    model cooling down (the Status tab's cooldown column has something to say)."""
+    settings = Settings(demo=True, admin_key=ADMIN_KEY, kiro_token_file=_home(tmp_path_factory))
+    app = create_app(settings)
+    with ServerThread(app) as server:
+        headers = {"authorization": f"Bearer {settings.api_key}"}
         chat = httpx.post(  # something for the Status tab to show
             f"{server.url}/v1/chat/completions",
-            headers={"authorization": f"Bearer {settings.api_key}"},
+            headers=headers,
             json={"model": "claude-sonnet-4-6", "messages": [{"role": "user", "content": "Hi"}]},
             timeout=30,
         )
         assert chat.status_code == 200
+        busy = http_error(
+            429,
+            "I am experiencing high traffic, please try again shortly.",
+            "INSUFFICIENT_MODEL_CAPACITY",
+            {"retry-after": "600"},
+        )
+        app.state.runtime.simulator.state.fail_next(1, busy)
+        cooled = httpx.post(
+            f"{server.url}/v1/chat/completions",
+            headers=headers,
+            json={"model": "claude-haiku-4-5", "messages": [{"role": "user", "content": "Hi"}]},
+            timeout=30,
+        )
+        assert cooled.status_code == 429
         yield server
 
 
@@ -135,6 +183,19 @@ def open_page(browser: Any, url: str, size: str, lang: str = "en", locale: str =
     return page
 
 
+def sign_in_as_admin(page: Any, lang: str) -> None:
+    """The sign-in box, then the admin panel with the alias editor and its message."""
+    show_tab(page, "tokens")
+    page.locator("#ki-admin-key input").fill(ADMIN_KEY)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-aliases")).to_be_visible()
+    page.locator("#ki-aliases textarea, #ki-aliases input").first.fill(
+        '{"gpt-4o": "claude-sonnet-4-6", "a-very-long-alias-name-for-a-phone-screen": "auto"}'
+    )
+    page.locator("#ki-save-aliases").click()
+    expect(page.locator("#ki-admin-msg")).to_contain_text("2")
+
+
 def show_tab(page: Any, tab: str) -> None:
     page.locator(f"button[role=tab][data-tab-id={tab}]").click()
     page.wait_for_timeout(700)  # let the tab's components draw (the plot, the editors)
@@ -150,18 +211,28 @@ def shoot(page: Any, name: str) -> None:
 def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, lang: str) -> None:
     page = open_page(browser, demo.url, size, lang)
     width = SIZES[size][0]
+    sign_in_as_admin(page, lang)
     for tab in TABS:
         show_tab(page, tab)
         shoot(page, f"{size}-{lang}-{tab}")
         scroll_width = page.evaluate("document.documentElement.scrollWidth")
         assert scroll_width <= page.evaluate("innerWidth"), (tab, scroll_width)
         assert page.evaluate(UNBOXED_OVERFLOW) == [], tab
+        assert page.evaluate(LABELS_UNDER_BUTTONS) == [], tab
         for button in page.locator("button[role=tab]").all():  # the tab bar wraps
             box = button.bounding_box()
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, tab
-        if tab == "playground":
-            send = page.locator("#ki-send").bounding_box()
-            assert send is not None and send["x"] >= 0 and send["x"] + send["width"] <= width
+        inside = {
+            "playground": ("#ki-send",),
+            "tokens": ("#ki-sign-in", "#ki-aliases", "#ki-save-aliases", "#ki-admin-msg"),
+            "status": ("#ki-accounts",),
+            "connect": ("#ki-code-claude-code",),
+        }
+        for part in inside[tab]:
+            box = page.locator(part).bounding_box()
+            assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, part
+        if tab == "status":
+            expect(page.locator("#ki-accounts")).to_contain_text("claude-haiku-4.5")
         if tab == "status":  # the axis titles and the legend are inside the plot's box
             plot = page.locator("#ki-plot").bounding_box()
             assert plot is not None
@@ -193,16 +264,22 @@ def test_chinese_page_has_no_stray_english(
 ) -> None:
     """Chinese from the browser's language (phone) and from the switch (laptop)."""
     page = open_page(browser, demo.url, size, "zh", locale)
+    sign_in_as_admin(page, "zh")  # the admin panel's words and the alias message too
     stray: dict[str, set[str]] = {}
     for tab in TABS:
         show_tab(page, tab)
-        for text in page.evaluate(VISIBLE_TEXT):
+        shown = page.evaluate(VISIBLE_TEXT)
+        if tab == "connect":
+            comments = page.evaluate(SNIPPET_COMMENTS)
+            assert len(comments) >= 5, comments
+            shown += comments
+        for text in shown:
             if MODEL_ID.match(text):
                 continue
             for word in re.findall(r"[A-Za-z][A-Za-z0-9_]+", NOT_WORDS.sub(" ", text)):
                 if word not in ALLOWED_ENGLISH:
                     stray.setdefault(tab, set()).add(word)
-    assert stray == {}
+    assert stray == {}, sorted((k, sorted(v)) for k, v in stray.items())
     page.context.close()
 
 
@@ -274,12 +351,20 @@ def test_without_an_account_the_page_says_so(
     expect(banner).to_be_visible()
     expect(banner).to_contain_text("--demo")
     expect(banner).to_contain_text("Tokens" if lang == "en" else "令牌")
+    # Not signed in either: the chat says what helps here (a token of one's own, or --demo;
+    # signing in would not), once, in the visitor's language.
     page.locator("#ki-message textarea").fill("Hello?")
     page.locator("#ki-send").click()
     chat = page.locator("#ki-chat")
-    expect(chat).to_contain_text("No Kiro account is configured")
+    said = "No Kiro account is configured" if lang == "en" else "尚未配置 Kiro 账号"
+    expect(chat).to_contain_text(said)
     page.wait_for_timeout(500)  # the last update
-    assert chat.inner_text().count("No Kiro account is configured") == 1
-    assert "Tokens tab" in chat.inner_text()
+    text = chat.inner_text()
+    assert text.count(said) == 1, text
+    assert "--demo" in text and ("Tokens tab" if lang == "en" else "令牌") in text, text
+    assert "Sign in" not in text, text
+    using = page.locator("#ki-using")  # the line under the settings agrees with the chat
+    expect(using).to_contain_text("Tokens" if lang == "en" else "令牌")
+    assert "sign in" not in using.inner_text().lower() and "登录" not in using.inner_text()
     shoot(page, f"phone-{lang}-no-account")
     page.context.close()

@@ -29,8 +29,29 @@ def shown_key(settings: Settings) -> str:
     return DEFAULT_API_KEY if settings.api_key_is_default and not settings.on_space else ""
 
 
-def snippets(base: str, key: str, model: str) -> dict[str, str]:
+# The snippets' comments, in the visitor's language (the editors' own menu names stay as the
+# editors spell them, quoted).
+COMMENTS: dict[str, dict[str, str]] = {
+    "claude_code": {
+        "en": "# Claude Code: these two are all it needs; its own default models are mapped\n"
+        "# to the newest of the same family this server has (opus, sonnet, haiku)\n",
+        "zh": "# Claude Code 只需要这两个变量；它自带的默认模型会映射到本服务器上\n"
+        "# 同系列（opus、sonnet、haiku）中最新的模型\n",
+    },
+    "editor": {
+        "en": '# Continue (config.yaml). Cline: API Provider "OpenAI Compatible" (or "Anthropic"\n'
+        "# with a custom base URL) and the same base URL, key and model id. Cursor: Models →\n"
+        "# OpenAI API Key + Override OpenAI Base URL (it must be reachable from the internet)\n",
+        "zh": "# Continue（config.yaml）。Cline：“API Provider” 选 “OpenAI Compatible”（或选\n"
+        "# “Anthropic” 并填自定义地址），地址、密钥和模型名同下。Cursor：“Models” →\n"
+        "# “OpenAI API Key” 和 “Override OpenAI Base URL”（本地址须能从互联网访问）\n",
+    },
+}
+
+
+def snippets(base: str, key: str, model: str, lang: str = "en") -> dict[str, str]:
     literal = key or KEY_PLACEHOLDER
+    said = {name: text["zh" if lang == "zh" else "en"] for name, text in COMMENTS.items()}
     py_key = f'"{key}"' if key else 'os.environ["KI2API_KEY"]'
     py_import = "" if key else "import os\n"
     return {
@@ -63,9 +84,7 @@ def snippets(base: str, key: str, model: str) -> dict[str, str]:
             "print(message.content[0].text)\n"
         ),
         "claude_code": (
-            "# Claude Code: these two are all it needs; its own default models are mapped\n"
-            "# to the newest of the same family this server has (opus, sonnet, haiku); its\n"
-            "# WebSearch works; fields Kiro has no knob for are ignored (see docs/errors.md)\n"
+            f"{said['claude_code']}"
             f"export ANTHROPIC_BASE_URL={base}\n"
             f"export ANTHROPIC_API_KEY={literal}\n"
             "claude\n"
@@ -99,9 +118,7 @@ def snippets(base: str, key: str, model: str) -> dict[str, str]:
             "// then: export KI2API_KEY=" + literal + "; opencode\n"
         ),
         "editor": (
-            '# Continue (config.yaml). Cline: API Provider "OpenAI Compatible" (or "Anthropic"\n'
-            "# with a custom base URL) and the same base URL, key and model id. Cursor: Models →\n"
-            "# OpenAI API Key + Override OpenAI Base URL (it must be reachable from the internet)\n"
+            f"{said['editor']}"
             "models:\n"
             f"  - name: {model} (Ki2API)\n"
             "    provider: openai\n"

@@ -50,7 +50,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "2. Add a secret named `API_KEY` with a long random value.\n"
         "3. Restart the Space, then send it as `Authorization: Bearer <API_KEY>`.",
         "1. 打开 Space 的 **Settings → Variables and secrets**。\n"
-        "2. 新建名为 `API_KEY` 的 secret，值为一段足够长的随机字符串。\n"
+        "2. 新建名为 `API_KEY` 的机密变量（secret），值为一段足够长的随机字符串。\n"
         "3. 重启 Space，之后请求时带上 `Authorization: Bearer <API_KEY>`。",
     ),
     "language": ("Language / 语言", "语言 / Language"),
@@ -98,6 +98,23 @@ STRINGS: dict[str, tuple[str, str]] = {
         "To chat, sign in with the API key under **Tokens**, or paste your own Kiro token there.",
         "要开始对话，请在 **令牌** 页用 API 密钥登录，或在那里粘贴你自己的 Kiro 令牌。",
     ),
+    "chat_sign_in": (
+        "Sign in with the API key (Tokens tab), or paste your own Kiro token there, to chat on "
+        "this server's accounts.",
+        "请先在 **令牌** 页用 API 密钥登录，或在那里粘贴你自己的 Kiro 令牌，"
+        "再使用服务器的账号对话。",
+    ),
+    "chat_no_accounts": (
+        "No Kiro account is configured on this server. Paste your own Kiro token in the Tokens "
+        "tab to chat with it, or restart with `python app.py --demo` to try the built-in "
+        "simulator.",
+        "本服务器尚未配置 Kiro 账号。可以在 **令牌** 页粘贴你自己的 Kiro 令牌来对话，"
+        "或用 `python app.py --demo` 重启以试用内置模拟器。",
+    ),
+    "using_no_accounts": (
+        "This server has no Kiro account yet: paste your own Kiro token under **Tokens** to chat.",
+        "本服务器还没有 Kiro 账号：在 **令牌** 页粘贴你自己的 Kiro 令牌即可对话。",
+    ),
     "using_own": (
         "Answers use **your own token** {masked}.",
         "回答使用 **你自己的令牌** {masked}。",
@@ -134,8 +151,8 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Administration stays off until the server has an `ADMIN_KEY` (an environment variable, "
         "or a secret on a Space), separate from the API key.",
         "使用 API 密钥登录后可在试用页使用服务器的账号对话；使用 `ADMIN_KEY` 登录后还可添加、刷新、"
-        "删除这些账号。登录状态只在当前标签页有效。服务器设置 `ADMIN_KEY`（环境变量，或 Space 的 "
-        "密钥，与 API 密钥不同）之前，管理功能保持关闭。",
+        "删除这些账号。登录状态只在当前标签页有效。服务器设置 `ADMIN_KEY`（环境变量，或 Space 的"
+        "机密变量，与 API 密钥不同）之前，管理功能保持关闭。",
     ),
     "admin_key": ("API key or admin key", "API 密钥或管理员密钥"),
     "sign_in": ("Sign in", "登录"),
@@ -150,7 +167,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "admin_disabled": (
         "Administration is off: set `ADMIN_KEY` (an environment variable, or a secret on a "
         "Space) and restart the server to turn it on.",
-        "管理功能已关闭：设置 `ADMIN_KEY`（环境变量，或 Space 的密钥）并重启服务后即可开启。",
+        "管理功能已关闭：设置 `ADMIN_KEY`（环境变量，或 Space 的机密变量）并重启服务后即可开启。",
     ),
     "new_account": (
         "New account: token or kiro-auth-token.json",

@@ -246,7 +246,12 @@ def build_page(
                                 label="aliases",
                             )
                             aliases_btn = texts.add(
-                                gr.Button(t("save_aliases"), scale=0, min_width=130),
+                                gr.Button(
+                                    t("save_aliases"),
+                                    scale=0,
+                                    min_width=130,
+                                    elem_id="ki-save-aliases",
+                                ),
                                 value="save_aliases",
                             )
                         admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
@@ -323,7 +328,7 @@ def build_page(
             models = [m.id for m in rt.catalog.list()]
             headers = dict(request.headers) if request is not None else None
             base = connect.base_url(settings, headers)
-            snippets = connect.snippets(base, connect.shown_key(settings), models[0])
+            snippets = connect.snippets(base, connect.shown_key(settings), models[0], lang_code)
             labels = {k: t(f"snippet_{k}", lang_code) for k in codes}
             return [connect.intro(settings, base, models, lang_code)] + [
                 gr.update(value=snippets[k], label=labels[k]) for k in codes
@@ -338,16 +343,16 @@ def build_page(
                 lang_code = lang_from_header(request.headers.get("accept-language"))
             name = next(k for k, v in LANGUAGES.items() if v == lang_code)
             models = [m.id for m in runtime().catalog.list()]
+            empty = not runtime().pool.has_accounts()
             return [
                 lang_code,
                 name,
                 _setup_text(lang_code),
                 gr.update(  # rendered on each load: an account may have been added since
-                    value=t("no_accounts_banner", lang_code),
-                    visible=not runtime().pool.has_accounts(),
+                    value=t("no_accounts_banner", lang_code), visible=empty
                 ),
                 t("metrics_idle", lang_code),
-                using_line(spec, lang_code, who, settings.demo),
+                using_line(spec, lang_code, who, settings.demo, empty),
                 describe_own(spec, lang_code),
                 t(sign_in_key(who), lang_code),
                 gr.update(choices=models),

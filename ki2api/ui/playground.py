@@ -19,13 +19,14 @@ import gradio as gr
 from ki2api.api.common import CLIENT_CLOSED
 from ki2api.core.context import RequestContext, current_request, note_error
 from ki2api.core.deltas import Delta
-from ki2api.core.errors import GatewayError
+from ki2api.core.errors import GatewayError, NotConfigured
 from ki2api.core.ids import hex_id
 from ki2api.core.request import ChatRequest, Message, Reasoning, TextPart, ToolSpec
 from ki2api.kiro.credentials import AccountSpec
-from ki2api.ui.access import Playground
+from ki2api.ui.access import NotSignedIn, Playground
 from ki2api.ui.answer import AnswerView, ChatMessages, history_to_messages
 from ki2api.ui.guard import Readers
+from ki2api.ui.i18n import t
 from ki2api.ui.tokens import PageKey
 
 if TYPE_CHECKING:
@@ -186,7 +187,7 @@ def make_chat_handler(
         except GatewayError as exc:
             run.ctx.error = exc.openai_code or "error"
             run.record(exc.status)
-            view.fail(exc.message)
+            view.fail(page_message(exc, rt, lang))
             yield [*shown, *view.messages()], "", "", own
             return
         yield [*shown, *view.messages()], "", "", own
@@ -210,12 +211,23 @@ def make_chat_handler(
             stop()  # Stop (Gradio closes this generator), or the answer is over
             gone.cancel()
         if run.error is not None:
-            view.fail(run.error.message)
+            view.fail(page_message(run.error, rt, lang))
         view.finish()
         own = run.spec or own
         yield [*shown, *view.messages()], gr.update(), view.metrics(model), own
 
     return chat
+
+
+def page_message(exc: GatewayError, rt: Runtime, lang: str) -> str:
+    """What the visitor reads in the chat, in their language, for the errors a newcomer meets
+    first: no sign-in, no account on the server (signing in would not help then); the API's
+    own message otherwise."""
+    if isinstance(exc, NotSignedIn | NotConfigured) and not rt.pool.has_accounts():
+        return t("chat_no_accounts", lang)
+    if isinstance(exc, NotSignedIn):
+        return t("chat_sign_in", lang)
+    return exc.message
 
 
 def _nothing() -> None:

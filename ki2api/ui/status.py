@@ -78,7 +78,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
     rows = []
     for account in rt.pool.snapshot():
         expires = countdown(account.expires_at, now, lang) if account.expires_at else "—"
-        note = hide_paths(account.reason or account.last_error or "")
+        note = quoted(hide_paths(account.reason or account.last_error or ""))
         if account.state == "cooling_down" and account.until is not None:
             note = f"{t('in', lang, d=countdown(account.until, now, lang))} · {note}"
         rows.append(
@@ -89,7 +89,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
                 expires,
                 account.requests,
                 account.errors,
-                note[:160],
+                note[:162],
                 cooldowns_text(account.cooldowns, now, lang),
             ]
         )
@@ -105,8 +105,16 @@ def cooldowns_text(cooldowns: tuple[CooldownStatus, ...], now: datetime, lang: s
     for c in cooldowns:
         scope = c.model or t("all_models", lang)
         why = t(f"cause_{c.cause}", lang)
-        parts.append(f"{scope} · {why} · {countdown(c.until, now, lang)} · {c.reason[:120]}")
+        parts.append(
+            f"{scope} · {why} · {countdown(c.until, now, lang)} · {quoted(c.reason[:120])}"
+        )
     return "; ".join(parts)
+
+
+def quoted(words: str) -> str:
+    """Kiro's and the gateway's own words (English), quoted as they are: the columns around
+    them say the same in the visitor's language."""
+    return f"“{words}”" if words else ""
 
 
 def _seconds(value: float | None) -> str:

@@ -58,10 +58,18 @@ def describe_own(spec: AccountSpec | None, lang: str) -> str:
 
 
 def using_line(
-    spec: AccountSpec | None, lang: str, signed: PageKey | None = None, demo: bool = False
+    spec: AccountSpec | None,
+    lang: str,
+    signed: PageKey | None = None,
+    demo: bool = False,
+    pool_empty: bool = False,
 ) -> str:
     if spec is None:
-        return t("using_pool", lang) if signed is not None or demo else t("using_sign_in", lang)
+        if demo:
+            return t("using_pool", lang)
+        if pool_empty:  # signing in would only lead to "no account": a token of one's own helps
+            return t("using_no_accounts", lang)
+        return t("using_pool", lang) if signed is not None else t("using_sign_in", lang)
     return t("using_own", lang, masked=f"`{mask_secret(spec.access_token or spec.refresh_token)}`")
 
 
@@ -95,7 +103,8 @@ class TokenHandlers:
     # --- the visitor's own token -------------------------------------------------------------
 
     def _using(self, spec: AccountSpec | None, lang: str, signed: PageKey | None) -> str:
-        return using_line(spec, lang, signed, self.settings.demo)
+        empty = not self.runtime().pool.has_accounts()
+        return using_line(spec, lang, signed, self.settings.demo, empty)
 
     async def use_token(
         self, text: str, current: AccountSpec | None, signed: PageKey | None, lang: str
