@@ -111,12 +111,14 @@ ALLOWED_ENGLISH = {
     "Ki2API", "Kiro", "Claude", "OpenAI", "Anthropic", "SDK", "API", "Gradio", "Python",
     "curl", "openai", "anthropic", "Continue", "Cline", "Cursor", "English", "get_weather",
     "get_time", "p50", "p95", "env", "Space", "JSON", "opus", "sonnet", "haiku",
-    "Code",  # Claude Code (an agent)
+    "Code", "Codex", "CLI", "opencode", "Responses",  # agents, and the API Codex speaks
+    "export", "codex",  # the shell line that starts Codex
 }  # fmt: skip
 # Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
 # their translated cause.
 NOT_WORDS = re.compile(
-    r"[\w.-]+\.(?:json|yaml)|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
+    r"[~$][\w/.{}-]+|[\w./-]+\.(?:json|yaml|toml|md)|\bx-[\w-]+|\b[a-z]+_[a-z_]+\b"  # paths, ids
+    r"|\bki2api-key-\d+\b|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
 )
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 

@@ -244,7 +244,11 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     """The page says administration is off, and how to turn it on, to whoever signs in while
     the server has no ADMIN_KEY: with the API key (no admin panel appears) or with a key the
     visitor took for an admin key (refused as wrong)."""
-    off = TokenHandlers(Settings(api_key="api-key-1234567", api_key_is_default=False), dict)
+    with_accounts = SimpleNamespace(pool=SimpleNamespace(has_accounts=lambda: True))
+    off = TokenHandlers(
+        Settings(api_key="api-key-1234567", api_key_is_default=False),
+        lambda: with_accounts,  # type: ignore[arg-type,return-value]
+    )
     signed, admin, message, *_ = await off.sign_in("api-key-1234567", None, lang)
     assert signed == PageKey("api", "api-key-1234567") and admin is False
     assert t("signed_in_api", lang) in message and t("admin_disabled", lang) in message
@@ -253,7 +257,8 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     assert t("wrong_key", lang) in message and t("admin_disabled", lang) in message
 
     on = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
-    _, _, message, *_ = await TokenHandlers(on, dict).sign_in("api-key-1234567", None, lang)
+    handlers = TokenHandlers(on, lambda: with_accounts)  # type: ignore[arg-type,return-value]
+    _, _, message, *_ = await handlers.sign_in("api-key-1234567", None, lang)
     assert message == t("signed_in_api", lang)
 
 

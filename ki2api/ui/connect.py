@@ -38,6 +38,15 @@ COMMENTS: dict[str, dict[str, str]] = {
         "zh": "# Claude Code 只需要这两个变量；它自带的默认模型会映射到本服务器上\n"
         "# 同系列（opus、sonnet、haiku）中最新的模型\n",
     },
+    "codex": {
+        "en": "# Codex CLI: ~/.codex/config.toml (or $CODEX_HOME/config.toml); the Responses API.\n"
+        "# Its namespace, custom (apply_patch) and web_search tools work; other built-in\n"
+        "# tools are dropped with an x-ki2api-warning header (see docs/errors.md)\n",
+        "zh": "# Codex CLI 的配置文件：~/.codex/config.toml（或 $CODEX_HOME/config.toml），\n"
+        "# 使用 Responses 接口。它的各类工具（含 apply_patch 与联网搜索）都可用；网关无法执行的\n"
+        "# 内置工具会被忽略，并在响应头 x-ki2api-warning 中说明（见 docs/errors.md）\n",
+    },
+    "then": {"en": "then: ", "zh": "然后："},
     "editor": {
         "en": '# Continue (config.yaml). Cline: API Provider "OpenAI Compatible" (or "Anthropic"\n'
         "# with a custom base URL) and the same base URL, key and model id. Cursor: Models →\n"
@@ -90,9 +99,7 @@ def snippets(base: str, key: str, model: str, lang: str = "en") -> dict[str, str
             "claude\n"
         ),
         "codex": (
-            "# Codex CLI: ~/.codex/config.toml (or $CODEX_HOME/config.toml); the Responses API.\n"
-            "# Its namespace, custom (apply_patch) and web_search tools work; other built-in\n"
-            "# tools are dropped with an x-ki2api-warning header (see docs/errors.md)\n"
+            f"{said['codex']}"
             f'model = "{model}"\n'
             'model_provider = "ki2api"\n\n'
             "[model_providers.ki2api]\n"
@@ -100,7 +107,7 @@ def snippets(base: str, key: str, model: str, lang: str = "en") -> dict[str, str
             f'base_url = "{base}/v1"\n'
             'env_key = "KI2API_KEY"\n'
             'wire_api = "responses"\n'
-            f"# then: export KI2API_KEY={literal}; codex\n"
+            f"# {said['then']}export KI2API_KEY={literal}; codex\n"
         ),
         "opencode": (
             "{\n"
@@ -115,7 +122,7 @@ def snippets(base: str, key: str, model: str, lang: str = "en") -> dict[str, str
             "  },\n"
             f'  "model": "ki2api/{model}"\n'
             "}\n"
-            "// then: export KI2API_KEY=" + literal + "; opencode\n"
+            f"// {said['then']}export KI2API_KEY={literal}; opencode\n"
         ),
         "editor": (
             f"{said['editor']}"

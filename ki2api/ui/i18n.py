@@ -259,7 +259,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "snippet_codex": (
         "Codex CLI (coding agent): a provider in config.toml",
-        "Codex CLI（编程智能体）：在 config.toml 中添加 provider",
+        "Codex CLI（编程智能体）：在 config.toml 中添加服务提供方",
     ),
     "snippet_opencode": (
         "opencode (coding agent): opencode.json in your project",

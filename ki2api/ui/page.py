@@ -294,7 +294,7 @@ def build_page(
                     "claude_code": gr.Code(
                         language="shell", label="Claude Code", elem_id="ki-code-claude-code"
                     ),
-                    "codex": gr.Code(language=None, label="Codex", elem_id="ki-code-codex"),
+                    "codex": gr.Code(language="shell", label="Codex", elem_id="ki-code-codex"),
                     "opencode": gr.Code(
                         language="json", label="opencode", elem_id="ki-code-opencode"
                     ),
