@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -338,6 +339,25 @@ def test_a_short_retry_after_is_waited_out_exactly(
         assert clock.slept == [retry_after]  # never longer than Kiro asked
         assert [s[2] for s in sent(stack)] == [429, 200]
         next_round(stack, clock)
+
+
+def test_a_short_cooldown_is_waited_out_on_the_real_clock_and_uvloop(
+    stack_factory: StackFactory,
+) -> None:
+    """As production runs: the real clock and uvloop, whose timers may fire a moment before
+    the cooldown they wait out has ended (the request was then refused after waiting)."""
+    stack = stack_factory(uvloop=True)  # one account, the default attempts
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "insufficient_capacity")
+        started = time.monotonic()
+        r = post(stack, SONNET)
+        assert r.status_code == 200, r.text  # 0.5 s for the model, waited out, then Kiro
+        assert 0.5 <= time.monotonic() - started < 5
+        assert [s[1:] for s in sent(stack)] == [
+            ("claude-sonnet-4.5", 429),
+            ("claude-sonnet-4.5", 200),
+        ]
+        stack.state.reset_logs()
 
 
 def kiro_429_then_local_429(

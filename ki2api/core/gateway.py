@@ -442,7 +442,7 @@ class Gateway:
         if wait is None:
             raise _final_error(last, refused) from None
         if wait > 0:
-            await self.pool.sleep(wait)
+            await self.pool.wait(wait)
         tried.clear()
         try:
             return await self.pool.acquire(exclude=lacking, model=model)

@@ -404,6 +404,15 @@ class AccountPool:
                     return account
         return min(candidates, key=lambda a: a.last_used)
 
+    async def wait(self, seconds: float) -> None:
+        """Sleep until ``seconds`` have passed on the pool's clock, so that a cooldown that
+        long has ended: an event loop may wake a timer early (uvloop keeps the time in whole
+        milliseconds), and one that ends a moment too soon would still refuse the account."""
+        end = self._clock() + seconds
+        await self.sleep(seconds)
+        while (left := end - self._clock()) > 0:
+            await self.sleep(left + 0.001)
+
     def any_ready(self, labels: set[str], model: str | None) -> bool:
         """Whether one of ``labels`` could serve ``model`` now (it failed only passingly)."""
         return any(
