@@ -29,6 +29,7 @@ from ki2api.settings import Settings
 from ki2api.simulator import http_error
 from ki2api.simulator.faults import throttled
 from ki2api.ui import status
+from ki2api.ui.i18n import t
 from tests.sse_events import openai_stream_error, parse_sse
 from tests.stack import Stack, StackFactory
 
@@ -576,6 +577,10 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         assert "INSUFFICIENT_MODEL_CAPACITY" in cells["a"]
         assert cells["b"].startswith(f"{words[2]} · {words[1]} · ")
         assert "Too many requests" in cells["b"]
+        # The note says once when the account is back ("in 1 min", not "in in 1 min").
+        notes = dict(zip(table.iloc[:, 0], table[table.columns[-2]], strict=True))
+        back = t("in", lang, d=f"1 {t('unit_min', lang)}")
+        assert notes["b"] == f"{back} · Kiro is throttling (Kiro 429: Too many requests)"
     [throttle] = orjson.loads(orjson.dumps(pool.snapshot()[1].to_dict()))["cooldowns"]
     assert throttle == {
         "model": None,

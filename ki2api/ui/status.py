@@ -80,7 +80,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
         expires = countdown(account.expires_at, now, lang) if account.expires_at else "—"
         note = hide_paths(account.reason or account.last_error or "")
         if account.state == "cooling_down" and account.until is not None:
-            note = f"{t('in', lang, d=countdown(account.until, now, lang))} · {note}"
+            note = f"{countdown(account.until, now, lang)} · {note}"  # "in 5 s · why"
         rows.append(
             [
                 account.label,
