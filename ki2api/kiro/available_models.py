@@ -265,8 +265,10 @@ class AvailableModels:
         for entry in self._lists.values():
             ids = entry.kiro_ids() or frozenset()
             union += [m for m in entry.models or () if m.kiro_id in ids]
-        if any(label not in known for label in self._accounts.usable_labels()):
-            union += self.catalog.built_in()  # an account not asked yet may serve any of them
+        # An account not asked yet may serve any of them, even one cooling down meanwhile (it
+        # is back soon): else one refusal elsewhere would take a model off the gateway.
+        if any(label not in known for label in self._accounts.labels()):
+            union += self.catalog.built_in()
         self.catalog.set_available(union)
         lacking: dict[str, frozenset[str]] = {}
         for model in self.catalog.list():
