@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -590,3 +591,132 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         "until": throttle["until"],
         "seconds": 90,
     }
+
+
+# --- an account lacking the model beside one throttled ----------------------------------------
+
+
+@pytest.mark.parametrize("lacking_first", [True, False])
+@pytest.mark.parametrize("retry_after", [None, 30])
+async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404(
+    lacking_first: bool, retry_after: int | None, tmp_path: Path
+) -> None:
+    """Two accounts: one that Kiro tells (INVALID_MODEL_ID) does not offer the model, one Kiro
+    throttles. The client learns of the throttle, its only way out, not of a missing model."""
+    from ki2api.core.errors import ModelNotFound
+    from ki2api.core.gateway import Gateway
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+    from ki2api.simulator import SimulatorServer
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    lacking, throttling = ("a", "b") if lacking_first else ("b", "a")
+    request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
+    with SimulatorServer() as sim:
+        sim.state.require_known_tokens = True
+        added = {
+            "a": sim.state.add_account(access_token="tok-aaaa-0001", label="a"),
+            "b": sim.state.add_account(access_token="tok-bbbb-0002", label="b"),
+        }
+        added[lacking].models = ["claude-haiku-4.5"]  # Kiro's list changed since
+        added[throttling].fault = throttled(retry_after)
+        accounts = [
+            {"label": "a", "accessToken": "tok-aaaa-0001"},
+            {"label": "b", "accessToken": "tok-bbbb-0002"},
+        ]
+        settings = Settings(
+            kiro_api_url=sim.url + "/generateAssistantResponse",
+            kiro_accounts=json.dumps(accounts),
+            kiro_token_file=tmp_path / "none.json",
+            upstream_attempts=3,
+        )
+        async with httpx.AsyncClient() as http:
+            for _ in range(REPEAT):
+                clock = FakeClock()
+                pool = AccountPool.from_settings(
+                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
+                )
+                catalog = ModelCatalog()
+                models = AvailableModels(pool, catalog, unknown)  # lists unknown: all may try
+                gateway = Gateway(
+                    settings, KiroClient(http, settings), pool, catalog, models=models
+                )
+                for _ in range(2):  # Kiro's refusal, then the account skipped for the model
+                    with pytest.raises(UpstreamThrottled) as caught:
+                        await gateway.open(request)
+                    assert caught.value.status == 429
+                    assert "Too many requests" in caught.value.message
+                    if retry_after is not None:
+                        assert caught.value.retry_after is not None
+                        assert 0 < caught.value.retry_after <= retry_after
+                assert models.skip_for("claude-sonnet-4.5") == {lacking}
+                refused = [r.account for r in sim.state.requests if r.status == 400]
+                assert refused == [lacking]  # asked once; never again for Sonnet
+                sim.state.reset_logs()
+
+
+async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a_404(
+    tmp_path: Path,
+) -> None:
+    """a cools down after Kiro throttled a Haiku request; b, asked for Sonnet meanwhile, says
+    it does not offer it: a is the way out, so the client gets a 429 with a's wait."""
+    from ki2api.core.errors import ModelNotFound
+    from ki2api.core.gateway import Gateway, collect
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+    from ki2api.simulator import SimulatorServer
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    def ask(model: str) -> ChatRequest:
+        return ChatRequest(model, [Message("user", [TextPart("hello")])])
+
+    with SimulatorServer() as sim:
+        sim.state.require_known_tokens = True
+        a = sim.state.add_account(access_token="tok-aaaa-0001", label="a")
+        b = sim.state.add_account(access_token="tok-bbbb-0002", label="b")
+        b.models = ["claude-haiku-4.5"]
+        accounts = [
+            {"label": "a", "accessToken": "tok-aaaa-0001"},
+            {"label": "b", "accessToken": "tok-bbbb-0002"},
+        ]
+        settings = Settings(
+            kiro_api_url=sim.url + "/generateAssistantResponse",
+            kiro_accounts=json.dumps(accounts),
+            kiro_token_file=tmp_path / "none.json",
+            upstream_attempts=3,
+        )
+        async with httpx.AsyncClient() as http:
+            for _ in range(REPEAT):
+                clock = FakeClock()
+                pool = AccountPool.from_settings(
+                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
+                )
+                catalog = ModelCatalog()
+                models = AvailableModels(pool, catalog, unknown)
+                client = KiroClient(http, settings)
+                gateway = Gateway(settings, client, pool, catalog, models=models)
+                a.fault = throttled(retry_after=30)
+                assert (await collect(await gateway.open(ask(HAIKU)))).text  # a 429, then b
+                a.fault = None
+                with pytest.raises(UpstreamThrottled) as caught:
+                    await gateway.open(ask(SONNET))
+                assert caught.value.status == 429 and caught.value.retry_after == 30
+                assert "a: cooling down for 30 s" in caught.value.message
+                assert "Too many requests" in caught.value.message
+                clock.advance(30)
+                assert (await collect(await gateway.open(ask(SONNET)))).text  # a, back
+                assert [(r.account, r.status) for r in sim.state.requests] == [
+                    ("a", 429),
+                    ("b", 200),
+                    ("b", 400),
+                    ("a", 200),
+                ]
+                sim.state.reset_logs()
