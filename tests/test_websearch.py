@@ -460,3 +460,29 @@ def test_responses_failed_search_is_a_failed_web_search_call(stack):
     output = response.json()["output"]
     assert output[0]["type"] == "web_search_call" and output[0]["status"] == "failed"
     assert output[1]["content"][0]["text"] == "No luck."
+
+
+# --- a search while the only account cools down -------------------------------------------------
+
+
+def test_a_search_while_the_only_account_cools_down_is_a_429_with_retry_after(
+    factory: StackFactory,
+) -> None:
+    """Kiro throttled the only account (Retry-After 30): Claude Code's search request, asked
+    meanwhile, is answered 429 with the wait and Kiro's words, streamed or not (a streamed one
+    was cut off: the refusal came after the answer had started)."""
+    from ki2api.simulator.faults import throttled
+
+    stack = factory()
+    stack.state.fail_next(1, throttled(retry_after=30))
+    chat = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    assert post_messages(stack, chat).status_code == 429  # Kiro's 429: the account cools
+    for round_no in range(20):
+        response = post_messages(stack, claude_code_body("kumquat facts", round_no % 2 == 1))
+        assert response.status_code == 429, response.text
+        assert 0 < int(response.headers["retry-after"]) <= 30
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "rate_limit_error"
+        assert "Too many requests" in error["error"]["message"]
+    assert stack.state.searches.calls == []  # the account was left alone
+    assert len(stack.state.requests) == 1

@@ -42,7 +42,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import GatewayError, NoHealthyAccount
+from ki2api.core.errors import GatewayError, QuotaExceeded, UpstreamThrottled
 from ki2api.core.gateway import DeltaStream
 from ki2api.core.ids import hex_id
 from ki2api.core.request import (
@@ -59,6 +59,7 @@ from ki2api.kiro.websearch import SearchFailed
 
 if TYPE_CHECKING:
     from ki2api.core.gateway import Gateway
+    from ki2api.kiro.accounts import Lease
 
 log = logging.getLogger("ki2api.websearch")
 
@@ -159,6 +160,7 @@ class SearchingStream(DeltaStream):
         spec: WebSearch,
         first: DeltaStream | None,
         conversation_header: str | None,
+        lease: Lease | None = None,
     ) -> None:
         # Not DeltaStream.__init__: this stream owns no upstream answer of its own.
         self._gateway = gateway
@@ -166,6 +168,7 @@ class SearchingStream(DeltaStream):
         self._spec = spec
         self._inner = first
         self._header = conversation_header
+        self._search_lease = lease  # the first search's (a direct search takes it up front)
         self.model = first.model if first is not None else None  # type: ignore[assignment]
         self.requested_model = request.model
         self.account = first.account if first is not None else ""
@@ -188,10 +191,16 @@ class SearchingStream(DeltaStream):
 
     async def _search(self, query: str) -> tuple[SearchHit, ...]:
         gateway = self._gateway
-        try:
-            lease = await gateway.pool.acquire()
-        except NoHealthyAccount as exc:
-            raise SearchFailed(f"no Kiro account is available ({exc.message})") from None
+        lease, self._search_lease = self._search_lease, None
+        if lease is None:
+            try:
+                lease = await gateway.pool.acquire()
+            except GatewayError as exc:  # every account cooling down, out of quota, ...
+                throttled = isinstance(exc, UpstreamThrottled | QuotaExceeded)
+                raise SearchFailed(
+                    f"no Kiro account is available ({exc.message})",
+                    "too_many_requests" if throttled else "unavailable",
+                ) from None
         try:
             hits = await gateway.web_search.search(query, lease.credential)
         finally:
@@ -355,9 +364,12 @@ async def open_search(
     assert spec is not None
     if spec.direct_query is not None:
         gateway.catalog.resolve(request.model)  # an unknown model is still a 404
+        # The whole answer is one search: no account free is the answer's status (a 429 with
+        # Retry-After while the accounts cool down), not an error inside a started answer.
+        lease = await gateway.pool.acquire()
         if while_waiting is not None:
             while_waiting()
-        return SearchingStream(gateway, request, spec, None, conversation_header)
+        return SearchingStream(gateway, request, spec, None, conversation_header, lease)
     offered = replace(request, tools=[*request.tools, SEARCH_TOOL])
     first = await gateway.open(
         offered, conversation_header=conversation_header, while_waiting=while_waiting
