@@ -720,3 +720,48 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
                     ("a", 200),
                 ]
                 sim.state.reset_logs()
+
+
+async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path) -> None:
+    """a does not offer Sonnet and cools down for 10 s; b, which does, for 30 s: a Sonnet
+    request is told 30 s (b's wait), and the message says a does not offer the model."""
+    from ki2api.core.errors import AccountsCoolingDown, ModelNotFound
+    from ki2api.core.gateway import Gateway
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    accounts = [
+        {"label": "a", "accessToken": "tok-aaaa-0001"},
+        {"label": "b", "accessToken": "tok-bbbb-0002"},
+    ]
+    settings = Settings(
+        kiro_api_url="http://127.0.0.1:9/generateAssistantResponse",  # never reached
+        kiro_accounts=json.dumps(accounts),
+        kiro_token_file=tmp_path / "none.json",
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(REPEAT):
+            clock = FakeClock()
+            pool = AccountPool.from_settings(
+                settings, http, strategy="first", clock=clock, sleep=clock.sleep
+            )
+            catalog = ModelCatalog()
+            models = AvailableModels(pool, catalog, unknown)
+            models.note_missing("a", "claude-sonnet-4.5")
+            why = "Kiro is throttling this account (Kiro 429: Too many requests)"
+            for label, seconds in (("a", 10), ("b", 30)):
+                lease = await pool.acquire(exclude=frozenset({"a", "b"} - {label}))
+                lease.failed(UpstreamThrottled(why, retry_after=seconds))
+            gateway = Gateway(settings, KiroClient(http, settings), pool, catalog, models=models)
+            request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
+            with pytest.raises(AccountsCoolingDown) as caught:
+                await gateway.open(request)
+            assert caught.value.retry_after == 30
+            assert "a: does not offer claude-sonnet-4.5" in caught.value.message
+            assert "b: cooling down for 30 s" in caught.value.message
+            assert clock.slept == []

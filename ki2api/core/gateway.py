@@ -361,7 +361,7 @@ class Gateway:
             if current is None:
                 try:
                     current = await self.pool.acquire(
-                        exclude=lacking.union(tried), model=model.kiro_id
+                        exclude=frozenset(tried), model=model.kiro_id, lacking=lacking
                     )
                 except NO_ACCOUNT_NOW as refused:
                     current = await self._none_free(
@@ -448,7 +448,7 @@ class Gateway:
             await self.pool.wait(wait)
         tried.clear()
         try:
-            return await self.pool.acquire(exclude=lacking, model=model)
+            return await self.pool.acquire(model=model, lacking=lacking)
         except NO_ACCOUNT_NOW as again:
             raise _final_error(last, again) from None
 

@@ -420,21 +420,26 @@ class AccountPool:
         )
 
     async def acquire(
-        self, exclude: frozenset[str] = frozenset(), model: str | None = None
+        self,
+        exclude: frozenset[str] = frozenset(),
+        model: str | None = None,
+        lacking: frozenset[str] = frozenset(),
     ) -> Lease:
         """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
-        module's docstring for what is raised when there is none."""
+        module's docstring for what is raised when there is none. ``exclude``: accounts this
+        request tried already; ``lacking``: accounts that do not offer the model (their state
+        says nothing about when it can be served)."""
         self._adopt_default_file()
         if not self._accounts:
             # Clients and the page's visitors see this: the file's name, not where it is.
             where = f"…/{self._settings.kiro_token_file.name}"
             raise NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
         self._revive_from_files()
-        skip = set(exclude)
+        skip = set(exclude) | lacking
         while True:
             account = self._choose(skip, model)
             if account is None:
-                raise self._no_account(exclude, model)
+                raise self._no_account(exclude, model, lacking)
             account.last_used = self._clock()  # before any await: spreads concurrent requests
             try:
                 credential = await account.ensure_fresh()
@@ -445,7 +450,9 @@ class AccountPool:
             account.requests += 1
             return Lease(account, self, credential, model)
 
-    def _no_account(self, exclude: frozenset[str], model: str | None) -> GatewayError:
+    def _no_account(
+        self, exclude: frozenset[str], model: str | None, lacking: frozenset[str] = frozenset()
+    ) -> GatewayError:
         """Why no account can serve ``model`` now, told by the way out that comes first: an
         account or model cooling down after Kiro's throttles (429, with the shortest wait and
         what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
@@ -453,6 +460,9 @@ class AccountPool:
         blocked: list[tuple[Account, Cooldown]] = []
         parts = []
         for account in self._accounts.values():
+            if account.label in lacking:
+                parts.append(f"{account.label}: does not offer {model}")
+                continue
             cooldown = account.blocking(model)
             if cooldown is not None:
                 blocked.append((account, cooldown))
