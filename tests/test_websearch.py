@@ -486,3 +486,25 @@ def test_a_search_while_the_only_account_cools_down_is_a_429_with_retry_after(
         assert "Too many requests" in error["error"]["message"]
     assert stack.state.searches.calls == []  # the account was left alone
     assert len(stack.state.requests) == 1
+
+
+def test_a_search_between_two_throttles_does_not_end_their_row(factory: StackFactory) -> None:
+    """Kiro's search endpoint says nothing about the account's chat rate: two chat 429s with
+    a search between them are still two in a row, and the second cools the account."""
+    from ki2api.simulator.faults import throttled
+
+    admin = "websearch-admin-key-0123"
+    stack = factory(upstream_attempts=1, admin_key=admin)
+    chat = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(20):
+        stack.state.searches.enqueue(RESULTS)
+        stack.state.fail_next(1, throttled())
+        assert post_messages(stack, chat).status_code == 429
+        assert post_messages(stack, claude_code_body("kumquat", False)).status_code == 200
+        stack.state.fail_next(1, throttled())
+        assert post_messages(stack, chat).status_code == 429
+        rows = httpx.get(
+            stack.url + "/admin/accounts", headers={"authorization": f"Bearer {admin}"}
+        ).json()["data"]
+        assert [(r["state"], r["cause"]) for r in rows] == [("cooling_down", "rate_limit")]
+        stack.runtime.pool._accounts["env"].enable()  # the next round starts afresh

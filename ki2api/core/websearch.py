@@ -201,10 +201,9 @@ class SearchingStream(DeltaStream):
                     f"no Kiro account is available ({exc.message})",
                     "too_many_requests" if throttled else "unavailable",
                 ) from None
-        try:
-            hits = await gateway.web_search.search(query, lease.credential)
-        finally:
-            lease.succeeded()  # a failed search says nothing about the account's chat health
+        # The lease is left unsettled: Kiro's search endpoint, failing or not, says nothing about
+        # the account's chat health (a success would end a row of chat throttles).
+        hits = await gateway.web_search.search(query, lease.credential)
         return filter_hits(hits, self._spec)
 
     async def _one(self, call_id: str, query: str, allowed: bool) -> tuple[ServerToolResult, str]:
