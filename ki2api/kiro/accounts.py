@@ -1,7 +1,7 @@
 """The account pool: which account serves a request, and what a failure does to that account.
 
     pool = AccountPool.from_settings(settings, http)
-    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5")
+    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
     lease.succeeded() / lease.failed(error)
 
