@@ -765,3 +765,26 @@ async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path
             assert "a: does not offer claude-sonnet-4.5" in caught.value.message
             assert "b: cooling down for 30 s" in caught.value.message
             assert clock.slept == []
+
+
+async def test_a_refusal_names_a_missing_login_file_without_its_folder(tmp_path: Path) -> None:
+    """Clients and the page's visitors read the refusal: it lists each account's state, but a
+    login file by its name only, never where it lies on the server."""
+    from ki2api.core.errors import AccountsCoolingDown, NoHealthyAccount
+
+    missing = tmp_path / "secret-folder" / "kiro-auth-token.json"
+    env = {"KIRO_ACCESS_TOKEN": "tok-env-0001", "KIRO_TOKEN_FILE": str(missing)}
+    settings = Settings.from_env(env)
+    async with httpx.AsyncClient() as http:
+        clock = FakeClock()
+        pool = AccountPool.from_settings(settings, http, clock=clock, sleep=clock.sleep)
+        throttle = UpstreamThrottled("Kiro is throttling (Kiro 429)", retry_after=30)
+        (await pool.acquire(model="claude-sonnet-4.5")).failed(throttle)
+        with pytest.raises(AccountsCoolingDown) as throttled_refusal:
+            await pool.acquire(model="claude-sonnet-4.5")
+        clock.advance(3600)
+        with pytest.raises(NoHealthyAccount) as refusal:
+            await pool.acquire(exclude=frozenset({"env"}), model="claude-sonnet-4.5")
+    for message in (throttled_refusal.value.message, refusal.value.message):
+        assert "…/kiro-auth-token.json" in message
+        assert "secret-folder" not in message and str(tmp_path) not in message

@@ -58,6 +58,7 @@ from ki2api.core.errors import (
     UpstreamAuthFailed,
     UpstreamThrottled,
 )
+from ki2api.core.logsafe import hide_paths
 from ki2api.kiro.account import CAUSE_TEXT, Account, AccountStatus, Clock, Cooldown, Refresher
 from ki2api.kiro.credentials import (
     LABEL_PATTERN,
@@ -471,7 +472,7 @@ class AccountPool:
                 parts.append(f"{account.label}: already tried")
             else:
                 parts.append(f"{account.label}: {account.status().description}")
-        listing = "; ".join(parts) + "."
+        listing = hide_paths("; ".join(parts) + ".")  # clients see a login file's name only
         first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
         retry_after = max(0.0, first.until - now) if first is not None else None
         if first is not None and first.cause in ("rate_limit", "capacity"):
