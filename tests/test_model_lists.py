@@ -259,6 +259,19 @@ def test_an_account_cooling_down_with_no_list_yet_still_counts_for_every_model()
     assert {m.id for m in catalog.list()} == {m.id for m in ModelCatalog().list()}
 
 
+async def test_a_failed_list_call_keeps_what_kiro_refused() -> None:
+    """x refused Sonnet (INVALID_MODEL_ID); its list call then fails: x stays skipped for
+    Sonnet (else the next Sonnet request would be sent to x and refused again)."""
+
+    async def down(credential: Credential) -> list[ModelInfo]:
+        raise UpstreamUnavailable("down")
+
+    models = AvailableModels(FakeAccounts(["x", "y"]), ModelCatalog(), down)
+    models.note_missing("x", "claude-sonnet-4.5")
+    await models.refresh(force=True)
+    assert models.skip_for("claude-sonnet-4.5") == {"x"}
+
+
 async def never_asked(credential: Credential) -> list[ModelInfo]:
     raise AssertionError("the list is not asked in this test")
 

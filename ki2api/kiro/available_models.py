@@ -246,10 +246,12 @@ class AvailableModels:
             why = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
             log.info("model list of account %s not available: %s", label, why)
             keep = previous.models if previous is not None else None
-            self._lists[label] = AccountModels(label, keep, self._clock(), why)
+            # What Kiro refused for the account stays known until a list says otherwise.
+            missing = previous.missing if previous is not None else frozenset()
+            self._lists[label] = AccountModels(label, keep, self._clock(), why, missing)
             if keep is not None:  # keep the old list, ask again sooner
                 self._lists[label] = AccountModels(
-                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why
+                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why, missing
                 )
             return
         self._lists[label] = AccountModels(label, tuple(rows), self._clock())
