@@ -17,7 +17,10 @@ from ki2api.server import http_protocol
 
 
 class ServerThread:
-    def __init__(self, app: Any, host: str = "127.0.0.1", *, http: Any = None) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", *, http: Any = None, uvloop: bool = False
+    ) -> None:
+        """``uvloop``: run on uvloop, as production does (its timers keep a coarser time)."""
         config = uvicorn.Config(
             app,
             host=host,
@@ -32,8 +35,15 @@ class ServerThread:
         self._thread = threading.Thread(target=self._run, daemon=True, name="uvicorn-test")
         self.host = host
         self.port = 0
+        self._uvloop = uvloop
 
     def _run(self) -> None:
+        if self._uvloop:
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(self.server.serve())
+            return
         asyncio.run(self.server.serve())
 
     @property

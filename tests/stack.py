@@ -69,13 +69,15 @@ class StackFactory:
         with_ui: bool = False,
         state: SimulatorState | None = None,
         pool: Callable[[Settings], AccountPool] | None = None,
+        uvloop: bool = False,
         **overrides: Any,
     ) -> Stack:
-        """``pool`` builds the account pool from the settings (e.g. on a fake clock)."""
+        """``pool`` builds the account pool from the settings (e.g. on a fake clock);
+        ``uvloop`` runs the gateway on the event loop production uses."""
         sim = SimulatorServer(state=state).start()
         settings = Settings.from_env(stack_env(sim.url, **dict(env or {})), **overrides)
         app = create_app(settings, with_ui=with_ui, pool=pool(settings) if pool else None)
-        server = ServerThread(app).start()
+        server = ServerThread(app, uvloop=uvloop).start()
         stack = Stack(sim=sim, server=server, settings=settings, app=app)
         self._started.append(stack)
         return stack

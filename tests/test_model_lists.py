@@ -247,6 +247,35 @@ async def test_no_list_known_means_the_built_in_table() -> None:
     await models.aclose()
 
 
+def test_an_account_cooling_down_with_no_list_yet_still_counts_for_every_model() -> None:
+    """y refused Sonnet (INVALID_MODEL_ID) while x, whose list is not known yet, cools down:
+    Sonnet stays on offer (x is back soon and may serve it) and only y is skipped for it."""
+    accounts = FakeAccounts(["x", "y"], usable=["y"])
+    catalog = ModelCatalog()
+    models = AvailableModels(accounts, catalog, never_asked)
+    models.note_missing("y", "claude-sonnet-4.5")
+    assert models.skip_for("claude-sonnet-4.5") == {"y"}
+    assert catalog.resolve("claude-sonnet-4-5").kiro_id == "claude-sonnet-4.5"
+    assert {m.id for m in catalog.list()} == {m.id for m in ModelCatalog().list()}
+
+
+async def test_a_failed_list_call_keeps_what_kiro_refused() -> None:
+    """x refused Sonnet (INVALID_MODEL_ID); its list call then fails: x stays skipped for
+    Sonnet (else the next Sonnet request would be sent to x and refused again)."""
+
+    async def down(credential: Credential) -> list[ModelInfo]:
+        raise UpstreamUnavailable("down")
+
+    models = AvailableModels(FakeAccounts(["x", "y"]), ModelCatalog(), down)
+    models.note_missing("x", "claude-sonnet-4.5")
+    await models.refresh(force=True)
+    assert models.skip_for("claude-sonnet-4.5") == {"x"}
+
+
+async def never_asked(credential: Credential) -> list[ModelInfo]:
+    raise AssertionError("the list is not asked in this test")
+
+
 def test_admin_edits_the_alias_table(stack_factory: StackFactory) -> None:
     stack = stack_factory(
         {"MODEL_ALIASES": '{"gpt-4o": "claude-sonnet-4-6"}', "ADMIN_KEY": "admin-key-0123456789"}

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -28,6 +30,7 @@ from ki2api.settings import Settings
 from ki2api.simulator import http_error
 from ki2api.simulator.faults import throttled
 from ki2api.ui import status
+from ki2api.ui.i18n import t
 from tests.sse_events import openai_stream_error, parse_sse
 from tests.stack import Stack, StackFactory
 
@@ -340,6 +343,25 @@ def test_a_short_retry_after_is_waited_out_exactly(
         next_round(stack, clock)
 
 
+def test_a_short_cooldown_is_waited_out_on_the_real_clock_and_uvloop(
+    stack_factory: StackFactory,
+) -> None:
+    """As production runs: the real clock and uvloop, whose timers may fire a moment before
+    the cooldown they wait out has ended (the request was then refused after waiting)."""
+    stack = stack_factory(uvloop=True)  # one account, the default attempts
+    for _ in range(REPEAT):
+        stack.state.fail_next(1, "insufficient_capacity")
+        started = time.monotonic()
+        r = post(stack, SONNET)
+        assert r.status_code == 200, r.text  # 0.5 s for the model, waited out, then Kiro
+        assert 0.5 <= time.monotonic() - started < 5
+        assert [s[1:] for s in sent(stack)] == [
+            ("claude-sonnet-4.5", 429),
+            ("claude-sonnet-4.5", 200),
+        ]
+        stack.state.reset_logs()
+
+
 def kiro_429_then_local_429(
     stack: Stack, clock: FakeClock, call: Callable[[], Any], local: Callable[[], Any]
 ) -> None:
@@ -556,6 +578,10 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         assert "INSUFFICIENT_MODEL_CAPACITY" in cells["a"]
         assert cells["b"].startswith(f"{words[2]} · {words[1]} · ")
         assert "Too many requests" in cells["b"]
+        # The note says once when the account is back ("in 1 min", not "in in 1 min").
+        notes = dict(zip(table.iloc[:, 0], table[table.columns[-2]], strict=True))
+        back = t("in", lang, d=f"1 {t('unit_min', lang)}")
+        assert notes["b"] == f"{back} · Kiro is throttling (Kiro 429: Too many requests)"
     [throttle] = orjson.loads(orjson.dumps(pool.snapshot()[1].to_dict()))["cooldowns"]
     assert throttle == {
         "model": None,
@@ -607,3 +633,200 @@ def test_an_account_lacking_the_model_does_not_answer_for_its_cooldown(
         assert clock.slept == []
         clock.advance(7200)  # past b's Sonnet cooldown (and a's quota) for the next round
         next_round(stack, clock)
+
+
+# --- an account lacking the model beside one throttled ----------------------------------------
+
+
+@pytest.mark.parametrize("lacking_first", [True, False])
+@pytest.mark.parametrize("retry_after", [None, 30])
+async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404(
+    lacking_first: bool, retry_after: int | None, tmp_path: Path
+) -> None:
+    """Two accounts: one that Kiro tells (INVALID_MODEL_ID) does not offer the model, one Kiro
+    throttles. The client learns of the throttle, its only way out, not of a missing model."""
+    from ki2api.core.errors import ModelNotFound
+    from ki2api.core.gateway import Gateway
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+    from ki2api.simulator import SimulatorServer
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    lacking, throttling = ("a", "b") if lacking_first else ("b", "a")
+    request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
+    with SimulatorServer() as sim:
+        sim.state.require_known_tokens = True
+        added = {
+            "a": sim.state.add_account(access_token="tok-aaaa-0001", label="a"),
+            "b": sim.state.add_account(access_token="tok-bbbb-0002", label="b"),
+        }
+        added[lacking].models = ["claude-haiku-4.5"]  # Kiro's list changed since
+        added[throttling].fault = throttled(retry_after)
+        accounts = [
+            {"label": "a", "accessToken": "tok-aaaa-0001"},
+            {"label": "b", "accessToken": "tok-bbbb-0002"},
+        ]
+        settings = Settings(
+            kiro_api_url=sim.url + "/generateAssistantResponse",
+            kiro_accounts=json.dumps(accounts),
+            kiro_token_file=tmp_path / "none.json",
+            upstream_attempts=3,
+        )
+        async with httpx.AsyncClient() as http:
+            for _ in range(REPEAT):
+                clock = FakeClock()
+                pool = AccountPool.from_settings(
+                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
+                )
+                catalog = ModelCatalog()
+                models = AvailableModels(pool, catalog, unknown)  # lists unknown: all may try
+                gateway = Gateway(
+                    settings, KiroClient(http, settings), pool, catalog, models=models
+                )
+                for _ in range(2):  # Kiro's refusal, then the account skipped for the model
+                    with pytest.raises(UpstreamThrottled) as caught:
+                        await gateway.open(request)
+                    assert caught.value.status == 429
+                    assert "Too many requests" in caught.value.message
+                    if retry_after is not None:
+                        assert caught.value.retry_after is not None
+                        assert 0 < caught.value.retry_after <= retry_after
+                assert models.skip_for("claude-sonnet-4.5") == {lacking}
+                refused = [r.account for r in sim.state.requests if r.status == 400]
+                assert refused == [lacking]  # asked once; never again for Sonnet
+                sim.state.reset_logs()
+
+
+async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a_404(
+    tmp_path: Path,
+) -> None:
+    """a cools down after Kiro throttled a Haiku request; b, asked for Sonnet meanwhile, says
+    it does not offer it: a is the way out, so the client gets a 429 with a's wait."""
+    from ki2api.core.errors import ModelNotFound
+    from ki2api.core.gateway import Gateway, collect
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+    from ki2api.simulator import SimulatorServer
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    def ask(model: str) -> ChatRequest:
+        return ChatRequest(model, [Message("user", [TextPart("hello")])])
+
+    with SimulatorServer() as sim:
+        sim.state.require_known_tokens = True
+        a = sim.state.add_account(access_token="tok-aaaa-0001", label="a")
+        b = sim.state.add_account(access_token="tok-bbbb-0002", label="b")
+        b.models = ["claude-haiku-4.5"]
+        accounts = [
+            {"label": "a", "accessToken": "tok-aaaa-0001"},
+            {"label": "b", "accessToken": "tok-bbbb-0002"},
+        ]
+        settings = Settings(
+            kiro_api_url=sim.url + "/generateAssistantResponse",
+            kiro_accounts=json.dumps(accounts),
+            kiro_token_file=tmp_path / "none.json",
+            upstream_attempts=3,
+        )
+        async with httpx.AsyncClient() as http:
+            for _ in range(REPEAT):
+                clock = FakeClock()
+                pool = AccountPool.from_settings(
+                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
+                )
+                catalog = ModelCatalog()
+                models = AvailableModels(pool, catalog, unknown)
+                client = KiroClient(http, settings)
+                gateway = Gateway(settings, client, pool, catalog, models=models)
+                a.fault = throttled(retry_after=30)
+                assert (await collect(await gateway.open(ask(HAIKU)))).text  # a 429, then b
+                a.fault = None
+                with pytest.raises(UpstreamThrottled) as caught:
+                    await gateway.open(ask(SONNET))
+                assert caught.value.status == 429 and caught.value.retry_after == 30
+                assert "a: cooling down for 30 s" in caught.value.message
+                assert "Too many requests" in caught.value.message
+                clock.advance(30)
+                assert (await collect(await gateway.open(ask(SONNET)))).text  # a, back
+                assert [(r.account, r.status) for r in sim.state.requests] == [
+                    ("a", 429),
+                    ("b", 200),
+                    ("b", 400),
+                    ("a", 200),
+                ]
+                sim.state.reset_logs()
+
+
+async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path) -> None:
+    """a does not offer Sonnet and cools down for 10 s; b, which does, for 30 s: a Sonnet
+    request is told 30 s (b's wait), and the message says a does not offer the model."""
+    from ki2api.core.errors import AccountsCoolingDown, ModelNotFound
+    from ki2api.core.gateway import Gateway
+    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+
+    async def unknown(credential: object) -> list[Any]:
+        raise ModelNotFound("lists are not asked in this test")
+
+    accounts = [
+        {"label": "a", "accessToken": "tok-aaaa-0001"},
+        {"label": "b", "accessToken": "tok-bbbb-0002"},
+    ]
+    settings = Settings(
+        kiro_api_url="http://127.0.0.1:9/generateAssistantResponse",  # never reached
+        kiro_accounts=json.dumps(accounts),
+        kiro_token_file=tmp_path / "none.json",
+    )
+    async with httpx.AsyncClient() as http:
+        for _ in range(REPEAT):
+            clock = FakeClock()
+            pool = AccountPool.from_settings(
+                settings, http, strategy="first", clock=clock, sleep=clock.sleep
+            )
+            catalog = ModelCatalog()
+            models = AvailableModels(pool, catalog, unknown)
+            models.note_missing("a", "claude-sonnet-4.5")
+            why = "Kiro is throttling this account (Kiro 429: Too many requests)"
+            for label, seconds in (("a", 10), ("b", 30)):
+                lease = await pool.acquire(exclude=frozenset({"a", "b"} - {label}))
+                lease.failed(UpstreamThrottled(why, retry_after=seconds))
+            gateway = Gateway(settings, KiroClient(http, settings), pool, catalog, models=models)
+            request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
+            with pytest.raises(AccountsCoolingDown) as caught:
+                await gateway.open(request)
+            assert caught.value.retry_after == 30
+            assert "a: does not offer claude-sonnet-4.5" in caught.value.message
+            assert "b: cooling down for 30 s" in caught.value.message
+            assert clock.slept == []
+
+
+async def test_a_refusal_names_a_missing_login_file_without_its_folder(tmp_path: Path) -> None:
+    """Clients and the page's visitors read the refusal: it lists each account's state, but a
+    login file by its name only, never where it lies on the server."""
+    from ki2api.core.errors import AccountsCoolingDown, NoHealthyAccount
+
+    missing = tmp_path / "secret-folder" / "kiro-auth-token.json"
+    env = {"KIRO_ACCESS_TOKEN": "tok-env-0001", "KIRO_TOKEN_FILE": str(missing)}
+    settings = Settings.from_env(env)
+    async with httpx.AsyncClient() as http:
+        clock = FakeClock()
+        pool = AccountPool.from_settings(settings, http, clock=clock, sleep=clock.sleep)
+        throttle = UpstreamThrottled("Kiro is throttling (Kiro 429)", retry_after=30)
+        (await pool.acquire(model="claude-sonnet-4.5")).failed(throttle)
+        with pytest.raises(AccountsCoolingDown) as throttled_refusal:
+            await pool.acquire(model="claude-sonnet-4.5")
+        clock.advance(3600)
+        with pytest.raises(NoHealthyAccount) as refusal:
+            await pool.acquire(exclude=frozenset({"env"}), model="claude-sonnet-4.5")
+    for message in (throttled_refusal.value.message, refusal.value.message):
+        assert "…/kiro-auth-token.json" in message
+        assert "secret-folder" not in message and str(tmp_path) not in message

@@ -582,3 +582,51 @@ def test_a_publication_date_no_datetime_can_hold_has_no_page_age(published_ms: i
     hit = SearchHit("t", "https://example.com/", "s", published_ms=published_ms)
     block = result_block(ServerToolResult("srvtoolu_1", hits=(hit,)))
     assert block["content"][0]["page_age"] is None
+
+
+# --- a search while the only account cools down -------------------------------------------------
+
+
+def test_a_search_while_the_only_account_cools_down_is_a_429_with_retry_after(
+    factory: StackFactory,
+) -> None:
+    """Kiro throttled the only account (Retry-After 30): Claude Code's search request, asked
+    meanwhile, is answered 429 with the wait and Kiro's words, streamed or not (a streamed one
+    was cut off: the refusal came after the answer had started)."""
+    from ki2api.simulator.faults import throttled
+
+    stack = factory()
+    stack.state.fail_next(1, throttled(retry_after=30))
+    chat = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    assert post_messages(stack, chat).status_code == 429  # Kiro's 429: the account cools
+    for round_no in range(20):
+        response = post_messages(stack, claude_code_body("kumquat facts", round_no % 2 == 1))
+        assert response.status_code == 429, response.text
+        assert 0 < int(response.headers["retry-after"]) <= 30
+        error = response.json()
+        assert error["type"] == "error" and error["error"]["type"] == "rate_limit_error"
+        assert "Too many requests" in error["error"]["message"]
+    assert stack.state.searches.calls == []  # the account was left alone
+    assert len(stack.state.requests) == 1
+
+
+def test_a_search_between_two_throttles_does_not_end_their_row(factory: StackFactory) -> None:
+    """Kiro's search endpoint says nothing about the account's chat rate: two chat 429s with
+    a search between them are still two in a row, and the second cools the account."""
+    from ki2api.simulator.faults import throttled
+
+    admin = "websearch-admin-key-0123"
+    stack = factory(upstream_attempts=1, admin_key=admin)
+    chat = {"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+    for _ in range(20):
+        stack.state.searches.enqueue(RESULTS)
+        stack.state.fail_next(1, throttled())
+        assert post_messages(stack, chat).status_code == 429
+        assert post_messages(stack, claude_code_body("kumquat", False)).status_code == 200
+        stack.state.fail_next(1, throttled())
+        assert post_messages(stack, chat).status_code == 429
+        rows = httpx.get(
+            stack.url + "/admin/accounts", headers={"authorization": f"Bearer {admin}"}
+        ).json()["data"]
+        assert [(r["state"], r["cause"]) for r in rows] == [("cooling_down", "rate_limit")]
+        stack.runtime.pool._accounts["env"].enable()  # the next round starts afresh

@@ -385,8 +385,11 @@ class Gateway:
                 if lease is not None or self.models is None:
                     raise
                 self.models.note_missing(current.credential.label, model.kiro_id)
-                tried.add(current.credential.label)
-                last = exc
+                # Skipped for the rest of this request too (a retry after a throttle elsewhere
+                # must not ask it again), and never the answer while another account's failure
+                # (a throttle, a quota) tells the client more.
+                lacking = lacking | {current.credential.label}
+                last = last or exc
                 continue
             except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
                 current.failed(exc)
@@ -442,7 +445,7 @@ class Gateway:
         if wait is None:
             raise _final_error(last, refused) from None
         if wait > 0:
-            await self.pool.sleep(wait)
+            await self.pool.wait(wait)
         tried.clear()
         try:
             return await self.pool.acquire(model=model, lacking=lacking)
@@ -505,6 +508,8 @@ def _final_error(last: GatewayError | None, refused: GatewayError) -> GatewayErr
     Retry-After), else the pool's refusal, which names what Kiro said to each account."""
     if last is None:
         return refused
+    if isinstance(last, ModelNotFound) and isinstance(refused, AccountsCoolingDown | QuotaExceeded):
+        return refused  # that account lacks the model; another may serve it once it is back
     if isinstance(last, UpstreamThrottled) and isinstance(refused, AccountsCoolingDown):
         last.retry_after = refused.retry_after  # when the first account is back, not the last
         return last

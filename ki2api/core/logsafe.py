@@ -9,6 +9,8 @@ literal, and bounds the length.
 
 from __future__ import annotations
 
+import re
+
 MAX_LOGGED_CHARS = 512
 
 
@@ -32,3 +34,21 @@ def _escape(ch: str) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+# A file path in a note (a login file that is missing or unreadable): "/...", "~/...", "C:\\...".
+# Not after a letter, "/" or ":", so "and/or" and URLs are left alone.
+_PATH = re.compile(r"(?<![\w/:.])(?:~?/|[A-Za-z]:[\\/])[^\s'\"()]*")
+
+
+def hide_paths(text: str) -> str:
+    """Clients and the page's visitors see the state of an account, never where its files are
+    on the server: a path becomes its file name."""
+
+    def name_only(match: re.Match[str]) -> str:
+        path = match.group(0)
+        tail = path.rstrip(".,;")
+        name = re.split(r"[\\/]", tail.rstrip("/\\"))[-1]
+        return f"…/{name}{path[len(tail) :]}" if name else "…"
+
+    return _PATH.sub(name_only, text)

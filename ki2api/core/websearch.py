@@ -42,7 +42,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import GatewayError
+from ki2api.core.errors import GatewayError, QuotaExceeded, UpstreamThrottled
 from ki2api.core.gateway import DeltaStream
 from ki2api.core.ids import hex_id
 from ki2api.core.request import (
@@ -55,11 +55,11 @@ from ki2api.core.request import (
     WebSearch,
 )
 from ki2api.core.tokens import estimate_tokens
-from ki2api.kiro.accounts import NO_ACCOUNT_NOW
 from ki2api.kiro.websearch import SearchFailed
 
 if TYPE_CHECKING:
     from ki2api.core.gateway import Gateway
+    from ki2api.kiro.accounts import Lease
 
 log = logging.getLogger("ki2api.websearch")
 
@@ -160,6 +160,7 @@ class SearchingStream(DeltaStream):
         spec: WebSearch,
         first: DeltaStream | None,
         conversation_header: str | None,
+        lease: Lease | None = None,
     ) -> None:
         # Not DeltaStream.__init__: this stream owns no upstream answer of its own.
         self._gateway = gateway
@@ -167,6 +168,7 @@ class SearchingStream(DeltaStream):
         self._spec = spec
         self._inner = first
         self._header = conversation_header
+        self._search_lease = lease  # the first search's (a direct search takes it up front)
         self.model = first.model if first is not None else None  # type: ignore[assignment]
         self.requested_model = request.model
         self.account = first.account if first is not None else ""
@@ -189,14 +191,19 @@ class SearchingStream(DeltaStream):
 
     async def _search(self, query: str) -> tuple[SearchHit, ...]:
         gateway = self._gateway
-        try:
-            lease = await gateway.pool.acquire()
-        except NO_ACCOUNT_NOW as exc:  # cooling down, out of quota or unhealthy: all alike here
-            raise SearchFailed(f"no Kiro account is available ({exc.message})") from None
-        try:
-            hits = await gateway.web_search.search(query, lease.credential)
-        finally:
-            lease.succeeded()  # a failed search says nothing about the account's chat health
+        lease, self._search_lease = self._search_lease, None
+        if lease is None:
+            try:
+                lease = await gateway.pool.acquire()
+            except GatewayError as exc:  # every account cooling down, out of quota, ...
+                throttled = isinstance(exc, UpstreamThrottled | QuotaExceeded)
+                raise SearchFailed(
+                    f"no Kiro account is available ({exc.message})",
+                    "too_many_requests" if throttled else "unavailable",
+                ) from None
+        # The lease is left unsettled: Kiro's search endpoint, failing or not, says nothing about
+        # the account's chat health (a success would end a row of chat throttles).
+        hits = await gateway.web_search.search(query, lease.credential)
         return filter_hits(hits, self._spec)
 
     async def _one(self, call_id: str, query: str, allowed: bool) -> tuple[ServerToolResult, str]:
@@ -356,9 +363,12 @@ async def open_search(
     assert spec is not None
     if spec.direct_query is not None:
         gateway.catalog.resolve(request.model)  # an unknown model is still a 404
+        # The whole answer is one search: no account free is the answer's status (a 429 with
+        # Retry-After while the accounts cool down), not an error inside a started answer.
+        lease = await gateway.pool.acquire()
         if while_waiting is not None:
             while_waiting()
-        return SearchingStream(gateway, request, spec, None, conversation_header)
+        return SearchingStream(gateway, request, spec, None, conversation_header, lease)
     offered = replace(request, tools=[*request.tools, SEARCH_TOOL])
     first = await gateway.open(
         offered, conversation_header=conversation_header, while_waiting=while_waiting

@@ -58,6 +58,7 @@ from ki2api.core.errors import (
     UpstreamAuthFailed,
     UpstreamThrottled,
 )
+from ki2api.core.logsafe import hide_paths
 from ki2api.kiro.account import CAUSE_TEXT, Account, AccountStatus, Clock, Cooldown, Refresher
 from ki2api.kiro.credentials import (
     LABEL_PATTERN,
@@ -410,6 +411,15 @@ class AccountPool:
                     return account
         return min(candidates, key=lambda a: a.last_used)
 
+    async def wait(self, seconds: float) -> None:
+        """Sleep until ``seconds`` have passed on the pool's clock, so that a cooldown that
+        long has ended: an event loop may wake a timer early (uvloop keeps the time in whole
+        milliseconds), and one that ends a moment too soon would still refuse the account."""
+        end = self._clock() + seconds
+        await self.sleep(seconds)
+        while (left := end - self._clock()) > 0:
+            await self.sleep(left + 0.001)
+
     def any_ready(self, labels: set[str], model: str | None) -> bool:
         """Whether one of ``labels`` could serve ``model`` now (it failed only passingly)."""
         return any(
@@ -423,9 +433,9 @@ class AccountPool:
         lacking: frozenset[str] = frozenset(),
     ) -> Lease:
         """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
-        module's docstring for what is raised when there is none. ``exclude``: accounts already
-        tried; ``lacking``: accounts that do not offer ``model`` (their cooldowns say nothing
-        about when it can be served)."""
+        module's docstring for what is raised when there is none. ``exclude``: accounts this
+        request tried already; ``lacking``: accounts that do not offer the model (their state
+        says nothing about when it can be served)."""
         self._adopt_default_file()
         if not self._accounts:
             raise self.not_configured()
@@ -446,7 +456,7 @@ class AccountPool:
             return Lease(account, self, credential, model)
 
     def _no_account(
-        self, exclude: frozenset[str], model: str | None, lacking: frozenset[str]
+        self, exclude: frozenset[str], model: str | None, lacking: frozenset[str] = frozenset()
     ) -> GatewayError:
         """Why no account can serve ``model`` now, told by the way out that comes first: an
         account or model cooling down after Kiro's throttles (429, with the shortest wait and
@@ -466,7 +476,7 @@ class AccountPool:
                 parts.append(f"{account.label}: already tried")
             else:
                 parts.append(f"{account.label}: {account.status().description}")
-        listing = "; ".join(parts) + "."
+        listing = hide_paths("; ".join(parts) + ".")  # clients see a login file's name only
         first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
         retry_after = max(0.0, first.until - now) if first is not None else None
         if first is not None and first.cause in ("rate_limit", "capacity"):

@@ -246,10 +246,12 @@ class AvailableModels:
             why = exc.message if isinstance(exc, GatewayError) else type(exc).__name__
             log.info("model list of account %s not available: %s", label, why)
             keep = previous.models if previous is not None else None
-            self._lists[label] = AccountModels(label, keep, self._clock(), why)
+            # What Kiro refused for the account stays known until a list says otherwise.
+            missing = previous.missing if previous is not None else frozenset()
+            self._lists[label] = AccountModels(label, keep, self._clock(), why, missing)
             if keep is not None:  # keep the old list, ask again sooner
                 self._lists[label] = AccountModels(
-                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why
+                    label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why, missing
                 )
             return
         self._lists[label] = AccountModels(label, tuple(rows), self._clock())
@@ -265,8 +267,10 @@ class AvailableModels:
         for entry in self._lists.values():
             ids = entry.kiro_ids() or frozenset()
             union += [m for m in entry.models or () if m.kiro_id in ids]
-        if any(label not in known for label in self._accounts.usable_labels()):
-            union += self.catalog.built_in()  # an account not asked yet may serve any of them
+        # An account not asked yet may serve any of them, even one cooling down meanwhile (it
+        # is back soon): else one refusal elsewhere would take a model off the gateway.
+        if any(label not in known for label in self._accounts.labels()):
+            union += self.catalog.built_in()
         self.catalog.set_available(union)
         lacking: dict[str, frozenset[str]] = {}
         for model in self.catalog.list():

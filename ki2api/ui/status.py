@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from ki2api.core.logsafe import hide_paths
 from ki2api.kiro.account import CooldownStatus
 from ki2api.ui.i18n import STRINGS, t
 
@@ -19,24 +19,6 @@ WINDOW = 900.0  # the last 15 minutes
 PLOT_POINTS = 1000  # requests; a scatter plot stays readable
 
 STATE_ICONS = {"healthy": "🟢", "cooling_down": "🟡", "needs_login": "🔴", "disabled": "⚫"}
-
-
-# A file path in a note (a login file that is missing or unreadable): "/...", "~/...", "C:\\...".
-# Not after a letter, "/" or ":", so "and/or" and URLs are left alone.
-_PATH = re.compile(r"(?<![\w/:.])(?:~?/|[A-Za-z]:[\\/])[^\s'\"()]*")
-
-
-def hide_paths(text: str) -> str:
-    """Visitors see the state of an account, never where its files are on the server: a path
-    becomes its file name."""
-
-    def name_only(match: re.Match[str]) -> str:
-        path = match.group(0)
-        tail = path.rstrip(".,;")
-        name = re.split(r"[\\/]", tail.rstrip("/\\"))[-1]
-        return f"…/{name}{path[len(tail) :]}" if name else "…"
-
-    return _PATH.sub(name_only, text)
 
 
 def state_name(state: str, lang: str) -> str:
@@ -80,7 +62,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
         expires = countdown(account.expires_at, now, lang) if account.expires_at else "—"
         note = quoted(hide_paths(account.reason or account.last_error or ""))
         if account.state == "cooling_down" and account.until is not None:
-            note = f"{t('in', lang, d=countdown(account.until, now, lang))} · {note}"
+            note = f"{countdown(account.until, now, lang)} · {note}"  # "in 5 s · why"
         rows.append(
             [
                 account.label,
