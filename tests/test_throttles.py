@@ -581,7 +581,8 @@ async def test_the_status_tab_shows_each_cooldown_with_its_model_and_cause() -> 
         # The note says once when the account is back ("in 1 min", not "in in 1 min").
         notes = dict(zip(table.iloc[:, 0], table[table.columns[-2]], strict=True))
         back = t("in", lang, d=f"1 {t('unit_min', lang)}")
-        assert notes["b"] == f"{back} · Kiro is throttling (Kiro 429: Too many requests)"
+        # Kiro's words are quoted as they came, beside the translated parts.
+        assert notes["b"] == f"{back} · “Kiro is throttling (Kiro 429: Too many requests)”"
     [throttle] = orjson.loads(orjson.dumps(pool.snapshot()[1].to_dict()))["cooldowns"]
     assert throttle == {
         "model": None,

@@ -149,29 +149,6 @@ def test_failed_search_is_an_error_block_not_a_failed_request(stack):
     assert "usage" in response.json() and "server_tool_use" not in response.json()["usage"]
 
 
-@pytest.mark.parametrize("stream", [False, True])
-def test_search_while_every_account_cools_down_is_an_error_block(factory, stream):
-    """Kiro throttled the only account (Retry-After 60: it cools down). Claude Code's search
-    request meanwhile gets a search error it can read, not a failed request."""
-    own = factory()
-    own.state.fail_next(1, throttled(retry_after=60))
-    chat = {"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
-    assert post_messages(own, chat).status_code == 429  # the account now cools for 60 s
-    response = post_messages(own, claude_code_body("kumquat", stream))
-    assert response.status_code == 200, response.text
-    if stream:
-        events = [e.json() for e in parse_sse(response.text)]
-        assert not [e for e in events if e["type"] == "error"], events
-        blocks = [e["content_block"] for e in events if e["type"] == "content_block_start"]
-    else:
-        blocks = response.json()["content"]
-    assert blocks[1]["content"] == {
-        "type": "web_search_tool_result_error",
-        "error_code": "unavailable",
-    }
-    assert own.state.searches.calls == []  # no account was used for it
-
-
 # --- the model asks for a search in the middle of its answer ------------------------------------
 
 
@@ -593,7 +570,6 @@ def test_a_search_while_the_only_account_cools_down_is_a_429_with_retry_after(
     """Kiro throttled the only account (Retry-After 30): Claude Code's search request, asked
     meanwhile, is answered 429 with the wait and Kiro's words, streamed or not (a streamed one
     was cut off: the refusal came after the answer had started)."""
-    from ki2api.simulator.faults import throttled
 
     stack = factory()
     stack.state.fail_next(1, throttled(retry_after=30))
@@ -613,7 +589,6 @@ def test_a_search_while_the_only_account_cools_down_is_a_429_with_retry_after(
 def test_a_search_between_two_throttles_does_not_end_their_row(factory: StackFactory) -> None:
     """Kiro's search endpoint says nothing about the account's chat rate: two chat 429s with
     a search between them are still two in a row, and the second cools the account."""
-    from ki2api.simulator.faults import throttled
 
     admin = "websearch-admin-key-0123"
     stack = factory(upstream_attempts=1, admin_key=admin)
