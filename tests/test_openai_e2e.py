@@ -318,15 +318,17 @@ def test_one_refresh_for_twenty_concurrent_requests(stack_factory: StackFactory)
 def test_broken_upstream_streams_give_clear_errors(stack: Stack, fault: str, status: int) -> None:
     from ki2api.simulator import get_fault
 
+    # Clients closed explicitly: a stream that ends in an error leaves its connection to them.
     stack.state.enqueue(get_fault(fault))
-    with pytest.raises(openai.APIStatusError) as info:
-        client(stack).chat.completions.create(**ask(stack))
+    with client(stack) as c, pytest.raises(openai.APIStatusError) as info:
+        c.chat.completions.create(**ask(stack))
     assert info.value.status_code == status
     assert info.value.body["code"] == "upstream_protocol_error"
 
     stack.state.enqueue(get_fault(fault))
-    with pytest.raises(openai.APIError) as streamed:
-        list(client(stack).chat.completions.create(**ask(stack), stream=True))
+    with client(stack) as c, pytest.raises(openai.APIError) as streamed:
+        with c.chat.completions.create(**ask(stack), stream=True) as chunks:
+            list(chunks)
     assert "Kiro" in str(streamed.value)
 
 
