@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -28,8 +29,24 @@ ZH_TEXT = (
 )
 
 
-def client(stack: Stack, **kw: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, **kw)
+_OPENED: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Each test's SDK clients are closed after it: one left to the garbage collector (e.g. after
+    a stream that ended in an error) leaves an open socket, a ResourceWarning in a later test."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
+def client(stack: Stack, api_key: str | None = None, **kw: object) -> openai.OpenAI:
+    made = openai.OpenAI(
+        base_url=stack.base_url, api_key=api_key or stack.api_key, max_retries=0, **kw
+    )
+    _OPENED.append(made)
+    return made
 
 
 def ask(stack: Stack, text: str = "Hello", **kw: object) -> dict:
@@ -253,7 +270,7 @@ def test_unknown_model_is_404_in_openai_format(stack: Stack) -> None:
 
 
 def test_wrong_api_key_is_401(stack: Stack) -> None:
-    bad = openai.OpenAI(base_url=stack.base_url, api_key="nope", max_retries=0)
+    bad = client(stack, api_key="nope")
     with pytest.raises(openai.AuthenticationError) as info:
         bad.chat.completions.create(**ask(stack))
     assert info.value.body["type"] == "authentication_error"
