@@ -304,7 +304,10 @@ def test_the_playground_needs_a_sign_in_and_a_closed_tab_frees_the_account(
     assert sim.requests == []
 
     page.get_by_role("tab", name=re.compile("Tokens")).click()
-    page.locator("#ki-admin-key input").fill(keyed.api_key)
+    key_box = page.locator("#ki-admin-key input")
+    key_box.fill(keyed.api_key)
+    expect(key_box).to_have_value(keyed.api_key)
+    key_box.press("Tab")  # Gradio takes the value on its change event, before the click
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
     assert keyed.api_key not in page.content()

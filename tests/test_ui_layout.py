@@ -188,7 +188,10 @@ def open_page(browser: Any, url: str, size: str, lang: str = "en", locale: str =
 def sign_in_as_admin(page: Any, lang: str) -> None:
     """The sign-in box, then the admin panel with the alias editor and its message."""
     show_tab(page, "tokens")
-    page.locator("#ki-admin-key input").fill(ADMIN_KEY)
+    key_box = page.locator("#ki-admin-key input")
+    key_box.fill(ADMIN_KEY)
+    expect(key_box).to_have_value(ADMIN_KEY)
+    key_box.press("Tab")  # Gradio takes the value on its change event, before the click
     page.locator("#ki-sign-in").click()
     expect(page.locator("#ki-aliases")).to_be_visible()
     page.locator("#ki-aliases textarea, #ki-aliases input").first.fill(
