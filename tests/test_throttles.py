@@ -638,6 +638,51 @@ def test_an_account_lacking_the_model_does_not_answer_for_its_cooldown(
 
 # --- an account lacking the model beside one throttled ----------------------------------------
 
+TWO_ACCOUNTS = json.dumps(
+    [
+        {"label": "a", "accessToken": "tok-aaaa-0001"},
+        {"label": "b", "accessToken": "tok-bbbb-0002"},
+    ]
+)
+
+
+async def _lists_unknown(credential: object) -> list[Any]:
+    from ki2api.core.errors import ModelNotFound
+
+    raise ModelNotFound("lists are not asked in this test")
+
+
+def two_account_settings(api_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    return Settings(
+        kiro_api_url=api_url + "/generateAssistantResponse",
+        kiro_accounts=TWO_ACCOUNTS,
+        kiro_token_file=tmp_path / "none.json",
+        **extra,
+    )
+
+
+def in_process_gateway(settings: Settings, http: httpx.AsyncClient, clock: FakeClock) -> Any:
+    """Accounts a and b tried in that order, on ``clock``; model lists unknown (every account
+    may try a model until Kiro says otherwise). Returns (pool, models, gateway)."""
+    from ki2api.core.gateway import Gateway
+    from ki2api.kiro.available_models import AvailableModels
+    from ki2api.kiro.client import KiroClient
+    from ki2api.kiro.models import ModelCatalog
+
+    pool = AccountPool.from_settings(
+        settings, http, strategy="first", clock=clock, sleep=clock.sleep
+    )
+    catalog = ModelCatalog()
+    models = AvailableModels(pool, catalog, _lists_unknown)
+    gateway = Gateway(settings, KiroClient(http, settings), pool, catalog, models=models)
+    return pool, models, gateway
+
+
+def hello(model: str) -> Any:
+    from ki2api.core.request import ChatRequest, Message, TextPart
+
+    return ChatRequest(model, [Message("user", [TextPart("hello")])])
+
 
 @pytest.mark.parametrize("lacking_first", [True, False])
 @pytest.mark.parametrize("retry_after", [None, 30])
@@ -646,19 +691,10 @@ async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404
 ) -> None:
     """Two accounts: one that Kiro tells (INVALID_MODEL_ID) does not offer the model, one Kiro
     throttles. The client learns of the throttle, its only way out, not of a missing model."""
-    from ki2api.core.errors import ModelNotFound
-    from ki2api.core.gateway import Gateway
-    from ki2api.core.request import ChatRequest, Message, TextPart
-    from ki2api.kiro.available_models import AvailableModels
-    from ki2api.kiro.client import KiroClient
-    from ki2api.kiro.models import ModelCatalog
     from ki2api.simulator import SimulatorServer
 
-    async def unknown(credential: object) -> list[Any]:
-        raise ModelNotFound("lists are not asked in this test")
-
     lacking, throttling = ("a", "b") if lacking_first else ("b", "a")
-    request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
+    request = hello(SONNET)
     with SimulatorServer() as sim:
         sim.state.require_known_tokens = True
         added = {
@@ -667,27 +703,10 @@ async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404
         }
         added[lacking].models = ["claude-haiku-4.5"]  # Kiro's list changed since
         added[throttling].fault = throttled(retry_after)
-        accounts = [
-            {"label": "a", "accessToken": "tok-aaaa-0001"},
-            {"label": "b", "accessToken": "tok-bbbb-0002"},
-        ]
-        settings = Settings(
-            kiro_api_url=sim.url + "/generateAssistantResponse",
-            kiro_accounts=json.dumps(accounts),
-            kiro_token_file=tmp_path / "none.json",
-            upstream_attempts=3,
-        )
+        settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
         async with httpx.AsyncClient() as http:
             for _ in range(REPEAT):
-                clock = FakeClock()
-                pool = AccountPool.from_settings(
-                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
-                )
-                catalog = ModelCatalog()
-                models = AvailableModels(pool, catalog, unknown)  # lists unknown: all may try
-                gateway = Gateway(
-                    settings, KiroClient(http, settings), pool, catalog, models=models
-                )
+                _, models, gateway = in_process_gateway(settings, http, FakeClock())
                 for _ in range(2):  # Kiro's refusal, then the account skipped for the model
                     with pytest.raises(UpstreamThrottled) as caught:
                         await gateway.open(request)
@@ -707,55 +726,29 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
 ) -> None:
     """a cools down after Kiro throttled a Haiku request; b, asked for Sonnet meanwhile, says
     it does not offer it: a is the way out, so the client gets a 429 with a's wait."""
-    from ki2api.core.errors import ModelNotFound
-    from ki2api.core.gateway import Gateway, collect
-    from ki2api.core.request import ChatRequest, Message, TextPart
-    from ki2api.kiro.available_models import AvailableModels
-    from ki2api.kiro.client import KiroClient
-    from ki2api.kiro.models import ModelCatalog
+    from ki2api.core.gateway import collect
     from ki2api.simulator import SimulatorServer
-
-    async def unknown(credential: object) -> list[Any]:
-        raise ModelNotFound("lists are not asked in this test")
-
-    def ask(model: str) -> ChatRequest:
-        return ChatRequest(model, [Message("user", [TextPart("hello")])])
 
     with SimulatorServer() as sim:
         sim.state.require_known_tokens = True
         a = sim.state.add_account(access_token="tok-aaaa-0001", label="a")
         b = sim.state.add_account(access_token="tok-bbbb-0002", label="b")
         b.models = ["claude-haiku-4.5"]
-        accounts = [
-            {"label": "a", "accessToken": "tok-aaaa-0001"},
-            {"label": "b", "accessToken": "tok-bbbb-0002"},
-        ]
-        settings = Settings(
-            kiro_api_url=sim.url + "/generateAssistantResponse",
-            kiro_accounts=json.dumps(accounts),
-            kiro_token_file=tmp_path / "none.json",
-            upstream_attempts=3,
-        )
+        settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
         async with httpx.AsyncClient() as http:
             for _ in range(REPEAT):
                 clock = FakeClock()
-                pool = AccountPool.from_settings(
-                    settings, http, strategy="first", clock=clock, sleep=clock.sleep
-                )
-                catalog = ModelCatalog()
-                models = AvailableModels(pool, catalog, unknown)
-                client = KiroClient(http, settings)
-                gateway = Gateway(settings, client, pool, catalog, models=models)
+                _, _, gateway = in_process_gateway(settings, http, clock)
                 a.fault = throttled(retry_after=30)
-                assert (await collect(await gateway.open(ask(HAIKU)))).text  # a 429, then b
+                assert (await collect(await gateway.open(hello(HAIKU)))).text  # a 429, then b
                 a.fault = None
                 with pytest.raises(UpstreamThrottled) as caught:
-                    await gateway.open(ask(SONNET))
+                    await gateway.open(hello(SONNET))
                 assert caught.value.status == 429 and caught.value.retry_after == 30
                 assert "a: cooling down for 30 s" in caught.value.message
                 assert "Too many requests" in caught.value.message
                 clock.advance(30)
-                assert (await collect(await gateway.open(ask(SONNET)))).text  # a, back
+                assert (await collect(await gateway.open(hello(SONNET)))).text  # a, back
                 assert [(r.account, r.status) for r in sim.state.requests] == [
                     ("a", 429),
                     ("b", 200),
@@ -768,42 +761,20 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
 async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path) -> None:
     """a does not offer Sonnet and cools down for 10 s; b, which does, for 30 s: a Sonnet
     request is told 30 s (b's wait), and the message says a does not offer the model."""
-    from ki2api.core.errors import AccountsCoolingDown, ModelNotFound
-    from ki2api.core.gateway import Gateway
-    from ki2api.core.request import ChatRequest, Message, TextPart
-    from ki2api.kiro.available_models import AvailableModels
-    from ki2api.kiro.client import KiroClient
-    from ki2api.kiro.models import ModelCatalog
+    from ki2api.core.errors import AccountsCoolingDown
 
-    async def unknown(credential: object) -> list[Any]:
-        raise ModelNotFound("lists are not asked in this test")
-
-    accounts = [
-        {"label": "a", "accessToken": "tok-aaaa-0001"},
-        {"label": "b", "accessToken": "tok-bbbb-0002"},
-    ]
-    settings = Settings(
-        kiro_api_url="http://127.0.0.1:9/generateAssistantResponse",  # never reached
-        kiro_accounts=json.dumps(accounts),
-        kiro_token_file=tmp_path / "none.json",
-    )
+    settings = two_account_settings("http://127.0.0.1:9", tmp_path)  # Kiro is never reached
     async with httpx.AsyncClient() as http:
         for _ in range(REPEAT):
             clock = FakeClock()
-            pool = AccountPool.from_settings(
-                settings, http, strategy="first", clock=clock, sleep=clock.sleep
-            )
-            catalog = ModelCatalog()
-            models = AvailableModels(pool, catalog, unknown)
+            pool, models, gateway = in_process_gateway(settings, http, clock)
             models.note_missing("a", "claude-sonnet-4.5")
             why = "Kiro is throttling this account (Kiro 429: Too many requests)"
             for label, seconds in (("a", 10), ("b", 30)):
                 lease = await pool.acquire(exclude=frozenset({"a", "b"} - {label}))
                 lease.failed(UpstreamThrottled(why, retry_after=seconds))
-            gateway = Gateway(settings, KiroClient(http, settings), pool, catalog, models=models)
-            request = ChatRequest(SONNET, [Message("user", [TextPart("hello")])])
             with pytest.raises(AccountsCoolingDown) as caught:
-                await gateway.open(request)
+                await gateway.open(hello(SONNET))
             assert caught.value.retry_after == 30
             assert "a: does not offer claude-sonnet-4.5" in caught.value.message
             assert "b: cooling down for 30 s" in caught.value.message
