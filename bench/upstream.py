@@ -42,7 +42,7 @@ class BenchState(SimulatorState):
         self.script = answer(chunks)
 
     def next_answer(
-        self, default: Callable[[], Script], account: Account | None = None
+        self, default: Callable[[], Script], account: Account | None = None, body: Any = None
     ) -> tuple[Script, str | None]:
         return self.script, None
 

@@ -185,3 +185,24 @@ def _echo_port(stack: ExitStack) -> int:
 
     threading.Thread(target=serve, daemon=True).start()
     return int(server.getsockname()[1])
+
+
+def test_the_benchmark_upstream_answers_through_the_gateway(stack_factory) -> None:
+    """The benchmark's simulator state keeps to the simulator's interface: a gateway in front
+    of it gets the benchmark's fixed answer (a changed signature once made every bench request
+    a 500 upstream, and the whole run measured 503s)."""
+    import httpx
+
+    from bench.upstream import TEXT, BenchState
+    from tests.stack import API_KEY
+
+    state = BenchState(latency=0.0, interval=0.0, chunks=5)
+    stack = stack_factory(state=state)
+    r = httpx.post(
+        f"{stack.base_url}/chat/completions",
+        json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"authorization": f"Bearer {API_KEY}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == TEXT
