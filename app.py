@@ -1,6 +1,6 @@
 """Entry point for `python app.py`, Docker and Hugging Face Spaces."""
 
-from ki2api.server import main
+from ki2api.server.run import main
 
 if __name__ == "__main__":
     main()

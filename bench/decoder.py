@@ -27,8 +27,8 @@ from pathlib import Path
 import botocore
 from botocore.eventstream import EventStreamBuffer
 
-from ki2api.kiro import eventstream
-from ki2api.kiro.eventstream import EventStreamDecoder
+from ki2api.kiro.wire import eventstream
+from ki2api.kiro.wire.eventstream import EventStreamDecoder
 
 REPO = Path(__file__).resolve().parents[1]
 CAPTURE_DIRS = (
@@ -186,7 +186,7 @@ def section(rows: Sequence[Row], iterations: int, repeats: int) -> str:
     verdict = "met" if worst >= TARGET_RATIO else "NOT met"
     return f"""{SECTION}
 
-`EventStreamDecoder` (`ki2api/kiro/eventstream.py`) against botocore's `EventStreamBuffer` on
+`EventStreamDecoder` (`ki2api/kiro/wire/eventstream.py`) against botocore's `EventStreamBuffer` on
 the real upstream captures ({len(captures)} files, {size:,} bytes, {frames} frames): a fresh
 decoder per capture, the same pre-cut chunks for both, best of {repeats} timed runs of
 {iterations} passes each, garbage collector off while timing. Both verify both CRCs of every

@@ -100,7 +100,7 @@ What a gateway adds on top of its upstream, measured side by side in one run
 answering every request with the same {c.chunks} text chunks, **{c.latency * 1000:.0f} ms to the
 first byte and {c.interval * 1000:.0f} ms between chunks**, on a clock started with each answer
 (chunk k is due {c.latency * 1000:.0f} + {c.interval * 1000:.0f}k ms after the request arrived, as
-a remote service's would be, however busy this machine is); Ki2API (`ki2api.server.serve`:
+a remote service's would be, however busy this machine is); Ki2API (`ki2api.server.run.serve`:
 uvicorn with uvloop and httptools, no UI, one account, no per-account concurrency cap); and
 {_litellm_line(report)}
 

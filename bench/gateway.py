@@ -1,5 +1,5 @@
 """Ki2API as the benchmark runs it: its own process, served exactly as ``python app.py``
-serves it (``ki2api.server.serve``: uvicorn, uvloop and httptools when installed), without the
+serves it (``ki2api.server.run.serve``: uvicorn, uvloop and httptools when installed), without the
 Gradio UI, in front of the benchmark's simulator, with one account and no per-account cap.
 
     python -m bench.gateway --port 8990 --upstream http://127.0.0.1:8991
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from ki2api.server import serve
+from ki2api.server.run import serve
 from ki2api.settings import Settings
 
 API_KEY = "bench-api-key-0123456789"

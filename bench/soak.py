@@ -44,7 +44,7 @@ from ki2api.app import create_app
 from ki2api.settings import Settings
 from ki2api.simulator import RANDOM_FAULTS, SimulatorServer
 
-POOL_KEEPALIVE = 64  # the gateway's keep-alive connections (ki2api/kiro/client.py)
+POOL_KEEPALIVE = 64  # the gateway's keep-alive connections (ki2api/kiro/http/client.py)
 REPO = Path(__file__).resolve().parents[1]
 DOC = REPO / "docs" / "benchmarks.md"
 SECTION = "## Soak"

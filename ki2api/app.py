@@ -38,14 +38,14 @@ from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_open
 from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
 from ki2api.api.responses.serving import ResponsesService
-from ki2api.core.errors import GatewayError
-from ki2api.core.gateway import Gateway
-from ki2api.core.logsafe import printable
-from ki2api.core.stats import RequestStats
-from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.available_models import AvailableModels, fetch_model_list
-from ki2api.kiro.client import KiroClient, create_http_client
-from ki2api.kiro.models import ModelCatalog, parse_aliases
+from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import KiroClient, create_http_client
+from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
+from ki2api.model.errors import GatewayError
+from ki2api.model.logsafe import printable
+from ki2api.pipeline.gateway import Gateway
+from ki2api.pipeline.stats import RequestStats
 from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api")

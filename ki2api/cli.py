@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ki2api.server import serve
+    from ki2api.server.run import serve
     from ki2api.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -155,9 +155,9 @@ def _accounts(args: argparse.Namespace) -> int:
 
 
 async def _list_accounts(*, refresh: bool) -> int:
-    from ki2api.core.errors import GatewayError
-    from ki2api.kiro.accounts import NOT_CONFIGURED_MESSAGE, AccountPool
-    from ki2api.kiro.client import create_http_client
+    from ki2api.kiro.accounts.pool import NOT_CONFIGURED_MESSAGE, AccountPool
+    from ki2api.kiro.http.client import create_http_client
+    from ki2api.model.errors import GatewayError
     from ki2api.settings import Settings
 
     settings = Settings.from_env()
@@ -226,7 +226,7 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from ki2api.deploy import DeployError, DeployOptions, deploy
+    from ki2api.deploy.space import DeployError, DeployOptions, deploy
 
     extra: dict[str, object] = {"root": args.source.resolve()} if args.source else {}
     options = DeployOptions(

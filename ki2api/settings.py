@@ -93,7 +93,7 @@ class Settings:
     upstream_attempts: int = 3
     max_image_bytes: int = 5 * 1024 * 1024
     # All of a request's images together, as sent upstream: base64 makes 600 KB about 800 KB of
-    # the ~1.2 MB body Kiro takes (ki2api/kiro/request_builder.py), leaving room for the text.
+    # the ~1.2 MB body Kiro takes (ki2api/kiro/wire/request_builder.py), leaving room for the text.
     image_budget_bytes: int = 600_000
     image_fetch_timeout: float = 10.0
     allow_private_image_urls: bool = False
@@ -108,7 +108,7 @@ class Settings:
     reasoning_secret: str | None = None  # HMAC key for Responses' encrypted reasoning items
     web_search_max_rounds: int = 5  # searches the gateway runs for the model in one answer
 
-    # --- models (ki2api/kiro/models.py, ki2api/kiro/available_models.py) ---
+    # --- models (ki2api/kiro/wire/models.py, ki2api/kiro/accounts/available_models.py) ---
     model_aliases: str | None = None  # JSON object: client name -> model name
     model_fallback: str | None = None  # what an unknown name gets (e.g. "auto"); None: a 404
     kiro_models_ttl: float = 3600.0  # seconds an account's model list is trusted

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ki2api.core import concurrency, errors
-from ki2api.core.errors import GatewayError
+from ki2api.model import errors
+from ki2api.model.errors import GatewayError
+from ki2api.pipeline import concurrency
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 NONE = "—"

@@ -13,7 +13,7 @@ from typing import Any
 
 import uvicorn
 
-from ki2api.server import http_protocol
+from ki2api.server.run import http_protocol
 
 
 class ServerThread:
@@ -28,7 +28,7 @@ class ServerThread:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=2,
-            http=http or http_protocol(),  # as ki2api.server.serve runs it
+            http=http or http_protocol(),  # as ki2api.server.run.serve runs it
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ki2api.app import create_app
-from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer, SimulatorState
 from tests.servers import ServerThread

@@ -16,7 +16,15 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.core.errors import (
+from ki2api.kiro.accounts.credentials import (
+    AccountSpec,
+    Credential,
+    CredentialError,
+    mask_secret,
+    parse_pasted_token,
+)
+from ki2api.kiro.accounts.pool import NO_ACCOUNT_NOW, AccountPool
+from ki2api.model.errors import (
     AccountsCoolingDown,
     ModelCapacity,
     NoHealthyAccount,
@@ -26,14 +34,6 @@ from ki2api.core.errors import (
     UpstreamAuthFailed,
     UpstreamThrottled,
     UpstreamUnavailable,
-)
-from ki2api.kiro.accounts import NO_ACCOUNT_NOW, AccountPool
-from ki2api.kiro.credentials import (
-    AccountSpec,
-    Credential,
-    CredentialError,
-    mask_secret,
-    parse_pasted_token,
 )
 from ki2api.settings import Settings
 from tests.servers import ServerThread

@@ -15,12 +15,12 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.core.errors import NoHealthyAccount, QuotaExceeded, UpstreamAuthFailed
-from ki2api.core.gateway import Gateway, collect
-from ki2api.core.request import ChatRequest, Message, TextPart
-from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.client import KiroClient
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import KiroClient
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.model.errors import NoHealthyAccount, QuotaExceeded, UpstreamAuthFailed
+from ki2api.model.request import ChatRequest, Message, TextPart
+from ki2api.pipeline.gateway import Gateway, collect
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer
 from ki2api.simulator.faults import get_fault

@@ -19,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from ki2api.api.admin import create_admin_router
-from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.settings import Settings
 from tests.servers import ServerThread
 from tests.test_refresh import FakeAuth

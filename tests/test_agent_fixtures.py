@@ -16,9 +16,9 @@ import pytest
 from ki2api.api.anthropic import protocol as anthropic_protocol
 from ki2api.api.openai_chat import protocol as chat_protocol
 from ki2api.api.responses import protocol as responses_protocol
-from ki2api.core.request import ChatRequest, ImagePart
-from ki2api.kiro.models import ModelCatalog
-from ki2api.kiro.request_builder import build_kiro_request
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.kiro.wire.request_builder import build_kiro_request
+from ki2api.model.request import ChatRequest, ImagePart
 from ki2api.simulator.validator import validate_request
 from tests.stack import StackFactory
 

@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from ki2api.kiro.client import MAX_ANSWER_BYTES
+from ki2api.kiro.http.client import MAX_ANSWER_BYTES
 from ki2api.simulator import Event, Flood, Script
 from tests.stack import API_KEY, Stack
 

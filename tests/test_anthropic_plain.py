@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from ki2api.api.anthropic.plain import HANDLED_FIELDS, RICH_FIELDS, parse_plain
 from ki2api.api.anthropic.protocol import MessagesWire, parse_wire, to_chat_request
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import ChatRequest, ImagePart
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ChatRequest, ImagePart
 
 
 async def _no_images(url: str, param: str) -> ImagePart:

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from ki2api.api.anthropic.protocol import parse_wire, to_chat_request
-from ki2api.core.request import ImagePart
-from ki2api.kiro.models import ModelCatalog
-from ki2api.kiro.request_builder import build_kiro_request
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.kiro.wire.request_builder import build_kiro_request
+from ki2api.model.request import ImagePart
 from ki2api.simulator.scripts import (
     ExceptionFrame,
     Script,

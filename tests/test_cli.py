@@ -88,10 +88,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_serve_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import ki2api.server
+    import ki2api.server.run
 
     seen: list[Settings] = []
-    monkeypatch.setattr(ki2api.server, "serve", seen.append)
+    monkeypatch.setattr(ki2api.server.run, "serve", seen.append)
     monkeypatch.setenv("PORT", "7000")
     monkeypatch.setenv("API_KEY", "from-env-key-123")
     assert cli.main(["serve", "--host", "0.0.0.0", "--port", "9123", "--demo"]) == 0

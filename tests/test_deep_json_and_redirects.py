@@ -170,10 +170,10 @@ def test_an_image_redirecting_to_another_scheme_is_a_400(
 def test_the_request_builder_refuses_what_orjson_cannot_write() -> None:
     """The last line of defence, for a request that did not come through a front door's parser:
     a 400, not orjson's TypeError."""
-    from ki2api.core.errors import InvalidRequest
-    from ki2api.core.request import ChatRequest, Message, TextPart, ToolSpec
-    from ki2api.kiro.models import ModelCatalog
-    from ki2api.kiro.request_builder import build_kiro_request
+    from ki2api.kiro.wire.models import ModelCatalog
+    from ki2api.kiro.wire.request_builder import build_kiro_request
+    from ki2api.model.errors import InvalidRequest
+    from ki2api.model.request import ChatRequest, Message, TextPart, ToolSpec
 
     request = ChatRequest(
         model=MODEL,

@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from ki2api.cli import main
-from ki2api.deploy import DeployError, DeployOptions, deploy, space_host
-from ki2api.deploy_files import space_files
+from ki2api.deploy.files import space_files
+from ki2api.deploy.space import DeployError, DeployOptions, deploy, space_host
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOOD_TOKEN = "hf_good_token_0123456789"
@@ -329,7 +329,7 @@ def test_deploy_creates_the_space_sets_secrets_uploads_and_waits(
     # upload: the app and its package, nothing secret and no clutter
     uploaded = set(space.files) - {".gitattributes"}
     assert {"app.py", "README.md", "requirements.txt", "ki2api/__init__.py"} <= uploaded
-    assert "ki2api/deploy.py" in uploaded
+    assert "ki2api/deploy/space.py" in uploaded
     assert all(not p.startswith(("tests/", ".venv/", ".git/", "docs/")) for p in uploaded)
     assert all(
         "kiro-auth-token" not in p and not p.endswith((".pem", ".pyc", ".env")) for p in uploaded

@@ -11,7 +11,7 @@ from ki2api.api.errors import (
     error_headers,
     openai_error_body,
 )
-from ki2api.kiro.upstream_errors import (
+from ki2api.kiro.wire.errors import (
     EXCEPTION_STATUS,
     TABLE,
     error_for_exception,

@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ki2api.core.deltas import (
+from ki2api.kiro.wire.events import KiroEventParser, ThinkingSplitter
+from ki2api.kiro.wire.eventstream import EventStreamDecoder, encode_event, encode_exception
+from ki2api.model.deltas import (
     ReasoningDelta,
     Stop,
     StopReason,
@@ -20,7 +22,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import (
+from ki2api.model.errors import (
     ContextLengthExceeded,
     ModelCapacity,
     QuotaExceeded,
@@ -28,8 +30,6 @@ from ki2api.core.errors import (
     UpstreamError,
     UpstreamThrottled,
 )
-from ki2api.kiro.events import KiroEventParser, ThinkingSplitter
-from ki2api.kiro.eventstream import EventStreamDecoder, encode_event, encode_exception
 
 
 def frame(event: str, payload: dict) -> object:

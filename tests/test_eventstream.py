@@ -18,8 +18,8 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ki2api.kiro import eventstream as es
-from ki2api.kiro.eventstream import (
+from ki2api.kiro.wire import eventstream as es
+from ki2api.kiro.wire.eventstream import (
     MAX_FRAME_SIZE,
     ChecksumMismatch,
     EventStreamDecoder,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from ki2api.core.gateway import Gateway, collect
-from ki2api.core.request import ChatRequest, Message, TextPart
-from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.client import KiroClient, create_http_client
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import KiroClient, create_http_client
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.model.request import ChatRequest, Message, TextPart
+from ki2api.pipeline.gateway import Gateway, collect
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer, text_answer
 from ki2api.simulator.faults import get_fault, slow_first_byte

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ki2api.api.endpoint import cpu_hand_over
-from ki2api.http_protocol import HeadHoldingTransport
+from ki2api.server.protocol import HeadHoldingTransport
 from ki2api.settings import Settings
 from tests.servers import ServerThread
 from tests.stack import Stack
@@ -244,8 +244,8 @@ async def slow_echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _protocols() -> list[Any]:
-    from ki2api.http_protocol import H11HeadDeadlineProtocol, with_header_timeout
-    from ki2api.server import http_protocol
+    from ki2api.server.protocol import H11HeadDeadlineProtocol, with_header_timeout
+    from ki2api.server.run import http_protocol
 
     return [
         pytest.param(http_protocol(HEADER_TIMEOUT), id="httptools"),
@@ -341,7 +341,7 @@ def test_kept_alive_connections_slow_bodies_and_slow_answers_still_work(
 
 
 def test_serve_passes_the_header_timeout_setting() -> None:
-    from ki2api.server import http_protocol
+    from ki2api.server.run import http_protocol
 
     assert Settings().header_timeout == 10.0
     assert Settings.from_env({"HEADER_TIMEOUT": "3.5"}).header_timeout == 3.5

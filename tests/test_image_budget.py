@@ -22,10 +22,10 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ki2api.api.images import FETCH_CONCURRENCY, MAX_IMAGES, shares
-from ki2api.core import image_fit
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.image_fit import fit_image
-from ki2api.core.request import ImagePart
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ImagePart
+from ki2api.pipeline import image_fit
+from ki2api.pipeline.image_fit import fit_image
 from ki2api.simulator.scripts import text_answer
 from tests.servers import ServerThread
 from tests.stack import Stack, StackFactory

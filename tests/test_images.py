@@ -15,9 +15,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from ki2api.core import images
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.images import decode_base64_image, decode_data_url, load_image_url, sniff_format
+from ki2api.model.errors import InvalidRequest
+from ki2api.pipeline import images
+from ki2api.pipeline.images import (
+    decode_base64_image,
+    decode_data_url,
+    load_image_url,
+    sniff_format,
+)
 from tests.servers import ServerThread
 
 # Real 1x1 images.

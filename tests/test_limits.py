@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ki2api.core.deltas import Stop, StopReason, TextDelta
-from ki2api.core.limits import OutputLimiter
+from ki2api.model.deltas import Stop, StopReason, TextDelta
+from ki2api.pipeline.output_limits import OutputLimiter
 
 
 def run(limiter: OutputLimiter, pieces: list[str]) -> tuple[str, Stop | None]:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from ki2api.api.limits import Rate, RateLimiter, parse_rate
-from ki2api.core.concurrency import AccountBusy, AccountSlots
+from ki2api.pipeline.concurrency import AccountBusy, AccountSlots
 from ki2api.simulator import Delay, Script, text_answer
 from tests.stack import Stack, StackFactory
 

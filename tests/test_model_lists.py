@@ -15,14 +15,14 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.core.errors import UpstreamAuthFailed, UpstreamUnavailable
-from ki2api.core.gateway import Gateway, collect
-from ki2api.core.request import ChatRequest, Message, TextPart
-from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.available_models import AvailableModels, fetch_model_list, models_url
-from ki2api.kiro.client import KiroClient
-from ki2api.kiro.credentials import Credential
-from ki2api.kiro.models import ModelCatalog, ModelInfo
+from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list, models_url
+from ki2api.kiro.accounts.credentials import Credential
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import KiroClient
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.model.errors import UpstreamAuthFailed, UpstreamUnavailable
+from ki2api.model.request import ChatRequest, Message, TextPart
+from ki2api.pipeline.gateway import Gateway, collect
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer, SimulatorState
 from tests.stack import Stack, StackFactory

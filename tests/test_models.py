@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ki2api.core.errors import ModelNotFound
-from ki2api.kiro.models import ModelCatalog, ModelInfo
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.model.errors import ModelNotFound
 
 
 @pytest.fixture(scope="module")

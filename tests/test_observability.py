@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from ki2api.core.logsafe import MAX_LOGGED_CHARS, printable
+from ki2api.model.logsafe import MAX_LOGGED_CHARS, printable
 from tests.stack import API_KEY, Stack, StackFactory
 
 pytestmark = pytest.mark.timeout(300)

@@ -27,8 +27,8 @@ from ki2api.api.openai_chat.protocol import (
     parse_wire,
     to_chat_request,
 )
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import ChatRequest, ImagePart
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ChatRequest, ImagePart
 
 MISSING = object()
 

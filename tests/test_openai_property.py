@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
-from ki2api.core.images import decode_data_url
-from ki2api.core.request import ImagePart
-from ki2api.kiro.models import ModelCatalog
-from ki2api.kiro.request_builder import build_kiro_request
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.kiro.wire.request_builder import build_kiro_request
+from ki2api.model.request import ImagePart
+from ki2api.pipeline.images import decode_data_url
 from ki2api.simulator.validator import validate_request
 
 GIF = base64.b64encode(

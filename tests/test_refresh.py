@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ki2api.core.errors import UpstreamThrottled, UpstreamTimeout, UpstreamUnavailable
-from ki2api.kiro.credentials import AccountSpec
-from ki2api.kiro.refresh import NeedsLogin, refresh_tokens
+from ki2api.kiro.accounts.credentials import AccountSpec
+from ki2api.kiro.accounts.refresh import NeedsLogin, refresh_tokens
+from ki2api.model.errors import UpstreamThrottled, UpstreamTimeout, UpstreamUnavailable
 from ki2api.settings import Settings, Timeouts
 from tests.servers import ServerThread
 

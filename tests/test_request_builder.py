@@ -9,8 +9,11 @@ from typing import Any
 import orjson
 import pytest
 
-from ki2api.core.errors import ContextLengthExceeded
-from ki2api.core.request import (
+from ki2api.kiro.wire import request_builder as rb
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.kiro.wire.request_builder import KiroRequest, build_kiro_request
+from ki2api.model.errors import ContextLengthExceeded
+from ki2api.model.request import (
     ChatRequest,
     ImagePart,
     Message,
@@ -21,9 +24,6 @@ from ki2api.core.request import (
     ToolResult,
     ToolSpec,
 )
-from ki2api.kiro import request_builder as rb
-from ki2api.kiro.models import ModelCatalog, ModelInfo
-from ki2api.kiro.request_builder import KiroRequest, build_kiro_request
 from ki2api.simulator.validator import validate_request
 
 ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"

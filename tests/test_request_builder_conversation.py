@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ki2api.core.conversation import NAMESPACE, _uuid5_text, conversation_id_for
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import ChatRequest, Message, TextPart
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ChatRequest, Message, TextPart
+from ki2api.pipeline.conversation import NAMESPACE, _uuid5_text, conversation_id_for
 
 
 def chat(*texts: str, system: str = "sys") -> ChatRequest:

@@ -14,8 +14,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ki2api.core.errors import ContextLengthExceeded
-from ki2api.core.request import (
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.kiro.wire.request_builder import build_kiro_request
+from ki2api.model.errors import ContextLengthExceeded
+from ki2api.model.request import (
     ChatRequest,
     ImagePart,
     Message,
@@ -27,8 +29,6 @@ from ki2api.core.request import (
     ToolResult,
     ToolSpec,
 )
-from ki2api.kiro.models import ModelCatalog, ModelInfo
-from ki2api.kiro.request_builder import build_kiro_request
 from ki2api.simulator.validator import validate_request
 
 ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"

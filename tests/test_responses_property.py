@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ki2api.api.responses.protocol import parse_wire, to_chat_request
-from ki2api.core.errors import GatewayError
-from ki2api.core.request import ImagePart
-from ki2api.kiro.models import ModelCatalog
-from ki2api.kiro.request_builder import build_kiro_request
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.kiro.wire.request_builder import build_kiro_request
+from ki2api.model.errors import GatewayError
+from ki2api.model.request import ImagePart
 from ki2api.simulator.validator import validate_request
 
 ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"

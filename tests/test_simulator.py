@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.kiro.eventstream import ChecksumMismatch, EventStreamDecoder, EventStreamError
+from ki2api.kiro.wire.eventstream import ChecksumMismatch, EventStreamDecoder, EventStreamError
 from ki2api.simulator import (
     CHAT_TARGET,
     FAULTS,

@@ -12,8 +12,8 @@ import httpx
 import orjson
 import pytest
 
-from ki2api.kiro.credentials import Credential
-from ki2api.kiro.websearch import KiroWebSearch, SearchFailed, parse_hits
+from ki2api.kiro.accounts.credentials import Credential
+from ki2api.kiro.http.mcp import KiroWebSearch, SearchFailed, parse_hits
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer
 from ki2api.simulator.mcp import SearchFault, SearchResult, fake_results

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ki2api.kiro.eventstream import EventStreamDecoder
+from ki2api.kiro.wire.eventstream import EventStreamDecoder
 from ki2api.simulator import faults
 from ki2api.simulator.default_model import (
     ANY_TOOL,

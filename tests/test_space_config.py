@@ -13,7 +13,7 @@ import httpx
 import pytest
 import yaml
 
-from ki2api.deploy_files import is_excluded, space_files
+from ki2api.deploy.files import is_excluded, space_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +67,7 @@ def test_space_upload_holds_the_app_and_nothing_secret() -> None:
     assert not [p for p in files if p.startswith(("tests/", ".venv/", ".git/", "bench/"))]
     for secret in (".env", "kiro-auth-token.json", "ki2api/x/kiro-auth-token.json", "a/key.pem"):
         assert is_excluded(secret), secret
-    assert not is_excluded("ki2api/kiro/credentials.py")
+    assert not is_excluded("ki2api/kiro/accounts/credentials.py")
 
 
 # --- Docker -------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""with_heartbeat (ki2api/core/heartbeat.py): ticks never break the source, reads happen only when
-asked, and closing the stream closes a pending read before returning."""
+"""with_heartbeat (ki2api/kiro/http/heartbeat.py): ticks never break the source, reads happen
+only when asked, and closing the stream closes a pending read before returning."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ki2api.core.heartbeat import with_heartbeat
+from ki2api.kiro.http.heartbeat import with_heartbeat
 
 
 class Source:

@@ -24,8 +24,8 @@ import openai
 import orjson
 import pytest
 
-from ki2api.core.errors import ModelCapacity, UpstreamThrottled
-from ki2api.kiro.accounts import AccountPool
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.model.errors import ModelCapacity, UpstreamThrottled
 from ki2api.settings import Settings
 from ki2api.simulator import http_error
 from ki2api.simulator.faults import throttled
@@ -647,7 +647,7 @@ TWO_ACCOUNTS = json.dumps(
 
 
 async def _lists_unknown(credential: object) -> list[Any]:
-    from ki2api.core.errors import ModelNotFound
+    from ki2api.model.errors import ModelNotFound
 
     raise ModelNotFound("lists are not asked in this test")
 
@@ -664,10 +664,10 @@ def two_account_settings(api_url: str, tmp_path: Path, **extra: Any) -> Settings
 def in_process_gateway(settings: Settings, http: httpx.AsyncClient, clock: FakeClock) -> Any:
     """Accounts a and b tried in that order, on ``clock``; model lists unknown (every account
     may try a model until Kiro says otherwise). Returns (pool, models, gateway)."""
-    from ki2api.core.gateway import Gateway
-    from ki2api.kiro.available_models import AvailableModels
-    from ki2api.kiro.client import KiroClient
-    from ki2api.kiro.models import ModelCatalog
+    from ki2api.kiro.accounts.available_models import AvailableModels
+    from ki2api.kiro.http.client import KiroClient
+    from ki2api.kiro.wire.models import ModelCatalog
+    from ki2api.pipeline.gateway import Gateway
 
     pool = AccountPool.from_settings(
         settings, http, strategy="first", clock=clock, sleep=clock.sleep
@@ -679,7 +679,7 @@ def in_process_gateway(settings: Settings, http: httpx.AsyncClient, clock: FakeC
 
 
 def hello(model: str) -> Any:
-    from ki2api.core.request import ChatRequest, Message, TextPart
+    from ki2api.model.request import ChatRequest, Message, TextPart
 
     return ChatRequest(model, [Message("user", [TextPart("hello")])])
 
@@ -726,7 +726,7 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
 ) -> None:
     """a cools down after Kiro throttled a Haiku request; b, asked for Sonnet meanwhile, says
     it does not offer it: a is the way out, so the client gets a 429 with a's wait."""
-    from ki2api.core.gateway import collect
+    from ki2api.pipeline.gateway import collect
     from ki2api.simulator import SimulatorServer
 
     with SimulatorServer() as sim:
@@ -761,7 +761,7 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
 async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path) -> None:
     """a does not offer Sonnet and cools down for 10 s; b, which does, for 30 s: a Sonnet
     request is told 30 s (b's wait), and the message says a does not offer the model."""
-    from ki2api.core.errors import AccountsCoolingDown
+    from ki2api.model.errors import AccountsCoolingDown
 
     settings = two_account_settings("http://127.0.0.1:9", tmp_path)  # Kiro is never reached
     async with httpx.AsyncClient() as http:
@@ -784,7 +784,7 @@ async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path
 async def test_a_refusal_names_a_missing_login_file_without_its_folder(tmp_path: Path) -> None:
     """Clients and the page's visitors read the refusal: it lists each account's state, but a
     login file by its name only, never where it lies on the server."""
-    from ki2api.core.errors import AccountsCoolingDown, NoHealthyAccount
+    from ki2api.model.errors import AccountsCoolingDown, NoHealthyAccount
 
     missing = tmp_path / "secret-folder" / "kiro-auth-token.json"
     env = {"KIRO_ACCESS_TOKEN": "tok-env-0001", "KIRO_TOKEN_FILE": str(missing)}

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ki2api.kiro.credentials import SOCIAL_PROFILE_ARN, CredentialError
-from ki2api.kiro.tokenfile import (
+from ki2api.kiro.accounts.credentials import SOCIAL_PROFILE_ARN, CredentialError
+from ki2api.kiro.accounts.tokenfile import (
     TokenFileError,
     load_login_file,
     stamp_of,

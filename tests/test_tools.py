@@ -6,14 +6,14 @@ import re
 
 import pytest
 
-from ki2api.core.request import ToolSpec
-from ki2api.kiro.tools import (
+from ki2api.kiro.wire.tools import (
     HISTORY_TOOL_DESCRIPTION,
     MAX_DESCRIPTION_CHARS,
     ToolNames,
     build_tool_specs,
     clean_schema,
 )
+from ki2api.model.request import ToolSpec
 
 SAFE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 

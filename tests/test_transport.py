@@ -1,4 +1,4 @@
-"""Http11Transport (ki2api/kiro/transport.py) on real sockets: streaming, keep-alive,
+"""Http11Transport (ki2api/kiro/http/transport.py) on real sockets: streaming, keep-alive,
 timeouts, pool limits and early closes behave as httpx's own transport does."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ki2api.kiro.transport import Http11Transport
+from ki2api.kiro.http.transport import Http11Transport
 from tests.servers import ServerThread
 
 release_last = threading.Event()

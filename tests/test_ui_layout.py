@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from ki2api.app import create_app
-from ki2api.core.stats import RequestRecord
+from ki2api.pipeline.stats import RequestRecord
 from ki2api.settings import Settings
 from ki2api.simulator import http_error
 from tests.servers import ServerThread

@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from ki2api.api.observability import Metrics
-from ki2api.core.deltas import (
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.model.deltas import (
     ReasoningDelta,
     Stop,
     StopReason,
@@ -25,8 +26,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import AuthenticationFailed, NotConfigured, UpstreamError
-from ki2api.kiro.accounts import AccountPool
+from ki2api.model.errors import AuthenticationFailed, NotConfigured, UpstreamError
 from ki2api.settings import Settings
 from ki2api.ui.access import ApiChecks, NotSignedIn, Playground, PlaygroundBusy
 from ki2api.ui.answer import AnswerView, history_to_messages
@@ -190,7 +190,7 @@ def test_countdown_and_masked_own_token() -> None:
     assert countdown(now + timedelta(minutes=42, seconds=5), now, "en") == "in 42 min"
     assert countdown(now + timedelta(hours=3, minutes=2), now, "zh") == "3 小时 2 分钟 后"
     assert countdown(now - timedelta(seconds=1), now, "en") == "expired"
-    from ki2api.kiro.credentials import parse_pasted_token
+    from ki2api.kiro.accounts.credentials import parse_pasted_token
 
     spec = parse_pasted_token("visitor-token-abcdefgh-9876", Settings())
     shown = describe_own(spec, "en")
@@ -211,7 +211,7 @@ async def test_status_table_shows_no_login_file_path(tmp_path) -> None:
 
     import httpx
 
-    from ki2api.kiro.accounts import AccountPool
+    from ki2api.kiro.accounts.pool import AccountPool
 
     folder = tmp_path / "private-folder-name"
     settings = Settings(

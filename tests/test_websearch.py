@@ -554,7 +554,7 @@ def test_a_publication_date_no_datetime_can_hold_has_no_page_age(published_ms: i
     """The search results' dates come from upstream: one out of a datetime's range must not
     break the answer being rendered (ValueError / OverflowError before); it has no page_age."""
     from ki2api.api.anthropic.server_tools import result_block
-    from ki2api.core.deltas import SearchHit, ServerToolResult
+    from ki2api.model.deltas import SearchHit, ServerToolResult
 
     hit = SearchHit("t", "https://example.com/", "s", published_ms=published_ms)
     block = result_block(ServerToolResult("srvtoolu_1", hits=(hit,)))

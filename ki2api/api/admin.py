@@ -27,11 +27,11 @@ from starlette.responses import Response
 from ki2api.api.auth import check_admin_key
 from ki2api.api.common import read_json_body
 from ki2api.api.errors import openai_error_response
-from ki2api.core.errors import GatewayError, InvalidRequest
-from ki2api.kiro.accounts import AccountPool
-from ki2api.kiro.credentials import CredentialError, parse_pasted_token, token_file_of
-from ki2api.kiro.sources import token_file_in_allowed_dirs
-from ki2api.kiro.tokenfile import load_login_file
+from ki2api.kiro.accounts.credentials import CredentialError, parse_pasted_token, token_file_of
+from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.accounts.sources import token_file_in_allowed_dirs
+from ki2api.kiro.accounts.tokenfile import load_login_file
+from ki2api.model.errors import GatewayError, InvalidRequest
 from ki2api.settings import Settings
 
 MAX_ADMIN_BODY = 256 * 1024  # a login file is a few KB

@@ -22,9 +22,9 @@ from starlette.responses import Response
 
 from ki2api.api.admin import run_as_admin
 from ki2api.api.common import read_json_body
-from ki2api.core.errors import InvalidRequest
-from ki2api.kiro.available_models import AvailableModels
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.accounts.available_models import AvailableModels
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.model.errors import InvalidRequest
 from ki2api.settings import Settings
 
 MAX_ALIASES_BODY = 64 * 1024

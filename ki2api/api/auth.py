@@ -11,7 +11,7 @@ import hmac
 
 from starlette.requests import Request
 
-from ki2api.core.errors import AuthenticationFailed, NotConfigured, PermissionDenied
+from ki2api.model.errors import AuthenticationFailed, NotConfigured, PermissionDenied
 from ki2api.settings import Settings
 
 SPACE_SETUP_MESSAGE = (

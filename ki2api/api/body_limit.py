@@ -13,7 +13,7 @@ from collections.abc import Callable
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.errors import error_response_for_path
-from ki2api.core.errors import RequestTooLarge
+from ki2api.model.errors import RequestTooLarge
 
 
 class _TooLarge(Exception):

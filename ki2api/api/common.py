@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
-from ki2api.core.errors import InvalidRequest, RequestTooLarge
+from ki2api.model.errors import InvalidRequest, RequestTooLarge
 
 T = TypeVar("T")
 WireT = TypeVar("WireT", bound=BaseModel)

@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.auth import check_presented_key, key_from
 from ki2api.api.common import CLIENT_CLOSED, HeadedPiece, LastPiece, read_json
-from ki2api.core.errors import GatewayError
-from ki2api.core.logsafe import printable
+from ki2api.model.errors import GatewayError
+from ki2api.model.logsafe import printable
 from ki2api.settings import Settings
 
 OpenT = TypeVar("OpenT")

@@ -8,8 +8,8 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ki2api.core.context import note_error
-from ki2api.core.errors import GatewayError
+from ki2api.model.context import note_error
+from ki2api.model.errors import GatewayError
 
 ANTHROPIC_OVERLOADED_STATUS = 529
 

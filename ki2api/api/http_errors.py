@@ -14,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Mount
 
 from ki2api.api.errors import error_response_for_path
-from ki2api.core.errors import GatewayError, InvalidRequest, NotFound
+from ki2api.model.errors import GatewayError, InvalidRequest, NotFound
 
 _API_PREFIXES = ("/v1/", "/admin/")
 

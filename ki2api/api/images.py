@@ -8,7 +8,7 @@ loaded together afterwards (:meth:`RequestImages.fill`), once their number is kn
 - the request's image budget (``IMAGE_BUDGET_BYTES``, sized to Kiro's body limit) is split:
   inline images (``data:``, base64) whose size is known and small enough keep it, the rest share
   what is left evenly (:func:`shares`); an image over its share is scaled down and re-encoded
-  (:func:`ki2api.core.image_fit.fit_image`) or refused;
+  (:func:`ki2api.pipeline.image_fit.fit_image`) or refused;
 - :data:`FETCH_CONCURRENCY` images are fetched or decoded at a time; a response is read only up
   to ``MAX_IMAGE_BYTES`` (the largest image accepted for scaling down), and only the fitted
   image is kept. So a request holds at most its budget plus ``FETCH_CONCURRENCY`` images of
@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import httpx
 
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.image_fit import fit_image_async
-from ki2api.core.images import decode_base64_image, decode_data_url, load_image_url
-from ki2api.core.request import ChatRequest, ImagePart
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ChatRequest, ImagePart
+from ki2api.pipeline.image_fit import fit_image_async
+from ki2api.pipeline.images import decode_base64_image, decode_data_url, load_image_url
 from ki2api.settings import Settings
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]

@@ -1,7 +1,7 @@
 """The API's own limits: a per-key rate limit (``RATE_LIMIT``) and CORS origins (``CORS_ORIGINS``).
 
 The body size limit lives in :func:`ki2api.api.common.read_json_body`, the message count in
-``Gateway.open`` and the per-account concurrency in :mod:`ki2api.core.concurrency`.
+``Gateway.open`` and the per-account concurrency in :mod:`ki2api.pipeline.concurrency`.
 
 ``RATE_LIMIT=60/minute`` gives each API key a token bucket of 60 requests refilled over a
 minute; a request with an empty bucket gets 429 ``rate_limit_error`` with ``Retry-After`` in the
@@ -26,7 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ki2api.api.auth import keys_match, presented_key
 from ki2api.api.errors import anthropic_error_response, openai_error_response
-from ki2api.core.errors import RateLimited
+from ki2api.model.errors import RateLimited
 from ki2api.settings import Settings
 
 _PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}

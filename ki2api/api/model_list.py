@@ -16,8 +16,8 @@ from starlette.responses import Response
 
 from ki2api.api.auth import check_api_key
 from ki2api.api.errors import anthropic_error_response, openai_error_response
-from ki2api.core.errors import GatewayError, ModelNotFound
-from ki2api.kiro.models import ModelCatalog, ModelInfo
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.model.errors import GatewayError, ModelNotFound
 from ki2api.settings import Settings
 
 CREATED = 1_700_000_000

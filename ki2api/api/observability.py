@@ -18,9 +18,9 @@ from prometheus_client.registry import Collector
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ki2api.core.context import RequestContext, current_request
-from ki2api.core.ids import hex_id
-from ki2api.core.logsafe import printable
+from ki2api.model.context import RequestContext, current_request
+from ki2api.model.ids import hex_id
+from ki2api.model.logsafe import printable
 
 access_log = logging.getLogger("ki2api.access")
 

@@ -44,7 +44,7 @@ _THINKING_TAGS = re.compile(
 )
 _THINKING_ON = re.compile(r"<thinking_mode>\s*(enabled|adaptive)\s*</thinking_mode>")
 _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-# The gateway's tool_choice steering (ki2api/kiro/request_builder.py), read as a model would.
+# The gateway's tool_choice steering (ki2api/kiro/wire/request_builder.py), read as a model would.
 _STEER_ANY = re.compile(r"\s*Respond by calling one or more of the available tools\.")
 _STEER_TOOL = re.compile(r"\s*Respond by calling the tool (\S+?)\.(?=\s|$)")
 ANY_TOOL = "*"  # Prompt.tool_choice: some tool must be called

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ki2api.kiro.eventstream import EventStreamDecoder, EventStreamError
+from ki2api.kiro.wire.eventstream import EventStreamDecoder, EventStreamError
 from ki2api.simulator.player import RenderError
 from ki2api.simulator.scripts import HttpError
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from ki2api.kiro.eventstream import EventStreamDecoder
+from ki2api.kiro.wire.eventstream import EventStreamDecoder
 from ki2api.simulator.accounts import SOCIAL_PROFILE_ARN
 
 

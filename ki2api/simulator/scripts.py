@@ -28,7 +28,7 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from ki2api.kiro.eventstream import (
+from ki2api.kiro.wire.eventstream import (
     EventStreamDecoder,
     EventStreamError,
     encode_event,

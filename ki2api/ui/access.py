@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 from ki2api.api.auth import check_presented_key
 from ki2api.api.limits import RateLimiter, key_digest
 from ki2api.api.observability import PLAYGROUND_PATH, Metrics, record
-from ki2api.core.context import RequestContext
-from ki2api.core.errors import AuthenticationFailed, RateLimited, UpstreamUnavailable
+from ki2api.model.context import RequestContext
+from ki2api.model.errors import AuthenticationFailed, RateLimited, UpstreamUnavailable
 from ki2api.settings import Settings
 from ki2api.ui.tokens import PageKey, admin_key_ok
 

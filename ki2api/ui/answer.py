@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ki2api.core.deltas import (
+from ki2api.model.deltas import (
     Delta,
     ReasoningDelta,
     Stop,
@@ -21,7 +21,7 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.request import Message, TextPart
+from ki2api.model.request import Message, TextPart
 from ki2api.ui.i18n import t
 
 ChatMessages = list[dict[str, Any]]

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ki2api.api.auth import SPACE_SETUP_MESSAGE
-from ki2api.kiro.credentials import AccountSpec
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.accounts.credentials import AccountSpec
+from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.settings import Settings
 from ki2api.ui import connect, status
 from ki2api.ui.access import Playground

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ki2api.api.common import CLIENT_CLOSED
-from ki2api.core.context import RequestContext, current_request, note_error
-from ki2api.core.deltas import Delta
-from ki2api.core.errors import GatewayError, NotConfigured
-from ki2api.core.ids import hex_id
-from ki2api.core.request import ChatRequest, Message, Reasoning, TextPart, ToolSpec
-from ki2api.kiro.credentials import AccountSpec
+from ki2api.kiro.accounts.credentials import AccountSpec
+from ki2api.model.context import RequestContext, current_request, note_error
+from ki2api.model.deltas import Delta
+from ki2api.model.errors import GatewayError, NotConfigured
+from ki2api.model.ids import hex_id
+from ki2api.model.request import ChatRequest, Message, Reasoning, TextPart, ToolSpec
 from ki2api.ui.access import NotSignedIn, Playground
 from ki2api.ui.answer import AnswerView, ChatMessages, history_to_messages
 from ki2api.ui.guard import Readers

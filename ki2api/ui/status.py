@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ki2api.core.logsafe import hide_paths
-from ki2api.kiro.account import CooldownStatus
+from ki2api.kiro.accounts.account import CooldownStatus
+from ki2api.model.logsafe import hide_paths
 from ki2api.ui.i18n import STRINGS, t
 
 if TYPE_CHECKING:

@@ -18,9 +18,14 @@ import gradio as gr
 import orjson
 
 from ki2api.api.auth import check_presented_key, keys_match
-from ki2api.core.errors import GatewayError
-from ki2api.kiro.credentials import AccountSpec, CredentialError, mask_secret, parse_pasted_token
-from ki2api.kiro.sources import unique_label
+from ki2api.kiro.accounts.credentials import (
+    AccountSpec,
+    CredentialError,
+    mask_secret,
+    parse_pasted_token,
+)
+from ki2api.kiro.accounts.sources import unique_label
+from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
 from ki2api.ui.i18n import t
 from ki2api.ui.status import countdown

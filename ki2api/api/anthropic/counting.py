@@ -1,7 +1,7 @@
 """A local estimate of a request's input tokens, for ``count_tokens`` and ``message_start``.
 
 Kiro has no counting endpoint and reports usage only at the end of an answer, so this is an
-estimate, not Anthropic's count: :func:`ki2api.core.tokens.estimate_tokens` over every piece of
+estimate, not Anthropic's count: :func:`ki2api.model.tokens.estimate_tokens` over every piece of
 text the model reads (system prompt, messages, tool calls and results, tool definitions), plus
 per image Anthropic's formula on its size read from the header, or a flat :data:`IMAGE_TOKENS`
 (its figure for an image of about a megapixel) for an image URL, which ``count_tokens`` never
@@ -15,9 +15,9 @@ from typing import Any
 
 import orjson
 
-from ki2api.core.image_fit import image_tokens
-from ki2api.core.request import ChatRequest, ImagePart, TextPart
-from ki2api.core.tokens import estimate_tokens
+from ki2api.model.request import ChatRequest, ImagePart, TextPart
+from ki2api.model.tokens import estimate_tokens
+from ki2api.pipeline.image_fit import image_tokens
 
 IMAGE_TOKENS = 1_600
 

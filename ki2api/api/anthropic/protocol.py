@@ -15,7 +15,7 @@ What cannot travel to Kiro is handled openly: ``thinking`` / ``redacted_thinking
 history are dropped (the service takes no reasoning in history, and as text the model would echo
 it); images inside a ``tool_result`` ride on the user turn that carries the result (Kiro's tool
 results hold text only); the web-search server tool (``web_search_…``) is run by the gateway
-(:mod:`.server_tools`, :mod:`ki2api.core.websearch`) and its blocks in the history become text;
+(:mod:`.server_tools`, :mod:`ki2api.pipeline.websearch`) and its blocks in the history become text;
 other server tools (``bash_…``, ``code_execution_…`` and the like) and non-text documents are
 refused with a 400 that says so.
 """
@@ -30,9 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ki2api.api.anthropic.server_tools import history_text, is_web_search, web_search_spec
 from ki2api.api.common import parse_wire_model
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.images import decode_base64_image
-from ki2api.core.request import (
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import (
     ChatRequest,
     ContentPart,
     ImagePart,
@@ -45,7 +44,8 @@ from ki2api.core.request import (
     ToolSpec,
     WebSearch,
 )
-from ki2api.core.websearch import direct_query
+from ki2api.pipeline.images import decode_base64_image
+from ki2api.pipeline.websearch import direct_query
 
 ImageLoader = Callable[[str, str], Awaitable[ImagePart]]  # (url, param) → image
 Base64Loader = Callable[[str, str, str], Awaitable[ImagePart]]  # (media type, data, param)

@@ -22,7 +22,7 @@ from ki2api.api.common import read_json_body
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
-from ki2api.core.errors import GatewayError
+from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
 
 MESSAGES_PATH = "/v1/messages"

@@ -1,7 +1,7 @@
 """Anthropic's web-search server tool (``web_search_20250305`` and newer dated types): the
 request side (the tool, and its blocks when a client sends an earlier answer back) and the
 answer's blocks (``server_tool_use`` + ``web_search_tool_result``). The searches themselves run
-in :mod:`ki2api.core.websearch`."""
+in :mod:`ki2api.pipeline.websearch`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any
 
 import orjson
 
-from ki2api.core.deltas import ServerToolResult, ServerToolUse
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import WebSearch
+from ki2api.model.deltas import ServerToolResult, ServerToolUse
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import WebSearch
 
 WEB_SEARCH_PREFIX = "web_search_"
 

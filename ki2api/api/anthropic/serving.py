@@ -14,7 +14,7 @@ block: the block is closed and the message ends with ``stop_reason: max_tokens``
 does when ``max_tokens`` cuts a tool call.
 
 ``message_start`` carries an estimate of ``input_tokens`` (Kiro counts only at the end),
-scaled by what the service counted for the same model before (:mod:`ki2api.core.calibration`);
+scaled by what the service counted for the same model before (:mod:`ki2api.pipeline.calibration`);
 ``message_delta`` carries the final counts, which the SDK's accumulator takes over. Cache
 tokens are Kiro's own counts when it sends them, else 0.
 
@@ -34,7 +34,7 @@ from ki2api.api.anthropic.counting import estimate_request_tokens
 from ki2api.api.anthropic.server_tools import result_block, server_tool_usage, use_block
 from ki2api.api.common import LastPiece
 from ki2api.api.errors import anthropic_error_body
-from ki2api.core.deltas import (
+from ki2api.model.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
     ServerToolResult,
@@ -48,11 +48,11 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import ContextLengthExceeded, InvalidRequest
-from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
-from ki2api.core.ids import hex_id
-from ki2api.core.request import ChatRequest
-from ki2api.core.websearch import open_answer
+from ki2api.model.errors import ContextLengthExceeded, InvalidRequest
+from ki2api.model.ids import hex_id
+from ki2api.model.request import ChatRequest
+from ki2api.pipeline.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.pipeline.websearch import open_answer
 
 STOP_REASONS = {
     StopReason.END_TURN: "end_turn",

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ki2api.api.plain import number_or_none, plain_basics, text_blocks
-from ki2api.core.request import ChatRequest, Message, TextPart
+from ki2api.model.request import ChatRequest, Message, TextPart
 
 # The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
 # Unknown fields are ignored by both paths. A test keeps these lists in step with the model.

@@ -13,8 +13,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ki2api.api.common import check_json_depth, parse_wire_model
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import (
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import (
     ChatRequest,
     ContentPart,
     ImagePart,
@@ -86,7 +86,7 @@ class ChatCompletionWire(_Wire):
     function_call: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     response_format: dict[str, Any] | None = None
-    # The gateway runs the searches (ki2api/core/websearch.py); the options' fields are ignored.
+    # The gateway runs the searches (ki2api/pipeline/websearch.py); the options' fields are ignored.
     web_search_options: dict[str, Any] | None = None
     n: int | None = Field(default=None, ge=1)
     # Accepted for compatibility; the service has no such knobs (documented in the README).

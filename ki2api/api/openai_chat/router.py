@@ -14,8 +14,8 @@ from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.openai_chat.plain import parse_plain
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
 from ki2api.api.openai_chat.serving import ChatCompletionsService, OpenChat
-from ki2api.core.errors import GatewayError
-from ki2api.kiro.models import ModelCatalog
+from ki2api.kiro.wire.models import ModelCatalog
+from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
 
 CHAT_PATH = "/v1/chat/completions"

@@ -14,8 +14,7 @@ import orjson
 
 from ki2api.api.common import LastPiece
 from ki2api.api.errors import openai_error_body
-from ki2api.core.compliance import normalise_json_answer, tool_choice_problem
-from ki2api.core.deltas import (
+from ki2api.model.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
     SearchHit,
@@ -28,10 +27,11 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
-from ki2api.core.ids import hex_id
-from ki2api.core.request import ChatRequest
-from ki2api.core.websearch import citations, open_answer
+from ki2api.model.ids import hex_id
+from ki2api.model.request import ChatRequest
+from ki2api.pipeline.compliance import normalise_json_answer, tool_choice_problem
+from ki2api.pipeline.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.pipeline.websearch import citations, open_answer
 
 log = logging.getLogger("ki2api.openai")
 

@@ -29,8 +29,8 @@ from ki2api.api.responses.tools import (
     flat_name,
     parse_tools,
 )
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import (
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import (
     ChatRequest,
     ContentPart,
     ImagePart,

@@ -13,7 +13,7 @@ from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.responses.protocol import parse_request, parse_wire
 from ki2api.api.responses.serving import OpenResponse, ResponsesService
-from ki2api.core.errors import GatewayError
+from ki2api.model.errors import GatewayError
 
 RESPONSES_PATH = "/v1/responses"
 

@@ -32,7 +32,7 @@ from ki2api.api.common import HeadedPiece
 from ki2api.api.responses.protocol import ResponsesWire
 from ki2api.api.responses.sealed import ReasoningSeal
 from ki2api.api.responses.tools import ToolKinds, custom_input, local_shell_action
-from ki2api.core.deltas import (
+from ki2api.model.deltas import (
     KEEP_ALIVE,
     ReasoningDelta,
     SearchHit,
@@ -47,12 +47,12 @@ from ki2api.core.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.core.errors import GatewayError
-from ki2api.core.gateway import Completion, DeltaStream, Gateway, collect
-from ki2api.core.ids import hex_id
-from ki2api.core.request import ChatRequest
-from ki2api.core.tokens import estimate_tokens
-from ki2api.core.websearch import citations, open_answer
+from ki2api.model.errors import GatewayError
+from ki2api.model.ids import hex_id
+from ki2api.model.request import ChatRequest
+from ki2api.model.tokens import estimate_tokens
+from ki2api.pipeline.gateway import Completion, DeltaStream, Gateway, collect
+from ki2api.pipeline.websearch import citations, open_answer
 
 log = logging.getLogger("ki2api.responses")
 KEEPALIVE = b": keep-alive\n\n"

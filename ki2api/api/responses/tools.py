@@ -10,7 +10,7 @@ the calls back to the item the client expects:
   ``input``; its calls come back as ``custom_tool_call`` items whose ``input`` is that string.
 - ``local_shell``: offered as a function taking ``command`` (argv), ``workdir``, ``timeout_ms``;
   its calls come back as ``local_shell_call`` items.
-- ``web_search``: run by the gateway (see :mod:`ki2api.core.websearch`); only its settings are
+- ``web_search``: run by the gateway (see :mod:`ki2api.pipeline.websearch`); only its settings are
   kept here.
 - any other built-in tool (file search, computer use, ``tool_search`` ...): it runs on OpenAI's
   servers, so it is dropped with a warning (a header and a log line), unless ``tool_choice``
@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from ki2api.core.errors import InvalidRequest
-from ki2api.core.request import ToolSpec
+from ki2api.model.errors import InvalidRequest
+from ki2api.model.request import ToolSpec
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 NAMESPACE_SEPARATOR = "__"

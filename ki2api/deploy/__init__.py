@@ -1,0 +1,1 @@
+"""``ki2api deploy``: publish the gateway as a Hugging Face Space."""

@@ -1,0 +1,604 @@
+"""The account pool: which account serves a request, and what a failure does to that account.
+
+    pool = AccountPool.from_settings(settings, http)
+    lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
+    lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
+    lease.succeeded() / lease.failed(error)
+
+``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
+``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
+``retry_after`` the shortest wait), ``QuotaExceeded`` (every account that could serve is out of
+quota) or ``NoHealthyAccount``.
+
+Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
+``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
+
+What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
+
+    ModelCapacity,       that model on that account, briefly: Kiro's Retry-After, else 0.5 s
+    ModelUnavailable     doubling (to 8 s) while it repeats; other models keep the account
+    UpstreamThrottled    the account: Kiro's Retry-After; else nothing for one throttle, and
+                         1 s doubling (to 30 s) from the second in a row (each within a minute)
+    QuotaExceeded        out of rotation until the quota resets (retry_after, else a default)
+    NeedsLogin           needs login (the refresh token is dead)
+    TokenExpired         the token is refreshed before its next use
+    UpstreamAuthFailed   disabled, with the service's reason (suspended, not authorised)
+    anything else        counted only (5xx, timeouts: the gateway retries)
+
+Throttles answered while a cooldown runs were sent before it started: they do not lengthen it.
+
+Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accounts.account`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from ki2api.kiro.accounts.account import (
+    CAUSE_TEXT,
+    Account,
+    AccountStatus,
+    Clock,
+    Cooldown,
+    Refresher,
+)
+from ki2api.kiro.accounts.credentials import (
+    LABEL_PATTERN,
+    AccountSpec,
+    Credential,
+    CredentialError,
+    parse_pasted_token,
+)
+from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult, refresh_tokens
+from ki2api.kiro.accounts.sources import (
+    Source,
+    account_source,
+    file_source,
+    load_sources,
+    unique_label,
+)
+from ki2api.kiro.accounts.usage_limits import UsageLimits, fetch_usage_limits
+from ki2api.model.errors import (
+    AccountsCoolingDown,
+    GatewayError,
+    InvalidRequest,
+    ModelCapacity,
+    ModelUnavailable,
+    NoHealthyAccount,
+    NotConfigured,
+    NotFound,
+    QuotaExceeded,
+    TokenExpired,
+    UpstreamAuthFailed,
+    UpstreamThrottled,
+)
+from ki2api.model.logsafe import hide_paths
+from ki2api.settings import Settings
+
+_DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
+log = logging.getLogger("ki2api.accounts")
+T = TypeVar("T")
+
+STRATEGIES = ("lru", "round_robin", "first")
+QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
+THROTTLE_WINDOW = 60.0  # throttles further apart than this are not "in a row"
+ALLOWED_THROTTLES = 1  # one throttle is not a pattern: it cools nothing (cf. LiteLLM allowed_fails)
+THROTTLE_BASE = 1.0
+THROTTLE_CAP = 30.0
+CAPACITY_BASE = 0.5
+CAPACITY_CAP = 8.0
+RETRY_AFTER_CAP = 6 * 3600.0
+# Exceptions acquire raises when no account can serve the request right now.
+NO_ACCOUNT_NOW = (AccountsCoolingDown, QuotaExceeded, NoHealthyAccount)
+Sleep = Callable[[float], Awaitable[None]]
+
+NOT_CONFIGURED_MESSAGE = (
+    "No Kiro account is configured. To try Ki2API without one, restart it with --demo (a "
+    "built-in simulator answers); to chat in the playground with your own Kiro token, paste it "
+    "in the page's Tokens tab. For real use, set KIRO_ACCESS_TOKEN and/or KIRO_REFRESH_TOKEN "
+    "(Space secrets or environment), point KIRO_TOKEN_FILE at a kiro-auth-token.json, list "
+    "accounts in KIRO_ACCOUNTS, add one with POST /admin/accounts, or log in to Kiro on this "
+    "machine (the login is read from {path})."
+)
+NO_ACCOUNTS_WARNING = (
+    "no Kiro account: every chat will answer 503 until there is one. Three ways out: "
+    "restart with --demo (a built-in simulator answers); paste a token in the page's Tokens "
+    "tab (for your own playground chats); or set KIRO_ACCESS_TOKEN / KIRO_REFRESH_TOKEN / "
+    "KIRO_ACCOUNTS / KIRO_TOKEN_FILE, or log in to Kiro on this machine (read from {path})"
+)
+
+
+class Lease:
+    """One request's use of one account. ``credential`` changes if ``token_rejected`` refreshes."""
+
+    __slots__ = ("_account", "_pool", "credential", "model", "_settled", "_rejected", "_done")
+
+    def __init__(
+        self,
+        account: Account,
+        pool: AccountPool | None,
+        credential: Credential,
+        model: str | None = None,
+    ) -> None:
+        self._account = account
+        self._pool = pool
+        self.credential = credential
+        self.model = model  # Kiro's id of the model asked for: a capacity failure cools only it
+        self._settled = False  # the account's state was already decided by token_rejected
+        self._rejected = False
+        self._done = False
+
+    @property
+    def spec(self) -> AccountSpec:
+        """The account's current tokens (an ephemeral lease's caller keeps them after a refresh)."""
+        return self._account.spec
+
+    async def token_rejected(self) -> Credential | None:
+        """The service said the token is invalid: a newer credential, or None if none can help."""
+        if self._rejected:
+            return None  # once per lease: a second rejection is not fixed by another refresh
+        self._rejected = True
+        new = await self._account.recover_rejected_token(self.credential.access_token)
+        if new is None:
+            self._settled = True
+            return None
+        self.credential = new
+        return new
+
+    def failed(self, error: GatewayError) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._account.record_error(error)
+        if not self._settled:
+            apply_failure(self._account, error, self.model)
+
+    def succeeded(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._account.record_success(self.model)
+
+    def __repr__(self) -> str:
+        return f"Lease({self.credential!r})"
+
+
+def apply_failure(account: Account, error: GatewayError, model: str | None = None) -> None:
+    if isinstance(error, QuotaExceeded):
+        account.cool_down(_quota_cooldown(account, error), error.message, "quota")
+    elif isinstance(error, ModelCapacity | ModelUnavailable):
+        if model is not None:
+            # Answers to requests sent before a running cooldown began do not lengthen it.
+            streak = 0 if account.cooling(model) else account.note_throttle(model, THROTTLE_WINDOW)
+            if error.retry_after is not None or streak > 0:
+                delay = _delay(error, CAPACITY_BASE * 2 ** (streak - 1), CAPACITY_CAP)
+                account.cool_model(model, delay, error.message)
+    elif isinstance(error, UpstreamThrottled):
+        streak = 0 if account.cooling(None) else account.note_throttle(None, THROTTLE_WINDOW)
+        streak -= ALLOWED_THROTTLES
+        if error.retry_after is not None or streak > 0:
+            delay = _delay(error, THROTTLE_BASE * 2 ** (streak - 1), THROTTLE_CAP)
+            account.cool_down(delay, error.message, "rate_limit")
+    elif isinstance(error, NeedsLogin):
+        account.set_needs_login(error.message)
+    elif isinstance(error, TokenExpired):
+        account.mark_token_suspect()
+    elif isinstance(error, UpstreamAuthFailed):
+        account.disable(error.message)
+
+
+def _delay(error: GatewayError, backoff: float, cap: float) -> float:
+    """Kiro's Retry-After when it gave one (never longer), else our own capped back-off."""
+    if error.retry_after is not None:
+        return min(error.retry_after, RETRY_AFTER_CAP)
+    return min(backoff, cap)
+
+
+def _quota_cooldown(account: Account, error: QuotaExceeded) -> float:
+    if error.retry_after is not None:
+        return min(error.retry_after, 31 * 24 * 3600.0)
+    usage = account.usage
+    if usage is not None and usage.resets_at is not None:
+        seconds = (usage.resets_at - datetime.now(UTC)).total_seconds()
+        if seconds > 0:
+            return seconds
+    return QUOTA_COOLDOWN
+
+
+class AccountPool:
+    def __init__(
+        self,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        strategy: str | None = None,
+        clock: Clock = time.monotonic,
+        refresher: Refresher | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._http = http
+        chosen = (strategy or settings.kiro_pool_strategy or "lru").lower()
+        if chosen not in STRATEGIES:
+            log.error("unknown KIRO_POOL_STRATEGY %r; using lru", chosen)
+            chosen = "lru"
+        self.strategy = chosen
+        self._clock = clock
+        self.sleep = sleep  # waiting out a cooldown goes by the pool's clock (tests: a fake one)
+        self._refresher: Refresher = refresher or self._refresh_with_http
+        self._accounts: dict[str, Account] = {}
+        self._next = 0  # round_robin position
+        self.problems: list[str] = []  # sources that could not be used (shown to the admin)
+        self._pending_default_file: Path | None = None
+        self._next_default_check = 0.0
+        self._closing: set[asyncio.Future[None]] = set()
+
+    async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
+        return await refresh_tokens(self._http, self._settings, spec)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        http: httpx.AsyncClient,
+        *,
+        strategy: str | None = None,
+        clock: Clock = time.monotonic,
+        refresher: Refresher | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> AccountPool:
+        """Every configured source (see :mod:`ki2api.kiro.accounts.sources`); never raises."""
+        pool = cls(settings, http, strategy=strategy, clock=clock, refresher=refresher, sleep=sleep)
+        found = load_sources(settings)
+        pool.problems.extend(found.problems)
+        pool._pending_default_file = found.pending_default_file
+        for src in found.accounts:
+            pool._add_source(src)
+        return pool
+
+    async def start(self) -> None:
+        states = ", ".join(f"{a.label} ({a.status().description})" for a in self._accounts.values())
+        log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
+        if not self._accounts:
+            log.warning(NO_ACCOUNTS_WARNING.format(path=self._settings.kiro_token_file))
+
+    async def aclose(self) -> None:
+        await asyncio.gather(
+            *(a.aclose() for a in self._accounts.values()), *self._closing, return_exceptions=True
+        )
+
+    # --- membership --------------------------------------------------------------------------
+
+    def _add_source(self, src: Source) -> Account:
+        account = Account(
+            src.spec,
+            settings=self._settings,
+            refresher=self._refresher,
+            clock=self._clock,
+            login_file=src.login_file,
+        )
+        if src.missing_reason is not None:
+            account.set_needs_login(src.missing_reason)
+        self._accounts[account.label] = account
+        return account
+
+    def add_account(
+        self,
+        data: Mapping[str, Any] | AccountSpec,
+        *,
+        label: str | None = None,
+        replace_existing: bool = False,
+        source: str = "admin",
+    ) -> AccountStatus:
+        """Add an account given as fields / a login file's contents, or as a spec.
+
+        Raises ``InvalidRequest`` for unusable input or a label / account already in the pool
+        (unless ``replace_existing``).
+        """
+        wanted = label if label is not None else getattr(data, "label", None)
+        if wanted is not None and not LABEL_PATTERN.match(wanted):
+            raise InvalidRequest("a label is 1-64 letters, digits and . _ @ + -", param="label")
+        try:
+            if isinstance(data, AccountSpec):
+                src = Source(replace(data, label=label or data.label, source=source))
+            else:
+                fields = dict(data)
+                if label is not None:
+                    fields["label"] = label
+                src = account_source(
+                    fields,
+                    default_label=self.free_label("added"),
+                    source=source,
+                    settings=self._settings,
+                    taken=set(),  # a label given here is refused if taken, not renamed
+                )
+        except CredentialError as exc:
+            raise InvalidRequest(str(exc)) from None
+        new_label = src.spec.label
+        if new_label in self._accounts and not replace_existing:
+            raise InvalidRequest(f"an account labelled {new_label!r} exists", param="label")
+        identity = src.spec.identity()
+        for other in self._accounts.values():
+            if other.label != new_label and identity and other.spec.identity() == identity:
+                raise InvalidRequest(f"this account is already in the pool as {other.label!r}")
+        old = self._accounts.pop(new_label, None)
+        if old is not None:
+            log.info("account %s replaced", new_label)
+        account = self._add_source(src)
+        log.info("account %s added (%s, %s)", account.label, src.spec.source, src.spec.auth_method)
+        return account.status()
+
+    def free_label(self, base: str) -> str:
+        """``base`` if no account has it, else ``base-2``, ``base-3``, ..."""
+        return unique_label(base, set(self._accounts))
+
+    def remove_account(self, label: str) -> None:
+        account = self._get(label)
+        del self._accounts[account.label]
+        if account.refreshing():  # let it finish in the background (it has a loop, then)
+            closing = asyncio.ensure_future(account.aclose())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        log.info("account %s removed", label)
+
+    def _get(self, label: str) -> Account:
+        account = self._accounts.get(label)
+        if account is None:
+            raise NotFound(f"no account labelled {label!r}")
+        return account
+
+    def _adopt_default_file(self) -> None:
+        """The user logged in to Kiro after start-up: take the new login file into the pool."""
+        path = self._pending_default_file
+        if path is None:
+            return
+        now = self._clock()
+        if self._accounts and now < self._next_default_check:
+            return  # other accounts serve meanwhile: one stat a second is plenty
+        self._next_default_check = now + _DEFAULT_FILE_RECHECK
+        if not path.exists():
+            return
+        self._pending_default_file = None
+        self._add_source(
+            file_source(
+                path, label=unique_label("kiro-login", set(self._accounts)), settings=self._settings
+            )
+        )
+        log.info("found a Kiro login at %s", path)
+
+    # --- visibility --------------------------------------------------------------------------
+
+    def snapshot(self) -> list[AccountStatus]:
+        self._adopt_default_file()
+        self._revive_from_files()
+        return [a.status() for a in self._accounts.values()]
+
+    def has_accounts(self) -> bool:
+        """Any account at all (a Kiro login made since start-up counts)."""
+        self._adopt_default_file()
+        return bool(self._accounts)
+
+    def not_configured(self) -> NotConfigured:
+        """The error for a pool without any account, saying how to get one."""
+        # Clients and the page's visitors see this: the file's name, not where it is.
+        where = f"…/{self._settings.kiro_token_file.name}"
+        return NotConfigured(NOT_CONFIGURED_MESSAGE.format(path=where))
+
+    def usable_count(self) -> int:
+        return sum(1 for a in self._accounts.values() if a.usable())
+
+    def __len__(self) -> int:
+        return len(self._accounts)
+
+    # --- choosing ----------------------------------------------------------------------------
+
+    def _revive_from_files(self) -> None:
+        # An account out of rotation for its login comes back when its file changes (one stat).
+        for account in self._accounts.values():
+            if account.state in ("needs_login", "disabled") and account.spec.token_file:
+                account.sync_from_file()
+
+    def _choose(self, skip: frozenset[str], model: str | None) -> Account | None:
+        accounts = list(self._accounts.values())
+        candidates = [a for a in accounts if a.label not in skip and a.usable() and a.serves(model)]
+        if not candidates:
+            return None
+        if self.strategy == "first":
+            return candidates[0]
+        if self.strategy == "round_robin":
+            n = len(accounts)
+            for step in range(n):
+                account = accounts[(self._next + step) % n]
+                if account in candidates:
+                    self._next = (self._next + step + 1) % n
+                    return account
+        return min(candidates, key=lambda a: a.last_used)
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep until ``seconds`` have passed on the pool's clock, so that a cooldown that
+        long has ended: an event loop may wake a timer early (uvloop keeps the time in whole
+        milliseconds), and one that ends a moment too soon would still refuse the account."""
+        end = self._clock() + seconds
+        await self.sleep(seconds)
+        while (left := end - self._clock()) > 0:
+            await self.sleep(left + 0.001)
+
+    def any_ready(self, labels: set[str], model: str | None) -> bool:
+        """Whether one of ``labels`` could serve ``model`` now (it failed only passingly)."""
+        return any(
+            a.usable() and a.serves(model) for a in self._accounts.values() if a.label in labels
+        )
+
+    async def acquire(
+        self,
+        exclude: frozenset[str] = frozenset(),
+        model: str | None = None,
+        lacking: frozenset[str] = frozenset(),
+    ) -> Lease:
+        """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
+        module's docstring for what is raised when there is none. ``exclude``: accounts this
+        request tried already; ``lacking``: accounts that do not offer the model (their state
+        says nothing about when it can be served)."""
+        self._adopt_default_file()
+        if not self._accounts:
+            raise self.not_configured()
+        self._revive_from_files()
+        skip = exclude | lacking
+        while True:
+            account = self._choose(skip, model)
+            if account is None:
+                raise self._no_account(exclude, model, lacking)
+            account.last_used = self._clock()  # before any await: spreads concurrent requests
+            try:
+                credential = await account.ensure_fresh()
+            except GatewayError as exc:
+                log.info("account %s unusable: %s", account.label, exc.message)
+                skip = skip | {account.label}
+                continue
+            account.requests += 1
+            return Lease(account, self, credential, model)
+
+    def _no_account(
+        self, exclude: frozenset[str], model: str | None, lacking: frozenset[str] = frozenset()
+    ) -> GatewayError:
+        """Why no account can serve ``model`` now, told by the way out that comes first: an
+        account or model cooling down after Kiro's throttles (429, with the shortest wait and
+        what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
+        now = self._clock()
+        blocked: list[tuple[Account, Cooldown]] = []
+        parts = []
+        for account in self._accounts.values():
+            if account.label in lacking:
+                parts.append(f"{account.label}: does not offer {model}")
+                continue
+            cooldown = account.blocking(model)
+            if cooldown is not None:
+                blocked.append((account, cooldown))
+                parts.append(f"{account.label}: {_cooldown_text(cooldown, now)}")
+            elif account.label in exclude and account.state == "healthy":
+                parts.append(f"{account.label}: already tried")
+            else:
+                parts.append(f"{account.label}: {account.status().description}")
+        listing = hide_paths("; ".join(parts) + ".")  # clients see a login file's name only
+        first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
+        retry_after = max(0.0, first.until - now) if first is not None else None
+        if first is not None and first.cause in ("rate_limit", "capacity"):
+            what = f"Kiro is throttling every account that can serve {model or 'this request'}"
+            return AccountsCoolingDown(
+                f"{what}; the first is back in {math.ceil(retry_after or 0)} s: {listing}",
+                retry_after=retry_after,
+            )
+        if first is not None and first.cause == "quota":
+            return QuotaExceeded(
+                "Every Kiro account that can serve this request has used up its quota: " + listing,
+                retry_after=retry_after,
+            )
+        hint = ""
+        if any(a.state == "needs_login" for a in self._accounts.values()):
+            hint = (
+                " Log in to Kiro again (or update the account's refresh token), then retry "
+                "or POST /admin/accounts/{label}/refresh."
+            )
+        return NoHealthyAccount(
+            "No Kiro account can take this request right now: " + listing + hint,
+            retry_after=retry_after,
+        )
+
+    # --- one-off credentials (a visitor's own token in the UI) ------------------------------
+
+    async def ephemeral_lease(self, spec: AccountSpec | str) -> Lease:
+        """A lease on an account that is not in the pool: refreshed in memory only, never saved.
+
+        ``spec`` is an :class:`AccountSpec` (e.g. from :func:`parse_pasted_token`) or the pasted
+        text itself. After use, ``lease.spec`` holds the current tokens for the caller to keep.
+        Raises ``InvalidRequest`` for unusable text, ``NeedsLogin`` / ``Upstream*`` errors when
+        the token cannot be refreshed.
+        """
+        if isinstance(spec, str):
+            try:
+                spec = parse_pasted_token(spec, self._settings)
+            except CredentialError as exc:
+                raise InvalidRequest(str(exc)) from None
+        account = Account(
+            replace(spec, token_file=None, client_file=None),
+            settings=self._settings,
+            refresher=self._refresher,
+            clock=self._clock,
+        )
+        if account.state != "healthy":
+            raise NeedsLogin(f"the token for {spec.label!r} cannot be used: {account.reason}")
+        credential = await account.ensure_fresh()
+        return Lease(account, None, credential)
+
+    # --- admin actions -----------------------------------------------------------------------
+
+    async def refresh_account(self, label: str) -> AccountStatus:
+        """Refresh now (re-reading its login file first); success puts it back in rotation."""
+        account = self._get(label)
+        if account.spec.token_file is not None and account.sync_from_file(thorough=True):
+            account.enable()
+            if not account.needs_refresh():
+                return account.status()
+        if not account.spec.can_refresh:
+            raise InvalidRequest(
+                f"account {label!r} cannot be refreshed "
+                + ("(an API key)" if account.spec.is_api_key else "(no refresh token / client)")
+            )
+        await account.refresh(account.spec.access_token)
+        account.enable()
+        return account.status()
+
+    async def with_credential(self, label: str, call: Callable[[Credential], Awaitable[T]]) -> T:
+        """An off-path call (usage, model list) with the account's fresh token; once more with
+        a newer token if the service refuses this one."""
+        account = self._get(label)
+        credential = await account.ensure_fresh()
+        try:
+            return await call(credential)
+        except TokenExpired:
+            newer = await account.recover_rejected_token(credential.access_token)
+            if newer is None:
+                raise
+            return await call(newer)
+
+    def labels(self) -> list[str]:
+        return list(self._accounts)
+
+    def usable_labels(self) -> list[str]:
+        return [a.label for a in self._accounts.values() if a.usable()]
+
+    async def fetch_usage(self, label: str) -> UsageLimits:
+        """Ask the service for the account's remaining credits (on demand only)."""
+        usage = await self.with_credential(
+            label, lambda credential: fetch_usage_limits(self._http, self._settings, credential)
+        )
+        self._get(label).usage = usage
+        return usage
+
+
+def _cooldown_text(cooldown: Cooldown, now: float) -> str:
+    scope = f"{cooldown.model} " if cooldown.model else ""
+    left = math.ceil(max(0.0, cooldown.until - now))
+    why = f"{CAUSE_TEXT[cooldown.cause]}: {cooldown.reason}"
+    return f"{scope}cooling down for {left} s more ({why})"
+
+
+__all__ = [
+    "AccountPool",
+    "AccountSpec",
+    "AccountStatus",
+    "Credential",
+    "Lease",
+    "NeedsLogin",
+    "parse_pasted_token",
+]

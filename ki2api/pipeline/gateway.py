@@ -1,0 +1,526 @@
+"""The pipeline driver shared by every front door and the UI.
+
+``Gateway.open`` does everything that can fail before the first byte reaches a client: model
+lookup, request building, choosing an account (refreshing its token), connecting, checking the
+status, retrying and failing over. It returns a :class:`DeltaStream`; from then on failures
+travel inside the stream as :class:`StreamError` deltas.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from ki2api.kiro.accounts.available_models import AvailableModels
+from ki2api.kiro.accounts.pool import NO_ACCOUNT_NOW, AccountPool, Lease
+from ki2api.kiro.http.client import KiroClient, KiroResponse
+from ki2api.kiro.http.mcp import KiroWebSearch
+from ki2api.kiro.wire.events import KiroEventParser
+from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
+from ki2api.kiro.wire.request_builder import KiroRequest, build_kiro_request
+from ki2api.model.context import current_request
+from ki2api.model.deltas import (
+    KEEP_ALIVE,
+    Delta,
+    ReasoningDelta,
+    ServerToolResult,
+    ServerToolUse,
+    Stop,
+    StopReason,
+    StreamError,
+    TextDelta,
+    ToolCallArgs,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from ki2api.model.errors import (
+    AccountsCoolingDown,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NoHealthyAccount,
+    QuotaExceeded,
+    TokenExpired,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamThrottled,
+)
+from ki2api.model.logsafe import printable
+from ki2api.model.request import ChatRequest
+from ki2api.pipeline.calibration import TokenCalibration
+from ki2api.pipeline.concurrency import AccountBusy, AccountSlots, Slot
+from ki2api.pipeline.conversation import conversation_id_for
+from ki2api.pipeline.output_limits import OutputLimiter
+from ki2api.pipeline.stats import RequestRecord, RequestStats
+from ki2api.settings import Settings
+
+log = logging.getLogger("ki2api.gateway")
+
+_NONE: frozenset[str] = frozenset()
+_BACKOFF_BASE = 0.2
+_BACKOFF_CAP = 2.0
+
+
+def _backoff(attempt: int) -> float:
+    delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+    return delay * (0.5 + random.random() / 2)
+
+
+class DeltaStream:
+    """An open answer: ``async for delta in stream``; ``await stream.aclose()`` cancels it."""
+
+    def __init__(
+        self,
+        *,
+        response: KiroResponse,
+        parser: KiroEventParser,
+        lease: Lease,
+        model: ModelInfo,
+        request: ChatRequest,
+        stats: RequestStats | None,
+        started: float,
+        release: Callable[[], None] | None = None,
+    ) -> None:
+        self.model = model
+        self.requested_model = request.model
+        self.account = lease.credential.label
+        self.started = started
+        self.first_delta_at: float | None = None
+        self._response = response
+        self._parser = parser
+        self._lease = lease
+        self._stats = stats
+        self._release = release  # gives the account's concurrency slot back
+        limited = request.max_tokens is not None or bool(request.stop)
+        self._limiter = OutputLimiter(request.max_tokens, request.stop) if limited else None
+        self._streamed = request.stream
+        self._context = current_request.get()
+        if self._context is not None:
+            self._context.model = model.id
+            self._context.kiro_model = model.kiro_id
+            self._context.account = self.account
+            self._context.streamed = request.stream
+        self._batches = self._run()
+        self._flat: AsyncGenerator[Delta, None] | None = None
+
+    def batches(self) -> AsyncIterator[list[Delta]]:
+        """The deltas in batches, one per upstream read: a renderer can answer each batch
+        with a single write (the first batch also carries its preamble)."""
+        return self._batches
+
+    def __aiter__(self) -> AsyncIterator[Delta]:
+        if self._flat is None:
+            self._flat = self._flatten()
+        return self._flat
+
+    async def _flatten(self) -> AsyncGenerator[Delta, None]:
+        async for batch in self._batches:
+            for delta in batch:
+                yield delta
+
+    async def aclose(self) -> None:
+        if self._flat is not None:
+            await self._flat.aclose()
+        await self._batches.aclose()
+        # A stream closed before its first read never ran _run's cleanup.
+        await self._response.aclose()
+        if self._release is not None:
+            self._release()
+
+    async def _run(self) -> AsyncGenerator[list[Delta], None]:
+        parser, limiter = self._parser, self._limiter
+        error: GatewayError | None = None
+        output_tokens = 0
+        if self._stats is not None:
+            self._stats.active_streams += 1
+        try:
+            async for frames in self._response.frame_batches():
+                if frames is None:  # the upstream is quiet: let the client know we are alive
+                    yield [KEEP_ALIVE]
+                    continue
+                batch: list[Delta] = []
+                for frame in frames:
+                    for delta in parser.feed(frame):
+                        if isinstance(delta, StreamError):
+                            error = delta.error
+                            batch.append(delta)
+                            yield batch
+                            return
+                        if self.first_delta_at is None:
+                            self.first_delta_at = time.perf_counter()
+                            if self._context is not None:
+                                self._context.ttft = self.first_delta_at - self.started
+                        if limiter is None:
+                            batch.append(delta)
+                            continue
+                        batch.extend(limiter.feed(delta))
+                        if limiter.stop is not None:
+                            usage = parser.usage()
+                            output_tokens = usage.output_tokens
+                            batch += (usage, limiter.stop)
+                            yield batch
+                            return
+                if batch:
+                    yield batch
+            batch = []
+            for delta in parser.finish():
+                if isinstance(delta, Usage):
+                    output_tokens = delta.output_tokens
+                if limiter is not None and isinstance(delta, Stop):
+                    batch.extend(limiter.flush())
+                    delta = limiter.stop or delta
+                batch.append(delta)
+            yield batch
+        except GatewayError as exc:
+            error = exc
+            log.warning(
+                "upstream failed mid-stream on %s: %s", self.account, printable(exc.message)
+            )
+            yield [StreamError(exc)]
+        finally:
+            await self._response.aclose()
+            if self._release is not None:
+                self._release()
+            if error is not None and self._context is not None:
+                self._context.error = str(error.openai_code)
+            if error is None:
+                self._lease.succeeded()
+            elif isinstance(error, UpstreamError):
+                self._lease.failed(error)
+            if self._stats is not None:
+                self._stats.active_streams -= 1
+                now = time.perf_counter()
+                self._stats.add(
+                    RequestRecord(
+                        finished_at=time.time(),
+                        model=self.model.id,
+                        account=self.account,
+                        latency=now - self.started,
+                        ttft=None
+                        if self.first_delta_at is None
+                        else self.first_delta_at - self.started,
+                        output_tokens=output_tokens,
+                        error=None if error is None else str(error.openai_code),
+                        streamed=self._streamed,
+                    )
+                )
+
+
+@dataclass(slots=True)
+class CompletedToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer, assembled from the same stream the streaming front doors render."""
+
+    text: str = ""
+    reasoning: str = ""
+    reasoning_signature: str | None = None
+    tool_calls: list[CompletedToolCall] = field(default_factory=list)
+    usage: Usage = field(default_factory=lambda: Usage(0, 0))
+    stop: Stop = field(default_factory=lambda: Stop(StopReason.END_TURN))
+    # searches the gateway ran (requests with a web-search tool only), in order
+    server_tools: list[ServerToolUse | ServerToolResult] = field(default_factory=list)
+
+
+async def collect(stream: DeltaStream, *, close: bool = True) -> Completion:
+    """Drain a stream into a :class:`Completion`; an in-stream failure is raised (nothing has
+    been sent to the client yet, so it can still become a proper HTTP error).
+
+    ``close=False`` returns at the answer's end (its ``Stop``) and leaves closing the stream to
+    the caller, who can answer the client first; on a failure the stream is closed anyway.
+    """
+    text: list[str] = []
+    reasoning: list[str] = []
+    calls: dict[int, CompletedToolCall] = {}
+    args: dict[int, list[str]] = {}
+    done = Completion()
+    try:
+        async for delta in stream:
+            if isinstance(delta, TextDelta):
+                text.append(delta.text)
+            elif isinstance(delta, ReasoningDelta):
+                reasoning.append(delta.text)
+                done.reasoning_signature = delta.signature or done.reasoning_signature
+            elif isinstance(delta, ToolCallStart):
+                args[delta.index] = []
+                calls[delta.index] = CompletedToolCall(delta.id, delta.name, "")
+            elif isinstance(delta, ToolCallArgs):
+                args[delta.index].append(delta.fragment)
+            elif isinstance(delta, ToolCallEnd):
+                # Only calls that ended are complete: a cut one is never passed on.
+                calls[delta.index].arguments = "".join(args[delta.index])
+                done.tool_calls.append(calls[delta.index])
+            elif isinstance(delta, Usage):
+                done.usage = delta
+            elif isinstance(delta, Stop):
+                done.stop = delta
+                if not close:
+                    break
+            elif isinstance(delta, StreamError):
+                raise delta.error
+            elif isinstance(delta, ServerToolUse | ServerToolResult):
+                done.server_tools.append(delta)
+    except BaseException:
+        await stream.aclose()
+        raise
+    if close:
+        await stream.aclose()
+    done.text = "".join(text)
+    done.reasoning = "".join(reasoning)
+    return done
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        client: KiroClient,
+        pool: AccountPool,
+        catalog: ModelCatalog,
+        stats: RequestStats | None = None,
+        models: AvailableModels | None = None,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.pool = pool
+        self.catalog = catalog
+        self.models = models  # per-account model lists: who lacks which model
+        self.stats = stats or RequestStats()
+        self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
+        self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
+        self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
+
+    async def open(
+        self,
+        request: ChatRequest,
+        *,
+        conversation_header: str | None = None,
+        lease: Lease | None = None,
+        while_waiting: Callable[[], object] | None = None,
+    ) -> DeltaStream:
+        """Start an answer. ``lease`` (e.g. a visitor's own token) bypasses the account pool.
+
+        ``while_waiting`` runs once, after the request has gone upstream and before its answer
+        starts: a front door prepares its rendering there, off the way to the first token."""
+        started = time.perf_counter()
+        if 0 < self.settings.max_messages < len(request.messages):
+            raise InvalidRequest(
+                f"Too many messages ({len(request.messages)}); the limit is "
+                f"{self.settings.max_messages} (MAX_MESSAGES).",
+                param="messages",
+                code="too_many_messages",
+            )
+        model = self.catalog.resolve(request.model)
+        conversation_id = conversation_id_for(request, conversation_header)
+        built: dict[str | None, KiroRequest] = {}
+
+        def body_for(profile_arn: str | None) -> KiroRequest:
+            # Accounts differ in profileArn only; build once per distinct value.
+            if profile_arn not in built:
+                built[profile_arn] = build_kiro_request(
+                    request,
+                    model=model,
+                    profile_arn=profile_arn,
+                    conversation_id=conversation_id,
+                )
+            return built[profile_arn]
+
+        parsers: list[KiroEventParser] = []
+
+        def prepare() -> None:
+            if parsers:
+                return
+            first = next(iter(built.values()))  # the parser's inputs are the same for every body
+            parsers.append(
+                KiroEventParser(
+                    tool_names=first.tool_names,
+                    split_thinking=request.reasoning is not None or model.thinking,
+                    prompt_tokens_estimate=max(1, first.prompt_chars // 4),
+                    context_window=model.context_window,
+                )
+            )
+            if while_waiting is not None:
+                while_waiting()
+
+        # Accounts that do not offer the model sit this request out (they stay healthy).
+        lacking = self.models.skip_for(model.kiro_id) if self.models is not None else _NONE
+        tried: set[str] = set()
+        last: GatewayError | None = None
+        attempts = max(1, self.settings.upstream_attempts)
+        for attempt in range(attempts):
+            current = lease
+            if current is None:
+                try:
+                    current = await self.pool.acquire(
+                        exclude=frozenset(tried), model=model.kiro_id, lacking=lacking
+                    )
+                except NO_ACCOUNT_NOW as refused:
+                    current = await self._none_free(
+                        refused, model.kiro_id, lacking, tried, last, attempt
+                    )
+            kiro_request = body_for(current.credential.profile_arn)
+            try:
+                response, slot = await self._open_in_slot(kiro_request, current, prepare)
+            except AccountBusy as exc:
+                last = exc
+                if lease is not None:
+                    raise
+                tried.add(current.credential.label)  # try a less busy account
+                continue
+            except InvalidRequest:
+                current.succeeded()  # the account is fine; the request is not
+                raise
+            except ModelNotFound as exc:
+                # Kiro does not offer the model to this account: another account may.
+                current.succeeded()
+                if lease is not None or self.models is None:
+                    raise
+                self.models.note_missing(current.credential.label, model.kiro_id)
+                # Skipped for the rest of this request too (a retry after a throttle elsewhere
+                # must not ask it again), and never the answer while another account's failure
+                # (a throttle, a quota) tells the client more.
+                lacking = lacking | {current.credential.label}
+                last = last or exc
+                continue
+            except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
+                current.failed(exc)
+                last = exc
+                if lease is not None:
+                    raise
+                tried.add(current.credential.label)  # the next account at once, if there is one
+                log.info(
+                    "account %s failed (%s); trying another",
+                    current.credential.label,
+                    exc.openai_code,
+                )
+                continue
+            except UpstreamError as exc:
+                current.failed(exc)
+                last = exc
+                if lease is not None and attempt == attempts - 1:
+                    raise
+                tried.add(current.credential.label)  # prefer another account; else this one again
+                log.info(
+                    "Kiro failed (%s), attempt %d of %d", exc.openai_code, attempt + 1, attempts
+                )
+                if attempt < attempts - 1:
+                    await self.pool.sleep(_backoff(attempt))
+                continue
+            prepare()  # in case the transport had no moment for it
+            return DeltaStream(
+                response=response,
+                parser=parsers[0],
+                lease=current,
+                model=model,
+                request=request,
+                stats=self.stats,
+                started=started,
+                release=slot.release,
+            )
+        assert last is not None
+        raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
+
+    async def _none_free(
+        self,
+        refused: GatewayError,
+        model: str,
+        lacking: frozenset[str],
+        tried: set[str],
+        last: GatewayError | None,
+        attempt: int,
+    ) -> Lease:
+        """No account can take the next attempt now: wait out a short cooldown, or retry the
+        accounts that failed only passingly; otherwise answer why (see _final_error)."""
+        retry_tried = bool(tried) and self.pool.any_ready(tried, model)
+        wait = _wait_before_retry(refused, last, retry_tried, attempt)
+        if wait is None:
+            raise _final_error(last, refused) from None
+        if wait > 0:
+            await self.pool.wait(wait)
+        tried.clear()
+        try:
+            return await self.pool.acquire(model=model, lacking=lacking)
+        except NO_ACCOUNT_NOW as again:
+            raise _final_error(last, again) from None
+
+    async def _open_in_slot(
+        self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
+    ) -> tuple[KiroResponse, Slot]:
+        slot = await self.slots.acquire(lease.credential.label)
+        try:
+            return await self._open_with_refresh(kiro_request, lease, while_waiting), slot
+        except BaseException:
+            slot.release()
+            raise
+
+    async def _open_with_refresh(
+        self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
+    ) -> KiroResponse:
+        try:
+            return await self.client.open(kiro_request.body, lease.credential, while_waiting)
+        except TokenExpired as exc:
+            credential = await lease.token_rejected()
+            if credential is None:
+                raise UpstreamAuthFailed(
+                    f"{exc.message}; refreshing the account's token did not help"
+                ) from exc
+            return await self.client.open(kiro_request.body, credential, while_waiting)
+
+
+# Seconds a request waits for an account (or model) cooling down after a throttle when no other
+# account can serve it: about what a client's own retry would wait. Longer ones are answered at
+# once with 429 and Retry-After.
+_LONGEST_COOLDOWN_WAIT = 2.0
+
+
+def _wait_before_retry(
+    refused: GatewayError, last: GatewayError | None, retry_tried: bool, attempt: int
+) -> float | None:
+    """Seconds to wait before asking the pool again, or None to answer the client now.
+
+    A short throttle cooldown is waited out (so one 429 never becomes a refusal on a one-account
+    gateway). Accounts tried in this request that failed only passingly are retried: at once
+    after a 5xx (its back-off was already waited), after a short back-off after a 429 that
+    cooled nothing (Kiro asked for no wait; the next try must not hammer it).
+    """
+    if isinstance(refused, AccountsCoolingDown) and refused.retry_after is not None:
+        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT:
+            return refused.retry_after
+    if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed | ModelNotFound):
+        return None
+    if retry_tried:
+        return _backoff(attempt) if isinstance(last, UpstreamThrottled) else 0.0
+    return None
+
+
+def _final_error(last: GatewayError | None, refused: GatewayError) -> GatewayError:
+    """What to tell the client when no account can be tried again: Kiro's own last answer when
+    the client can act on it (a quota, a refused account, a throttle with its reason and
+    Retry-After), else the pool's refusal, which names what Kiro said to each account."""
+    if last is None:
+        return refused
+    if isinstance(last, ModelNotFound) and isinstance(refused, AccountsCoolingDown | QuotaExceeded):
+        return refused  # that account lacks the model; another may serve it once it is back
+    if isinstance(last, UpstreamThrottled) and isinstance(refused, AccountsCoolingDown):
+        last.retry_after = refused.retry_after  # when the first account is back, not the last
+        return last
+    if isinstance(last, QuotaExceeded | UpstreamThrottled | ModelNotFound) or (
+        isinstance(last, UpstreamAuthFailed) and not isinstance(last, TokenExpired)
+    ):
+        return last
+    if isinstance(refused, NoHealthyAccount):
+        return NoHealthyAccount(
+            f"{refused.message} Last error: {last.message}", retry_after=refused.retry_after
+        )
+    if isinstance(last, AccountBusy):
+        return refused
+    return last  # a 5xx of Kiro's, e.g. a model unavailable for longer than worth waiting

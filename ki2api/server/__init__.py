@@ -1,0 +1,1 @@
+"""Serving the app with uvicorn, and the HTTP protocol settings it runs with."""
