@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ki2api import __version__
 from ki2api.api.admin import create_admin_router
+from ki2api.api.admin_keys import create_admin_keys_router
 from ki2api.api.admin_models import create_admin_models_router
 from ki2api.api.anthropic.router import (
     MESSAGES_PATH,
@@ -33,7 +34,12 @@ from ki2api.api.http_errors import install_api_fallback, install_http_errors
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.limits import limits_middleware, rate_limiter
 from ki2api.api.model_list import create_models_router
-from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
+from ki2api.api.observability import (
+    CallbackCollector,
+    KeyUsageCollector,
+    Metrics,
+    ObservabilityMiddleware,
+)
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
 from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
@@ -47,6 +53,8 @@ from ki2api.model.logsafe import printable
 from ki2api.pipeline.gateway import Gateway
 from ki2api.pipeline.stats import RequestStats
 from ki2api.settings import Settings
+from ki2api.teams.gate import Teams
+from ki2api.teams.manage import KeyAdmin
 
 log = logging.getLogger("ki2api")
 
@@ -68,6 +76,8 @@ class Runtime:
     stats: RequestStats
     models: AvailableModels | None = None
     simulator: Any = None
+    teams: Teams | None = None  # client keys, limits, usage (ki2api.teams; stored in DATA_DIR)
+    keys: KeyAdmin | None = None  # their management as plain data (the page's admin section)
 
 
 class Ki2API(FastAPI):
@@ -120,13 +130,18 @@ def create_app(
     pool: AccountPool | None = None,
     catalog: ModelCatalog | None = None,
     with_ui: bool = True,
+    teams: Teams | None = None,
 ) -> Ki2API:
-    """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
+    """Build the app. Tests may inject the HTTP client, the account pool, the model table or
+    the client keys (``teams``, e.g. on an in-memory store)."""
     catalog = catalog or catalog_from_settings(settings)
+    # --- client keys (ki2api.teams): built here, opened by the lifespan ---
+    teams = teams or Teams(settings)
     built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await teams.open()  # a damaged or newer database stops the start here (StoreError)
         simulator = None
         effective = settings
         if settings.demo:
@@ -150,7 +165,13 @@ def create_app(
         )
         models.start()  # asks every account for its models, in the background
         gateway = Gateway(
-            effective, KiroClient(client, effective), accounts, catalog, stats, models
+            effective,
+            KiroClient(client, effective),
+            accounts,
+            catalog,
+            stats,
+            models,
+            admission=teams,
         )
         app.state.runtime = built[0] = Runtime(
             settings=effective,
@@ -164,6 +185,8 @@ def create_app(
             stats=stats,
             models=models,
             simulator=simulator,
+            teams=teams,
+            keys=KeyAdmin(teams),
         )
         try:
             yield
@@ -174,6 +197,7 @@ def create_app(
                 await client.aclose()
             if simulator is not None:
                 simulator.stop()
+            await teams.aclose()  # writes the usage still in the batch
 
     app = Ki2API(
         title="Ki2API",
@@ -187,11 +211,11 @@ def create_app(
         return built[0]  # not app.state's __getattr__: this runs twice per request
 
     images = ImageLoaderFactory(settings, lambda: runtime().http)
-    chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings)
+    chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings, teams)
     messages = ChatEndpoint(
-        AnthropicMessagesDoor(settings, lambda: runtime().messages, images), settings
+        AnthropicMessagesDoor(settings, lambda: runtime().messages, images), settings, teams
     )
-    responses = ChatEndpoint(ResponsesDoor(lambda: runtime().responses, images), settings)
+    responses = ChatEndpoint(ResponsesDoor(lambda: runtime().responses, images), settings, teams)
 
     metrics = Metrics()
     metrics.add_collector(
@@ -207,6 +231,7 @@ def create_app(
             "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
         )
     )
+    metrics.add_collector(KeyUsageCollector(lambda: teams.totals))
     limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
@@ -258,22 +283,24 @@ def create_app(
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.include_router(create_openai_router(settings, chat, lambda: catalog))
-    app.include_router(create_models_router(settings, lambda: catalog))
+    app.include_router(create_models_router(settings, lambda: catalog, teams))
     app.include_router(
-        create_anthropic_router(settings, messages, lambda: runtime().messages, images)
+        create_anthropic_router(settings, messages, lambda: runtime().messages, images, teams)
     )
     app.include_router(create_responses_router(responses))
     app.include_router(create_admin_router(lambda: runtime().pool, settings))
     app.include_router(
         create_admin_models_router(settings, lambda: catalog, lambda: runtime().models)
     )
+    app.include_router(create_admin_keys_router(lambda: KeyAdmin(teams), settings))
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
         from ki2api.ui.access import ApiChecks
 
         install_api_fallback(app)  # last API route: /v1/* never reaches the page
-        checks = ApiChecks(settings, metrics, limiter)  # the page's chats pass the API's checks
+        # the page's chats pass the API's checks (and client keys' limits)
+        checks = ApiChecks(settings, metrics, limiter, teams)
         mount_ui(app, settings, runtime, checks)  # mounts on this app (and returns it)
     # Added innermost first: the page's guard (by mount_ui), then the body limit around it
     # (every route but the chat lane, which counts its own bytes: the API's limit under /v1

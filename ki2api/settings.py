@@ -7,6 +7,7 @@ state: the app is built from a :class:`Settings` value (``create_app(settings)``
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,36 @@ def token_dirs(environ: Mapping[str, str] | None = None) -> tuple[Path, ...]:
     env = os.environ if environ is None else environ
     named = (env.get("KIRO_TOKEN_DIRS") or "").split(os.pathsep)
     return (default_token_file(env).parent, *(Path(d).expanduser() for d in named if d.strip()))
+
+
+SPACE_DATA = Path("/data")  # where a Space's persistent storage is mounted, when it has one
+
+
+def user_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The user's data folder for Ki2API, on Windows, macOS and Linux alike."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("USERPROFILE" if os.name == "nt" else "HOME") or Path.home())
+    if os.name == "nt":
+        return Path(env.get("LOCALAPPDATA") or home / "AppData" / "Local") / "ki2api"
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / "ki2api"
+    return Path(env.get("XDG_DATA_HOME") or home / ".local" / "share") / "ki2api"
+
+
+def default_data_dir(
+    environ: Mapping[str, str] | None = None, space_data: Path = SPACE_DATA
+) -> tuple[Path, bool]:
+    """Where the store keeps its database (``DATA_DIR``), and whether it outlives a restart:
+    on a Space, ``/data`` when persistent storage is attached (else the container's disk, which
+    a restart wipes); elsewhere the user's data folder."""
+    env = os.environ if environ is None else environ
+    if env.get("DATA_DIR"):
+        return Path(env["DATA_DIR"]).expanduser(), True
+    if env.get("SPACE_ID"):
+        if space_data.is_dir() and os.access(space_data, os.W_OK):
+            return space_data, True
+        return user_data_dir(env), False
+    return user_data_dir(env), True
 
 
 def _flag(value: str | None) -> bool:
@@ -115,12 +146,18 @@ class Settings:
     page_max_body_bytes: int = 1024 * 1024  # every route but the API's (the page's events)
     playground_max_share: float = 0.25  # of the pool's slots the page's chats may hold at once
 
+    # --- stored state: client keys, usage, accounts added at run time (ki2api/store/) ---
+    data_dir: Path = field(default_factory=lambda: default_data_dir()[0])
+    data_dir_persistent: bool = True  # False on a Space without persistent storage
+    usage_flush_seconds: float = 1.0  # usage is written in batches this often (and at shutdown)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
         on_space = bool(env.get("SPACE_ID"))
         api_key = env.get("API_KEY") or DEFAULT_API_KEY
         token_file = env.get("KIRO_TOKEN_FILE")
+        data_dir, data_dir_persistent = default_data_dir(env)
         values: dict[str, object] = dict(
             api_key=api_key,
             api_key_is_default=not env.get("API_KEY"),
@@ -174,6 +211,9 @@ class Settings:
             kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
             page_max_body_bytes=int(env.get("PAGE_MAX_BODY_BYTES") or 1024 * 1024),
             playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
+            data_dir=data_dir,
+            data_dir_persistent=data_dir_persistent,
+            usage_flush_seconds=_float(env, "USAGE_FLUSH_SECONDS", 1.0),
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

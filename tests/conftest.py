@@ -12,7 +12,18 @@ import pytest
 from tests.stack import Stack, StackFactory, make_stack_factory
 
 ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
-ISOLATED_NAMES = {"API_KEY", "ADMIN_KEY", "HOST", "PORT", "RATE_LIMIT", "CORS_ORIGINS"}
+ISOLATED_NAMES = {
+    "API_KEY",
+    "ADMIN_KEY",
+    "HOST",
+    "PORT",
+    "RATE_LIMIT",
+    "CORS_ORIGINS",
+    "DATA_DIR",
+    "XDG_DATA_HOME",
+    "LOCALAPPDATA",
+    "USAGE_FLUSH_SECONDS",
+}
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
 

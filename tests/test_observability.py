@@ -167,6 +167,7 @@ def test_a_newline_in_the_path_cannot_forge_a_log_line(stack_factory: StackFacto
             "model",
             "kiro_model",
             "account",
+            "key",
             "latency_ms",
             "ttft_ms",
             "error",

@@ -244,7 +244,7 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     """The page says administration is off, and how to turn it on, to whoever signs in while
     the server has no ADMIN_KEY: with the API key (no admin panel appears) or with a key the
     visitor took for an admin key (refused as wrong)."""
-    with_accounts = SimpleNamespace(pool=SimpleNamespace(has_accounts=lambda: True))
+    with_accounts = SimpleNamespace(pool=SimpleNamespace(has_accounts=lambda: True), teams=None)
     off = TokenHandlers(
         Settings(api_key="api-key-1234567", api_key_is_default=False),
         lambda: with_accounts,  # type: ignore[arg-type,return-value]

@@ -1,8 +1,9 @@
 """API-key checks shared by every front door and the admin API.
 
-Keys come as ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` and are compared in
-constant time. On a Hugging Face Space without an ``API_KEY`` secret the API refuses to serve
-with the well-known default key, and says how to set one.
+Keys come as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``. A key is a client key
+(:mod:`ki2api.teams`: looked up by its hash, with its own limits) or ``API_KEY``, the operator's
+own, compared in constant time. On a Hugging Face Space without an ``API_KEY`` secret the API
+refuses the well-known default key (client keys still work), and says how to set one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from starlette.requests import Request
 
 from ki2api.model.errors import AuthenticationFailed, NotConfigured, PermissionDenied
 from ki2api.settings import Settings
+from ki2api.teams.gate import OPERATOR, KeyCaller, Teams
 
 SPACE_SETUP_MESSAGE = (
     "This Space has no API_KEY secret, so its API is switched off (the default key is public). "
@@ -41,8 +43,25 @@ def keys_match(presented: str, expected: str) -> bool:
 
 
 def check_api_key(request: Request, settings: Settings) -> None:
-    """Raise the error the client should see, or return when the key is right."""
+    """Raise the error the client should see, or return when the key is ``API_KEY``."""
     check_presented_key(presented_key(request), settings)
+
+
+async def authenticate(key: str | None, settings: Settings, teams: Teams | None) -> KeyCaller:
+    """Who sent ``key``: a client key's caller, else the operator when it is ``API_KEY``;
+    raises the error the client should see (a revoked or expired client key: 401)."""
+    if key is not None and teams is not None:
+        caller = await teams.find(key)
+        if caller is not None:
+            return caller
+    check_presented_key(key, settings)
+    return OPERATOR
+
+
+async def authenticate_request(
+    request: Request, settings: Settings, teams: Teams | None
+) -> KeyCaller:
+    return await authenticate(presented_key(request), settings, teams)
 
 
 def check_presented_key(key: str | None, settings: Settings) -> None:

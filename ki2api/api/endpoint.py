@@ -25,11 +25,13 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ki2api.api.auth import check_presented_key, key_from
+from ki2api.api.auth import authenticate, key_from
 from ki2api.api.common import CLIENT_CLOSED, HeadedPiece, LastPiece, read_json
+from ki2api.model.context import current_request
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
 from ki2api.settings import Settings
+from ki2api.teams.gate import Teams
 
 OpenT = TypeVar("OpenT")
 log = logging.getLogger("ki2api")
@@ -137,15 +139,16 @@ class CancelOnDisconnect:
 class ChatEndpoint:
     """The ASGI app for one chat route (``POST`` only; the app and the router see to that)."""
 
-    def __init__(self, door: ChatDoor[Any], settings: Settings) -> None:
+    def __init__(self, door: ChatDoor[Any], settings: Settings, teams: Teams | None = None) -> None:
         self.door = door
         self.settings = settings
+        self.teams = teams  # client keys; None: API_KEY only
         self.hand_over = cpu_hand_over(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         exchange = _Exchange(self.door, send, self.hand_over)
         try:
-            await exchange.serve(self.settings, scope, receive)
+            await exchange.serve(self.settings, self.teams, scope, receive)
         except Exception:
             # Last line of defence (this route bypasses the app's error middleware): a bug
             # still answers in the client's format, without a trace, if nothing went out yet.
@@ -167,11 +170,16 @@ class _Exchange:
         self.hand_over = hand_over
         self.started = False
 
-    async def serve(self, settings: Settings, scope: Scope, receive: Receive) -> None:
+    async def serve(
+        self, settings: Settings, teams: Teams | None, scope: Scope, receive: Receive
+    ) -> None:
         door = self.door
         x_api_key, authorization, length, conversation = _wanted_headers(scope)
         try:
-            check_presented_key(key_from(x_api_key, authorization), settings)
+            caller = await authenticate(key_from(x_api_key, authorization), settings, teams)
+            ctx = current_request.get()
+            if ctx is not None:
+                ctx.caller = caller  # Gateway.open admits it; the access log settles it
             body = await read_json(receive, length, settings.max_body_bytes)
         except GatewayError as exc:
             await self.respond(door.error_response(exc), scope, receive)

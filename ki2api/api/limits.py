@@ -5,19 +5,19 @@ The body size limit lives in :func:`ki2api.api.common.read_json_body`, the messa
 
 ``RATE_LIMIT=60/minute`` gives each API key a token bucket of 60 requests refilled over a
 minute; a request with an empty bucket gets 429 ``rate_limit_error`` with ``Retry-After`` in the
-client's format (Anthropic's for ``/v1/messages``, OpenAI's elsewhere). Only requests that
-present a valid key are counted (a wrong key is refused by the auth check anyway, and counting
-arbitrary keys would let anyone grow the table).
+client's format (Anthropic's for ``/v1/messages``, OpenAI's elsewhere). Here it counts
+``API_KEY``'s requests (a wrong key is refused by the auth check anyway, and counting arbitrary
+keys would let anyone grow the table). Client keys (:mod:`ki2api.teams`) have their own RPM,
+which is ``RATE_LIMIT`` when they set none, counted where their other limits are
+(``Gateway.open``), with the same bucket arithmetic (:func:`ki2api.store.counters.take_one`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -28,32 +28,11 @@ from ki2api.api.auth import keys_match, presented_key
 from ki2api.api.errors import anthropic_error_response, openai_error_response
 from ki2api.model.errors import RateLimited
 from ki2api.settings import Settings
+from ki2api.store.counters import take_one
+from ki2api.store.records import Rate, parse_rate
 
-_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
+__all__ = ["Rate", "RateLimiter", "parse_rate", "rate_limiter", "limits_middleware", "key_digest"]
 _MAX_TRACKED_KEYS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    requests: int
-    period: float  # seconds
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.period
-
-
-def parse_rate(text: str) -> Rate:
-    """``"60/minute"``, ``"10/second"``, ``"1000/day"``, ``"100/5minutes"`` → :class:`Rate`."""
-    match = _RATE.match(text)
-    if match is None or int(match.group(1)) <= 0:
-        raise ValueError(
-            f"RATE_LIMIT={text!r} is not a rate: write it like '60/minute' "
-            "(second, minute, hour or day)"
-        )
-    count, multiple, unit = match.groups()
-    return Rate(int(count), _PERIODS[unit.lower()] * int(multiple or 1))
 
 
 class RateLimiter:
@@ -70,12 +49,7 @@ class RateLimiter:
         now = self._clock()
         capacity = float(self.rate.requests)
         tokens, updated = self._buckets.pop(key, (capacity, now))
-        tokens = min(capacity, tokens + (now - updated) * self.rate.per_second)
-        wait = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
-        else:
-            wait = (1.0 - tokens) / self.rate.per_second
+        tokens, wait = take_one(tokens, updated, now, capacity, self.rate.per_second)
         self._buckets[key] = (tokens, now)
         while len(self._buckets) > _MAX_TRACKED_KEYS:
             self._buckets.popitem(last=False)

@@ -2,7 +2,8 @@
 Anthropic's when the client sends ``anthropic-version`` (as Anthropic's SDKs and Claude Code do).
 
 The list is the catalog's: the models the accounts may use (``ListAvailableModels``), else the
-built-in table, plus the operator's ``MODEL_ALIASES`` names that lead to one of them.
+built-in table, plus the operator's ``MODEL_ALIASES`` names that lead to one of them. A client
+key with a model allowlist sees the models it may use.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from ki2api.api.auth import check_api_key
+from ki2api.api.auth import authenticate_request
 from ki2api.api.errors import anthropic_error_response, openai_error_response
 from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
 from ki2api.model.errors import GatewayError, ModelNotFound
 from ki2api.settings import Settings
+from ki2api.teams.gate import Teams
+from ki2api.teams.keys import model_allowed
 
 CREATED = 1_700_000_000
 CREATED_AT = "2023-11-14T22:13:20Z"  # the same moment, as Anthropic writes it
@@ -54,7 +57,9 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCatalog]) -> APIRouter:
+def create_models_router(
+    settings: Settings, get_catalog: Callable[[], ModelCatalog], teams: Teams | None = None
+) -> APIRouter:
     router = APIRouter()
 
     def error(request: Request, exc: GatewayError) -> Response:
@@ -65,10 +70,13 @@ def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCata
     @router.get("/v1/models")
     async def list_models(request: Request) -> Response:
         try:
-            check_api_key(request, settings)
+            caller = await authenticate_request(request, settings, teams)
         except GatewayError as exc:
             return error(request, exc)
         entries = _entries(get_catalog())
+        allowed = caller.record.models if caller.record is not None else ()
+        if allowed:
+            entries = [(n, m) for n, m in entries if model_allowed(allowed, n, m.id)]
         if _anthropic(request):
             data = [_anthropic_row(name, model) for name, model in entries]
             return _json(
@@ -84,7 +92,7 @@ def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCata
     @router.get("/v1/models/{model_id:path}")
     async def get_model(request: Request, model_id: str) -> Response:
         try:
-            check_api_key(request, settings)
+            await authenticate_request(request, settings, teams)
             model = get_catalog().resolve(model_id)  # any name a request may use
         except GatewayError as exc:
             return error(request, exc)

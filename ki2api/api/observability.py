@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,6 +79,42 @@ class CallbackCollector(Collector):
         for key, value in values.items():
             family.add_metric([key], value)
         yield family
+
+
+class KeyUsageCollector(Collector):
+    """Usage by client key since start (``ki2api.teams``): counters labelled with the key's
+    name, a bounded set (the operator's ``operator``; past a hundred keys, ``other``)."""
+
+    def __init__(self, read: Callable[[], Mapping[str, Any]]) -> None:
+        self._read = read
+
+    def collect(self) -> Any:
+        families = {
+            field: CounterMetricFamily(f"ki2api_key_{name}", doc, labels=["key"])
+            for field, name, doc in _KEY_COUNTERS
+        }
+        tokens = CounterMetricFamily(
+            "ki2api_key_tokens", "Tokens by client key", labels=["key", "kind"]
+        )
+        try:
+            totals = dict(self._read())
+        except Exception:  # a scrape must never fail because of a half-started app
+            totals = {}
+        for key, row in sorted(totals.items()):
+            for field, family in families.items():
+                family.add_metric([key], float(getattr(row, field)))
+            tokens.add_metric([key, "input"], float(row.input_tokens))
+            tokens.add_metric([key, "output"], float(row.output_tokens))
+        yield from families.values()
+        yield tokens
+
+
+_KEY_COUNTERS = (
+    ("requests", "requests", "Requests admitted, by client key"),
+    ("errors", "errors", "Admitted requests that failed, by client key"),
+    ("refused", "refused", "Requests refused by the key's own limits, by client key"),
+    ("credits", "credits", "Kiro credits (metered, or estimated where Kiro sent none), by key"),
+)
 
 
 def _route_label(scope: Scope, lane: frozenset[str]) -> str:
@@ -149,8 +185,9 @@ def record(
     status: int,
     elapsed: float,
 ) -> None:
-    """Count one finished request in the metrics and, for the API's chats (``/v1/...``, and the
-    page's, :data:`PLAYGROUND_PATH`), write its access-log line."""
+    """Count one finished request in the metrics and its key's usage, and, for the API's chats
+    (``/v1/...``, and the page's, :data:`PLAYGROUND_PATH`), write its access-log line."""
+    ctx.settle(status)
     m = metrics
     m.requests.labels(label, str(status)).inc()
     m.latency.labels(label).observe(elapsed)
@@ -161,14 +198,15 @@ def record(
     if path.startswith("/v1/") or path == PLAYGROUND_PATH:
         # Everything a client chose is escaped: one request, one line, these fields.
         access_log.info(
-            "method=%s path=%s status=%d model=%s kiro_model=%s account=%s latency_ms=%.1f "
-            "ttft_ms=%s error=%s request_id=%s",
+            "method=%s path=%s status=%d model=%s kiro_model=%s account=%s key=%s "
+            "latency_ms=%.1f ttft_ms=%s error=%s request_id=%s",
             printable(method),
             printable(path),
             status,
             printable(ctx.model or "-"),
             printable(ctx.kiro_model or "-"),
             printable(ctx.account or "-"),
+            "-" if ctx.caller is None else printable(ctx.caller.name),
             elapsed * 1000,
             "-" if ctx.ttft is None else f"{ctx.ttft * 1000:.1f}",
             ctx.error or "-",

@@ -4,12 +4,14 @@
     ├── InvalidRequest                400 invalid_request_error
     │   ├── ContextLengthExceeded     400 context_length_exceeded
     │   └── UpstreamRejected          400 the service refused the request's shape
-    ├── AuthenticationFailed          401 the client's API key
+    ├── AuthenticationFailed          401 the client's API key (also expired, revoked, disabled)
     ├── PermissionDenied              403
+    │   └── ModelNotAllowed           403 model_not_allowed (the key's model allowlist)
     ├── NotFound                      404
     │   └── ModelNotFound             404 model_not_found
     ├── RequestTooLarge               413
-    ├── RateLimited                   429 (the gateway's own per-key limit)
+    ├── RateLimited                   429 (the gateway's own per-key limit: RPM, TPM)
+    ├── BudgetSpent                   429 insufficient_quota (a key's credits for the day/month)
     ├── NotConfigured                 503 no credentials / no API key on a Space
     └── UpstreamError                 502 something between us and Kiro failed
         ├── UpstreamAuthFailed        502 the account's token was refused / cannot be refreshed
@@ -89,6 +91,10 @@ class PermissionDenied(GatewayError):
     anthropic_type = "permission_error"
 
 
+class ModelNotAllowed(PermissionDenied):
+    openai_code = "model_not_allowed"
+
+
 class NotFound(GatewayError):
     status = 404
     openai_type = "invalid_request_error"
@@ -113,6 +119,16 @@ class RateLimited(GatewayError):
     openai_code = "rate_limit_exceeded"
     anthropic_type = "rate_limit_error"
     should_retry = True
+
+
+class BudgetSpent(GatewayError):
+    """A client key's credit budget for the day or month is spent (the gateway's own limit,
+    not an account's quota: that is :class:`QuotaExceeded`)."""
+
+    status = 429
+    openai_type = "insufficient_quota"
+    openai_code = "insufficient_quota"
+    anthropic_type = "rate_limit_error"
 
 
 class NotConfigured(GatewayError):

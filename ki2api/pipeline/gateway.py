@@ -51,6 +51,7 @@ from ki2api.model.errors import (
 )
 from ki2api.model.logsafe import printable
 from ki2api.model.request import ChatRequest
+from ki2api.pipeline.admission import Admission
 from ki2api.pipeline.calibration import TokenCalibration
 from ki2api.pipeline.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.pipeline.conversation import conversation_id_for
@@ -134,7 +135,7 @@ class DeltaStream:
     async def _run(self) -> AsyncGenerator[list[Delta], None]:
         parser, limiter = self._parser, self._limiter
         error: GatewayError | None = None
-        output_tokens = 0
+        usage: Usage | None = None
         if self._stats is not None:
             self._stats.active_streams += 1
         try:
@@ -160,7 +161,6 @@ class DeltaStream:
                         batch.extend(limiter.feed(delta))
                         if limiter.stop is not None:
                             usage = parser.usage()
-                            output_tokens = usage.output_tokens
                             batch += (usage, limiter.stop)
                             yield batch
                             return
@@ -169,7 +169,7 @@ class DeltaStream:
             batch = []
             for delta in parser.finish():
                 if isinstance(delta, Usage):
-                    output_tokens = delta.output_tokens
+                    usage = delta
                 if limiter is not None and isinstance(delta, Stop):
                     batch.extend(limiter.flush())
                     delta = limiter.stop or delta
@@ -185,8 +185,11 @@ class DeltaStream:
             await self._response.aclose()
             if self._release is not None:
                 self._release()
-            if error is not None and self._context is not None:
-                self._context.error = str(error.openai_code)
+            if self._context is not None:
+                if error is not None:
+                    self._context.error = str(error.openai_code)
+                # What this answer used, also when it failed or was cut (then partly estimated).
+                self._context.add_usage(usage if usage is not None else parser.usage())
             if error is None:
                 self._lease.succeeded()
             elif isinstance(error, UpstreamError):
@@ -203,7 +206,7 @@ class DeltaStream:
                         ttft=None
                         if self.first_delta_at is None
                         else self.first_delta_at - self.started,
-                        output_tokens=output_tokens,
+                        output_tokens=0 if usage is None else usage.output_tokens,
                         error=None if error is None else str(error.openai_code),
                         streamed=self._streamed,
                     )
@@ -288,8 +291,10 @@ class Gateway:
         catalog: ModelCatalog,
         stats: RequestStats | None = None,
         models: AvailableModels | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.settings = settings
+        self.admission = admission  # client keys' limits, checked before an account is chosen
         self.client = client
         self.pool = pool
         self.catalog = catalog
@@ -320,6 +325,10 @@ class Gateway:
                 code="too_many_messages",
             )
         model = self.catalog.resolve(request.model)
+        if self.admission is not None:
+            ctx = current_request.get()
+            if ctx is not None and ctx.caller is not None:
+                await self.admission.admit(ctx, request.model, model)
         conversation_id = conversation_id_for(request, conversation_header)
         built: dict[str | None, KiroRequest] = {}
 

@@ -2,11 +2,12 @@
 
 The page's events can be called over raw HTTP by anyone who can load it (hidden ones too), so
 each handler decides for itself. The pool is used only for a visitor who signed in on the page
-with the API key or the admin key (the sign-in lives in their session's ``gr.State``), or by
-anyone in demo mode (the pool is the built-in simulator); otherwise only a token the visitor
-pasted is used. Each chat on the pool passes the API's key check and rate limit (the same
-buckets as the API's), is counted in the metrics and the access log (``/playground/chat``), and
-the page's chats together hold at most ``PLAYGROUND_MAX_SHARE`` of the pool's slots.
+with the API key, a client key or the admin key (the sign-in lives in their session's
+``gr.State``), or by anyone in demo mode (the pool is the built-in simulator); otherwise only a
+token the visitor pasted is used. Each chat on the pool passes the API's key check and rate
+limit (the same buckets as the API's; a client key's own limits, :mod:`ki2api.teams`), is
+counted in the metrics, the access log (``/playground/chat``) and the key's usage, and the
+page's chats together hold at most ``PLAYGROUND_MAX_SHARE`` of the pool's slots.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING
 from ki2api.api.auth import check_presented_key
 from ki2api.api.limits import RateLimiter, key_digest
 from ki2api.api.observability import PLAYGROUND_PATH, Metrics, record
-from ki2api.model.context import RequestContext
+from ki2api.model.context import Caller, RequestContext
 from ki2api.model.errors import AuthenticationFailed, RateLimited, UpstreamUnavailable
 from ki2api.settings import Settings
+from ki2api.teams.gate import OPERATOR, Teams
 from ki2api.ui.tokens import PageKey, admin_key_ok
 
 if TYPE_CHECKING:
@@ -43,11 +45,13 @@ class PlaygroundBusy(UpstreamUnavailable):
 
 @dataclass(slots=True)
 class ApiChecks:
-    """The API's machinery the page reuses: settings, the rate limiter, the metrics."""
+    """The API's machinery the page reuses: settings, the rate limiter, the metrics, the
+    client keys."""
 
     settings: Settings
     metrics: Metrics
     limiter: RateLimiter | None = None
+    teams: Teams | None = None
 
 
 class Playground:
@@ -86,6 +90,18 @@ class Playground:
                     f"{wait:.1f} s.",
                     retry_after=wait,
                 )
+
+    async def caller(self, signed: PageKey | None) -> Caller | None:
+        """:meth:`check_key` for client keys too; who the chat is counted for (None: nobody,
+        a signed-out demo visitor). A client key's own limits are checked when the chat
+        starts (``Gateway.open``), as for the API."""
+        teams = self.checks.teams
+        if signed is not None and signed.role == "api" and teams is not None:
+            found = await teams.find(signed.key)
+            if found is not None:
+                return found
+        self.check_key(signed)
+        return None if signed is None else OPERATOR
 
     def cap(self) -> int:
         """The most chats the page may have on the pool at once."""

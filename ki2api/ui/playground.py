@@ -177,7 +177,8 @@ def make_chat_handler(
         run = _Chat(rt, playground, build_request(message, history, model, system, thinking, tools))
         try:
             if own is None:
-                playground.check_key(signed)  # the API's key check and rate limit
+                # the API's key check and rate limit; a client key's limits and usage
+                run.ctx.caller = await playground.caller(signed)
             # Nothing goes upstream for a visitor who does not read the answer.
             session = request.session_hash if request is not None else None
             if session is None or not await readers.wait_for_reader(session, READER_GRACE):

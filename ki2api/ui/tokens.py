@@ -27,6 +27,7 @@ from ki2api.kiro.accounts.credentials import (
 from ki2api.kiro.accounts.sources import unique_label
 from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
+from ki2api.teams.gate import Teams
 from ki2api.ui.i18n import t
 from ki2api.ui.status import countdown
 
@@ -90,6 +91,16 @@ def admin_key_ok(key: str, settings: Settings) -> bool:
     return keys_match(key.strip(), settings.admin_key)
 
 
+async def page_sign_in_with_keys(key: str, settings: Settings, teams: Teams | None) -> PageKey:
+    """:func:`page_sign_in`, where a client key (:mod:`ki2api.teams`) signs in as an API key
+    does: the playground on the pool, within the key's own limits."""
+    stripped = (key or "").strip()
+    if teams is not None and stripped and not admin_key_ok(stripped, settings):
+        if await teams.find(stripped) is not None:  # a revoked or expired key raises its 401
+            return PageKey("api", stripped)
+    return page_sign_in(key, settings)
+
+
 def page_sign_in(key: str, settings: Settings) -> PageKey:
     """The admin key, else the API key (the API's own check, in constant time); raises the
     API's error for anything else."""
@@ -140,7 +151,7 @@ class TokenHandlers:
         playground line)."""
         closed = gr.update(visible=False)
         try:
-            signed = page_sign_in(key, self.settings)
+            signed = await page_sign_in_with_keys(key, self.settings, self.runtime().teams)
         except GatewayError as exc:
             using = self._using(own, lang, None)
             if exc.status == 401:

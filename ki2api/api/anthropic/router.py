@@ -17,13 +17,14 @@ from starlette.responses import Response
 from ki2api.api.anthropic.plain import parse_plain
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
 from ki2api.api.anthropic.serving import MessagesService, OpenMessage
-from ki2api.api.auth import check_api_key
+from ki2api.api.auth import authenticate_request
 from ki2api.api.common import read_json_body
 from ki2api.api.endpoint import ChatEndpoint, add_documented_route
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
+from ki2api.teams.gate import Teams
 
 MESSAGES_PATH = "/v1/messages"
 
@@ -75,6 +76,7 @@ def create_anthropic_router(
     messages: ChatEndpoint,
     get_service: Callable[[], MessagesService],
     images: ImageLoaderFactory,
+    teams: Teams | None = None,
 ) -> APIRouter:
     router = APIRouter()
     add_documented_route(
@@ -89,7 +91,7 @@ def create_anthropic_router(
     async def count_tokens(request: Request) -> Response:
         service = get_service()
         try:
-            check_api_key(request, settings)
+            await authenticate_request(request, settings, teams)
             wire = parse_count_wire(await read_json_body(request, settings.max_body_bytes))
             counted = images.counting()  # never fetches: an estimate needs no image bytes
             chat_request = await to_chat_request(
