@@ -10,6 +10,7 @@ from ki2api.app import create_app
 from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.settings import Settings
 from ki2api.simulator import SimulatorServer, SimulatorState
+from ki2api.teams.gate import Teams
 from tests.servers import ServerThread
 
 API_KEY = "test-api-key-0123456789"
@@ -70,13 +71,20 @@ class StackFactory:
         state: SimulatorState | None = None,
         pool: Callable[[Settings], AccountPool] | None = None,
         uvloop: bool = False,
+        teams: Callable[[Settings], Teams] | None = None,
         **overrides: Any,
     ) -> Stack:
-        """``pool`` builds the account pool from the settings (e.g. on a fake clock);
-        ``uvloop`` runs the gateway on the event loop production uses."""
+        """``pool`` builds the account pool from the settings (e.g. on a fake clock), ``teams``
+        the client keys (e.g. on a fake clock); ``uvloop`` runs the gateway on the event loop
+        production uses."""
         sim = SimulatorServer(state=state).start()
         settings = Settings.from_env(stack_env(sim.url, **dict(env or {})), **overrides)
-        app = create_app(settings, with_ui=with_ui, pool=pool(settings) if pool else None)
+        app = create_app(
+            settings,
+            with_ui=with_ui,
+            pool=pool(settings) if pool else None,
+            teams=teams(settings) if teams else None,
+        )
         server = ServerThread(app, uvloop=uvloop).start()
         stack = Stack(sim=sim, server=server, settings=settings, app=app)
         self._started.append(stack)

@@ -38,6 +38,7 @@ class RequestContext:
     streamed: bool = False
     caller: Caller | None = None  # set once the key is checked
     settlement: Settlement | None = None  # set once the request is admitted: settle() at the end
+    admitted_at: float = 0.0  # when it was (time.time()): the day its usage counts for
     usages: list[Usage] | None = None  # one per upstream answer (web search may take several)
 
     def add_usage(self, usage: Usage) -> None:

@@ -72,6 +72,8 @@ def check_port(host: str, port: int) -> None:
 
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
     from ki2api.app import create_app
+    from ki2api.store import StoreError
+    from ki2api.teams.gate import check_store
 
     configure_logging(settings.log_level)
     try:
@@ -79,6 +81,11 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     except PortUnavailable as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
+    try:
+        check_store(settings)  # a damaged or newer database: one sentence, exit code 2
+    except StoreError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     app = create_app(settings, with_ui=with_ui)
     shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     log.info("Ki2API listening on http://%s:%d (API at /v1, UI at /)", shown, settings.port)

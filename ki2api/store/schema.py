@@ -112,6 +112,7 @@ def _owner_only(path: Path) -> None:
 
 
 def _damaged(where: str, detail: str) -> StoreError:
+    detail = " ".join(detail.split())[:200]  # SQLite's own words, on one line
     return StoreError(
         f"The database {where} is damaged ({detail}): restore it from a backup, or move it "
         "away to start with an empty one; Ki2API will not overwrite it."
@@ -123,11 +124,11 @@ def _check(conn: sqlite3.Connection, where: str) -> None:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
     except sqlite3.DatabaseError as exc:
         raise _damaged(where, str(exc)) from None
     if problems != ["ok"]:
-        raise _damaged(where, "; ".join(str(p) for p in problems))
+        raise _damaged(where, str(problems[0]))
     if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables and version == 0):
         raise StoreError(
             f"{where} is not a Ki2API database (another program's SQLite file?): point "

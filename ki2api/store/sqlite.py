@@ -211,6 +211,7 @@ class SqliteStore:
         return self._by_digest.get(digest)
 
     async def list_keys(self) -> list[KeyRecord]:
+        await self.flush()  # last-used times still in the batch
         keys = list(self._keys.values())
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 

@@ -35,6 +35,7 @@ from ki2api.model.errors import (
 )
 from ki2api.settings import Settings
 from ki2api.store import (
+    DB_NAME,
     OPERATOR_KEY_ID,
     KeyRecord,
     Limits,
@@ -46,6 +47,7 @@ from ki2api.store import (
     day_of,
     parse_rate,
 )
+from ki2api.store.schema import connect
 from ki2api.teams.credits import CreditRates
 from ki2api.teams.keys import KEY_PREFIX, key_digest, model_allowed
 
@@ -111,6 +113,22 @@ def refusal_error(refusal: Refusal, name: str) -> GatewayError:
     )
 
 
+def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
+    """The store the settings ask for: the one place that picks a backend."""
+    return SqliteStore.in_folder(
+        settings.data_dir,
+        persistent=settings.data_dir_persistent,
+        flush_interval=settings.usage_flush_seconds,
+        clock=clock,
+    )
+
+
+def check_store(settings: Settings) -> None:
+    """Open, check and migrate the store, then let go: run before the server starts, so that
+    a damaged or newer database stops it with one clear sentence (:class:`StoreError`)."""
+    connect(settings.data_dir / DB_NAME).close()
+
+
 class Teams:
     """Client keys, their limits and usage, on one :class:`ki2api.store.Store`."""
 
@@ -122,12 +140,7 @@ class Teams:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store: Store = store or SqliteStore.in_folder(
-            settings.data_dir,
-            persistent=settings.data_dir_persistent,
-            flush_interval=settings.usage_flush_seconds,
-            clock=clock,
-        )
+        self.store: Store = store or store_for(settings, clock)
         self.default_rate = parse_rate(settings.rate_limit) if settings.rate_limit else None
         self.clock = clock
         self.credit_rates = CreditRates()
@@ -191,8 +204,8 @@ class Teams:
         if not isinstance(caller, KeyCaller) or ctx.settlement is not None:
             return  # no key checked (a visitor's own token), or admitted already (web search)
         key = caller.record
+        now = ctx.admitted_at = self.clock()
         if key is not None:
-            now = self.clock()
             if key.models and not model_allowed(key.models, requested, model.id):
                 self._refused(caller, now)
                 raise ModelNotAllowed(
@@ -218,8 +231,8 @@ class Teams:
         caller = ctx.caller
         if not isinstance(caller, KeyCaller):
             return
-        now = self.clock()
-        counts = UsageCounts(day_of(now), caller.key_id, ctx.account or "", requests=1)
+        day = day_of(ctx.admitted_at or self.clock())
+        counts = UsageCounts(day, caller.key_id, ctx.account or "", requests=1)
         counts.errors = int(status >= 400 or ctx.error is not None)
         for usage in ctx.usages or ():
             counts.input_tokens += usage.input_tokens

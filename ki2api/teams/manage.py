@@ -343,7 +343,9 @@ class KeyAdmin:
         if key is not None:
             key_id = OPERATOR_KEY_ID if key == "operator" else (await self.find(key)).id
         rows = await self.store.usage(UsageQuery(key_id, account, since, until))
-        return [{"key": names.get(r.key_id, r.key_id), **r.to_dict()} for r in rows]
+        out = [{"key": names.get(r.key_id, r.key_id), **r.to_dict()} for r in rows]
+        out.sort(key=lambda r: (r["day"], r["key"], r["account"]))
+        return out
 
     async def daily(self, ref: str, days: int = 30) -> list[dict[str, Any]]:
         """A key's usage on each of the last ``days`` days (UTC), oldest first, days without
