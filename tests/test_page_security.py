@@ -249,6 +249,32 @@ def test_page_chats_share_the_api_keys_rate_limit(
     assert len(stack.state.requests) == seen
 
 
+def test_a_client_key_signs_in_and_its_page_chats_keep_its_limits_and_usage(
+    stack: Stack,
+) -> None:
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    made = httpx.post(
+        f"{stack.url}/admin/keys", headers=admin, json={"name": "page-user", "rpm": 1}, timeout=10
+    )
+    assert made.status_code == 201, made.text
+    secret = made.json()["secret"]
+    session = Session(stack.url)
+    assert "Signed in with the API key" in sign_in(stack, session, secret)
+    seen = len(stack.state.requests)
+    fn = chat_fn(stack)
+    assert "simulated" in gradio_raw.all_text(session.call(fn, chat_data("from the page")))
+    limited = gradio_raw.all_text(session.call(fn, chat_data("once more")))
+    assert "1 requests per minute for key 'page-user'" in limited
+    assert len(stack.state.requests) == seen + 1
+    usage = httpx.get(
+        f"{stack.url}/admin/usage", headers=admin, params={"key": "page-user"}, timeout=10
+    ).json()["data"]
+    assert sum(r["requests"] for r in usage) == 1 and sum(r["refused"] for r in usage) == 1
+    assert secret not in httpx.get(f"{stack.url}/config", timeout=10).text
+    httpx.delete(f"{stack.url}/admin/keys/page-user", headers=admin, timeout=10)
+    assert "Wrong key" in sign_in(stack, Session(stack.url), secret)
+
+
 # --- bodies, uploads, files ---------------------------------------------------------------
 
 
