@@ -3,34 +3,75 @@ serves it (``ki2api.server.run.serve``: uvicorn, uvloop and httptools when insta
 Gradio UI, in front of the benchmark's simulator, with one account and no per-account cap.
 
     python -m bench.gateway --port 8990 --upstream http://127.0.0.1:8991
+
+``bench/teams.py`` adds ``--accounts 4 --admin-key K`` (several accounts; keys made through the
+admin API) and ``--unaccounted`` (client keys and usage accounting switched off: the baseline
+the accounting is measured against).
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+import orjson
+
+from ki2api.model.context import RequestContext
 from ki2api.server.run import serve
 from ki2api.settings import Settings
+from ki2api.teams.gate import KeyCaller, Teams
 
 API_KEY = "bench-api-key-0123456789"
 
 
-def settings_for(upstream: str, port: int, log_level: str) -> Settings:
-    return Settings.from_env(
-        {
-            "API_KEY": API_KEY,
-            "KIRO_API_URL": f"{upstream}/generateAssistantResponse",
-            "KIRO_REFRESH_URL": f"{upstream}/refreshToken",
-            "KIRO_OIDC_URL": f"{upstream}/token",
-            "KIRO_ACCESS_TOKEN": "bench-access-token",
-            "LOG_LEVEL": log_level,
-            # One simulated account carries the whole load: the per-account concurrency cap
-            # (a policy against Kiro's throttling, default 16) would only measure queueing.
-            "MAX_CONCURRENT_PER_ACCOUNT": "0",
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-        }
-    )
+def settings_for(
+    upstream: str,
+    port: int,
+    log_level: str,
+    *,
+    accounts: int = 1,
+    admin_key: str | None = None,
+) -> Settings:
+    env = {
+        "API_KEY": API_KEY,
+        "KIRO_API_URL": f"{upstream}/generateAssistantResponse",
+        "KIRO_REFRESH_URL": f"{upstream}/refreshToken",
+        "KIRO_OIDC_URL": f"{upstream}/token",
+        "KIRO_ACCESS_TOKEN": "bench-access-token",
+        "LOG_LEVEL": log_level,
+        # One simulated account carries the whole load: the per-account concurrency cap
+        # (a policy against Kiro's throttling, default 16) would only measure queueing.
+        "MAX_CONCURRENT_PER_ACCOUNT": "0",
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+    }
+    if accounts > 1:
+        del env["KIRO_ACCESS_TOKEN"]
+        env["KIRO_ACCOUNTS"] = orjson.dumps(
+            [
+                {"label": f"bench-{i}", "accessToken": f"bench-access-token-{i}"}
+                for i in range(accounts)
+            ]
+        ).decode()
+    if admin_key:
+        env["ADMIN_KEY"] = admin_key
+    return Settings.from_env(env)
+
+
+class Unaccounted(Teams):
+    """No client keys, no limits, no usage: what the gateway did before them."""
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def find(self, presented: str) -> KeyCaller | None:
+        return None
+
+    async def admit(self, ctx: RequestContext, requested: str, model: Any) -> None:
+        pass
 
 
 def main() -> None:
@@ -38,8 +79,20 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the simulator's base URL")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--accounts", type=int, default=1, help="simulated Kiro accounts")
+    parser.add_argument("--admin-key", help="ADMIN_KEY (the admin API: keys, usage)")
+    parser.add_argument(
+        "--unaccounted", action="store_true", help="no client keys and no usage accounting"
+    )
     args = parser.parse_args()
-    serve(settings_for(args.upstream, args.port, args.log_level), with_ui=False)
+    if args.unaccounted:
+        import ki2api.app
+
+        ki2api.app.Teams = Unaccounted  # type: ignore[misc]
+    settings = settings_for(
+        args.upstream, args.port, args.log_level, accounts=args.accounts, admin_key=args.admin_key
+    )
+    serve(settings, with_ui=False)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ with the same fixed script at a fixed latency and chunk cadence.
 It prints ``READY <url>`` once it listens. ``POST /_bench/config`` with a JSON object
 (``latency``, ``interval``, ``chunks``) changes the timing for later requests, so one process
 serves every phase (the memory phase slows the chunks down). Requests are not logged (the
-simulator's log would grow through a long run).
+simulator's log would grow through a long run), only counted: ``GET /_bench/count`` answers
+``{"requests": n}``, the chat requests answered so far (``bench/teams.py`` checks the
+gateway's usage accounting against it).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class BenchState(SimulatorState):
     def __init__(self, *, latency: float, interval: float, chunks: int) -> None:
         super().__init__(latency=latency, chunk_interval=interval)
         self.script = answer(chunks)
+        self.count = 0  # chat requests seen
 
     def next_answer(
         self, default: Callable[[], Script], account: Account | None = None, body: Any = None
@@ -49,6 +52,7 @@ class BenchState(SimulatorState):
     def new_record(
         self, path: str, style: str, headers: dict[str, str], body_size: int
     ) -> RequestRecord:
+        self.count += 1
         return RequestRecord(0, path, style, {}, None, body_size, 0.0)
 
     def finish_record(self, record: RequestRecord, status: int | None = None) -> None:
@@ -57,6 +61,12 @@ class BenchState(SimulatorState):
 
 def with_control(app: ASGIApp, state: BenchState) -> ASGIApp:
     async def control(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/_bench/count":
+            body = orjson.dumps({"requests": state.count})
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return
         if scope["type"] != "http" or scope["path"] != "/_bench/config":
             await app(scope, receive, send)
             return

@@ -27,6 +27,7 @@ _MINUTE = 60.0
 
 class KeyCounters:
     __slots__ = (
+        "day_ends",
         "requests",
         "requests_at",
         "tokens",
@@ -42,6 +43,7 @@ class KeyCounters:
         self.requests_at = now
         self.tokens: float | None = None
         self.tokens_at = now
+        self.day_ends = 0.0  # when the current day of credits ends (UTC midnight)
         self.day = ""
         self.day_credits = 0.0
         self.month = ""
@@ -49,6 +51,9 @@ class KeyCounters:
 
     def roll(self, now: float) -> None:
         """Start a new day (and month) of credits once the old one is over."""
+        if self.day_ends > now >= self.day_ends - 86400.0:
+            return  # the same day: no calendar arithmetic on the request path
+        self.day_ends = (now // 86400.0 + 1.0) * 86400.0
         t = time.gmtime(now)
         day = f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}"
         if day != self.day:

@@ -39,8 +39,18 @@ def parse_rate(text: str) -> Rate:
     return Rate(int(count), _PERIODS[unit.lower()] * int(multiple or 1))
 
 
+_last_day: list[tuple[float, str]] = [(-1.0, "")]  # (the day's start, its name): one entry
+
+
 def day_of(when: float) -> str:
-    return time.strftime("%Y-%m-%d", time.gmtime(when))
+    """The UTC day ``when`` falls on, ``YYYY-MM-DD``."""
+    start, name = _last_day[0]
+    if start <= when < start + 86400.0:
+        return name  # the usual case: the same day as the last call
+    start = when // 86400.0 * 86400.0
+    name = time.strftime("%Y-%m-%d", time.gmtime(when))
+    _last_day[0] = (start, name)
+    return name
 
 
 @dataclass(frozen=True, slots=True)

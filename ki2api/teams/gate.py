@@ -90,24 +90,28 @@ def _when(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def refusal_error(refusal: Refusal, name: str) -> GatewayError:
     wait = refusal.retry_after
     if refusal.limit == "rpm":
         return RateLimited(
-            f"Rate limit of {refusal.allowed:g} requests per minute for key {name!r} reached; "
+            f"Rate limit of {_num(refusal.allowed)} requests per minute for key {name!r} reached; "
             f"retry in {wait:.1f} s.",
             retry_after=wait,
         )
     if refusal.limit == "tpm":
         return RateLimited(
-            f"Token limit of {refusal.allowed:g} tokens per minute for key {name!r} reached; "
+            f"Token limit of {_num(refusal.allowed)} tokens per minute for key {name!r} reached; "
             f"retry in {wait:.1f} s.",
             retry_after=wait,
         )
     period = "today" if refusal.limit == "credits_per_day" else "this month"
     resets = "at midnight UTC" if refusal.limit == "credits_per_day" else "on the 1st (UTC)"
     return BudgetSpent(
-        f"Key {name!r} has spent its {refusal.allowed:g} credits for {period} "
+        f"Key {name!r} has spent its {_num(refusal.allowed)} credits for {period} "
         f"({refusal.used:.2f} used); the budget resets {resets}.",
         retry_after=wait,
     )
@@ -151,7 +155,7 @@ class Teams:
     async def open(self) -> None:
         await self.store.open()
         self.opened = True
-        if not self.store.persistent:
+        if not self.store.persistent and self.store.location != ":memory:":
             log.warning(
                 "keys and usage are kept in %s, which a restart of this Space wipes: attach "
                 "persistent storage (Settings → Persistent storage) to keep them",

@@ -10,6 +10,7 @@ no server secret, so the CLI and the server work on the same database without sh
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import re
 import secrets
@@ -59,8 +60,14 @@ def check_patterns(patterns: Iterable[str]) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)
+def allowlist(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The glob ``patterns`` (``*``, ``?``, ``[...]``; case does not matter) as one regex."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns), re.IGNORECASE)
+
+
 def model_allowed(patterns: tuple[str, ...], *names: str) -> bool:
     """Whether any of ``names`` (the name the client sent, the model it resolved to) matches one
-    of the glob ``patterns`` (``*``, ``?``, ``[...]``; case does not matter)."""
-    lowered = [n.lower() for n in names if n]
-    return any(fnmatch.fnmatchcase(n, p.lower()) for p in patterns for n in lowered)
+    of the glob ``patterns``."""
+    match = allowlist(patterns).match
+    return any(match(n) for n in names if n)
