@@ -45,6 +45,8 @@ from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
+from ki2api.kiro.accounts.kept import StoredAccounts
+from ki2api.kiro.accounts.kept import restore as restore_accounts
 from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.kiro.http.client import KiroClient, create_http_client
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
@@ -155,6 +157,11 @@ def create_app(
             )
         client = http or create_http_client(effective)
         accounts = pool or AccountPool.from_settings(effective, client)
+        # --- accounts added at run time: back from the store, and kept there (kiro/accounts/kept)
+        kept = StoredAccounts(teams.store)
+        if not settings.demo:  # the demo's pool is the simulator's
+            await restore_accounts(accounts, teams.store)
+        accounts.keeper = kept
         await accounts.start()
         stats = RequestStats()
         models = AvailableModels(
@@ -197,6 +204,7 @@ def create_app(
                 await client.aclose()
             if simulator is not None:
                 simulator.stop()
+            await kept.aclose()
             await teams.aclose()  # writes the usage still in the batch
 
     app = Ki2API(

@@ -7,10 +7,11 @@
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
 
-Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here live in memory only. A
-``tokenFile`` must lie in the Kiro login folder or a folder of ``KIRO_TOKEN_DIRS``, and every
-refusal of one reads the same (nothing tells whether some other path exists). Errors use
-OpenAI's format; no answer ever contains a full token.
+Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here are kept in the store
+(``DATA_DIR``) with their tokens as they rotate, and come back after a restart
+(:mod:`ki2api.kiro.accounts.kept`). A ``tokenFile`` must lie in the Kiro login folder or a
+folder of ``KIRO_TOKEN_DIRS``, and every refusal of one reads the same (nothing tells whether
+some other path exists). Errors use OpenAI's format; no answer ever contains a full token.
 """
 
 from __future__ import annotations

@@ -191,6 +191,8 @@ class Account:
         self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
         self._writing = False
         self._rotation_noted = False
+        # Set by the pool for accounts added at run time: their new tokens go to the store.
+        self.on_refreshed: Callable[[AccountSpec], None] | None = None
         self._stamp: FileStamp | None = login_file.stamp if login_file else None
         self._digest: str | None = login_file.digest if login_file else None
         if not spec.access_token and not spec.can_refresh:
@@ -487,7 +489,9 @@ class Account:
             format_time(result.expires_at),
             ", refresh token rotated" if result.refresh_token else "",
         )
-        if (
+        if self.on_refreshed is not None:
+            self.on_refreshed(self.spec)
+        elif (
             result.refresh_token
             and self.spec.token_file is None
             and self.spec.source != "pasted"  # the session keeps lease.spec itself

@@ -272,6 +272,25 @@ def spec_from_mapping(
     )
 
 
+def spec_fields(spec: AccountSpec) -> dict[str, Any]:
+    """The fields :func:`spec_from_mapping` reads back into ``spec`` (tokens included): how an
+    account added at run time is stored. One kept in a login file is stored as that file."""
+    if spec.token_file is not None:
+        return {"label": spec.label, "tokenFile": str(spec.token_file)}
+    fields: dict[str, Any] = {
+        "label": spec.label,
+        "authMethod": spec.auth_method,
+        "accessToken": spec.access_token,
+        "refreshToken": spec.refresh_token,
+        "expiresAt": format_time(spec.expires_at) if spec.expires_at else None,
+        "profileArn": spec.profile_arn,
+        "region": spec.region,
+        "clientId": spec.client_id,
+        "clientSecret": spec.client_secret,
+    }
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def spec_from_env(settings: Settings) -> AccountSpec | None:
     """``KIRO_ACCESS_TOKEN`` / ``KIRO_REFRESH_TOKEN`` (+ method, client, profile, region)."""
     if not (settings.kiro_access_token or settings.kiro_refresh_token):

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -215,6 +215,19 @@ def _quota_cooldown(account: Account, error: QuotaExceeded) -> float:
     return QUOTA_COOLDOWN
 
 
+# Accounts added while the gateway runs (the admin API, the page): kept in the store, with
+# their tokens as they rotate, and added back at the next start (ki2api/kiro/accounts/kept.py).
+RUNTIME_SOURCES = ("admin", "ui")
+
+
+class AccountKeeper(Protocol):
+    def keep(self, spec: AccountSpec) -> None:
+        """Store this account (added at run time, or its tokens changed); never blocks."""
+        ...
+
+    def forget(self, label: str) -> None: ...
+
+
 class AccountPool:
     def __init__(
         self,
@@ -242,6 +255,8 @@ class AccountPool:
         self._pending_default_file: Path | None = None
         self._next_default_check = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self.keeper: AccountKeeper | None = None  # set by the runtime: the store
+        self._kept: set[str] = set()  # labels of accounts the keeper keeps
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
         return await refresh_tokens(self._http, self._settings, spec)
@@ -336,7 +351,19 @@ class AccountPool:
             log.info("account %s replaced", new_label)
         account = self._add_source(src)
         log.info("account %s added (%s, %s)", account.label, src.spec.source, src.spec.auth_method)
+        if source in RUNTIME_SOURCES:
+            self._keep(account)
         return account.status()
+
+    def _keep(self, account: Account) -> None:
+        self._kept.add(account.label)
+        account.on_refreshed = self._refreshed
+        if self.keeper is not None:
+            self.keeper.keep(account.spec)
+
+    def _refreshed(self, spec: AccountSpec) -> None:
+        if self.keeper is not None and spec.label in self._kept:
+            self.keeper.keep(spec)
 
     def free_label(self, base: str) -> str:
         """``base`` if no account has it, else ``base-2``, ``base-3``, ..."""
@@ -345,6 +372,11 @@ class AccountPool:
     def remove_account(self, label: str) -> None:
         account = self._get(label)
         del self._accounts[account.label]
+        if account.label in self._kept:
+            self._kept.discard(account.label)
+            account.on_refreshed = None
+            if self.keeper is not None:
+                self.keeper.forget(account.label)
         if account.refreshing():  # let it finish in the background (it has a loop, then)
             closing = asyncio.ensure_future(account.aclose())
             self._closing.add(closing)
