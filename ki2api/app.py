@@ -48,6 +48,7 @@ from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_l
 from ki2api.kiro.accounts.kept import StoredAccounts
 from ki2api.kiro.accounts.kept import restore as restore_accounts
 from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.accounts.usage_watch import UsageWatch
 from ki2api.kiro.http.client import KiroClient, create_http_client
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.model.errors import GatewayError
@@ -171,6 +172,8 @@ def create_app(
             ttl=effective.kiro_models_ttl,
         )
         models.start()  # asks every account for its models, in the background
+        credits = UsageWatch(accounts, effective.kiro_usage_refresh)
+        credits.start()  # and for its remaining credits (getUsageLimits), every so often
         gateway = Gateway(
             effective,
             KiroClient(client, effective),
@@ -198,6 +201,7 @@ def create_app(
         try:
             yield
         finally:
+            await credits.aclose()
             await models.aclose()
             await accounts.aclose()
             if http is None:

@@ -143,6 +143,7 @@ class Settings:
     model_aliases: str | None = None  # JSON object: client name -> model name
     model_fallback: str | None = None  # what an unknown name gets (e.g. "auto"); None: a 404
     kiro_models_ttl: float = 3600.0  # seconds an account's model list is trusted
+    kiro_usage_refresh: float = 900.0  # seconds between asks for each account's credits; 0: off
     page_max_body_bytes: int = 1024 * 1024  # every route but the API's (the page's events)
     playground_max_share: float = 0.25  # of the pool's slots the page's chats may hold at once
 
@@ -209,6 +210,7 @@ class Settings:
             model_aliases=(env.get("MODEL_ALIASES") or "").strip() or None,
             model_fallback=(env.get("MODEL_FALLBACK") or "").strip() or None,
             kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
+            kiro_usage_refresh=_float(env, "KIRO_USAGE_REFRESH", 900.0),
             page_max_body_bytes=int(env.get("PAGE_MAX_BODY_BYTES") or 1024 * 1024),
             playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
             data_dir=data_dir,

@@ -1,8 +1,10 @@
-"""Accounts added at run time come back after a restart, with the tokens Kiro rotated."""
+"""Accounts added at run time come back after a restart, with the tokens Kiro rotated; every
+account's remaining credits are asked for in the background."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -81,3 +83,22 @@ def test_a_configured_account_is_never_stored(stack_factory: StackFactory, tmp_p
     assert _admin(stack, "POST", "/admin/accounts/env/refresh").status_code == 200
     stack.server.stop()
     assert _stored(data) == []
+
+
+def test_each_accounts_remaining_credits_are_asked_for_in_the_background(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory({"ADMIN_KEY": ADMIN_KEY})
+    usage = None
+    for _ in range(100):
+        (account,) = _admin(stack, "GET", "/admin/accounts").json()["data"]
+        usage = account["usage"]
+        if usage is not None:
+            break
+        time.sleep(0.05)
+    assert usage is not None and usage["remaining"] > 0 and usage["resets_at"]
+
+    quiet = stack_factory({"ADMIN_KEY": ADMIN_KEY, "KIRO_USAGE_REFRESH": "0"})
+    time.sleep(0.5)
+    (account,) = _admin(quiet, "GET", "/admin/accounts").json()["data"]
+    assert account["usage"] is None
