@@ -18,8 +18,8 @@ ARG UID=1000
 ARG GID=1000
 RUN groupadd --gid "${GID}" ki2api \
     && useradd --uid "${UID}" --gid "${GID}" --create-home --shell /usr/sbin/nologin ki2api \
-    && mkdir -p /home/ki2api/.aws/sso/cache \
-    && chown -R ki2api:ki2api /home/ki2api/.aws
+    && mkdir -p /home/ki2api/.aws/sso/cache /home/ki2api/.local/share/ki2api \
+    && chown -R ki2api:ki2api /home/ki2api/.aws /home/ki2api/.local
 
 WORKDIR /app
 # Dependencies first: this layer is reused until requirements.txt changes. It is exported from
