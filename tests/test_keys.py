@@ -188,6 +188,8 @@ def test_the_admin_api_refuses_bad_fields_with_a_400_naming_them(
             ({"name": "bob", "models": "claude sonnet"}, "models"),
             ({"name": "bob", "models": [1]}, "models"),
             ({"name": "bob", "expires_at": "next week"}, "expires_at"),
+            ({"name": "bob", "expires_at": 1e30}, "expires_at"),
+            ({"name": "bob", "expires_in_days": 1e11}, "expires_in_days"),
             ({"name": "bob", "enabled": "yes"}, "enabled"),
             ({"name": "bob", "colour": "red"}, "colour"),
         ):
@@ -197,6 +199,10 @@ def test_the_admin_api_refuses_bad_fields_with_a_400_naming_them(
         assert client.post("/admin/keys", json=["alice"]).status_code == 400
         assert client.patch("/admin/keys/nobody", json={"rpm": 5}).status_code == 404
         assert client.get("/admin/usage", params={"from": "yesterday"}).status_code == 400
+        assert client.get("/admin/usage", params={"format": "xml"}).status_code == 400
+        assert client.get("/admin/usage", params={"key": "nobody"}).status_code == 404
+        assert client.get("/admin/keys", params={"include_revoked": "maybe"}).status_code == 400
+        assert client.get("/admin/keys/x/daily", params={"days": "0"}).status_code == 400
         assert client.get("/admin/keys").json()["data"] == []
     api = httpx.get(f"{stack.url}/admin/keys", headers=stack.headers())
     assert api.status_code == 403  # the API key is no administrator
@@ -333,6 +339,17 @@ def test_api_key_stays_the_operators_unlimited_key_and_its_usage_is_counted(
         assert chat(stack, stack.api_key)
     (row,) = usage_rows(stack, requests=3, key="operator")
     assert (row["key"], row["requests"], row["refused"]) == ("operator", 3, 0)
+
+
+def test_on_a_space_without_api_key_client_keys_work_and_the_default_key_does_not(
+    gateway: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = gateway(API_KEY="", SPACE_ID="me/ki2api", DATA_DIR=str(tmp_path / "data"))
+    secret = make_key(stack)["secret"]
+    assert chat(stack, secret)
+    with pytest.raises(openai.APIStatusError) as refused:
+        chat(stack, "ki2api-key-2024")
+    assert refused.value.status_code == 503 and "API_KEY" in refused.value.message
 
 
 def test_rate_limit_is_the_rpm_of_keys_that_set_none(gateway: Callable[..., Stack]) -> None:

@@ -55,9 +55,12 @@ def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settin
         return run_as_admin(request, settings, work)
 
     @router.get("/keys")
-    async def list_keys(request: Request, include_revoked: bool = False) -> Response:
+    async def list_keys(request: Request) -> Response:
         async def work() -> Response:
-            keys = await get_admin().list_keys(include_revoked=include_revoked)
+            flag = request.query_params.get("include_revoked", "").lower()
+            if flag not in ("", "true", "false", "1", "0"):
+                raise InvalidRequest("include_revoked: true or false", param="include_revoked")
+            keys = await get_admin().list_keys(include_revoked=flag in ("true", "1"))
             return _json({"object": "list", "data": keys})
 
         return await guarded(request, work)

@@ -57,6 +57,7 @@ FIELDS = frozenset(
         "enabled",
     }
 )
+LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time a datetime can show
 USAGE_FIELDS = (
     "day",
     "key",
@@ -181,6 +182,9 @@ def parse_changes(fields: Mapping[str, Any], now: float) -> dict[str, Any]:
     if "expires_in_days" in fields:
         days = _amount("expires_in_days", fields["expires_in_days"])
         out["expires_at"] = None if days is None else now + days * 86400
+    if out.get("expires_at") is not None and not 0 <= out["expires_at"] <= LATEST:
+        field = "expires_at" if "expires_at" in fields else "expires_in_days"
+        raise _bad(field, "a time between 1970 and 9999")
     if "enabled" in fields:
         enabled = fields["enabled"]
         if not isinstance(enabled, bool):

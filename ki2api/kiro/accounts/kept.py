@@ -29,6 +29,7 @@ class StoredAccounts:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._loop = asyncio.get_running_loop()  # the page's sync handlers call from threads
         self._writes: asyncio.Queue[tuple[str, AccountSpec | None]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
 
@@ -39,9 +40,19 @@ class StoredAccounts:
         self._put(label, None)
 
     def _put(self, label: str, spec: AccountSpec | None) -> None:
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is self._loop:
+            self._enqueue(label, spec)
+        else:
+            self._loop.call_soon_threadsafe(self._enqueue, label, spec)
+
+    def _enqueue(self, label: str, spec: AccountSpec | None) -> None:
         self._writes.put_nowait((label, spec))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            self._writer = self._loop.create_task(self._write())
 
     async def _write(self) -> None:
         while not self._writes.empty():
