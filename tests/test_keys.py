@@ -19,9 +19,11 @@ import orjson
 import pytest
 
 from ki2api.cli import main as cli
+from ki2api.settings import Settings
 from ki2api.simulator import Script, context_usage_event
-from ki2api.simulator.scripts import text_events
-from ki2api.store import DB_NAME
+from ki2api.simulator.mcp import SearchResult
+from ki2api.simulator.scripts import text_answer, text_events, tool_use_answer
+from ki2api.store import DB_NAME, SqliteStore
 from ki2api.teams.gate import Teams
 from tests.stack import ACCESS_TOKEN, Stack, StackFactory
 
@@ -360,6 +362,42 @@ def test_rate_limit_is_the_rpm_of_keys_that_set_none(gateway: Callable[..., Stac
         chat(stack, secret)
 
 
+def test_a_web_search_is_one_request_of_the_key_however_many_model_calls_it_takes(
+    gateway: Callable[..., Stack],
+) -> None:
+    stack = gateway()
+    secret = make_key(stack, rpm=2)["secret"]
+    search = orjson.dumps({"query": "kumquat season"}).decode()
+    stack.state.enqueue(
+        tool_use_answer("web_search", "tooluse_ws1", search), text_answer("In winter.")
+    )
+    stack.state.searches.enqueue([SearchResult("Kumquat", "https://example.org/k", "Citrus.")])
+    tool = {"type": "web_search_20250305", "name": "web_search", "max_uses": 2}
+    with ant(stack, secret) as client:
+        answer = client.messages.create(
+            model=SONNET,
+            max_tokens=100,
+            messages=[{"role": "user", "content": "When are kumquats in season?"}],
+            tools=[tool],  # type: ignore[list-item]
+        )
+        assert "In winter." in "".join(b.text for b in answer.content if b.type == "text")
+        assert len(stack.state.requests) == 2  # two model calls, one request of the key
+        # Claude Code's own search request (no model call) is admitted like any other.
+        stack.state.searches.enqueue([SearchResult("K", "https://example.org/k", "C.")])
+        searched = client.messages.create(
+            model=SONNET,
+            max_tokens=100,
+            system="You are an assistant for performing a web search tool use",
+            messages=[{"role": "user", "content": "Perform a web search for the query: k"}],
+            tools=[tool],  # type: ignore[list-item]
+        )
+        assert searched.content[0].type == "server_tool_use"
+        with pytest.raises(anthropic.RateLimitError):
+            message(stack, secret)
+    rows = usage_rows(stack, requests=2, key="alice")
+    assert totals(rows, "requests") == 2 and totals(rows, "refused") == 1
+
+
 # --- usage -----------------------------------------------------------------------------------
 
 
@@ -419,6 +457,13 @@ def test_usage_by_day_key_and_account_in_json_csv_and_metrics(
     assert 'ki2api_key_requests_total{key="alice"} 2.0' in metrics
     assert 'ki2api_key_requests_total{key="bob"} 3.0' in metrics
     assert 'ki2api_key_tokens_total{key="bob",kind="output"}' in metrics
+
+
+def test_metrics_name_at_most_a_hundred_keys_and_the_rest_share_other() -> None:
+    teams = Teams(Settings(), SqliteStore(":memory:"))
+    for i in range(150):
+        teams._totals(f"user-{i}").requests += 1
+    assert len(teams.totals) == 101 and teams.totals["other"].requests == 50
 
 
 def test_usage_rows_match_the_upstream_under_concurrent_load_on_20_keys_and_4_accounts(

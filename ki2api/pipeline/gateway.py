@@ -325,10 +325,7 @@ class Gateway:
                 code="too_many_messages",
             )
         model = self.catalog.resolve(request.model)
-        if self.admission is not None:
-            ctx = current_request.get()
-            if ctx is not None and ctx.caller is not None:
-                await self.admission.admit(ctx, request.model, model)
+        await self.admit(request, model)
         conversation_id = conversation_id_for(request, conversation_header)
         built: dict[str | None, KiroRequest] = {}
 
@@ -437,6 +434,14 @@ class Gateway:
             )
         assert last is not None
         raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
+
+    async def admit(self, request: ChatRequest, model: ModelInfo) -> None:
+        """The caller's own limits (client keys), before any account is spent on the request;
+        raises the client's error. Every way to the upstream passes here first."""
+        if self.admission is not None:
+            ctx = current_request.get()
+            if ctx is not None and ctx.caller is not None:
+                await self.admission.admit(ctx, request.model, model)
 
     async def _none_free(
         self,

@@ -362,7 +362,8 @@ async def open_search(
     spec = request.web_search
     assert spec is not None
     if spec.direct_query is not None:
-        gateway.catalog.resolve(request.model)  # an unknown model is still a 404
+        model = gateway.catalog.resolve(request.model)  # an unknown model is still a 404
+        await gateway.admit(request, model)  # the caller's limits, as for a model call
         # The whole answer is one search: no account free is the answer's status (a 429 with
         # Retry-After while the accounts cool down), not an error inside a started answer.
         lease = await gateway.pool.acquire()
