@@ -151,6 +151,9 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: default_data_dir()[0])
     data_dir_persistent: bool = True  # False on a Space without persistent storage
     usage_flush_seconds: float = 1.0  # usage is written in batches this often (and at shutdown)
+    backup_repo: str | None = None  # a private Hub dataset the database is backed up to
+    backup_every: float = 10.0  # minutes between backups
+    hf_endpoint: str | None = None  # HF_ENDPOINT: another Hub than huggingface.co
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -216,6 +219,9 @@ class Settings:
             data_dir=data_dir,
             data_dir_persistent=data_dir_persistent,
             usage_flush_seconds=_float(env, "USAGE_FLUSH_SECONDS", 1.0),
+            backup_repo=(env.get("BACKUP_REPO") or "").strip() or None,
+            backup_every=_float(env, "BACKUP_EVERY", 10.0),
+            hf_endpoint=env.get("HF_ENDPOINT") or None,
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

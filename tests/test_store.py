@@ -294,3 +294,13 @@ def test_data_dir_is_the_users_data_folder_or_a_spaces_persistent_storage(
         assert user_data_dir({**home, "XDG_DATA_HOME": "/x"}) == Path("/x/ki2api")
     settings = Settings.from_env({**home, "DATA_DIR": str(mounted), "USAGE_FLUSH_SECONDS": "5"})
     assert (settings.data_dir, settings.usage_flush_seconds) == (mounted, 5.0)
+
+
+def test_the_start_up_check_makes_no_database_so_a_backup_can_be_restored_first(
+    tmp_path: Path,
+) -> None:
+    from ki2api.teams.gate import check_store
+
+    folder = tmp_path / "data"
+    check_store(Settings(data_dir=folder))
+    assert folder.is_dir() and not (folder / DB_NAME).exists()

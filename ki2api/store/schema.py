@@ -91,6 +91,15 @@ def connect(path: Path | str) -> sqlite3.Connection:
     return conn
 
 
+def check(path: Path) -> None:
+    """What :func:`connect` would refuse, without making a database that is not there (a
+    backup may have to be restored into its place first)."""
+    if path.exists():
+        connect(path).close()
+    else:
+        _prepare_folder(path)
+
+
 def _prepare_folder(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

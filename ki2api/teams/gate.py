@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ki2api.kiro.wire.models import ModelInfo
 from ki2api.model.context import Caller, RequestContext
@@ -47,7 +48,8 @@ from ki2api.store import (
     day_of,
     parse_rate,
 )
-from ki2api.store.schema import connect
+from ki2api.store.backup import HubBackup
+from ki2api.store.schema import check
 from ki2api.teams.credits import CreditRates
 from ki2api.teams.keys import KEY_PREFIX, key_digest, model_allowed
 
@@ -128,9 +130,9 @@ def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Sto
 
 
 def check_store(settings: Settings) -> None:
-    """Open, check and migrate the store, then let go: run before the server starts, so that
+    """Check (and migrate) the store, then let go: run before the server starts, so that
     a damaged or newer database stops it with one clear sentence (:class:`StoreError`)."""
-    connect(settings.data_dir / DB_NAME).close()
+    check(settings.data_dir / DB_NAME)
 
 
 class Teams:
@@ -151,21 +153,36 @@ class Teams:
         self.totals: dict[str, KeyTotals] = {}
         self._callers: dict[str, KeyCaller] = {}  # by digest, while the record is the same
         self.opened = False
+        self.backup: HubBackup | None = None
+        if settings.backup_repo and isinstance(self.store, SqliteStore):
+            self.backup = HubBackup(
+                settings.backup_repo,
+                Path(self.store.path),
+                every=settings.backup_every,
+                endpoint=settings.hf_endpoint,
+            )
 
     async def open(self) -> None:
+        if self.backup is not None:
+            await self.backup.restore()  # the last snapshot, when the database is missing
         await self.store.open()
         self.opened = True
+        if self.backup is not None:
+            await self.backup.start()
         if not self.store.persistent and self.store.location != ":memory:":
             log.warning(
                 "keys and usage are kept in %s, which a restart of this Space wipes: attach "
-                "persistent storage (Settings → Persistent storage) to keep them",
+                "persistent storage (Settings → Persistent storage)%s",
                 self.store.location,
+                "" if self.backup else ", or set BACKUP_REPO to back them up to a Hub dataset",
             )
 
     async def aclose(self) -> None:
         if self.opened:
             self.opened = False
             await self.store.aclose()
+            if self.backup is not None:
+                await self.backup.aclose()  # a last snapshot, with everything written
 
     # --- who is calling ------------------------------------------------------------------
 
