@@ -19,6 +19,7 @@ import orjson
 from ki2api.model.context import RequestContext
 from ki2api.server.run import serve
 from ki2api.settings import Settings
+from ki2api.store import SqliteStore
 from ki2api.teams.gate import KeyCaller, Teams
 
 API_KEY = "bench-api-key-0123456789"
@@ -59,13 +60,11 @@ def settings_for(
 
 
 class Unaccounted(Teams):
-    """No client keys, no limits, no usage: what the gateway did before them."""
+    """No client keys, no limits, no usage: what the gateway did before them (its store, in
+    memory, only answers the start's question for accounts added at run time: none)."""
 
-    async def open(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
+    def __init__(self, settings: Settings, store: Any = None, **kwargs: Any) -> None:
+        super().__init__(settings, SqliteStore(":memory:"), **kwargs)
 
     async def find(self, presented: str) -> KeyCaller | None:
         return None

@@ -36,7 +36,14 @@ import orjson
 from bench import targets
 from bench.client import Result, Target, build_request
 from bench.load import Clients, closed_loop
-from bench.procs import free_port, spawn, wait_http, wait_ready_line
+from bench.procs import (
+    cpu_seconds,
+    free_port,
+    process_tree,
+    spawn,
+    wait_http,
+    wait_ready_line,
+)
 from bench.stats import pct
 
 ADMIN_KEY = "bench-admin-key-0123456789"
@@ -45,7 +52,9 @@ ACCOUNTS = 4
 BUDGET = 10**11  # far from reached: every check runs, none refuses
 
 
-def _gateway(stack: ExitStack, log_dir: Path, name: str, sim_url: str, *extra: str) -> str:
+def _gateway(
+    stack: ExitStack, log_dir: Path, name: str, sim_url: str, *extra: str
+) -> tuple[str, int]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.gateway", "--port", str(port), "--upstream", sim_url]
     argv += ["--accounts", str(ACCOUNTS), "--admin-key", ADMIN_KEY, *extra]
@@ -55,7 +64,7 @@ def _gateway(stack: ExitStack, log_dir: Path, name: str, sim_url: str, *extra: s
     stack.callback(proc.stop)
     url = f"http://127.0.0.1:{port}"
     wait_http(proc, f"{url}/health", 60)
-    return url
+    return url, proc.pid
 
 
 def _call(url: str, method: str = "GET", body: Any = None) -> Any:
@@ -131,6 +140,36 @@ def spread_ms(results: Sequence[Result]) -> float:
     return (pct(values, 75) - pct(values, 25)) / 2
 
 
+def paired_ms(results: dict[str, list[Result]], a: str, b: str) -> tuple[float, float, float]:
+    """Round by round, ``b``'s latency minus ``a``'s (the same round: the same moment of this
+    shared machine): the median, and the 25th and 75th percentiles, in ms."""
+    diffs = [
+        (rb.latency - ra.latency) * 1000
+        for ra, rb in zip(results[a], results[b], strict=True)
+        if ra.ok and rb.ok
+    ]
+    return pct(diffs, 50), pct(diffs, 25), pct(diffs, 75)
+
+
+async def cpu_per_request(
+    clients: Clients, groups: dict[str, tuple[list[Target], int]], count: int, blocks: int = 6
+) -> dict[str, float]:
+    """CPU time each gateway process spends per request (µs), from /proc: the gateways take
+    turns in blocks, so that the machine's slow drift hits both alike."""
+    spent = {name: 0.0 for name in groups}
+    done = {name: 0 for name in groups}
+    per_block = max(1, count // blocks)
+    for block in range(blocks):
+        for name, (group, pid) in groups.items():
+            pids = process_tree(pid)
+            before = cpu_seconds(pids)
+            for i in range(per_block):
+                result = await clients.request(group[(block * per_block + i) % len(group)])
+                done[name] += result.ok
+            spent[name] += cpu_seconds(pids) - before
+    return {name: spent[name] / max(1, done[name]) * 1e6 for name in groups}
+
+
 async def load(clients: Clients, keyed: list[Target], concurrency: int, count: int) -> int:
     """A closed loop spread over the keys; the number of requests that succeeded."""
     per_key = max(1, count // len(keyed))
@@ -187,7 +226,10 @@ async def accounting_cost(iterations: int) -> tuple[float, float]:
         await teams.aclose()
 
 
-async def measure(sim_url: str, base_url: str, keyed_url: str, args: argparse.Namespace) -> int:
+async def measure(
+    sim_url: str, base: tuple[str, int], keyed: tuple[str, int], args: argparse.Namespace
+) -> int:
+    base_url, keyed_url = base[0], keyed[0]
     keyed_us, operator_us = await accounting_cost(args.iterations)
     print(
         f"accounting on the request path, in-process: {keyed_us:.1f} µs per request with a "
@@ -220,6 +262,28 @@ async def measure(sim_url: str, base_url: str, keyed_url: str, args: argparse.Na
     over = added["20 keys"] - added["unaccounted"]
     print(f"\naccounting + limits with 20 keys add {over:+.3f} ms at concurrency 1 (median)")
     print(f"accounting alone (API_KEY) adds {added['operator'] - added['unaccounted']:+.3f} ms")
+    for name in ("operator", "20 keys"):
+        median, low, high = paired_ms(results, "unaccounted", name)
+        print(
+            f"paired by round, {name} minus unaccounted: median {median:+.3f} ms "
+            f"(IQR {low:+.2f} .. {high:+.2f})"
+        )
+    print(f"\nCPU per request, {args.requests} requests each, in turns ...", flush=True)
+    cpu = await cpu_per_request(
+        clients,
+        {
+            "unaccounted": (groups["unaccounted"], base[1]),
+            "operator": (groups["operator"], keyed[1]),
+            "20 keys": (groups["20 keys"], keyed[1]),
+        },
+        args.requests,
+    )
+    for name, micros in cpu.items():
+        print(f"  {name:12} {micros:8.0f} µs of gateway CPU per request")
+    print(f"  20 keys minus unaccounted: {cpu['20 keys'] - cpu['unaccounted']:+.0f} µs")
+    print(
+        f"  20 keys minus operator (the same process): {cpu['20 keys'] - cpu['operator']:+.0f} µs"
+    )
 
     await asyncio.sleep(0.5)  # every answer so far settled
     usage_before, upstream_before = usage_requests(keyed_url), upstream_count(sim_url)
@@ -256,14 +320,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         sim = spawn("simulator", sim_argv, log_dir)
         stack.callback(sim.stop)
         sim_url = wait_ready_line(sim, 30)
-        base_url = _gateway(stack, log_dir, "unaccounted", sim_url, "--unaccounted")
-        keyed_url = _gateway(stack, log_dir, "keyed", sim_url)
+        base = _gateway(stack, log_dir, "unaccounted", sim_url, "--unaccounted")
+        keyed = _gateway(stack, log_dir, "keyed", sim_url)
         try:
             import uvloop
 
-            code = uvloop.run(measure(sim_url, base_url, keyed_url, args))
+            code = uvloop.run(measure(sim_url, base, keyed, args))
         except ImportError:
-            code = asyncio.run(measure(sim_url, base_url, keyed_url, args))
+            code = asyncio.run(measure(sim_url, base, keyed, args))
     sys.exit(code)
 
 

@@ -638,3 +638,10 @@ def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+async def test_the_benchmarks_accounting_timing_runs_on_20_keys() -> None:
+    from bench.teams import accounting_cost
+
+    keyed, operator = await accounting_cost(200)
+    assert 0 < operator < 5000 and 0 < keyed < 5000  # µs per request, on any machine
