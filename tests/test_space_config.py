@@ -111,11 +111,15 @@ def test_compose_mounts_the_kiro_login_read_write_and_needs_api_key() -> None:
     assert service["build"] == "."
     assert any(str(port).endswith("8989:8989") for port in service["ports"])
     assert service["environment"]["API_KEY"].startswith("${API_KEY:?")
-    (volume,) = service["volumes"]
-    source, target, *mode = volume.split(":")
+    login, data = service["volumes"]
+    source, target, *mode = login.split(":")
     assert source == "${HOME}/.aws/sso/cache"
     assert target == "/home/ki2api/.aws/sso/cache"  # the image's non-root user's home
     assert mode in ([], ["rw"])  # read-write: refreshed tokens are written back
+    # DATA_DIR's default for that user (keys, usage), on a named volume: kept across restarts
+    name, target = data.split(":")
+    assert target == "/home/ki2api/.local/share/ki2api"
+    assert name in _yaml("docker-compose.yml")["volumes"]
 
 
 def test_dockerignore_keeps_secrets_and_clutter_out() -> None:
