@@ -44,6 +44,7 @@ log = logging.getLogger("ki2api.store")
 T = TypeVar("T")
 
 DB_NAME = "ki2api.db"
+_REPEAT_FAILURE_LOG = 60.0  # seconds between two log lines while writes keep failing
 _KEY_COLUMNS = (
     "id, name, digest, hint, created_at, last_used_at, expires_at, revoked_at, enabled, models, "
     "rpm, tpm, credits_per_day, credits_per_month"
@@ -167,14 +168,24 @@ class SqliteStore:
             self._thread = None
 
     async def _flush_loop(self) -> None:
+        failing_since: float | None = None
         while True:
             await asyncio.sleep(self.flush_interval)
             try:
                 await self.flush()
                 if await self._run(_data_version) != self._data_version:
                     await self._reload_keys()  # another process (the CLI) changed the keys
-            except Exception:  # a full disk must not end the loop: the batch waits
-                log.exception("could not write usage to %s", self.location)
+            except Exception as exc:  # a full disk must not end the loop: the batch waits
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.exception("could not write usage to %s; trying again", self.location)
+                elif time.monotonic() - failing_since > _REPEAT_FAILURE_LOG:
+                    failing_since = time.monotonic()  # once a minute, not once a second
+                    log.error("still cannot write usage to %s: %s", self.location, exc)
+            else:
+                if failing_since is not None:
+                    log.info("usage written to %s again", self.location)
+                failing_since = None
 
     # --- keys ----------------------------------------------------------------------------
 
