@@ -13,6 +13,9 @@ from pathlib import Path
 
 DEFAULT_API_KEY = "ki2api-key-2024"
 DEFAULT_REGION = "us-east-1"
+# KIRO_USAGE_REFRESH when unset, read at each from_env call: the tests set it to 0 (no
+# background getUsageLimits calls unless a test asks for them).
+USAGE_REFRESH_DEFAULT = 1800.0
 
 
 def default_token_file(environ: Mapping[str, str] | None = None) -> Path:
@@ -77,6 +80,11 @@ class Settings:
     kiro_pool_strategy: str = "lru"  # lru | round_robin | first
     kiro_proxy: str | None = None  # e.g. http://127.0.0.1:7890 where AWS is reached via a proxy
     kiro_http_transport: str = "auto"  # auto (the lean transport) | httpx (httpx's own)
+    # --- account hygiene (ki2api/kiro/accounts/account.py, ki2api/pipeline/sticky.py) ---
+    kiro_min_interval_ms: float = 0.0  # between two requests on one account; 0: none
+    kiro_sticky_ttl: float = 3600.0  # seconds a conversation stays on its account; 0: off
+    kiro_sticky_max: int = 10_000  # conversations remembered (least recently used go first)
+    kiro_usage_refresh: float = 0.0  # seconds between getUsageLimits calls per account; 0: off
 
     # --- upstream URLs (all overridable; {region} is filled in) ---
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
@@ -115,6 +123,11 @@ class Settings:
     page_max_body_bytes: int = 1024 * 1024  # every route but the API's (the page's events)
     playground_max_share: float = 0.25  # of the pool's slots the page's chats may hold at once
 
+    # --- backup of the stored state to a private Hub dataset (ki2api/store/backup.py) ---
+    backup_dataset: str | None = None  # e.g. "alice/ki2api-state"; None: no backup
+    backup_every: float = 10.0  # minutes between two backups
+    hf_token: str | None = field(default=None, repr=False)  # writes the backup dataset
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
@@ -148,6 +161,10 @@ class Settings:
             kiro_pool_strategy=(env.get("KIRO_POOL_STRATEGY") or "lru").strip().lower(),
             kiro_proxy=env.get("KIRO_PROXY") or None,
             kiro_http_transport=(env.get("KIRO_HTTP_TRANSPORT") or "auto").strip().lower(),
+            kiro_min_interval_ms=_float(env, "KIRO_MIN_INTERVAL_MS", 0.0),
+            kiro_sticky_ttl=_float(env, "KIRO_STICKY_TTL", 3600.0),
+            kiro_sticky_max=int(env.get("KIRO_STICKY_MAX") or 10_000),
+            kiro_usage_refresh=_float(env, "KIRO_USAGE_REFRESH", USAGE_REFRESH_DEFAULT),
             timeouts=Timeouts(
                 connect=_float(env, "KIRO_CONNECT_TIMEOUT", 10.0),
                 first_byte=_float(env, "KIRO_FIRST_BYTE_TIMEOUT", 60.0),
@@ -174,6 +191,9 @@ class Settings:
             kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
             page_max_body_bytes=int(env.get("PAGE_MAX_BODY_BYTES") or 1024 * 1024),
             playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
+            backup_dataset=(env.get("BACKUP_DATASET") or "").strip() or None,
+            backup_every=_float(env, "BACKUP_EVERY_MINUTES", 10.0),
+            hf_token=env.get("HF_TOKEN") or None,
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

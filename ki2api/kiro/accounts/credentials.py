@@ -150,7 +150,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "client_id_hash": ("clientIdHash", "client_id_hash"),
     "label": ("label", "name"),
     "token_file": ("tokenFile", "token_file"),
+    "min_interval_ms": ("minIntervalMs", "min_interval_ms"),
 }
+MAX_MIN_INTERVAL_MS = 3_600_000.0  # an hour between requests is already no use
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -304,6 +306,18 @@ def token_file_of(data: Mapping[str, Any]) -> Path | None:
     if not isinstance(path, str):
         raise CredentialError("tokenFile must be a path")
     return Path(path).expanduser()
+
+
+def min_interval_of(data: Mapping[str, Any]) -> float | None:
+    """The account's own minimum interval between requests (``minIntervalMs``), if it has one."""
+    value = _get(data, "min_interval_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CredentialError("minIntervalMs must be a number of milliseconds")
+    if not 0 <= value <= MAX_MIN_INTERVAL_MS:
+        raise CredentialError(f"minIntervalMs must be between 0 and {MAX_MIN_INTERVAL_MS:.0f}")
+    return float(value)
 
 
 def client_id_hash_of(data: Mapping[str, Any]) -> str | None:
