@@ -288,20 +288,19 @@ class Account:
             return 0.0
         return max(0.0, self._next_turn - self._clock())
 
-    def take_turn(self) -> float:
-        """Reserve the next free turn and return its clock time (now, without a minimum
+    def take_turn(self) -> float | None:
+        """Reserve the next free turn and return its clock time (None: the account keeps no
         interval). Turns are handed out in order: concurrent requests queue, none polls."""
-        now = self._clock()
         if not self.min_interval:
-            return now
-        turn = max(now, self._next_turn)
+            return None
+        turn = max(self._clock(), self._next_turn)
         self._next_turn = turn + self.min_interval
         return turn
 
-    def give_back_turn(self, turn: float) -> None:
+    def give_back_turn(self, turn: float | None) -> None:
         """A request gave up the turn it took (it was cancelled while waiting for it): free it
         again, unless a later request took the one after it."""
-        if self.min_interval and self._next_turn == turn + self.min_interval:
+        if turn is not None and self._next_turn == turn + self.min_interval:
             self._next_turn = turn
 
     def cool_down(self, seconds: float, reason: str, cause: Cause = "refresh") -> None:

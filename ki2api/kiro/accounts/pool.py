@@ -499,7 +499,7 @@ class AccountPool:
             turn = account.take_turn()  # likewise: concurrent requests queue in order
             try:
                 credential = await account.ensure_fresh()
-                if (wait := turn - self._clock()) > 0:
+                if turn is not None and (wait := turn - self._clock()) > 0:
                     await self._wait_for_turn(account, wait)
             except GatewayError as exc:
                 account.give_back_turn(turn)
