@@ -8,6 +8,7 @@ the copy, and a copy that still holds a known secret is not uploaded).
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import sqlite3
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from ki2api.app import create_app
+from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.settings import Settings
 from ki2api.store import backup as backup_module
 from ki2api.store.backup import (
@@ -104,6 +106,18 @@ def test_a_copy_holding_a_known_secret_is_refused(tmp_path: Path) -> None:
         snapshot(database, target, secrets=lambda: [API_KEY, None, ""])
     assert API_KEY not in str(refused.value)
     assert not target.exists() and list(tmp_path.iterdir()) == [database]
+
+
+async def test_the_pool_names_every_token_it_holds_for_the_leak_check(tmp_path: Path) -> None:
+    accounts = [{"label": "added", "refreshToken": REFRESH_TOKEN, "accessToken": "aoa-0123456789"}]
+    settings = Settings(kiro_accounts=json.dumps(accounts), kiro_token_file=tmp_path / "x.json")
+    async with httpx.AsyncClient() as http:
+        pool = AccountPool.from_settings(settings, http)
+    assert set(pool.secrets()) == {REFRESH_TOKEN, "aoa-0123456789"}
+    database = make_database(tmp_path / "ki2api.sqlite3")
+    write(database, "INSERT INTO usage VALUES (?, 'leak', 1)", REFRESH_TOKEN)
+    with pytest.raises(BackupRefused):
+        snapshot(database, tmp_path / "copy.sqlite3", secrets=pool.secrets)
 
 
 def test_no_database_yet_makes_no_copy_and_creates_none(tmp_path: Path) -> None:

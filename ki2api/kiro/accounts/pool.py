@@ -645,6 +645,15 @@ class AccountPool:
     def labels(self) -> list[str]:
         return list(self._accounts)
 
+    def secrets(self) -> list[str]:
+        """Every secret the accounts hold now (tokens, OIDC client secrets), for leak checks
+        such as the backup's (:mod:`ki2api.store.backup`). Never log, show or send these."""
+        found: list[str] = []
+        for account in self._accounts.values():
+            spec = account.spec
+            found += [s for s in (spec.access_token, spec.refresh_token, spec.client_secret) if s]
+        return found
+
     def usable_labels(self) -> list[str]:
         return [a.label for a in self._accounts.values() if a.usable()]
 
