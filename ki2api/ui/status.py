@@ -112,7 +112,7 @@ def credits_text(account: AccountStatus, now: datetime, lang: str) -> str:
             )
         else:
             text = t("credits_no_reset", lang, left=left, limit=limit)
-    if account.usage_error:
+    if account.usage_error and account.usage_error != account.reason:  # else the note says it
         text += f" · {quoted(hide_paths(account.usage_error)[:120])}"
     return text
 
