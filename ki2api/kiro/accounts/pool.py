@@ -414,6 +414,8 @@ class AccountPool:
 
     def counts(self) -> dict[str, int]:
         """Accounts by state (``suspended`` apart from the other ``disabled``), for ``/health``."""
+        self._adopt_default_file()
+        self._revive_from_files()
         counts = dict.fromkeys(("healthy", "cooling_down", "needs_login", "disabled"), 0)
         counts["suspended"] = 0
         for account in self._accounts.values():
