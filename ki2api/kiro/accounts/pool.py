@@ -266,6 +266,14 @@ class AccountPool:
             pool._add_source(src)
         return pool
 
+    def state_counts(self) -> dict[str, float]:
+        """Accounts by state, for ``/metrics``."""
+        counts: dict[str, float] = {}
+        for account in self.snapshot():
+            state = str(getattr(account, "state", "unknown")).split(":")[0]
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     async def start(self) -> None:
         states = ", ".join(f"{a.label} ({a.status().description})" for a in self._accounts.values())
         log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
