@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, cast
 
@@ -89,8 +89,7 @@ class Ki2API(FastAPI):
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:
-    return replace(
-        settings,
+    return settings.replace(
         kiro_api_url=f"{simulator_url}/generateAssistantResponse",
         kiro_refresh_url=f"{simulator_url}/refreshToken",
         kiro_oidc_url=f"{simulator_url}/token",
