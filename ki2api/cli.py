@@ -258,7 +258,11 @@ def _settings(args: argparse.Namespace) -> int:
     if args.update_readme:
         path: Path = args.update_readme
         text = path.read_text(encoding="utf-8")
-        updated = declarations.with_tables(text)
+        try:
+            updated = declarations.with_tables(text)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         if updated != text:
             path.write_text(updated, encoding="utf-8")
         print(f"{path}: {'updated' if updated != text else 'already up to date'}")

@@ -104,7 +104,7 @@ def test_a_space_listens_on_7860_unless_told_otherwise() -> None:
     space = Settings.from_env({"SPACE_ID": "alice/ki2api", "SPACE_HOST": "alice-ki2api.hf.space"})
     assert (space.on_space, space.host, space.port) == (True, "0.0.0.0", 7860)
     assert space.space_host == "alice-ki2api.hf.space"
-    assert space.api_key_is_default  # no API_KEY secret: the API stays off (tests/test_space_config)
+    assert space.api_key_is_default  # no API_KEY secret: the API stays off
     chosen = Settings.from_env({"SPACE_ID": "alice/ki2api", "PORT": "8000", "HOST": "::"})
     assert (chosen.host, chosen.port) == ("::", 8000)
     assert not Settings.from_env({}).on_space
@@ -190,11 +190,11 @@ def test_fields_are_plain_attributes_on_the_request_path() -> None:
         ),
         (
             {"METRICS_PUBLIC": "maybe"},
-            "METRICS_PUBLIC must be 1, true, yes or on, or 0, false, no or off (got \"maybe\")",
+            'METRICS_PUBLIC must be 1, true, yes or on, or 0, false, no or off (got "maybe")',
         ),
         (
-            {"KIRO_API_URL": "codewhisperer.example/generate"},
-            'KIRO_API_URL must be an http:// or https:// URL (got "codewhisperer.example/generate")',
+            {"KIRO_API_URL": "codewhisperer.example/chat"},
+            'KIRO_API_URL must be an http:// or https:// URL (got "codewhisperer.example/chat")',
         ),
         (
             {"KIRO_PROXY": "127.0.0.1:7890"},
@@ -255,7 +255,7 @@ def test_a_bad_secret_is_named_but_never_shown() -> None:
 
 def test_a_long_or_odd_value_is_shown_bounded_and_on_one_line() -> None:
     (sentence,) = problems({"HOST": "x", "PORT": "1\n2" + "9" * 300})
-    assert "\n" not in sentence and sentence.endswith('…)') and len(sentence) < 300
+    assert "\n" not in sentence and sentence.endswith("…)") and len(sentence) < 300
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -367,7 +367,8 @@ def test_update_readme_rewrites_only_the_tables(
     assert cli.main(["settings", "--update-readme", str(path)]) == 0
     text = path.read_text()
     assert text.startswith(f"intro\n{begin}\n| variable | meaning | default |")
-    assert f"{end}\nmiddle\n{zh_begin}\n| 变量 | 作用 |" in text and text.endswith(f"{zh_end}\nend\n")
+    assert f"{end}\nmiddle\n{zh_begin}\n| 变量 | 作用 |" in text
+    assert text.endswith(f"{zh_end}\nend\n")
     assert "stale" not in text
     assert cli.main(["settings", "--update-readme", str(path)]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("already up to date")
