@@ -210,6 +210,11 @@ def test_fields_are_plain_attributes_on_the_request_path() -> None:
             '(got "60/fortnight")',
         ),
         (
+            {"RATE_LIMIT": "5/0minutes"},  # a zero period: a division by zero per request
+            "RATE_LIMIT must be a rate such as 60/minute (per second, minute, hour or day) "
+            '(got "5/0minutes")',
+        ),
+        (
             {"CORS_ORIGINS": "https://app.example.com/"},
             "CORS_ORIGINS must be comma-separated origins such as https://app.example.com "
             '(no path), or * (got "https://app.example.com/")',
