@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import httpx
@@ -119,8 +119,7 @@ class Runtime:
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:
-    return replace(
-        settings,
+    return settings.replace(
         kiro_api_url=f"{simulator_url}/generateAssistantResponse",
         kiro_refresh_url=f"{simulator_url}/refreshToken",
         kiro_oidc_url=f"{simulator_url}/token",
@@ -134,10 +133,8 @@ def demo_settings(settings: Settings, simulator_url: str) -> Settings:
 
 
 def catalog_from_settings(settings: Settings) -> ModelCatalog:
-    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK."""
-    try:
-        aliases = parse_aliases(settings.model_aliases)
-    except ValueError as exc:
-        log.error("MODEL_ALIASES ignored: %s", exc)
-        aliases = {}
-    return ModelCatalog(aliases=aliases, fallback=settings.model_fallback)
+    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK (checked when the
+    settings were read)."""
+    return ModelCatalog(
+        aliases=parse_aliases(settings.model_aliases), fallback=settings.model_fallback
+    )
