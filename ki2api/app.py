@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, cast
 
 import httpx
 import orjson
@@ -24,7 +22,6 @@ from ki2api.api.anthropic.router import (
     AnthropicMessagesDoor,
     create_anthropic_router,
 )
-from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_metrics_access
 from ki2api.api.body_limit import BodyLimitMiddleware
 from ki2api.api.endpoint import ChatEndpoint
@@ -35,39 +32,15 @@ from ki2api.api.limits import limits_middleware, rate_limiter
 from ki2api.api.model_list import create_models_router
 from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMiddleware
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
-from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
-from ki2api.api.responses.serving import ResponsesService
-from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient, create_http_client
-from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
+from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
-from ki2api.pipeline.gateway import Gateway
-from ki2api.pipeline.stats import RequestStats
+from ki2api.runtime import Runtime
 from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api")
-
-DEMO_ACCESS_TOKEN = "demo-access-token"
-
-
-@dataclass
-class Runtime:
-    """What the lifespan builds; routes and the UI reach it through ``app.state.runtime``."""
-
-    settings: Settings  # effective settings (demo mode points the URLs at the simulator)
-    http: httpx.AsyncClient
-    pool: AccountPool
-    gateway: Gateway
-    catalog: ModelCatalog
-    chat: ChatCompletionsService
-    messages: MessagesService
-    responses: ResponsesService
-    stats: RequestStats
-    models: AvailableModels | None = None
-    simulator: Any = None
 
 
 class Ki2API(FastAPI):
@@ -78,6 +51,7 @@ class Ki2API(FastAPI):
     FastAPI as well (the OpenAPI schema, 405s for other methods)."""
 
     lane: Mapping[str, ASGIApp] = MappingProxyType({})  # set by create_app
+    runtime: Runtime  # set by create_app; the parts every route and the page use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -86,31 +60,6 @@ class Ki2API(FastAPI):
                 await route(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
-
-
-def demo_settings(settings: Settings, simulator_url: str) -> Settings:
-    return replace(
-        settings,
-        kiro_api_url=f"{simulator_url}/generateAssistantResponse",
-        kiro_refresh_url=f"{simulator_url}/refreshToken",
-        kiro_oidc_url=f"{simulator_url}/token",
-        kiro_mcp_url=f"{simulator_url}/mcp",
-        kiro_access_token=DEMO_ACCESS_TOKEN,
-        kiro_refresh_token=None,
-        kiro_accounts=None,
-        kiro_token_file_explicit=False,
-        kiro_token_file=settings.kiro_token_file.with_name("ki2api-demo-no-such-file.json"),
-    )
-
-
-def catalog_from_settings(settings: Settings) -> ModelCatalog:
-    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK."""
-    try:
-        aliases = parse_aliases(settings.model_aliases)
-    except ValueError as exc:
-        log.error("MODEL_ALIASES ignored: %s", exc)
-        aliases = {}
-    return ModelCatalog(aliases=aliases, fallback=settings.model_fallback)
 
 
 def create_app(
@@ -122,58 +71,12 @@ def create_app(
     with_ui: bool = True,
 ) -> Ki2API:
     """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
-    catalog = catalog or catalog_from_settings(settings)
-    built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
+    rt = Runtime.build(settings, http=http, pool=pool, catalog=catalog)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        simulator = None
-        effective = settings
-        if settings.demo:
-            from ki2api.simulator import SimulatorServer
-
-            simulator = SimulatorServer()
-            simulator.start()
-            effective = demo_settings(settings, simulator.url)
-            log.info(
-                "demo mode: answers come from the built-in Kiro simulator at %s", simulator.url
-            )
-        client = http or create_http_client(effective)
-        accounts = pool or AccountPool.from_settings(effective, client)
-        await accounts.start()
-        stats = RequestStats()
-        models = AvailableModels(
-            accounts,
-            catalog,
-            lambda credential: fetch_model_list(client, effective, catalog, credential),
-            ttl=effective.kiro_models_ttl,
-        )
-        models.start()  # asks every account for its models, in the background
-        gateway = Gateway(
-            effective, KiroClient(client, effective), accounts, catalog, stats, models
-        )
-        app.state.runtime = built[0] = Runtime(
-            settings=effective,
-            http=client,
-            pool=accounts,
-            gateway=gateway,
-            catalog=catalog,
-            chat=ChatCompletionsService(gateway),
-            messages=MessagesService(gateway),
-            responses=ResponsesService(gateway),
-            stats=stats,
-            models=models,
-            simulator=simulator,
-        )
-        try:
+        async with rt.run():
             yield
-        finally:
-            await models.aclose()
-            await accounts.aclose()
-            if http is None:
-                await client.aclose()
-            if simulator is not None:
-                simulator.stop()
 
     app = Ki2API(
         title="Ki2API",
@@ -182,16 +85,12 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    app.runtime = rt
 
-    def runtime() -> Runtime:
-        return built[0]  # not app.state's __getattr__: this runs twice per request
-
-    images = ImageLoaderFactory(settings, lambda: runtime().http)
-    chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings)
-    messages = ChatEndpoint(
-        AnthropicMessagesDoor(settings, lambda: runtime().messages, images), settings
-    )
-    responses = ChatEndpoint(ResponsesDoor(lambda: runtime().responses, images), settings)
+    images = ImageLoaderFactory(settings, rt.http)
+    chat = ChatEndpoint(OpenAIChatDoor(rt.chat, images), settings)
+    messages = ChatEndpoint(AnthropicMessagesDoor(settings, rt.messages, images), settings)
+    responses = ChatEndpoint(ResponsesDoor(rt.responses, images), settings)
 
     metrics = Metrics()
     metrics.add_collector(
@@ -199,13 +98,11 @@ def create_app(
             "ki2api_active_streams",
             "Answers in flight",
             "kind",
-            lambda: {"all": float(runtime().stats.active_streams)},
+            lambda: {"all": float(rt.stats.active_streams)},
         )
     )
     metrics.add_collector(
-        CallbackCollector(
-            "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
-        )
+        CallbackCollector("ki2api_accounts", "Accounts by state", "state", rt.pool.state_counts)
     )
     limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
@@ -239,7 +136,6 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        rt = runtime()
         body = {
             "status": "ok" if rt.pool.has_accounts() else "no_accounts",  # 200 either way
             "version": __version__,
@@ -258,16 +154,12 @@ def create_app(
             return openai_error_response(exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(create_openai_router(settings, chat, lambda: catalog))
-    app.include_router(create_models_router(settings, lambda: catalog))
-    app.include_router(
-        create_anthropic_router(settings, messages, lambda: runtime().messages, images)
-    )
+    app.include_router(create_openai_router(settings, chat, rt.catalog))
+    app.include_router(create_models_router(settings, rt.catalog))
+    app.include_router(create_anthropic_router(settings, messages, rt.messages, images))
     app.include_router(create_responses_router(responses))
-    app.include_router(create_admin_router(lambda: runtime().pool, settings))
-    app.include_router(
-        create_admin_models_router(settings, lambda: catalog, lambda: runtime().models)
-    )
+    app.include_router(create_admin_router(rt.pool, settings))
+    app.include_router(create_admin_models_router(settings, rt.catalog, rt.models))
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
@@ -275,7 +167,7 @@ def create_app(
 
         install_api_fallback(app)  # last API route: /v1/* never reaches the page
         checks = ApiChecks(settings, metrics, limiter)  # the page's chats pass the API's checks
-        mount_ui(app, settings, runtime, checks)  # mounts on this app (and returns it)
+        mount_ui(app, settings, rt, checks)  # mounts on this app (and returns it)
     # Added innermost first: the page's guard (by mount_ui), then the body limit around it
     # (every route but the chat lane, which counts its own bytes: the API's limit under /v1
     # and /admin, the page's elsewhere), then the API middleware around everything.
@@ -298,7 +190,3 @@ def _wrapped(endpoint: ASGIApp, middleware: list[Middleware]) -> ASGIApp:
     for cls, args, kwargs in reversed(middleware):
         endpoint = cls(endpoint, *args, **kwargs)
     return endpoint
-
-
-def _account_states(rt: Runtime) -> dict[str, float]:
-    return {state: float(n) for state, n in rt.pool.counts().items()}  # suspended apart

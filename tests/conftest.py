@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ki2api import settings as settings_module
+from ki2api.kiro.accounts import credits
 from tests.stack import Stack, StackFactory, make_stack_factory
 
 ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
@@ -29,7 +29,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-c
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
     # No background getUsageLimits calls unless a test sets KIRO_USAGE_REFRESH itself.
-    monkeypatch.setattr(settings_module, "USAGE_REFRESH_DEFAULT", 0.0)
+    monkeypatch.setattr(credits, "DEFAULT_EVERY", 0.0)
     for name in list(os.environ):
         if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
             monkeypatch.delenv(name, raising=False)

@@ -39,7 +39,7 @@ class Stack:
 
     @property
     def runtime(self) -> Any:
-        return self.app.state.runtime
+        return self.app.runtime
 
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"}

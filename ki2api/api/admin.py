@@ -85,7 +85,7 @@ async def run_as_admin(
         return openai_error_response(exc)
 
 
-def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings) -> APIRouter:
+def create_admin_router(pool: AccountPool, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
     def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Awaitable[Response]:
@@ -104,7 +104,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.get("/accounts")
     async def list_accounts(request: Request) -> Response:
         async def work() -> Response:
-            return _json(listing(get_pool()))
+            return _json(listing(pool))
 
         return await guarded(request, work)
 
@@ -112,7 +112,6 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     async def add_account(request: Request, replace: bool = False) -> Response:
         async def work() -> Response:
             body = await read_json_body(request, MAX_ADMIN_BODY)
-            pool = get_pool()
             if isinstance(body, str):
                 label = request.query_params.get("label") or pool.free_label("added")
                 try:
@@ -135,7 +134,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.delete("/accounts/{label}")
     async def delete_account(request: Request, label: str) -> Response:
         async def work() -> Response:
-            get_pool().remove_account(label)
+            pool.remove_account(label)
             return _json({"deleted": label})
 
         return await guarded(request, work)
@@ -143,7 +142,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.post("/accounts/{label}/refresh")
     async def refresh_account(request: Request, label: str) -> Response:
         async def work() -> Response:
-            status = await get_pool().refresh_account(label)
+            status = await pool.refresh_account(label)
             return _json({"account": status.to_dict()})
 
         return await guarded(request, work)
@@ -151,7 +150,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.get("/accounts/{label}/usage")
     async def account_usage(request: Request, label: str) -> Response:
         async def work() -> Response:
-            usage = await get_pool().fetch_usage(label)
+            usage = await pool.fetch_usage(label)
             return _json({"label": label, "usage": usage.to_dict()})
 
         return await guarded(request, work)

@@ -7,7 +7,6 @@ built-in table, plus the operator's ``MODEL_ALIASES`` names that lead to one of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -54,7 +53,7 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status, media_type="application/json")
 
 
-def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCatalog]) -> APIRouter:
+def create_models_router(settings: Settings, catalog: ModelCatalog) -> APIRouter:
     router = APIRouter()
 
     def error(request: Request, exc: GatewayError) -> Response:
@@ -68,7 +67,7 @@ def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCata
             check_api_key(request, settings)
         except GatewayError as exc:
             return error(request, exc)
-        entries = _entries(get_catalog())
+        entries = _entries(catalog)
         if _anthropic(request):
             data = [_anthropic_row(name, model) for name, model in entries]
             return _json(
@@ -85,7 +84,7 @@ def create_models_router(settings: Settings, get_catalog: Callable[[], ModelCata
     async def get_model(request: Request, model_id: str) -> Response:
         try:
             check_api_key(request, settings)
-            model = get_catalog().resolve(model_id)  # any name a request may use
+            model = catalog.resolve(model_id)  # any name a request may use
         except GatewayError as exc:
             return error(request, exc)
         row = _anthropic_row if _anthropic(request) else _openai_row

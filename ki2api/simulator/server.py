@@ -19,6 +19,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -121,12 +122,21 @@ class SimulatorServer:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def bind(self) -> SimulatorServer:
+        """Take the port now (``url`` is then known) and serve it from :meth:`start`."""
+        if self._socket is None:
+            self._socket = bind_socket(self.host, self.port)
+            self.port = self._socket.getsockname()[1]
+            self.url = url_for(self._socket)
+            # A simulator bound but never started or stopped must not leak its socket.
+            weakref.finalize(self, self._socket.close)
+        return self
+
     def start(self) -> SimulatorServer:
         if self._thread is not None:
             raise RuntimeError("simulator already started")
-        self._socket = bind_socket(self.host, self.port)
-        self.port = self._socket.getsockname()[1]
-        self.url = url_for(self._socket)
+        self.bind()
+        assert self._socket is not None
         config = make_config(self.app, own_logging=False)
         self._server = uvicorn.Server(config)
         sock, server = self._socket, self._server

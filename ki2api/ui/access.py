@@ -24,7 +24,7 @@ from ki2api.settings import Settings
 from ki2api.ui.tokens import PageKey, admin_key_ok
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 _SLOTS_WHEN_UNBOUNDED = 16  # MAX_CONCURRENT_PER_ACCOUNT=0: count an account as its default
 
@@ -53,7 +53,7 @@ class ApiChecks:
 class Playground:
     """Admission for the page's chats on the pool, and their accounting."""
 
-    def __init__(self, checks: ApiChecks, runtime: Callable[[], Runtime]) -> None:
+    def __init__(self, checks: ApiChecks, runtime: Runtime) -> None:
         self.checks = checks
         self.runtime = runtime
         self.in_flight = 0  # the page's chats holding a pool slot now
@@ -65,7 +65,7 @@ class Playground:
         if signed is None:
             if settings.demo:
                 return  # the pool is the built-in simulator
-            pool = self.runtime().pool
+            pool = self.runtime.pool
             if not pool.has_accounts():  # the page's banner says so too: say how to get one
                 raise pool.not_configured()
             raise NotSignedIn(
@@ -94,7 +94,7 @@ class Playground:
         if share <= 0:
             return 0
         per_account = settings.max_concurrent_per_account or _SLOTS_WHEN_UNBOUNDED
-        accounts = max(1, len(self.runtime().pool))
+        accounts = max(1, len(self.runtime.pool))
         return max(1, int(share * accounts * per_account))
 
     def take_slot(self) -> Callable[[], None]:

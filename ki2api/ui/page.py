@@ -9,7 +9,6 @@ who may do what (state values come from the session, never from the caller).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -27,7 +26,7 @@ from ki2api.ui.playground import make_chat_handler
 from ki2api.ui.tokens import PageKey, TokenHandlers, describe_own, sign_in_key, using_line
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 STATUS_EVERY = 5.0
@@ -45,7 +44,7 @@ def _setup_text(lang: str) -> str:
 
 
 def build_page(
-    settings: Settings, runtime: Callable[[], Runtime], playground: Playground, readers: Readers
+    settings: Settings, runtime: Runtime, playground: Playground, readers: Readers
 ) -> gr.Blocks:
     texts = Texts()
     tokens = TokenHandlers(settings, runtime)
@@ -322,7 +321,7 @@ def build_page(
         # --- rendering that depends on the language / the request ------------------------
 
         def render_status(lang_code: str) -> tuple[str, Any, Any]:
-            rt = runtime()
+            rt = runtime
             frame = status.latency_frame(rt, lang_code)
             return (
                 status.traffic_summary(rt, lang_code),
@@ -332,7 +331,7 @@ def build_page(
             )
 
         def render_connect(lang_code: str, request: gr.Request | None) -> list[Any]:
-            rt = runtime()
+            rt = runtime
             models = [m.id for m in rt.catalog.list()]
             headers = dict(request.headers) if request is not None else None
             base = connect.base_url(settings, headers)
@@ -350,8 +349,8 @@ def build_page(
             else:  # page load: the browser's preferred language
                 lang_code = lang_from_header(request.headers.get("accept-language"))
             name = next(k for k, v in LANGUAGES.items() if v == lang_code)
-            models = [m.id for m in runtime().catalog.list()]
-            empty = not runtime().pool.has_accounts()
+            models = [m.id for m in runtime.catalog.list()]
+            empty = not runtime.pool.has_accounts()
             return [
                 lang_code,
                 name,

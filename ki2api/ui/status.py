@@ -15,7 +15,7 @@ from ki2api.store.backup import StorageState
 from ki2api.ui.i18n import STRINGS, t
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 WINDOW = 900.0  # the last 15 minutes
 PLOT_POINTS = 1000  # requests; a scatter plot stays readable

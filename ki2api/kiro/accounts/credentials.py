@@ -15,13 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from ki2api.settings import Settings
-
-AuthMethod = Literal["social", "idc", "api_key"]
+from ki2api.settings import AuthMethod, Settings, auth_method_named
 
 # Social logins share this profile (protocol doc, "profileArn").
 SOCIAL_PROFILE_ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"
@@ -201,15 +199,11 @@ def format_time(value: datetime) -> str:
 def _auth_method(raw: str | None, access_token: str | None, has_client: bool) -> AuthMethod:
     if access_token and access_token.startswith(API_KEY_PREFIX):
         return "api_key"
-    value = (raw or "").strip().lower().replace("-", "_")
-    if value in ("social", "github", "google"):
-        return "social"
-    if value in ("idc", "builderid", "builder_id", "iam_identity_center", "sso"):
-        return "idc"
-    if value in ("api_key", "apikey"):
-        return "api_key"
-    if value:
-        raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+    if raw and raw.strip():
+        method = auth_method_named(raw)
+        if method is None:
+            raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+        return method
     return "idc" if has_client else "social"
 
 

@@ -1,7 +1,8 @@
 """Each account's remaining credits and reset date, asked in the background (``getUsageLimits``).
 
-With ``KIRO_USAGE_REFRESH`` seconds (0: off), a task asks every account that serves or cools
-down for its usage limits: at start-up, then once a period, a few accounts at a time. What the
+Every ``KIRO_USAGE_REFRESH`` seconds (unset: :data:`DEFAULT_EVERY`; 0: never), a task asks
+every account that serves or cools down for its usage limits: at start-up, then once a period,
+a few accounts at a time. What the
 service answers is kept on the account (``AccountStatus.usage``, shown by ``/admin/accounts``
 and the page's Status tab); a failed call keeps the last numbers and says why
 (``usage_error``). A quota cooldown without Kiro's ``Retry-After`` lasts until the reset date
@@ -22,6 +23,7 @@ from ki2api.model.errors import GatewayError
 log = logging.getLogger("ki2api.accounts")
 
 AT_ONCE = 4  # calls in flight together: a pool of many accounts does not burst the service
+DEFAULT_EVERY = 1800.0  # read when the task starts: the tests set it to 0 (tests/conftest.py)
 
 
 class UsageSource(Protocol):
@@ -37,7 +39,7 @@ class CreditsRefresher:
         self,
         source: UsageSource,
         *,
-        every: float,
+        every: float | None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._source = source
@@ -63,15 +65,16 @@ class CreditsRefresher:
         await asyncio.gather(*(one(label) for label in self._source.usage_labels()))
 
     def start(self) -> None:
-        if self.every > 0 and self._task is None:
+        every = DEFAULT_EVERY if self.every is None else self.every
+        if every > 0 and self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._loop(), name="usage limits refresh"
+                self._loop(every), name="usage limits refresh"
             )
 
-    async def _loop(self) -> None:
+    async def _loop(self, every: float) -> None:
         while True:
             await self.refresh()
-            await self._sleep(self.every)
+            await self._sleep(every)
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -48,7 +48,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import httpx
 
@@ -94,13 +94,13 @@ from ki2api.model.errors import (
     UpstreamThrottled,
 )
 from ki2api.model.logsafe import hide_paths
-from ki2api.settings import Settings
+from ki2api.settings import PoolStrategy, Settings
 
 _DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
 log = logging.getLogger("ki2api.accounts")
 T = TypeVar("T")
 
-STRATEGIES = ("lru", "round_robin", "first")
+STRATEGIES: tuple[str, ...] = get_args(PoolStrategy)
 QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
 THROTTLE_WINDOW = 60.0  # throttles further apart than this are not "in a row"
 ALLOWED_THROTTLES = 1  # one throttle is not a pattern: it cools nothing (cf. LiteLLM allowed_fails)
@@ -411,6 +411,10 @@ class AccountPool:
 
     def usable_count(self) -> int:
         return sum(1 for a in self._accounts.values() if a.usable())
+
+    def state_counts(self) -> dict[str, float]:
+        """Accounts by state, for ``/metrics``: the same as ``/health``'s."""
+        return {state: float(n) for state, n in self.counts().items()}
 
     def counts(self) -> dict[str, int]:
         """Accounts by state (``suspended`` apart from the other ``disabled``), for ``/health``."""
