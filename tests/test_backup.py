@@ -120,10 +120,15 @@ async def test_the_pool_names_every_token_it_holds_for_the_leak_check(tmp_path: 
         snapshot(database, tmp_path / "copy.sqlite3", secrets=pool.secrets)
 
 
-def test_no_database_yet_makes_no_copy_and_creates_none(tmp_path: Path) -> None:
+def test_no_database_or_a_broken_one_makes_no_copy(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         snapshot(tmp_path / "missing.sqlite3", tmp_path / "copy.sqlite3")
     assert list(tmp_path.iterdir()) == []
+    broken = tmp_path / "broken.sqlite3"
+    broken.write_bytes(b"not a database, " * 512)
+    with pytest.raises(sqlite3.DatabaseError):
+        snapshot(broken, tmp_path / "copy.sqlite3")
+    assert list(tmp_path.iterdir()) == [broken]  # no half-made copy left behind
 
 
 # --- the scheduled commits --------------------------------------------------------------------

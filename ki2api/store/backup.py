@@ -93,12 +93,12 @@ def snapshot(
         raise FileNotFoundError(database)
     partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
-    # mode=rw: never create an empty database where the store has not made one.
-    with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True)) as src:
-        with closing(sqlite3.connect(partial)) as copy:
-            src.backup(copy)
-            _strip(copy, set(exclude))
     try:
+        # mode=rw: never create an empty database where the store has not made one.
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True)) as src:
+            with closing(sqlite3.connect(partial)) as copy:
+                src.backup(copy)
+                _strip(copy, set(exclude))
         data = partial.read_bytes()
         leaked = [s for s in secrets() if s and len(s) >= 8 and s.encode() in data]
         if leaked:
