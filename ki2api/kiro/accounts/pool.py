@@ -3,7 +3,7 @@
     pool = AccountPool.from_settings(settings, http)
     lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
-    lease.succeeded() / lease.failed(error)
+    lease.settle(None or error)   # the request's outcome: an answer, or what failed
 
 ``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
 ``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
@@ -80,6 +80,7 @@ from ki2api.model.errors import (
     QuotaExceeded,
     TokenExpired,
     UpstreamAuthFailed,
+    UpstreamError,
     UpstreamThrottled,
 )
 from ki2api.model.logsafe import hide_paths
@@ -154,6 +155,16 @@ class Lease:
             return None
         self.credential = new
         return new
+
+    def settle(self, error: GatewayError | None) -> None:
+        """The request's outcome, told the same way whether Kiro said it in its status or inside
+        a started answer: an answer, or a request at fault (refused as malformed or too long, a
+        model the account lacks), leaves the account well (``succeeded``); Kiro's failures go to
+        ``failed``; the gateway's own refusals (e.g. a wrong KIRO_API_URL) change nothing."""
+        if error is None or isinstance(error, InvalidRequest | NotFound):
+            self.succeeded()
+        elif isinstance(error, UpstreamError):
+            self.failed(error)
 
     def failed(self, error: GatewayError) -> None:
         if self._done:
