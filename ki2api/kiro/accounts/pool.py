@@ -3,7 +3,7 @@
     pool = AccountPool.from_settings(settings, http)
     lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
-    lease.settle(None or error)   # the request's outcome: an answer, or what failed
+    lease.settle(error)    # the outcome: None for an answer, else what failed
 
 ``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
 ``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
@@ -13,7 +13,10 @@ quota) or ``NoHealthyAccount``.
 Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
 ``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
 
-What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
+``settle`` takes a request's outcome the same way whether Kiro said it in a status or inside a
+started answer: an answer, or a request at fault (``InvalidRequest``, ``NotFound``), ends the
+account's rows of throttles (``succeeded``); Kiro's failures go to ``failed``, which scopes each
+cooldown to what failed (docs/errors.md):
 
     ModelCapacity,       that model on that account, briefly: Kiro's Retry-After, else 0.5 s
     ModelUnavailable     doubling (to 8 s) while it repeats; other models keep the account
