@@ -326,7 +326,6 @@ class _Opening:
         "conversation_id",
         "lacking",
         "last",
-        "lease",
         "model",
         "models",
         "parser",
@@ -340,16 +339,13 @@ class _Opening:
         request: ChatRequest,
         model: ModelInfo,
         conversation_id: str,
-        lease: Lease | None,
         models: AvailableModels | None,
         while_waiting: Callable[[], object] | None,
     ) -> None:
         self.request = request
         self.model = model
         self.conversation_id = conversation_id
-        self.lease = lease  # an account fixed by the caller: no other is tried
-        # Who lacks which model, for a request on the pool's accounts (None: not known).
-        self.models = models if lease is None else None
+        self.models = models  # who lacks which model (None: unknown, or not the pool's account)
         self.while_waiting = while_waiting
         self.bodies: dict[str | None, KiroRequest] = {}
         self.parser: KiroEventParser | None = None
@@ -395,7 +391,7 @@ class _Next(Enum):
     RETRY = "retry"  # a passing failure: another account, else this one, after a back-off
 
 
-def _next_step(failure: GatewayError, *, pinned: bool, knows_models: bool, final: bool) -> _Next:
+def _next_step(failure: GatewayError, pinned: bool, knows_models: bool, final: bool) -> _Next:
     if isinstance(failure, ModelNotFound):
         return _Next.SKIP_FOR_MODEL if knows_models else _Next.GIVE_UP
     if not isinstance(failure, UpstreamError):
@@ -441,7 +437,9 @@ class Gateway:
         self._check_message_count(request)
         model = self.catalog.resolve(request.model)
         conversation_id = conversation_id_for(request, conversation_header)
-        job = _Opening(request, model, conversation_id, lease, self.models, while_waiting)
+        pinned = lease is not None
+        models = None if pinned else self.models  # a lease of the caller's: not the pool's
+        job = _Opening(request, model, conversation_id, models, while_waiting)
         attempts = max(1, self.settings.upstream_attempts)
         for attempt in range(attempts):
             account = lease if lease is not None else await self._pick_account(job, attempt)
@@ -450,14 +448,9 @@ class Gateway:
                 response, slot = await self._open_in_slot(body, account, job.prepare)
             except GatewayError as failure:
                 if not isinstance(failure, AccountBusy):  # a full line never reached Kiro
-                    settle(account, failure, model.kiro_id, job.models)
+                    settle(account, failure, model.kiro_id, models)
                 final = attempt == attempts - 1
-                step = _next_step(
-                    failure,
-                    pinned=lease is not None,
-                    knows_models=job.models is not None,
-                    final=final,
-                )
+                step = _next_step(failure, pinned, models is not None, final)
                 if step is _Next.GIVE_UP:
                     raise
                 await self._before_next_attempt(job, account, failure, step, attempt, attempts)
@@ -473,7 +466,7 @@ class Gateway:
                 stats=self.stats,
                 started=started,
                 release=slot.release,
-                models=job.models,
+                models=models,
             )
         assert job.last is not None
         raise job.last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
