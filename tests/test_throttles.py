@@ -9,7 +9,6 @@ times, which timing cannot pass by luck.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +30,7 @@ from ki2api.simulator import http_error
 from ki2api.simulator.faults import throttled
 from ki2api.ui import status
 from ki2api.ui.i18n import t
+from tests.fake_clock import FakeClock, pool_on
 from tests.sse_events import openai_stream_error, parse_sse
 from tests.stack import Stack, StackFactory
 
@@ -46,32 +46,6 @@ CLIENT = httpx.Client(timeout=30)
 def _close_client() -> Iterator[None]:
     yield
     CLIENT.close()
-
-
-class FakeClock:
-    """The pool's clock; ``sleep`` moves it (and records the wait) instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-def pool_on(clock: FakeClock) -> Callable[[Settings], AccountPool]:
-    # The pool's own HTTP client only refreshes tokens: these accounts have none to refresh.
-    return lambda s: AccountPool.from_settings(
-        s, httpx.AsyncClient(), clock=clock, sleep=clock.sleep
-    )
 
 
 ADMIN_KEY = "throttle-tests-admin-key"  # the admin API is off without one

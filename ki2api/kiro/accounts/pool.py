@@ -3,7 +3,7 @@
     pool = AccountPool.from_settings(settings, http)
     lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
-    lease.succeeded() / lease.failed(error)
+    lease.settle(error)    # the outcome: None for an answer, else what failed
 
 ``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
 ``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
@@ -18,7 +18,10 @@ Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, 
 whose turn is further off than ``QUEUE_TIMEOUT`` is passed over, and when every account is,
 ``AccountsPaced`` (429) says when the first turn is free.
 
-What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
+``settle`` takes a request's outcome the same way whether Kiro said it in a status or inside a
+started answer: an answer, or a request at fault (``InvalidRequest``, ``NotFound``), ends the
+account's rows of throttles (``succeeded``); Kiro's failures go to ``failed``, which scopes each
+cooldown to what failed (docs/errors.md):
 
     ModelCapacity,       that model on that account, briefly: Kiro's Retry-After, else 0.5 s
     ModelUnavailable     doubling (to 8 s) while it repeats; other models keep the account
@@ -91,6 +94,7 @@ from ki2api.model.errors import (
     QuotaExceeded,
     TokenExpired,
     UpstreamAuthFailed,
+    UpstreamError,
     UpstreamThrottled,
 )
 from ki2api.model.logsafe import hide_paths
@@ -165,6 +169,16 @@ class Lease:
             return None
         self.credential = new
         return new
+
+    def settle(self, error: GatewayError | None) -> None:
+        """The request's outcome, told the same way whether Kiro said it in its status or inside
+        a started answer: an answer, or a request at fault (refused as malformed or too long, a
+        model the account lacks), leaves the account well (``succeeded``); Kiro's failures go to
+        ``failed``; the gateway's own refusals (e.g. a wrong KIRO_API_URL) change nothing."""
+        if error is None or isinstance(error, InvalidRequest | NotFound):
+            self.succeeded()
+        elif isinstance(error, UpstreamError):
+            self.failed(error)
 
     def failed(self, error: GatewayError) -> None:
         if self._done:
