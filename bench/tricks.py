@@ -22,10 +22,15 @@ that the shipped code needs no switch for them):
 
 Reported per trick and set-up: the gain (the trick-off build's median minus ``on``'s; positive:
 the trick saves that much) with a 95 % bootstrap interval, next to the A/A difference; and the
-gateway's CPU per request at concurrency 64, in alternating blocks.
+gateway's CPU per request at concurrency 64, in alternating blocks. With no trick to switch
+(``TRICKS`` empty) it measures the A/A noise alone.
+
+``python -m bench.tricks micro`` times the removed code-level tricks against what replaced them,
+in this process: warm (a loop) and cold (one call after a sleep, as at concurrency 1).
 
     python -m bench.tricks --quick                # about 4 minutes
-    python -m bench.tricks --rounds 100 --wire-ms 1
+    python -m bench.tricks --rounds 100 --wire-ms 1 --only NAME,NAME
+    python -m bench.tricks micro
 """
 
 from __future__ import annotations
@@ -35,8 +40,6 @@ import asyncio
 import hashlib
 import math
 import random
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,75 +59,17 @@ from bench.gateway import API_KEY, settings_for
 from bench.load import Clients, closed_loop, rounds
 from bench.phases import CpuMeter
 from bench.procs import Proc, free_port, spawn, wait_http, wait_ready_line
+from bench.servers import start_native_hop
 from bench.stats import pct
-
-REPO = Path(__file__).resolve().parents[1]
-
 
 # --- switching a trick off inside a gateway process ---------------------------------------------
 
-
-def _no_yield() -> None:
-    """After each write to the client, no ``os.sched_yield()``."""
-    import ki2api.api.endpoint as endpoint
-
-    endpoint.cpu_hand_over = lambda settings: endpoint._no_yield
-
-
-def _no_head_hold() -> None:
-    """uvicorn writes a response's head and its body separately (no ``HeadHoldingTransport``);
-    the head deadline stays."""
-    from ki2api.server.protocol import HeadWithBodyProtocol
-
-    del HeadWithBodyProtocol.connection_made
-
-
-def _no_sha1() -> None:
-    """OpenSSL's SHA-1 through ``hashlib`` for the conversation id, instead of CPython's private
-    ``_sha1``."""
-    import hashlib
-
-    import ki2api.pipeline.conversation as conversation
-
-    conversation.sha1 = hashlib.sha1  # type: ignore[assignment]
-
-
-def _no_uuid_bits() -> None:
-    """UUIDs through ``uuid.UUID(..., version=)`` instead of hand-set version and variant bits
-    (the request's invocation ids and the conversation id)."""
-    import uuid
-
-    import ki2api.kiro.http.client as client
-    import ki2api.pipeline.conversation as conversation
-    from ki2api.model import ids
-
-    sha1 = conversation.sha1
-
-    def uuid5_text(name: str) -> str:
-        digest = sha1(conversation._NAMESPACE_BYTES + name.encode()).digest()
-        return str(uuid.UUID(bytes=digest[:16], version=5))
-
-    conversation._uuid5_text = uuid5_text
-    client.uuid_text = lambda: str(uuid.UUID(int=ids._random.getrandbits(128), version=4))
-
-
-def _no_tuple_new() -> None:
-    """The decoder builds its frames with ``Frame(...)`` instead of ``tuple.__new__``."""
-    from ki2api.kiro.wire import eventstream
-
-    def new_frame(cls: type, fields: tuple[Any, ...]) -> Any:
-        return cls(*fields)
-
-    eventstream._new_frame = new_frame  # type: ignore[assignment]
-
-
-TRICKS: dict[str, Callable[[], None]] = {
-    "yield": _no_yield,
-    "head": _no_head_hold,
-    "sha1": _no_sha1,
-    "uuid-bits": _no_uuid_bits,
-    "tuple-new": _no_tuple_new,
-}
+# name -> a function that switches the trick off in this process, called before the gateway
+# starts. Empty since the runs of 2026-12-07 (on commit f7c39ef, which has the switches): of
+# the five tricks measured then (sched_yield after writes, a response head held for its body,
+# CPython's _sha1, hand-set UUID bits, tuple.__new__ for frames) none paid beyond the noise,
+# over loopback or over the wire, and all five were removed. Add a trick here to measure it.
+TRICKS: dict[str, Callable[[], None]] = {}
 
 
 def serve_gateway(port: int, upstream: str, off: Sequence[str]) -> None:
@@ -160,23 +105,11 @@ class Lab:
     entries: dict[tuple[str, str], str]  # (build, setup) -> the URL the client uses
 
 
-def _compile_hop(log_dir: Path) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise SystemExit("the wire needs a C compiler (cc, gcc or clang) for bench/native_hop.c")
-    binary = log_dir / "native_hop"
-    source = REPO / "bench" / "native_hop.c"
-    subprocess.run(
-        [compiler, "-O2", "-pthread", "-o", str(binary), str(source)], check=True, timeout=120
-    )
-    return binary
-
-
-def _wire(stack: ExitStack, binary: Path, log_dir: Path, name: str, to: str, delay_us: int) -> str:
-    port = to.rsplit(":", 1)[1]
-    hop = spawn(name, [str(binary), str(free_port()), port, str(delay_us)], log_dir)
-    stack.callback(hop.stop)
-    return wait_ready_line(hop, 30)
+def _wire(stack: ExitStack, log_dir: Path, to: str, delay_us: int) -> str:
+    hop, problem = start_native_hop(stack, log_dir, to.rsplit(":", 1)[1], delay_us)
+    if hop is None:
+        raise SystemExit(f"the wire needs bench/native_hop.c compiled: {problem}")
+    return hop.url
 
 
 def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
@@ -186,15 +119,15 @@ def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
     sim = spawn("simulator", sim_argv, log_dir)
     stack.callback(sim.stop)
     sim.url = wait_ready_line(sim, 30)
-    binary = _compile_hop(log_dir)
     delay_us = round(cfg.wire_ms * 1000)
     setups: tuple[str, ...] = tuple(cfg.setups.split(","))
     upstream_by_setup = {"loopback": sim.url}
     if "wire" in setups:
-        upstream_by_setup["wire"] = _wire(
-            stack, binary, log_dir, "wire-upstream", sim.url, delay_us
-        )
-    chosen = builds([t for t in cfg.only.split(",") if t] if cfg.only else list(TRICKS))
+        upstream_by_setup["wire"] = _wire(stack, log_dir, sim.url, delay_us)
+    wanted = [t for t in cfg.only.split(",") if t] if cfg.only else list(TRICKS)
+    if unknown := set(wanted) - set(TRICKS):
+        raise SystemExit(f"no such trick: {', '.join(sorted(unknown))} (known: {list(TRICKS)})")
+    chosen = builds(wanted)
     gateways: dict[tuple[str, str], Proc] = {}
     for setup in setups:
         for build in chosen:
@@ -209,9 +142,7 @@ def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
     for (build_name, setup), proc in gateways.items():
         wait_http(proc, f"{proc.url}/health", 60, {"authorization": f"Bearer {API_KEY}"})
         entries[build_name, setup] = (
-            proc.url
-            if setup == "loopback"
-            else _wire(stack, binary, log_dir, f"wire-{build_name}", proc.url, delay_us)
+            proc.url if setup == "loopback" else _wire(stack, log_dir, proc.url, delay_us)
         )
     return Lab(chosen, setups, gateways, entries)
 
@@ -309,7 +240,7 @@ def latency_table(lab: Lab, results: dict[str, list[Result]]) -> str:
         "| trick off | set-up | request | metric | gain ms [95 % interval] (A/A) | verdict |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for build in lab.builds[2:]:
+    for build in lab.builds[1:]:  # on-again first: the noise itself, with its interval
         for setup in lab.setups:
             for kind in KINDS:
                 for metric in ("ttft", "total") if kind == "stream" else ("total",):
@@ -318,8 +249,9 @@ def latency_table(lab: Lab, results: dict[str, list[Result]]) -> str:
                         for b in (build.name, "on", "on-again")
                     )
                     g = gain(off, on, again)
+                    shown = "A/A" if build.name == "on-again" else verdict(g)
                     rows.append(
-                        f"| {build.name} | {setup} | {kind} | {metric} | {_fmt(g)} | {verdict(g)} |"
+                        f"| {build.name} | {setup} | {kind} | {metric} | {_fmt(g)} | {shown} |"
                     )
     return "\n".join(rows)
 
@@ -345,7 +277,7 @@ def cpu_table(cpu: dict[tuple[str, str], list[float]]) -> str:
     return "\n".join(rows)
 
 
-# --- the code-level tricks on their own ---------------------------------------------------------
+# --- the removed code-level tricks on their own -------------------------------------------------
 
 _NAME = "system prompt\x00the first user message, as a conversation id is derived from it"
 
@@ -371,7 +303,8 @@ _NAMESPACE = uuid.UUID("5b0f6b5e-8f4e-4d7a-9c61-2f1e4b7a9d30")
 
 
 def micro_cases() -> dict[str, dict[str, Callable[[], object]]]:
-    """Per trick: the trick (first) and what replaces it, as calls without arguments."""
+    """Per removed trick: the trick (first, as it was) and what the code does instead, as calls
+    without arguments: the price paid for the removal, warm and cold."""
     from ki2api.kiro.wire.eventstream import Frame
 
     try:
@@ -422,29 +355,6 @@ def _cold_us(calls: dict[str, Callable[[], object]], idle: float, count: int) ->
     return {name: pct(values, 50) for name, values in times.items()}
 
 
-def decoder_frames_per_second(repeats: int = 5) -> dict[str, float]:
-    """The decoder on the captures, one frame per read, with its frames built either way. Both
-    go through the same extra call, so the difference is the trick's alone."""
-    from bench.decoder import frames_per_second, load_captures, run_ours, split_frames
-    from ki2api.kiro.wire import eventstream
-
-    chunks = [split_frames(data) for data in load_captures()]
-    ways: dict[str, Callable[[type, tuple[Any, ...]], Any]] = {
-        "tuple.__new__(Frame, ...)": lambda cls, fields: tuple.__new__(cls, fields),
-        "Frame(...)": lambda cls, fields: cls(*fields),
-    }
-    shipped = eventstream._new_frame
-    best: dict[str, float] = dict.fromkeys(ways, 0.0)
-    try:
-        for _ in range(repeats):
-            for name, way in ways.items():
-                eventstream._new_frame = way  # type: ignore[assignment]
-                best[name] = max(best[name], frames_per_second(run_ours, chunks, 200, 3))
-    finally:
-        eventstream._new_frame = shipped
-    return best
-
-
 def micro(idle: float, count: int) -> str:
     rows = ["| trick | way | warm ns | cold µs (after sleep) |", "| --- | --- | ---: | ---: |"]
     for trick, calls in micro_cases().items():
@@ -453,9 +363,6 @@ def micro(idle: float, count: int) -> str:
         cold = _cold_us(calls, idle, count)
         for name, call in calls.items():
             rows.append(f"| {trick} | {name} | {_warm_ns(call):.0f} | {cold[name]:.1f} |")
-    fps = decoder_frames_per_second()
-    rows += ["", "| decoder, one frame per read | frames/s |", "| --- | ---: |"]
-    rows += [f"| {name} | {value:,.0f} |" for name, value in fps.items()]
     return "\n".join(rows)
 
 

@@ -103,7 +103,6 @@ class Settings:
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; "*" = any
     max_concurrent_per_account: int = 16  # upstream requests in flight per account; 0 = no limit
     queue_timeout: float = 30.0  # longest wait for a free slot on an account
-    yield_after_write: bool = True  # sched_yield after writing to a client (ki2api/api/endpoint.py)
     header_timeout: float = 10.0  # a connection's request head must be complete within this
     reasoning_secret: str | None = None  # HMAC key for Responses' encrypted reasoning items
     web_search_max_rounds: int = 5  # searches the gateway runs for the model in one answer
@@ -164,8 +163,6 @@ class Settings:
             ),
             max_concurrent_per_account=int(env.get("MAX_CONCURRENT_PER_ACCOUNT") or 16),
             queue_timeout=_float(env, "QUEUE_TIMEOUT", 30.0),
-            yield_after_write=(env.get("YIELD_AFTER_WRITE") or "1").strip().lower()
-            not in {"0", "false", "no", "off"},
             header_timeout=_float(env, "HEADER_TIMEOUT", 10.0),
             reasoning_secret=env.get("REASONING_SECRET") or None,
             web_search_max_rounds=int(env.get("WEB_SEARCH_MAX_ROUNDS") or 5),
