@@ -492,11 +492,6 @@ class Settings(BaseSettings):
     )
 
     # --- limits ---
-    yield_after_write: bool = setting(
-        True,
-        "YIELD_AFTER_WRITE",
-        "`0` stops handing the CPU to the client after each write (see docs/benchmarks.md)",
-    )
     max_concurrent_per_account: int = setting(
         16,
         "MAX_CONCURRENT_PER_ACCOUNT",

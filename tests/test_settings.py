@@ -60,7 +60,7 @@ def test_values_are_converted_and_normalised(tmp_path: Path) -> None:
             "KIRO_POOL_STRATEGY": " Round_Robin ",
             "KIRO_AUTH_METHOD": "Builder-ID",
             "METRICS_PUBLIC": "yes",
-            "YIELD_AFTER_WRITE": "off",
+            "ALLOW_PRIVATE_IMAGE_URLS": "off",
             "KIRO_IDLE_TIMEOUT": "2.5",
             "KIRO_TOKEN_FILE": "~/login.json",
             "KIRO_TOKEN_DIRS": os.pathsep.join(["/srv/a", "", "~/b"]),
@@ -78,7 +78,7 @@ def test_values_are_converted_and_normalised(tmp_path: Path) -> None:
         "round_robin",
     )
     assert settings.kiro_auth_method == "idc"
-    assert settings.metrics_public is True and settings.yield_after_write is False
+    assert settings.metrics_public is True and settings.allow_private_image_urls is False
     assert settings.timeouts == Timeouts(idle=2.5)
     home = Path.home()  # "~" is the process's home, as a shell would expand it
     assert settings.kiro_token_file == home / "login.json"
@@ -143,7 +143,7 @@ def test_fields_are_plain_attributes_on_the_request_path() -> None:
     instance-dict lookup (no property, descriptor or __getattr__ in the way)."""
     settings = Settings()
     assert type(settings).__getattribute__ is object.__getattribute__
-    for name in ("max_body_bytes", "max_messages", "yield_after_write", "upstream_attempts"):
+    for name in ("max_body_bytes", "max_messages", "demo", "upstream_attempts"):
         assert name in vars(settings) and not hasattr(type(settings), name)
     assert "first_byte" in vars(settings.timeouts)
 

@@ -48,17 +48,17 @@ def fast_paths() -> tuple[str, str]:
 
 
 def http_protocol(header_timeout: float | None = None) -> Any:
-    """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol sending each head with
-    its body, or h11 when httptools is not installed; either closes a connection whose request
-    head is not complete within ``header_timeout`` seconds (:mod:`ki2api.server.protocol`)."""
+    """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol, or h11 when httptools
+    is not installed; either closes a connection whose request head is not complete within
+    ``header_timeout`` seconds (:mod:`ki2api.server.protocol`)."""
     from ki2api.server.protocol import (
         H11HeadDeadlineProtocol,
         HeadDeadline,
-        HeadWithBodyProtocol,
+        HttpToolsHeadDeadlineProtocol,
         with_header_timeout,
     )
 
-    protocol: type[HeadDeadline] = HeadWithBodyProtocol
+    protocol: type[HeadDeadline] = HttpToolsHeadDeadlineProtocol
     if importlib.util.find_spec("httptools") is None:
         protocol = H11HeadDeadlineProtocol
     return protocol if header_timeout is None else with_header_timeout(protocol, header_timeout)
