@@ -40,7 +40,7 @@ from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_re
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient, create_http_client
+from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
@@ -116,12 +116,13 @@ def catalog_from_settings(settings: Settings) -> ModelCatalog:
 def create_app(
     settings: Settings,
     *,
-    http: httpx.AsyncClient | None = None,
+    upstream: UpstreamHttp | None = None,
     pool: AccountPool | None = None,
     catalog: ModelCatalog | None = None,
     with_ui: bool = True,
 ) -> Ki2API:
-    """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
+    """Build the app. Tests may inject the upstream connections, the account pool or the model
+    table."""
     catalog = catalog or catalog_from_settings(settings)
     built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
 
@@ -138,14 +139,16 @@ def create_app(
             log.info(
                 "demo mode: answers come from the built-in Kiro simulator at %s", simulator.url
             )
-        client = http or create_http_client(effective)
+        client = upstream or UpstreamHttp(effective)
         accounts = pool or AccountPool.from_settings(effective, client)
         await accounts.start()
         stats = RequestStats()
         models = AvailableModels(
             accounts,
             catalog,
-            lambda credential: fetch_model_list(client, effective, catalog, credential),
+            lambda credential: fetch_model_list(
+                client.for_proxy(credential.proxy), effective, catalog, credential
+            ),
             ttl=effective.kiro_models_ttl,
         )
         models.start()  # asks every account for its models, in the background
@@ -154,7 +157,7 @@ def create_app(
         )
         app.state.runtime = built[0] = Runtime(
             settings=effective,
-            http=client,
+            http=client.default,  # KIRO_PROXY's: calls on no account's behalf (images)
             pool=accounts,
             gateway=gateway,
             catalog=catalog,
@@ -170,7 +173,7 @@ def create_app(
         finally:
             await models.aclose()
             await accounts.aclose()
-            if http is None:
+            if upstream is None:
                 await client.aclose()
             if simulator is not None:
                 simulator.stop()

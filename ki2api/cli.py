@@ -156,13 +156,13 @@ def _accounts(args: argparse.Namespace) -> int:
 
 async def _list_accounts(*, refresh: bool) -> int:
     from ki2api.kiro.accounts.pool import NOT_CONFIGURED_MESSAGE, AccountPool
-    from ki2api.kiro.http.client import create_http_client
+    from ki2api.kiro.http.client import UpstreamHttp
     from ki2api.model.errors import GatewayError
     from ki2api.settings import Settings
 
     settings = Settings.from_env()
     failed = False
-    async with create_http_client(settings) as http:
+    async with UpstreamHttp(settings) as http:
         pool = AccountPool.from_settings(settings, http)
         try:
             for problem in pool.problems:

@@ -40,6 +40,11 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = (env.get(name) or "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 @dataclass(frozen=True, slots=True)
 class Timeouts:
     connect: float = 10.0
@@ -75,8 +80,11 @@ class Settings:
     kiro_accounts: str | None = None  # JSON list, or a path to a JSON file
     kiro_region: str = DEFAULT_REGION
     kiro_pool_strategy: str = "lru"  # lru | round_robin | first
-    kiro_proxy: str | None = None  # e.g. http://127.0.0.1:7890 where AWS is reached via a proxy
-    kiro_http_transport: str = "auto"  # auto (the lean transport) | httpx (httpx's own)
+    # Every account's outbound proxy unless it names its own: http://, socks4://, socks5://,
+    # socks5h://, with optional user:password@ (ki2api/kiro/accounts/proxy.py)
+    kiro_proxy: str | None = None
+    kiro_ca_bundle: Path | None = None  # PEM file of CAs trusted on top of the public roots
+    ssl_cert_file: Path | None = None  # the standard variable: a PEM file replacing the roots
 
     # --- upstream URLs (all overridable; {region} is filled in) ---
     kiro_api_url: str = "https://codewhisperer.{region}.amazonaws.com/generateAssistantResponse"
@@ -146,8 +154,9 @@ class Settings:
             kiro_accounts=env.get("KIRO_ACCOUNTS") or None,
             kiro_region=env.get("KIRO_REGION") or DEFAULT_REGION,
             kiro_pool_strategy=(env.get("KIRO_POOL_STRATEGY") or "lru").strip().lower(),
-            kiro_proxy=env.get("KIRO_PROXY") or None,
-            kiro_http_transport=(env.get("KIRO_HTTP_TRANSPORT") or "auto").strip().lower(),
+            kiro_proxy=(env.get("KIRO_PROXY") or "").strip() or None,
+            kiro_ca_bundle=_path(env, "KIRO_CA_BUNDLE"),
+            ssl_cert_file=_path(env, "SSL_CERT_FILE"),
             timeouts=Timeouts(
                 connect=_float(env, "KIRO_CONNECT_TIMEOUT", 10.0),
                 first_byte=_float(env, "KIRO_FIRST_BYTE_TIMEOUT", 60.0),

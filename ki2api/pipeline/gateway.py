@@ -296,7 +296,8 @@ class Gateway:
         self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
-        self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
+        # Only for server-tool requests; each account's search goes through its own proxy.
+        self.web_search = KiroWebSearch(client.upstream.for_proxy, settings)
         self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
 
     async def open(

@@ -31,6 +31,7 @@ from ki2api.kiro.accounts.credentials import (
     format_time,
     mask_secret,
 )
+from ki2api.kiro.accounts.proxy import mask_proxy
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult
 from ki2api.kiro.accounts.tokenfile import (
     FileStamp,
@@ -123,6 +124,7 @@ class AccountStatus:
     can_refresh: bool
     cause: Cause | None = None  # why the whole account is cooling down
     cooldowns: tuple[CooldownStatus, ...] = ()  # the account's and its models'
+    proxy: str | None = None  # masked: None (KIRO_PROXY), "direct" or scheme://***@host:port
 
     @property
     def description(self) -> str:
@@ -157,6 +159,7 @@ class AccountStatus:
             "can_refresh": self.can_refresh,
             "cause": self.cause,
             "cooldowns": [c.to_dict() for c in self.cooldowns],
+            "proxy": self.proxy,
         }
 
 
@@ -344,6 +347,7 @@ class Account:
             can_refresh=self.spec.can_refresh,
             cause=self.cause if self.state == "cooling_down" else None,
             cooldowns=self.cooldowns(),
+            proxy=mask_proxy(self.spec.proxy),
         )
 
     def credential(self) -> Credential | None:
@@ -376,7 +380,7 @@ class Account:
             log.warning("account %s: cannot use %s right now: %s", self.label, path, exc)
             return False
         self._stamp, self._digest = fresh.stamp, fresh.digest
-        new = fresh.spec
+        new = replace(fresh.spec, proxy=self.spec.proxy)  # set by KIRO_ACCOUNTS, not the file
         if (new.access_token, new.refresh_token) == (
             self.spec.access_token,
             self.spec.refresh_token,

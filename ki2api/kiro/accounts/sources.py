@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ki2api.kiro.accounts.credentials import (
     AccountSpec,
     CredentialError,
     label_of,
+    proxy_of,
     spec_from_env,
     spec_from_mapping,
     token_file_of,
@@ -117,7 +118,9 @@ def account_source(
     label = unique_label(label_of(entry) or default_label, taken)
     path = token_file_of(entry)
     if path is not None:
-        return file_source(path, label=label, settings=settings)
+        src = file_source(path, label=label, settings=settings)
+        src.spec = replace(src.spec, proxy=proxy_of(entry))  # the entry's, not the file's
+        return src
     return Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
 
 
