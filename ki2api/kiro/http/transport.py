@@ -284,10 +284,15 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self._error is None
 
-    def close(self) -> None:
+    def close(self, *, at_once: bool = False) -> None:
+        """``at_once``: abort, skipping TLS's goodbye (close_notify and waiting for the peer's),
+        which would outlive an event loop that ends next (the socket then leaks until GC)."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            if at_once:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 class _Pool:
@@ -379,7 +384,7 @@ class _Pool:
             self._wake_one()
             raise
         if self._closed:  # closed while connecting: nobody will give this one back
-            conn.close()
+            conn.close(at_once=True)
             raise httpx.ConnectError("the connection pool is closed", request=request)
         self._busy.add(conn)
         return conn
@@ -437,7 +442,7 @@ class _Pool:
             return  # given back already, or closed with the pool
         self._busy.discard(conn)
         if self._closed:
-            conn.close()
+            conn.close(at_once=True)
         elif conn.reusable and (self._max_idle is None or self._idle_count < self._max_idle):
             conn.reset()
             self._idle.setdefault(conn.origin, []).append(conn)
@@ -452,9 +457,9 @@ class _Pool:
         self._closed = True
         for stack in self._idle.values():
             for conn in stack:
-                conn.close()
+                conn.close(at_once=True)
         for conn in self._busy:
-            conn.close()
+            conn.close(at_once=True)
         self._busy.clear()
         self._idle.clear()
         self._idle_count = 0
