@@ -7,9 +7,10 @@
         sim.state.enqueue(text_answer("hi"))
 
 With ``ssl_certfile`` and ``ssl_keyfile`` (PEM files) it speaks HTTPS, as Kiro does, and
-``sim.url`` starts with ``https://``. The socket is bound before the thread starts (port 0 picks a free port), so ``sim.url`` is
-known at once and the server accepts connections when ``start()`` returns. ``stop()`` first
-ends every answer still playing (stalled ones included), then stops uvicorn, so it never hangs.
+``sim.url`` starts with ``https://``. The socket is bound before the thread starts (port 0
+picks a free port), so ``sim.url`` is known at once and the server accepts connections when
+``start()`` returns. ``stop()`` first ends every answer still playing (stalled ones included),
+then stops uvicorn, so it never hangs.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class SimulatorServer:
         ssl_keyfile: str | None = None,
     ) -> None:
         self.state = state if state is not None else SimulatorState()
-        self._tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+        self._certfile, self._keyfile = ssl_certfile, ssl_keyfile
         self.host = host
         self.port = port
         self.app = create_simulator_app(self.state)
@@ -137,8 +138,10 @@ class SimulatorServer:
             raise RuntimeError("simulator already started")
         self._socket = bind_socket(self.host, self.port)
         self.port = self._socket.getsockname()[1]
-        self.url = url_for(self._socket, "https" if self._tls["ssl_certfile"] else "http")
-        config = make_config(self.app, own_logging=False, **self._tls)
+        self.url = url_for(self._socket, "https" if self._certfile else "http")
+        config = make_config(
+            self.app, own_logging=False, ssl_certfile=self._certfile, ssl_keyfile=self._keyfile
+        )
         self._server = uvicorn.Server(config)
         sock, server = self._socket, self._server
         name = f"kiro-simulator-{next(_thread_count)}"

@@ -24,7 +24,7 @@ import httpx
 
 from ki2api import __version__
 from ki2api.kiro.accounts.proxy import DIRECT, parse_proxy
-from ki2api.kiro.http.transport import Http11Transport, Origin, Timeouts
+from ki2api.kiro.http.transport import Http11Transport, MalformedResponse, Origin, Timeouts
 from ki2api.kiro.wire.errors import error_for_response
 from ki2api.kiro.wire.eventstream import EventStreamDecoder, EventStreamError, Frame
 from ki2api.model.errors import (
@@ -361,7 +361,7 @@ def connection_error(exc: httpx.HTTPError, host: str) -> UpstreamError:
         return UpstreamError(f"Kiro is out of reach: {exc}", code="upstream_tls_error")
     if isinstance(exc, httpx.ConnectError):
         return UpstreamUnavailable(f"Kiro is out of reach: {exc}")
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, MalformedResponse):
         return UpstreamProtocolError(f"Kiro's answer at {host} could not be read: {exc}")
     return UpstreamUnavailable(f"the request to Kiro at {host} failed: {exc or type(exc).__name__}")
 

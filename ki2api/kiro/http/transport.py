@@ -49,6 +49,10 @@ MAX_HEAD_BYTES = 64 * 1024
 Timeouts = dict[str, float | None]  # httpx's: connect, read, write, pool
 
 
+class MalformedResponse(httpx.RemoteProtocolError):
+    """The server's answer is not HTTP/1.1 as it must be, or its head is over the limit."""
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection, one exchange at a time. httptools calls the ``on_*`` methods."""
 
@@ -92,12 +96,12 @@ class _Connection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self._fail(MalformedResponse(f"malformed HTTP response: {exc}"))
             self.close()
             return
         if in_head and self._head_bytes > MAX_HEAD_BYTES:  # and the head is still not complete
             limit = MAX_HEAD_BYTES // 1024
-            self._fail(httpx.RemoteProtocolError(f"the response's headers are over {limit} KB"))
+            self._fail(MalformedResponse(f"the response's headers are over {limit} KB"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
