@@ -31,7 +31,9 @@ from ki2api.model.errors import (
     UpstreamAuthFailed,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamProxyError,
     UpstreamTimeout,
+    UpstreamTlsError,
     UpstreamUnavailable,
 )
 from ki2api.model.ids import uuid_text
@@ -356,9 +358,9 @@ def connection_error(exc: httpx.HTTPError, host: str) -> UpstreamError:
     """A failed connection or exchange with Kiro, for the client: the transport's own sentence
     (it names the host, the proxy without its credentials, the TLS reason)."""
     if isinstance(exc, httpx.ProxyError):
-        return UpstreamError(f"Kiro is out of reach: {exc}", code="upstream_proxy_error")
+        return UpstreamProxyError(f"Kiro is out of reach: {exc}")
     if isinstance(exc.__cause__, ssl.SSLError):
-        return UpstreamError(f"Kiro is out of reach: {exc}", code="upstream_tls_error")
+        return UpstreamTlsError(f"Kiro is out of reach: {exc}")
     if isinstance(exc, httpx.ConnectError):
         return UpstreamUnavailable(f"Kiro is out of reach: {exc}")
     if isinstance(exc, MalformedResponse):
