@@ -181,7 +181,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         print(f"could not refresh {status.label}: {exc.message}", file=sys.stderr)
                 statuses = pool.snapshot()
             _print_table(
-                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"],
+                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "PROXY", "STATE"],
                 [
                     [
                         s.label,
@@ -189,6 +189,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         s.auth_method,
                         s.token,
                         _expiry(s.expires_at),
+                        s.proxy or ("default" if settings.kiro_proxy else "-"),
                         s.description,
                     ]
                     for s in statuses

@@ -15,7 +15,6 @@ import hashlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -154,12 +153,7 @@ class UpstreamHttp:
     async def __aenter__(self) -> UpstreamHttp:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
 
