@@ -5,7 +5,6 @@ account's chats, token refresh, model list and usage call go through its own pro
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import httpx
 import openai
 import orjson
 import pytest
+import uvloop
 
 from ki2api.kiro.accounts.proxy import DIRECT, check_account_proxy, mask_proxy, parse_proxy
 from ki2api.kiro.http.client import UpstreamHttp
@@ -107,7 +107,7 @@ def test_each_account_goes_through_its_own_proxy(
         "KIRO_PROXY": http_proxy.url,
         "ADMIN_KEY": ADMIN,
     }
-    stack = stack_factory(env, kiro_pool_strategy="round_robin")
+    stack = stack_factory(env, kiro_pool_strategy="round_robin", uvloop=True)  # as in production
     for n, label in enumerate("abc"):
         stack.state.add_account(
             access_token=f"tok-{label}-00000000{n + 1}",
@@ -150,7 +150,7 @@ def test_each_account_goes_through_its_own_proxy(
 def test_socks5h_lets_the_proxy_resolve_the_name(
     socks_proxy: _Proxy, tls_files: TlsFiles, stack_factory: StackFactory
 ) -> None:
-    """TLS to Kiro inside the SOCKS tunnel, with the host name sent unresolved."""
+    """TLS to Kiro inside the SOCKS tunnel, with the host name sent unresolved, on uvloop."""
     with SimulatorServer(ssl_certfile=tls_files.cert, ssl_keyfile=tls_files.key) as sim:
         url = sim.url.replace("127.0.0.1", "localhost")
         settings = Settings(kiro_proxy=socks_proxy.url, kiro_ca_bundle=Path(tls_files.ca))
@@ -159,7 +159,7 @@ def test_socks5h_lets_the_proxy_resolve_the_name(
             async with UpstreamHttp(settings) as upstream:
                 return (await upstream.default.get(f"{url}/nowhere")).status_code
 
-        assert asyncio.run(fetch()) == 404
+        assert uvloop.run(fetch()) == 404
     assert [(t.host, t.by_name) for t in socks_proxy.tunnels] == [("localhost", True)]
 
 

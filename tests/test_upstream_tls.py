@@ -150,9 +150,11 @@ def wrong_host_sim(
         yield sim
 
 
-def gateway(sim_url: str, **env: str) -> tuple[ServerThread, dict[str, str]]:
+def gateway(
+    sim_url: str, *, uvloop: bool = False, **env: str
+) -> tuple[ServerThread, dict[str, str]]:
     settings = Settings.from_env(stack_env(sim_url, **env))
-    server = ServerThread(create_app(settings, with_ui=False)).start()
+    server = ServerThread(create_app(settings, with_ui=False), uvloop=uvloop).start()
     return server, {"authorization": f"Bearer {settings.api_key}"}
 
 
@@ -179,7 +181,7 @@ def chat(server: ServerThread, headers: dict[str, str], fmt: str) -> httpx.Respo
 def test_the_gateway_answers_through_a_trusted_certificate(
     tls_sim: SimulatorServer, tls_files: TlsFiles
 ) -> None:
-    server, headers = gateway(tls_sim.url, KIRO_CA_BUNDLE=tls_files.ca)
+    server, headers = gateway(tls_sim.url, uvloop=True, KIRO_CA_BUNDLE=tls_files.ca)
     try:
         tls_sim.state.enqueue(text_answer("over TLS"))
         r = chat(server, headers, "openai")
