@@ -17,6 +17,8 @@ import orjson
 import pytest
 import uvloop
 
+from ki2api.kiro.accounts.credentials import parse_pasted_token
+from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.kiro.accounts.proxy import DIRECT, check_account_proxy, mask_proxy, parse_proxy
 from ki2api.kiro.http.client import UpstreamHttp
 from ki2api.settings import Settings
@@ -230,3 +232,29 @@ def test_the_admin_api_adds_an_account_with_its_own_proxy(
     assert carried(socks_proxy, b"Bearer tok-d-000000004")
     listing = httpx.get(f"{stack.url}/admin/accounts", headers=admin).json()["data"]
     assert [row["proxy"] for row in listing] == [f"socks5h://***@127.0.0.1:{socks_proxy.port}"]
+
+
+def test_a_pasted_token_cannot_name_a_proxy() -> None:
+    """A visitor's pasted login may not make the server connect where the visitor says."""
+    pasted = orjson.dumps({"accessToken": "tok-v-000000001", "proxy": "http://10.0.0.1:80"})
+    assert parse_pasted_token(pasted.decode(), Settings()).proxy is None
+
+
+async def test_a_login_file_entry_keeps_its_proxy_when_the_file_changes(tmp_path: Path) -> None:
+    login = tmp_path / "kiro-auth-token.json"
+    login.write_bytes(orjson.dumps({"accessToken": "tok-f-000000001", "refreshToken": "rt-f-1"}))
+    proxy = f"socks5h://u:{SECRET}@10.0.0.7:1080"
+    entries = [{"label": "f", "tokenFile": str(login), "proxy": proxy}]
+    settings = Settings(kiro_accounts=orjson.dumps(entries).decode())
+    async with httpx.AsyncClient() as http:
+        pool = AccountPool.from_settings(settings, http)
+        assert [s.proxy for s in pool.snapshot()] == ["socks5h://***@10.0.0.7:1080"]
+        login.write_bytes(
+            orjson.dumps({"accessToken": "tok-f-000000002", "refreshToken": "rt-f-2"})
+        )
+        await pool.refresh_account("f")  # reads the file again first: new tokens, same proxy
+        lease = await pool.acquire()
+        assert lease.credential.access_token == "tok-f-000000002"
+        assert lease.credential.proxy == proxy
+        assert SECRET not in repr(lease.credential)
+        await pool.aclose()

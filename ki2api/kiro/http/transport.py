@@ -36,6 +36,8 @@ from typing import cast
 
 import httptools
 import httpx
+from python_socks import ProxyConnectionError, ProxyError, ProxyType
+from python_socks.async_.asyncio import Proxy
 
 from ki2api.kiro.accounts.proxy import ProxyUrl
 
@@ -478,9 +480,6 @@ async def _tunnel(
     proxy: ProxyUrl, host: str, port: int, timeout: float | None, request: httpx.Request | None
 ) -> socket.socket:
     """A socket connected to ``host:port`` through ``proxy``, the handshake done."""
-    from python_socks import ProxyConnectionError, ProxyError, ProxyType
-    from python_socks.async_.asyncio import Proxy
-
     kinds = {"http": ProxyType.HTTP, "socks4": ProxyType.SOCKS4}
     client = Proxy(
         kinds.get(proxy.scheme, ProxyType.SOCKS5),
