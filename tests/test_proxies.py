@@ -149,20 +149,23 @@ def test_each_account_goes_through_its_own_proxy(
     assert SECRET not in listing.text
 
 
-def test_socks5h_lets_the_proxy_resolve_the_name(
-    socks_proxy: _Proxy, tls_files: TlsFiles, stack_factory: StackFactory
+@pytest.mark.parametrize("kind", ["http", "socks5h"])
+def test_tls_to_kiro_inside_the_proxy_tunnel(
+    kind: str, http_proxy: _Proxy, socks_proxy: _Proxy, tls_files: TlsFiles
 ) -> None:
-    """TLS to Kiro inside the SOCKS tunnel, with the host name sent unresolved, on uvloop."""
+    """HTTPS to Kiro through a CONNECT tunnel and a SOCKS5 one, on uvloop; the host name goes
+    to the proxy unresolved (socks5h; CONNECT always names the host)."""
+    proxy = http_proxy if kind == "http" else socks_proxy
     with SimulatorServer(ssl_certfile=tls_files.cert, ssl_keyfile=tls_files.key) as sim:
         url = sim.url.replace("127.0.0.1", "localhost")
-        settings = Settings(kiro_proxy=socks_proxy.url, kiro_ca_bundle=Path(tls_files.ca))
+        settings = Settings(kiro_proxy=proxy.url, kiro_ca_bundle=Path(tls_files.ca))
 
         async def fetch() -> int:
             async with UpstreamHttp(settings) as upstream:
                 return (await upstream.default.get(f"{url}/nowhere")).status_code
 
         assert uvloop.run(fetch()) == 404
-    assert [(t.host, t.by_name) for t in socks_proxy.tunnels] == [("localhost", True)]
+    assert [(t.host, t.by_name) for t in proxy.tunnels] == [("localhost", True)]
 
 
 def closed_port() -> int:
