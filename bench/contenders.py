@@ -44,7 +44,7 @@ def httpx_client(name: str, settings: Settings) -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(limits=LIMITS, trust_env=False)
     else:
         raise ValueError(f"unknown upstream client {name!r}; one of {', '.join(CONTENDERS)}")
-    return create_http_client(settings, transport)  # type: ignore[arg-type]
+    return create_http_client(settings, transport)
 
 
 class HttpxKiroClient(KiroClient):

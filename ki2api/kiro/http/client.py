@@ -89,10 +89,10 @@ def tls_context(settings: Settings) -> ssl.SSLContext:
 
 
 def create_http_client(
-    settings: Settings, transport: Http11Transport | None = None
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
-    """An httpx client on the hand-written transport (a new one, without a proxy, unless given)
-    with the gateway's timeouts; connections are reused across requests."""
+    """An httpx client with the gateway's timeouts on ``transport``, by default a new
+    hand-written one without a proxy; connections are reused across requests."""
     t = settings.timeouts
     return httpx.AsyncClient(
         timeout=httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect),
