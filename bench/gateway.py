@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 
+from bench.contenders import CONTENDERS, use_contender
 from ki2api.server.run import serve
 from ki2api.settings import Settings
 
@@ -38,7 +39,14 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the simulator's base URL")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument(
+        "--client",
+        choices=CONTENDERS,
+        help="the upstream HTTP client to use instead of the app's own (bench/contenders.py)",
+    )
     args = parser.parse_args()
+    if args.client:
+        use_contender(args.client)
     serve(settings_for(args.upstream, args.port, args.log_level), with_ui=False)
 
 

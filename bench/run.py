@@ -11,7 +11,8 @@ in its own process, then measures from this process (the client):
 3. the throughput frontier: open-loop request rates stepped up until the added p99 passes
    50 ms;
 4. memory: RSS idle, with many slow streams open at once, and after they close;
-5. the event-stream decoder against botocore (``bench/decoder.py``).
+5. the event-stream decoder against botocore (``bench/decoder.py``);
+6. the upstream HTTP clients side by side, each in its own gateway (``bench/clients.py``).
 
 It prints tables and (in full mode, or with ``--write``) writes the "Gateway overhead"
 section of docs/benchmarks.md and docs/benchmark-latency.png.
@@ -75,7 +76,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=1000, help="slow streams in the memory test")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument(
-        "--skip", default="", help="phases to skip: pause,touched,frontier,memory,decoder"
+        "--skip",
+        default="",
+        help="phases to skip: pause,touched,frontier,memory,decoder,clients",
     )
     write = p.add_mutually_exclusive_group()
     write.add_argument("--write", action="store_true", help="write the doc and plot")
@@ -234,6 +237,14 @@ async def touched_phase(
     _print("Memory touched per request:", touched_table(report))
 
 
+def clients_phase(stack: ExitStack, log_dir: Path, upstream: str, *, quick: bool) -> None:
+    from bench import clients
+
+    print("\nupstream HTTP clients, each in its own gateway ...", flush=True)
+    gateways = clients.start_contenders(stack, log_dir, upstream)
+    print(clients.table(clients.run(upstream, gateways, quick=quick)), flush=True)
+
+
 def run_loop(coro: object) -> None:
     try:
         import uvloop
@@ -269,6 +280,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"!! LiteLLM is not part of this run: {servers.litellm_problem}", flush=True)
         report.idle_at_start_mb = rss_bytes(servers.ki2api.pid) / 1024 / 1024
         run_loop(measure(servers, cfg, report, skip))
+        if "clients" not in skip:
+            clients_phase(stack, log_dir, servers.sim.url, quick=args.quick)
 
     if "decoder" not in skip:
         print("\ndecoder vs botocore ...", flush=True)

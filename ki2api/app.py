@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import MappingProxyType
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from starlette.middleware import Middleware
@@ -34,6 +33,7 @@ from ki2api.api.observability import CallbackCollector, Metrics, ObservabilityMi
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
 from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
@@ -65,13 +65,14 @@ class Ki2API(FastAPI):
 def create_app(
     settings: Settings,
     *,
-    http: httpx.AsyncClient | None = None,
+    upstream: UpstreamHttp | None = None,
     pool: AccountPool | None = None,
     catalog: ModelCatalog | None = None,
     with_ui: bool = True,
 ) -> Ki2API:
-    """Build the app. Tests may inject the HTTP client, the account pool or the model table."""
-    rt = Runtime.build(settings, http=http, pool=pool, catalog=catalog)
+    """Build the app. Tests may inject the upstream connections, the account pool or the model
+    table."""
+    rt = Runtime.build(settings, upstream=upstream, pool=pool, catalog=catalog)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -180,13 +180,13 @@ def _accounts(args: argparse.Namespace) -> int:
 
 async def _list_accounts(*, refresh: bool) -> int:
     from ki2api.kiro.accounts.pool import NOT_CONFIGURED_MESSAGE, AccountPool
-    from ki2api.kiro.http.client import create_http_client
+    from ki2api.kiro.http.client import UpstreamHttp
     from ki2api.model.errors import GatewayError
     from ki2api.server.run import settings_or_exit
 
     settings = settings_or_exit()
     failed = False
-    async with create_http_client(settings) as http:
+    async with UpstreamHttp(settings) as http:
         pool = AccountPool.from_settings(settings, http)
         try:
             for problem in pool.problems:
@@ -205,7 +205,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         print(f"could not refresh {status.label}: {exc.message}", file=sys.stderr)
                 statuses = pool.snapshot()
             _print_table(
-                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"],
+                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "PROXY", "STATE"],
                 [
                     [
                         s.label,
@@ -213,6 +213,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         s.auth_method,
                         s.token,
                         _expiry(s.expires_at),
+                        s.proxy or ("default" if settings.kiro_proxy else "-"),
                         s.description,
                     ]
                     for s in statuses

@@ -21,7 +21,7 @@ from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient, create_http_client
+from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.pipeline.gateway import Gateway
 from ki2api.pipeline.stats import RequestStats
@@ -38,7 +38,8 @@ DEMO_ACCESS_TOKEN = "demo-access-token"
 @dataclass
 class Runtime:
     settings: Settings  # effective settings (demo mode points the URLs at the simulator)
-    http: httpx.AsyncClient
+    upstream: UpstreamHttp  # the connections to Kiro, one set per outbound proxy
+    http: httpx.AsyncClient  # KIRO_PROXY's client: calls on no account's behalf (images)
     pool: AccountPool
     gateway: Gateway
     catalog: ModelCatalog
@@ -48,7 +49,7 @@ class Runtime:
     stats: RequestStats
     models: AvailableModels
     simulator: SimulatorServer | None = None
-    owns_http: bool = True
+    owns_upstream: bool = True
     _ran: bool = False
 
     @classmethod
@@ -56,11 +57,11 @@ class Runtime:
         cls,
         settings: Settings,
         *,
-        http: httpx.AsyncClient | None = None,
+        upstream: UpstreamHttp | None = None,
         pool: AccountPool | None = None,
         catalog: ModelCatalog | None = None,
     ) -> Runtime:
-        """Tests may inject the HTTP client, the account pool or the model table."""
+        """Tests may inject the upstream connections, the account pool or the model table."""
         simulator = None
         if settings.demo:
             from ki2api.simulator import SimulatorServer
@@ -69,19 +70,22 @@ class Runtime:
             simulator = SimulatorServer().bind()
             settings = demo_settings(settings, simulator.url)
         catalog = catalog or catalog_from_settings(settings)
-        client = http or create_http_client(settings)
+        client = upstream or UpstreamHttp(settings)
         accounts = pool or AccountPool.from_settings(settings, client)
         stats = RequestStats()
         models = AvailableModels(
             accounts,
             catalog,
-            lambda credential: fetch_model_list(client, settings, catalog, credential),
+            lambda credential: fetch_model_list(
+                client.for_proxy(credential.proxy), settings, catalog, credential
+            ),
             ttl=settings.kiro_models_ttl,
         )
         gateway = Gateway(settings, KiroClient(client, settings), accounts, catalog, stats, models)
         return cls(
             settings=settings,
-            http=client,
+            upstream=client,
+            http=client.default,
             pool=accounts,
             gateway=gateway,
             catalog=catalog,
@@ -91,7 +95,7 @@ class Runtime:
             stats=stats,
             models=models,
             simulator=simulator,
-            owns_http=http is None,
+            owns_upstream=upstream is None,
         )
 
     @contextlib.asynccontextmanager
@@ -112,8 +116,8 @@ class Runtime:
         finally:
             await self.models.aclose()
             await self.pool.aclose()
-            if self.owns_http:
-                await self.http.aclose()
+            if self.owns_upstream:
+                await self.upstream.aclose()
             if self.simulator is not None:
                 self.simulator.stop()
 

@@ -351,11 +351,11 @@ class Settings(BaseSettings):
         None,
         "KIRO_ACCOUNTS",
         'a JSON list of accounts (`[{"label", "refreshToken", "accessToken", "authMethod", '
-        '"clientId", "clientSecret", "region", "minIntervalMs"}, …]`), or a path to a file '
-        "holding it",
+        '"clientId", "clientSecret", "region", "minIntervalMs", "proxy"}, …]`), or a path to '
+        "a file holding it; an account's `proxy` (or `direct`) overrides `KIRO_PROXY`",
         secret=True,
         zh="多账号 JSON 列表（或其文件路径），账号池自动轮换与故障切换；"
-        "每个账号可设 `minIntervalMs`",
+        "每个账号可设 `minIntervalMs` 和自己的 `proxy`（或 `direct`）",
     )
     kiro_region: str = setting(
         DEFAULT_REGION,
@@ -409,14 +409,27 @@ class Settings(BaseSettings):
     kiro_proxy: str | None = setting(
         None,
         "KIRO_PROXY",
-        "an HTTP(S) proxy for the calls to Kiro, e.g. `http://127.0.0.1:7890`",
-        must="a proxy URL such as http://127.0.0.1:7890",
-        zh="访问 AWS 所用的 HTTP(S) 代理，例如 `http://127.0.0.1:7890`",
+        "the default proxy for the calls to Kiro (an account's own `proxy` wins): "
+        "`http://`, `socks4://`, `socks5://` or `socks5h://`, with credentials if needed",
+        must="a proxy URL such as http://127.0.0.1:7890 or socks5h://user:pass@host:1080",
+        secret=True,  # it may hold the proxy's password
+        zh="访问 AWS 所用的默认代理（账号自己的 `proxy` 优先）：`http://`、`socks4://`、"
+        "`socks5://` 或 `socks5h://`，可带用户名密码",
     )
-    kiro_http_transport: Literal["auto", "httpx"] = setting(
-        "auto",
-        "KIRO_HTTP_TRANSPORT",
-        "the HTTP client for Kiro: `auto` (the lean transport) or `httpx` (httpx's own)",
+    kiro_ca_bundle: Path | None = setting(
+        None,
+        "KIRO_CA_BUNDLE",
+        "a PEM file of certificate authorities trusted for Kiro on top of the public roots "
+        "(a corporate TLS proxy, a private endpoint)",
+        must="the path of a PEM file",
+        zh="额外信任的证书颁发机构（PEM 文件），与公共根证书一起使用（企业 TLS 代理、私有端点）",
+    )
+    ssl_cert_file: Path | None = setting(
+        None,
+        "SSL_CERT_FILE",
+        "the standard variable: a PEM file that replaces the public roots",
+        must="the path of a PEM file",
+        zh="标准变量：用这个 PEM 文件代替公共根证书",
     )
 
     # --- upstream URLs (all overridable; {region} is filled in) ---
@@ -609,7 +622,7 @@ class Settings(BaseSettings):
 
     # --- checks beyond type and range (the message comes from the declaration's `must`) ---
 
-    @field_validator("log_level", "kiro_pool_strategy", "kiro_http_transport", mode="before")
+    @field_validator("log_level", "kiro_pool_strategy", mode="before")
     @classmethod
     def _choice(cls, value: Any) -> Any:
         return _lower(value)
@@ -642,7 +655,14 @@ class Settings(BaseSettings):
     @field_validator("kiro_proxy")
     @classmethod
     def _proxy(cls, value: Any) -> Any:
-        return _url(value, ("http", "https"))
+        return _url(value, ("http", "socks4", "socks5", "socks5h"))
+
+    @field_validator("kiro_ca_bundle", "ssl_cert_file")
+    @classmethod
+    def _pem_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_file():
+            raise ValueError("not a file")
+        return None if value is None else value.expanduser()
 
     @field_validator("kiro_token_file")
     @classmethod

@@ -11,6 +11,7 @@ import pytest
 
 from ki2api.kiro.accounts import credits
 from tests.stack import Stack, StackFactory, make_stack_factory
+from tests.tls import TlsFiles
 
 ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
 ISOLATED_NAMES = {
@@ -56,3 +57,9 @@ def stack_factory() -> Iterator[StackFactory]:
 @pytest.fixture
 def stack(stack_factory: StackFactory) -> Stack:
     return stack_factory()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA made for this test run and its certificate for 127.0.0.1 and localhost."""
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))

@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from itertools import pairwise
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bench.client import Target, build_request
@@ -253,3 +254,31 @@ def test_trick_verdicts_need_the_interval_and_the_a_a_noise_both_cleared() -> No
     assert verdict(gain(again, on, again)) == "noise"
     # A gain inside the A/A difference is noise, however tight its interval.
     assert verdict(gain(slower, on, [x + 1.0 for x in on])) == "noise"
+
+
+@pytest.mark.parametrize("name", ["aiohttp", "httpx"])
+async def test_the_benchmark_contenders_stream_a_chat(name: str) -> None:
+    """bench/contenders.py: the chat call through httpx's API on each contender's transport
+    streams Kiro's answer (the clients phase would otherwise measure errors)."""
+    from bench.contenders import HttpxKiroClient, httpx_client
+    from ki2api.kiro.accounts.credentials import Credential
+    from ki2api.kiro.http.client import UpstreamHttp
+    from ki2api.settings import Settings
+    from ki2api.simulator import SimulatorServer, text_answer
+    from ki2api.simulator.samples import kiro_request_body
+    from tests.stack import stack_env
+
+    async with SimulatorServer() as sim:
+        settings = Settings.from_env(stack_env(sim.url))
+        sim.state.enqueue(text_answer("from a contender"))
+        http = httpx_client(name, settings)
+        async with UpstreamHttp(settings) as upstream, http:
+            kiro = HttpxKiroClient(http, upstream, settings)
+            credential = Credential("bench", "bench-access-token", None, "us-east-1")
+            body = orjson.dumps(kiro_request_body("hi", model_id="claude-sonnet-4.5"))
+            response = await kiro.open(body, credential)
+            try:
+                frames = [f async for batch in response.frame_batches() if batch for f in batch]
+            finally:
+                await response.aclose()
+    assert frames

@@ -198,7 +198,8 @@ def test_fields_are_plain_attributes_on_the_request_path() -> None:
         ),
         (
             {"KIRO_PROXY": "127.0.0.1:7890"},
-            'KIRO_PROXY must be a proxy URL such as http://127.0.0.1:7890 (got "127.0.0.1:7890")',
+            "KIRO_PROXY must be a proxy URL such as http://127.0.0.1:7890 or "
+            "socks5h://user:pass@host:1080 (its value is not shown)",
         ),
         (
             {"KIRO_REGION": "us_east_1"},

@@ -24,6 +24,7 @@ import orjson
 import pytest
 
 from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import UpstreamHttp
 from ki2api.model.errors import ModelCapacity, UpstreamThrottled
 from ki2api.settings import Settings
 from ki2api.simulator import http_error
@@ -635,7 +636,7 @@ def two_account_settings(api_url: str, tmp_path: Path, **extra: Any) -> Settings
     )
 
 
-def in_process_gateway(settings: Settings, http: httpx.AsyncClient, clock: FakeClock) -> Any:
+def in_process_gateway(settings: Settings, http: UpstreamHttp, clock: FakeClock) -> Any:
     """Accounts a and b tried in that order, on ``clock``; model lists unknown (every account
     may try a model until Kiro says otherwise). Returns (pool, models, gateway)."""
     from ki2api.kiro.accounts.available_models import AvailableModels
@@ -678,7 +679,7 @@ async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404
         added[lacking].models = ["claude-haiku-4.5"]  # Kiro's list changed since
         added[throttling].fault = throttled(retry_after)
         settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
-        async with httpx.AsyncClient() as http:
+        async with UpstreamHttp(settings) as http:
             for _ in range(REPEAT):
                 _, models, gateway = in_process_gateway(settings, http, FakeClock())
                 for _ in range(2):  # Kiro's refusal, then the account skipped for the model
@@ -709,7 +710,7 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
         b = sim.state.add_account(access_token="tok-bbbb-0002", label="b")
         b.models = ["claude-haiku-4.5"]
         settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
-        async with httpx.AsyncClient() as http:
+        async with UpstreamHttp(settings) as http:
             for _ in range(REPEAT):
                 clock = FakeClock()
                 _, _, gateway = in_process_gateway(settings, http, clock)
@@ -738,7 +739,7 @@ async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path
     from ki2api.model.errors import AccountsCoolingDown
 
     settings = two_account_settings("http://127.0.0.1:9", tmp_path)  # Kiro is never reached
-    async with httpx.AsyncClient() as http:
+    async with UpstreamHttp(settings) as http:
         for _ in range(REPEAT):
             clock = FakeClock()
             pool, models, gateway = in_process_gateway(settings, http, clock)

@@ -10,6 +10,8 @@
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
 
+An account's fields may name its own outbound ``proxy`` (``http://``, ``socks5://``,
+``socks5h://``, with credentials; or ``direct``); listings show it masked, never its credentials.
 Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here live in memory only. A
 ``tokenFile`` must lie in the Kiro login folder or a folder of ``KIRO_TOKEN_DIRS``, and every
 refusal of one reads the same (nothing tells whether some other path exists). Errors use

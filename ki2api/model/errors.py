@@ -27,7 +27,9 @@
         │   ├── ModelUnavailable      503 model_unavailable (a model, for a moment)
         │   └── NoHealthyAccount      503 no account can serve (disabled, needs login, refresh)
         ├── UpstreamTimeout           504
-        └── UpstreamProtocolError     502 corrupt or cut event stream
+        ├── UpstreamProtocolError     502 corrupt or cut event stream, malformed HTTP answer
+        ├── UpstreamTlsError          502 Kiro's TLS certificate was not accepted
+        └── UpstreamProxyError        502 the outbound proxy refused or cannot be reached
 
 Each class carries its HTTP status and the ``type`` / ``code`` each client format expects;
 ``should_retry`` tells OpenAI's SDK (``x-should-retry``) whether trying again can help.
@@ -204,3 +206,14 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     openai_code = "upstream_protocol_error"
+
+
+class UpstreamTlsError(UpstreamError):
+    """A configuration matter (KIRO_CA_BUNDLE, the URL's host name): retrying cannot help."""
+
+    openai_code = "upstream_tls_error"
+    should_retry = False
+
+
+class UpstreamProxyError(UpstreamError):
+    openai_code = "upstream_proxy_error"

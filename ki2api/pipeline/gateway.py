@@ -423,7 +423,8 @@ class Gateway:
         self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
-        self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
+        # Only for server-tool requests; each account's search goes through its own proxy.
+        self.web_search = KiroWebSearch(client.upstream.for_proxy, settings)
         self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
         # Which account each conversation sticks to (off with KIRO_STICKY_TTL=0). The "first"
         # strategy needs none: it goes back to the primary account as soon as it is healthy.

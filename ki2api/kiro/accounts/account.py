@@ -35,6 +35,7 @@ from ki2api.kiro.accounts.credentials import (
     format_time,
     mask_secret,
 )
+from ki2api.kiro.accounts.proxy import mask_proxy
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult
 from ki2api.kiro.accounts.tokenfile import (
     FileStamp,
@@ -131,6 +132,7 @@ class AccountStatus:
     usage_error: str | None = None  # why the last getUsageLimits call failed
     min_interval_ms: float = 0.0  # between two requests sent on the account; 0: none
     waiting: int = 0  # requests waiting for their turn now
+    proxy: str | None = None  # masked: None (KIRO_PROXY), "direct" or scheme://***@host:port
 
     @property
     def shown_state(self) -> str:
@@ -174,6 +176,7 @@ class AccountStatus:
             "usage_error": self.usage_error,
             "min_interval_ms": self.min_interval_ms,
             "waiting": self.waiting,
+            "proxy": self.proxy,
         }
 
 
@@ -402,6 +405,7 @@ class Account:
             usage_error=self.usage_error,
             min_interval_ms=self.min_interval * 1000.0,
             waiting=self.waiting,
+            proxy=mask_proxy(self.spec.proxy),
         )
 
     def credential(self) -> Credential | None:
@@ -434,7 +438,7 @@ class Account:
             log.warning("account %s: cannot use %s right now: %s", self.label, path, exc)
             return False
         self._stamp, self._digest = fresh.stamp, fresh.digest
-        new = fresh.spec
+        new = replace(fresh.spec, proxy=self.spec.proxy)  # set by KIRO_ACCOUNTS, not the file
         if (new.access_token, new.refresh_token) == (
             self.spec.access_token,
             self.spec.refresh_token,

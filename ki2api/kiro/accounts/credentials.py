@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from ki2api.kiro.accounts.proxy import check_account_proxy, mask_proxy
 from ki2api.settings import AuthMethod, Settings, auth_method_named
 
 # Social logins share this profile (protocol doc, "profileArn").
@@ -50,12 +51,13 @@ class Credential:
     profile_arn: str | None
     region: str
     is_api_key: bool = False
+    proxy: str | None = None  # the account's own outbound proxy; None: KIRO_PROXY
 
     def __repr__(self) -> str:
         return (
             f"Credential(label={self.label!r}, access_token={mask_secret(self.access_token)!r}, "
             f"profile_arn={self.profile_arn!r}, region={self.region!r}, "
-            f"is_api_key={self.is_api_key!r})"
+            f"is_api_key={self.is_api_key!r}, proxy={mask_proxy(self.proxy)!r})"
         )
 
     __str__ = __repr__
@@ -81,6 +83,9 @@ class AccountSpec:
     client_secret: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     client_file: Path | None = None
+    # The account's own outbound proxy (ki2api/kiro/accounts/proxy.py): a URL, "direct", or
+    # None for KIRO_PROXY. It may hold credentials: repr and listings mask it.
+    proxy: str | None = field(default=None, repr=False)
 
     @property
     def is_api_key(self) -> bool:
@@ -103,6 +108,7 @@ class AccountSpec:
             profile_arn=self.profile_arn,
             region=self.region,
             is_api_key=self.is_api_key,
+            proxy=self.proxy,
         )
 
     def expires_within(self, seconds: float, now: datetime | None = None) -> bool:
@@ -126,7 +132,8 @@ class AccountSpec:
             f"AccountSpec(label={self.label!r}, source={self.source!r}, "
             f"auth_method={self.auth_method!r}, access_token={mask_secret(self.access_token)!r}, "
             f"refresh_token={mask_secret(self.refresh_token)!r}, expires_at={self.expires_at!r}, "
-            f"region={self.region!r}, token_file={self.token_file!r})"
+            f"region={self.region!r}, token_file={self.token_file!r}, "
+            f"proxy={mask_proxy(self.proxy)!r})"
         )
 
     __str__ = __repr__
@@ -149,6 +156,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label", "name"),
     "token_file": ("tokenFile", "token_file"),
     "min_interval_ms": ("minIntervalMs", "min_interval_ms"),
+    "proxy": ("proxy",),
 }
 MAX_MIN_INTERVAL_MS = 3_600_000.0  # an hour between requests is already no use
 
@@ -265,7 +273,19 @@ def spec_from_mapping(
         client_id=client_id,
         client_secret=client_secret,
         token_file=token_file,
+        proxy=proxy_of(data),
     )
+
+
+def proxy_of(data: Mapping[str, Any]) -> str | None:
+    """An account's ``proxy`` field, checked (``CredentialError`` if it cannot be used)."""
+    value = _text(data, "proxy")
+    if value is None:
+        return None
+    try:
+        return check_account_proxy(value)
+    except ValueError as exc:
+        raise CredentialError(f"proxy: {exc}") from None
 
 
 def spec_from_env(settings: Settings) -> AccountSpec | None:
@@ -339,6 +359,7 @@ def parse_pasted_token(text: str, settings: Settings, label: str = "session") ->
             raise CredentialError("the pasted JSON must be an object")
         data.pop("tokenFile", None)  # a visitor may not make the server read its files
         data.pop("token_file", None)
+        data.pop("proxy", None)  # nor make it connect where the visitor says
         return spec_from_mapping(data, label=label, source="pasted", settings=settings)
     if not _BARE_TOKEN.fullmatch(text):
         raise CredentialError("that does not look like a Kiro token (no spaces or quotes in one)")

@@ -51,7 +51,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar, get_args
+from typing import Any, Protocol, TypeVar, get_args
 
 import httpx
 
@@ -131,6 +131,23 @@ NO_ACCOUNTS_WARNING = (
     "tab (for your own playground chats); or set KIRO_ACCESS_TOKEN / KIRO_REFRESH_TOKEN / "
     "KIRO_ACCOUNTS / KIRO_TOKEN_FILE, or log in to Kiro on this machine (read from {path})"
 )
+
+
+class HttpClients(Protocol):
+    """The HTTP client for each outbound proxy (ki2api/kiro/http/client.py's ``UpstreamHttp``):
+    an account's token refresh and usage calls go through its own proxy, as its chats do."""
+
+    def for_proxy(self, proxy: str | None) -> httpx.AsyncClient: ...
+
+
+class OneClient:
+    """Every account on one client, whatever its proxy (tests and tools that bring their own)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    def for_proxy(self, proxy: str | None) -> httpx.AsyncClient:
+        return self.http
 
 
 class Lease:
@@ -244,7 +261,7 @@ class AccountPool:
     def __init__(
         self,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | HttpClients,
         *,
         strategy: str | None = None,
         clock: Clock = time.monotonic,
@@ -252,7 +269,7 @@ class AccountPool:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
-        self._http = http
+        self._http = OneClient(http) if isinstance(http, httpx.AsyncClient) else http
         chosen = (strategy or settings.kiro_pool_strategy or "lru").lower()
         if chosen not in STRATEGIES:
             log.error("unknown KIRO_POOL_STRATEGY %r; using lru", chosen)
@@ -270,13 +287,13 @@ class AccountPool:
         self.credits = CreditsRefresher(self, every=settings.kiro_usage_refresh)
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
-        return await refresh_tokens(self._http, self._settings, spec)
+        return await refresh_tokens(self._http.for_proxy(spec.proxy), self._settings, spec)
 
     @classmethod
     def from_settings(
         cls,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | HttpClients,
         *,
         strategy: str | None = None,
         clock: Clock = time.monotonic,
@@ -689,7 +706,9 @@ class AccountPool:
         try:
             usage = await self.with_credential(
                 label,
-                lambda credential: fetch_usage_limits(self._http, self._settings, credential),
+                lambda credential: fetch_usage_limits(
+                    self._http.for_proxy(credential.proxy), self._settings, credential
+                ),
             )
         except GatewayError as exc:
             account.usage_error = exc.message

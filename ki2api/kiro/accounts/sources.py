@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from ki2api.kiro.accounts.credentials import (
     CredentialError,
     label_of,
     min_interval_of,
+    proxy_of,
     spec_from_env,
     spec_from_mapping,
     token_file_of,
@@ -121,6 +122,7 @@ def account_source(
     path = token_file_of(entry)
     if path is not None:
         found = file_source(path, label=label, settings=settings)
+        found.spec = replace(found.spec, proxy=proxy_of(entry))  # the entry's, not the file's
     else:
         found = Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
     found.min_interval_ms = interval
