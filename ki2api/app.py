@@ -104,7 +104,8 @@ def create_app(
     metrics.add_collector(
         CallbackCollector("ki2api_accounts", "Accounts by state", "state", rt.pool.state_counts)
     )
-    limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
+    # One per app: the page's chats share its buckets (and replicas theirs, with REDIS_URL).
+    limiter = rate_limiter(settings, rt.shared.counters)
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
         Middleware(
@@ -142,6 +143,7 @@ def create_app(
             "demo": settings.demo,
             "accounts_usable": rt.pool.usable_count(),
             "active_streams": rt.stats.active_streams,
+            "shared_state": rt.shared.status(),  # REDIS_URL: whether Redis answers
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

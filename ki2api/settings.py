@@ -115,6 +115,12 @@ class Settings:
     page_max_body_bytes: int = 1024 * 1024  # every route but the API's (the page's events)
     playground_max_share: float = 0.25  # of the pool's slots the page's chats may hold at once
 
+    # --- state shared between replicas (ki2api/shared/); unset: everything stays in-process ---
+    redis_url: str | None = None  # e.g. redis://:password@redis:6379/0
+    redis_optional: bool = False  # Redis unreachable at start: run on local state, not exit
+    redis_timeout: float = 0.25  # seconds any one Redis call may take before local state serves
+    redis_prefix: str = "ki2api"  # key prefix: deployments sharing a Redis keep apart
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         env = os.environ if environ is None else environ
@@ -174,6 +180,10 @@ class Settings:
             kiro_models_ttl=_float(env, "KIRO_MODELS_TTL", 3600.0),
             page_max_body_bytes=int(env.get("PAGE_MAX_BODY_BYTES") or 1024 * 1024),
             playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
+            redis_url=(env.get("REDIS_URL") or "").strip() or None,
+            redis_optional=_flag(env.get("REDIS_OPTIONAL")),
+            redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
+            redis_prefix=(env.get("REDIS_PREFIX") or "").strip() or "ki2api",
         )
         for name, url_var in (
             ("kiro_api_url", "KIRO_API_URL"),

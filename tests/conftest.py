@@ -11,7 +11,7 @@ import pytest
 
 from tests.stack import Stack, StackFactory, make_stack_factory
 
-ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
+ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING", "REDIS_")
 ISOLATED_NAMES = {"API_KEY", "ADMIN_KEY", "HOST", "PORT", "RATE_LIMIT", "CORS_ORIGINS"}
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"

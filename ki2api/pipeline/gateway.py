@@ -134,7 +134,7 @@ class DeltaStream:
     async def _run(self) -> AsyncGenerator[list[Delta], None]:
         parser, limiter = self._parser, self._limiter
         error: GatewayError | None = None
-        output_tokens = 0
+        output_tokens = input_tokens = 0
         if self._stats is not None:
             self._stats.active_streams += 1
         try:
@@ -160,7 +160,7 @@ class DeltaStream:
                         batch.extend(limiter.feed(delta))
                         if limiter.stop is not None:
                             usage = parser.usage()
-                            output_tokens = usage.output_tokens
+                            output_tokens, input_tokens = usage.output_tokens, usage.input_tokens
                             batch += (usage, limiter.stop)
                             yield batch
                             return
@@ -169,7 +169,7 @@ class DeltaStream:
             batch = []
             for delta in parser.finish():
                 if isinstance(delta, Usage):
-                    output_tokens = delta.output_tokens
+                    output_tokens, input_tokens = delta.output_tokens, delta.input_tokens
                 if limiter is not None and isinstance(delta, Stop):
                     batch.extend(limiter.flush())
                     delta = limiter.stop or delta
@@ -206,6 +206,7 @@ class DeltaStream:
                         output_tokens=output_tokens,
                         error=None if error is None else str(error.openai_code),
                         streamed=self._streamed,
+                        input_tokens=input_tokens,
                     )
                 )
 

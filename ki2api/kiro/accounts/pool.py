@@ -28,6 +28,10 @@ What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
 Throttles answered while a cooldown runs were sent before it started: they do not lengthen it.
 
 Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accounts.account`.
+
+Replicas share their accounts through ``pool.sharing`` (a :class:`PoolSharing`, set by
+:mod:`ki2api.shared` when ``REDIS_URL`` is set): the pool's accounts refresh through it (one
+replica at a time) and tell it each change of state. Without it nothing leaves the process.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -51,6 +55,7 @@ from ki2api.kiro.accounts.account import (
     Clock,
     Cooldown,
     Refresher,
+    StateChange,
 )
 from ki2api.kiro.accounts.credentials import (
     LABEL_PATTERN,
@@ -116,6 +121,18 @@ NO_ACCOUNTS_WARNING = (
     "tab (for your own playground chats); or set KIRO_ACCESS_TOKEN / KIRO_REFRESH_TOKEN / "
     "KIRO_ACCOUNTS / KIRO_TOKEN_FILE, or log in to Kiro on this machine (read from {path})"
 )
+
+
+class PoolSharing(Protocol):
+    """What replicas share of a pool (:mod:`ki2api.shared` implements it over Redis)."""
+
+    async def refresh(self, spec: AccountSpec, refresher: Refresher) -> RefreshResult:
+        """The account's new tokens: refreshed with ``refresher`` by one replica at a time."""
+        ...
+
+    def changed(self, account: Account, change: StateChange) -> None:
+        """``account``'s state changed here (a cooldown, a login lost, ...): tell the others."""
+        ...
 
 
 class Lease:
@@ -242,6 +259,17 @@ class AccountPool:
         self._pending_default_file: Path | None = None
         self._next_default_check = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self.sharing: PoolSharing | None = None  # set when replicas share state (REDIS_URL)
+
+    async def _refresh_shared(self, spec: AccountSpec) -> RefreshResult:
+        """A pool account's refresh: through the replicas' sharing when there is one."""
+        if self.sharing is not None:
+            return await self.sharing.refresh(spec, self._refresher)
+        return await self._refresher(spec)
+
+    def _account_changed(self, account: Account, change: StateChange) -> None:
+        if self.sharing is not None and self._accounts.get(account.label) is account:
+            self.sharing.changed(account, change)
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
         return await refresh_tokens(self._http, self._settings, spec)
@@ -291,9 +319,10 @@ class AccountPool:
         account = Account(
             src.spec,
             settings=self._settings,
-            refresher=self._refresher,
+            refresher=self._refresh_shared,
             clock=self._clock,
             login_file=src.login_file,
+            on_change=self._account_changed,
         )
         if src.missing_reason is not None:
             account.set_needs_login(src.missing_reason)
@@ -581,6 +610,13 @@ class AccountPool:
 
     def labels(self) -> list[str]:
         return list(self._accounts)
+
+    def account(self, label: str) -> Account | None:
+        """The live account (for state sharing between replicas), or None."""
+        return self._accounts.get(label)
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts.values())
 
     def usable_labels(self) -> list[str]:
         return [a.label for a in self._accounts.values() if a.usable()]
