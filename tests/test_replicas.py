@@ -247,7 +247,10 @@ async def test_the_concurrency_cap_counts_every_replicas_requests(
 
 
 async def test_killing_redis_mid_load_loses_no_request_and_the_state_converges_after(
-    sim: SimulatorServer, redis_server: RedisServer, replicas: Replicas
+    sim: SimulatorServer,
+    redis_server: RedisServer,
+    replicas: Replicas,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     state = sim.state
     main = state.add_account(refresh_token="aorSim-kill-0001", label="main")
@@ -287,6 +290,9 @@ async def test_killing_redis_mid_load_loses_no_request_and_the_state_converges_a
 
     assert len(codes) > served_alone + 10  # served all along
     assert [c for c in codes if c >= 500] == []
+    said = [r.getMessage() for r in caplog.records if r.name == "ki2api.shared"]
+    assert sum("is unreachable" in m for m in said) == 2  # once per replica, not per request
+    assert sum("is back" in m for m in said) == 2
     async with httpx.AsyncClient() as client:
         for url in replicas.urls:
             assert (await client.get(url + "/health")).json()["shared_state"]["connected"]

@@ -4,10 +4,10 @@ Every part that shares state calls Redis through :meth:`RedisLink.call`. While R
 that is one round trip bounded by ``REDIS_TIMEOUT``; the first call that fails (refused, reset,
 too slow) marks the link down and raises :class:`SharedUnavailable`, and from then on calls
 fail at once, without touching the network, so each part serves from its local state and no
-request waits on a dead Redis. One background task (:meth:`RedisLink.run`) pings every second:
-it notices a Redis that went away while nobody called, and when Redis answers again it runs
-the parts' reconcile hooks (push what changed locally, pull what changed elsewhere) before the
-link is up again. Each change is logged once, not per request.
+request waits on a dead Redis. One background task (started by :meth:`RedisLink.start`) pings
+every second: it notices a Redis that went away while nobody called, and when Redis answers
+again it resubscribes and runs the parts' reconcile hooks (push what changed locally, pull
+what changed elsewhere) as the link comes back. Each change is logged once, not per request.
 
 Events between replicas go over one pub/sub channel (``<prefix>:events``) as ``<topic> <label>``
 (``tok``: an account's tokens were written, ``state``: its state); handlers run on the
@@ -100,7 +100,7 @@ class RedisLink:
         self._waiters: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._started = False
+        self._closed = False
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -135,7 +135,7 @@ class RedisLink:
     # --- hooks ---------------------------------------------------------------------------------
 
     def on_reconnect(self, hook: Hook) -> None:
-        """Run ``hook`` each time Redis (re)appears, before the link counts as up."""
+        """Run ``hook`` each time Redis (re)appears (at start too), as the link comes back."""
         self._reconcile.append(hook)
 
     def on_tick(self, hook: Hook) -> None:
@@ -159,7 +159,6 @@ class RedisLink:
 
     async def start(self) -> bool:
         """Connect once (reconciling), then keep watching in the background; True if up."""
-        self._started = True
         await self._connect()
         self._task = asyncio.get_running_loop().create_task(self._monitor(), name="redis monitor")
         return self.up
@@ -266,6 +265,9 @@ class RedisLink:
         await self.call(lambda c: c.publish(self.channel, f"{topic} {label}"))
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         for task in (self._task, self._listener):
             if task is not None:
                 task.cancel()
