@@ -118,7 +118,7 @@ class Settings:
     # --- state shared between replicas (ki2api/shared/); unset: everything stays in-process ---
     redis_url: str | None = None  # e.g. redis://:password@redis:6379/0
     redis_optional: bool = False  # Redis unreachable at start: run on local state, not exit
-    redis_timeout: float = 0.25  # seconds any one Redis call may take before local state serves
+    redis_timeout: float = 0.5  # seconds any one Redis call may take before local state serves
     redis_prefix: str = "ki2api"  # key prefix: deployments sharing a Redis keep apart
 
     @classmethod
@@ -182,7 +182,7 @@ class Settings:
             playground_max_share=_float(env, "PLAYGROUND_MAX_SHARE", 0.25),
             redis_url=(env.get("REDIS_URL") or "").strip() or None,
             redis_optional=_flag(env.get("REDIS_OPTIONAL")),
-            redis_timeout=_float(env, "REDIS_TIMEOUT", 0.25),
+            redis_timeout=_float(env, "REDIS_TIMEOUT", 0.5),
             redis_prefix=(env.get("REDIS_PREFIX") or "").strip() or "ki2api",
         )
         for name, url_var in (

@@ -47,7 +47,10 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 @pytest.fixture
 async def links(redis_server: RedisServer) -> AsyncIterator[list[RedisLink]]:
     """Two replicas' links to the same Redis."""
-    made = [RedisLink(redis_server.url, replica=f"replica-{i}") for i in range(2)]
+    made = [
+        RedisLink(redis_server.url, replica=f"replica-{i}", ping_every=0.1, replica_ttl=0.5)
+        for i in range(2)
+    ]
     for link in made:
         assert await link.start()
     yield made
@@ -199,26 +202,54 @@ async def test_tokens_refreshed_while_redis_was_away_win_over_the_older_shared_o
 # --- slots, counters -------------------------------------------------------------------------
 
 
-async def test_a_dead_replicas_places_expire_with_their_lease(links: list[RedisLink]) -> None:
-    dying, living = RedisSlots(links[0], lease=0.3), RedisSlots(links[1], lease=0.3)
+async def test_a_dead_replicas_places_come_back_when_its_heartbeat_ends(
+    links: list[RedisLink],
+) -> None:
+    dying, living = RedisSlots(links[0]), RedisSlots(links[1])
     assert await dying.take("main", 2) is not None
     assert await dying.take("main", 2) is not None
-    assert await living.take("main", 2) is None  # full
-    await asyncio.sleep(0.4)  # "dying" renews nothing: its leases end
-    give_back = await living.take("main", 2)
-    assert give_back is not None
-    give_back()
-    await asyncio.sleep(0.05)  # given back in the background
-    assert await living.take("main", 1) is not None
+    assert await living.take("main", 2) is None  # all taken
+    assert links[0]._task is not None
+    links[0]._task.cancel()  # the replica dies: no heartbeat, no trim from here on
+    await asyncio.sleep(0.7)  # its heartbeat (0.5 s) has ended
+    assert await living.take("main", 2) is not None
+    assert await living.take("main", 2) is not None
 
 
-async def test_places_held_by_a_live_replica_are_renewed(links: list[RedisLink]) -> None:
-    holder, other = RedisSlots(links[0], lease=0.3), RedisSlots(links[1], lease=0.3)
-    assert await holder.take("main", 1) is not None
-    for _ in range(4):
-        await asyncio.sleep(0.15)
-        await holder.renew()
-    assert await other.take("main", 1) is None
+async def test_a_replica_gives_idle_places_to_one_that_waits(links: list[RedisLink]) -> None:
+    busy, other = RedisSlots(links[0]), RedisSlots(links[1])
+    give_back = [await busy.take("main", 4) for _ in range(4)]
+    assert all(give_back)
+    assert await other.take("main", 4) is None  # leaves its mark: it waits
+    await asyncio.sleep(0.3)  # busy's ticks keep what is in use
+    assert await other.take("main", 4) is None
+    for release in give_back[:2]:
+        assert release is not None
+        release()
+    await asyncio.sleep(0.3)  # busy's next tick gives the idle ones back
+    assert await other.take("main", 4) is not None
+    assert await other.take("main", 4) is not None
+    assert await other.take("main", 4) is None  # 2 here, 2 in use there
+
+
+async def test_places_are_taken_without_a_round_trip_while_the_grant_lasts(
+    links: list[RedisLink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slots = RedisSlots(links[0])
+    first = await slots.take("main", 16)  # grows the grant by a step (4)
+    assert first is not None
+    calls = 0
+    real = links[0].call
+
+    async def counting(fn: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(links[0], "call", counting)
+    more = [await slots.take("main", 16) for _ in range(3)]
+    assert all(more) and calls == 0
+    assert await slots.take("main", 16) is not None and calls == 1  # the next step
 
 
 def test_the_rate_bucket_is_shared_by_three_processes(redis_server: RedisServer) -> None:
@@ -250,6 +281,34 @@ def test_the_rate_bucket_is_shared_by_three_processes(redis_server: RedisServer)
     ]
     taken = [int(p.communicate(timeout=60)[0]) for p in procs]
     assert 30 <= sum(taken) <= 31
+
+
+async def test_a_large_bucket_lends_credit_and_takes_back_what_is_not_spent(
+    redis_server: RedisServer, links: list[RedisLink], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ki2api.shared import counters as module
+
+    monkeypatch.setattr(module, "CREDIT_IDLE", 0.3)
+    counters = RedisCounters(links[0])
+    assert await counters.take("rate:big", 1000, 1000 / 60) == 0  # asked; credit follows
+    await asyncio.sleep(0.05)
+    calls = 0
+    real = links[0].call
+
+    async def counting(fn: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(links[0], "call", counting)
+    for _ in range(4):
+        assert await counters.take("rate:big", 1000, 1000 / 60) == 0
+    assert calls == 0  # spent from the credit
+    monkeypatch.setattr(links[0], "call", real)
+    await asyncio.sleep(0.6)  # unspent for longer than CREDIT_IDLE: back in the bucket
+    with redis_server.client() as client:
+        left = float(client.hget("ki2api:bucket:rate:big", "tokens") or 0)
+    assert left >= 1000 - 5 - 1  # the five taken (and a moment's refill) are all that is gone
 
 
 async def test_a_running_total_is_shared_and_ends_with_its_ttl(links: list[RedisLink]) -> None:
@@ -330,11 +389,12 @@ async def test_a_conversation_sticks_across_replicas_and_forgets_after_its_ttl(
 ) -> None:
     a, b = RedisSticky(links[0], LocalSticky()), RedisSticky(links[1], LocalSticky())
     await a.set("conv-1", "main", ttl=0.3)
+    await asyncio.sleep(0.05)  # written in the background
     assert await b.get("conv-1") == "main"
     await asyncio.sleep(0.4)
     assert await b.get("conv-1") is None
     redis_server.kill()
-    await a.set("conv-2", "spare", ttl=60)  # Redis away: the local store serves
+    await a.set("conv-2", "spare", ttl=60)  # Redis away: this replica still remembers
     assert await a.get("conv-2") == "spare"
 
 

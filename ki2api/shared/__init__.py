@@ -75,9 +75,9 @@ class SharedState:
         if self.link is not None and self.tokens is not None:
             self.accounts = SharedAccounts(self.link, pool, self.tokens)
 
-    def sticky(self, fallback: Sticky) -> Sticky:
-        """Conversation stickiness: in Redis, ``fallback`` while it is away; or ``fallback``."""
-        return fallback if self.link is None else RedisSticky(self.link, fallback)
+    def sticky(self, local: Sticky) -> Sticky:
+        """Conversation stickiness: ``local`` (in-process), and Redis behind it if shared."""
+        return local if self.link is None else RedisSticky(self.link, local)
 
     async def start(self) -> None:
         if self.link is not None:

@@ -69,11 +69,15 @@ class RedisLink:
         self,
         url: str,
         *,
-        timeout: float = 0.25,
+        timeout: float = 0.5,
         prefix: str = "ki2api",
         replica: str | None = None,
+        ping_every: float = PING_EVERY,
+        replica_ttl: float = REPLICA_TTL,
     ) -> None:
         self.url = url
+        self.ping_every = ping_every
+        self.replica_ttl = replica_ttl  # heard of this long ago: gone (tests shorten it)
         self.timeout = timeout
         self.prefix = prefix
         self.replica = replica or new_replica_id()
@@ -236,7 +240,7 @@ class RedisLink:
 
     async def _monitor(self) -> None:
         while True:
-            await asyncio.sleep(PING_EVERY)
+            await asyncio.sleep(self.ping_every)
             if not self.up:
                 await self._connect()
                 continue
@@ -255,7 +259,7 @@ class RedisLink:
         now = time.time()
         key = self.key("replicas")
         async with client.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {self.replica: now + REPLICA_TTL})
+            pipe.zadd(key, {self.replica: now + self.replica_ttl})
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zcard(key)
             results = await pipe.execute()
