@@ -142,6 +142,7 @@ def create_app(
             "version": __version__,
             "demo": settings.demo,
             "accounts_usable": rt.pool.usable_count(),
+            "accounts": rt.pool.counts(),  # by state; suspended apart (no labels, no reasons)
             "active_streams": rt.stats.active_streams,
             "shared_state": rt.shared.status(),  # REDIS_URL: whether Redis answers
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -88,6 +88,8 @@ class Runtime:
             shared.attach(accounts)
             gateway.slots.shared = shared.slots
             models.shared = shared.models
+            if gateway.sticky is not None:  # conversations stick across replicas too
+                gateway.sticky = shared.sticky(gateway.sticky)
             if shared.usage is not None:
                 stats.listeners.append(count_usage(shared.usage))
         return cls(
@@ -152,8 +154,7 @@ def count_usage(sink: UsageSink) -> Callable[[RequestRecord], None]:
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:
-    return replace(
-        settings,
+    return settings.replace(
         kiro_api_url=f"{simulator_url}/generateAssistantResponse",
         kiro_refresh_url=f"{simulator_url}/refreshToken",
         kiro_oidc_url=f"{simulator_url}/token",
@@ -167,10 +168,8 @@ def demo_settings(settings: Settings, simulator_url: str) -> Settings:
 
 
 def catalog_from_settings(settings: Settings) -> ModelCatalog:
-    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK."""
-    try:
-        aliases = parse_aliases(settings.model_aliases)
-    except ValueError as exc:
-        log.error("MODEL_ALIASES ignored: %s", exc)
-        aliases = {}
-    return ModelCatalog(aliases=aliases, fallback=settings.model_fallback)
+    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK (checked when the
+    settings were read)."""
+    return ModelCatalog(
+        aliases=parse_aliases(settings.model_aliases), fallback=settings.model_fallback
+    )

@@ -9,16 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from ki2api.kiro.accounts import credits
 from tests.stack import Stack, StackFactory, make_stack_factory
 
 ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING", "REDIS_")
-ISOLATED_NAMES = {"API_KEY", "ADMIN_KEY", "HOST", "PORT", "RATE_LIMIT", "CORS_ORIGINS"}
+ISOLATED_NAMES = {
+    "API_KEY",
+    "ADMIN_KEY",
+    "HOST",
+    "PORT",
+    "RATE_LIMIT",
+    "CORS_ORIGINS",
+    "BACKUP_DATASET",
+}
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
 
 
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # No background getUsageLimits calls unless a test sets KIRO_USAGE_REFRESH itself.
+    monkeypatch.setattr(credits, "DEFAULT_EVERY", 0.0)
     for name in list(os.environ):
         if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
             monkeypatch.delenv(name, raising=False)

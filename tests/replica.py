@@ -4,8 +4,7 @@ The same start-up as ``ki2api serve`` (settings from the environment, the start-
 uvicorn), without the web page, which only costs start-up time here.
 """
 
-from ki2api.server.run import serve
-from ki2api.settings import Settings
+from ki2api.server.run import serve, settings_or_exit
 
 if __name__ == "__main__":
-    serve(Settings.from_env(), with_ui=False)
+    serve(settings_or_exit(), with_ui=False)

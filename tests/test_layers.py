@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ki2api"
 
 # Lowest first. A module belongs to the longest prefix that names it.
 LAYERS: list[tuple[str, ...]] = [
-    ("ki2api.model", "ki2api.settings", "ki2api.kiro"),  # "ki2api.kiro": its __init__ only
+    # "ki2api.kiro": its __init__ only; "ki2api.store": the stored state, below the accounts
+    ("ki2api.model", "ki2api.settings", "ki2api.kiro", "ki2api.store"),
     ("ki2api.kiro.wire",),
     ("ki2api.kiro.accounts",),
     ("ki2api.kiro.http",),

@@ -96,10 +96,13 @@ def test_pool_serves_what_its_accounts_offer(stack_factory: StackFactory, caplog
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     accounts = httpx.get(f"{stack.url}/admin/accounts", headers=admin).json()["data"]
     assert {row["label"]: row["state"] for row in accounts} == {"a": "healthy", "b": "healthy"}
-    # A Haiku request may go to either account; the lists were not asked again meanwhile.
-    for _ in range(4):
+    # A Haiku request may go to either account (new conversations: a conversation sticks to
+    # its account); the lists were not asked again meanwhile.
+    for n in range(4):
         client.messages.create(
-            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            model="claude-haiku-4-5",
+            max_tokens=50,
+            messages=[{"role": "user", "content": f"hi {n}"}],
         )
     assert {r.account for r in stack.state.requests[2:]} == {"a", "b"}
     assert len(stack.state.models_calls) == calls_before

@@ -1,6 +1,9 @@
 """The admin API: list, add, remove and refresh accounts; fetch an account's remaining credits.
 
-    GET    /admin/accounts                  every account's status (tokens masked)
+    GET    /admin/accounts                  every account's status (tokens masked): state
+                                            (``suspended`` when Kiro suspended or flagged it),
+                                            credits (``usage``, ``usage_error``), pacing
+                                            (``min_interval_ms``, ``waiting``), cooldowns
     POST   /admin/accounts[?replace=true]   one account's fields, a kiro-auth-token.json's
                                             contents, or a JSON string (a pasted key / token)
     DELETE /admin/accounts/{label}

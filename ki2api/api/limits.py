@@ -16,11 +16,9 @@ With replicas sharing state (``REDIS_URL``) the buckets live in Redis (``shared`
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -30,34 +28,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ki2api.api.auth import keys_match, presented_key
 from ki2api.api.errors import anthropic_error_response, openai_error_response
 from ki2api.model.errors import RateLimited
-from ki2api.settings import Settings
+from ki2api.settings import Rate, Settings, parse_rate
 from ki2api.shared.counters import Counters
 
-_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
 _MAX_TRACKED_KEYS = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    requests: int
-    period: float  # seconds
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.period
-
-
-def parse_rate(text: str) -> Rate:
-    """``"60/minute"``, ``"10/second"``, ``"1000/day"``, ``"100/5minutes"`` → :class:`Rate`."""
-    match = _RATE.match(text)
-    if match is None or int(match.group(1)) <= 0:
-        raise ValueError(
-            f"RATE_LIMIT={text!r} is not a rate: write it like '60/minute' "
-            "(second, minute, hour or day)"
-        )
-    count, multiple, unit = match.groups()
-    return Rate(int(count), _PERIODS[unit.lower()] * int(multiple or 1))
 
 
 class RateLimiter:

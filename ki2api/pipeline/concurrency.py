@@ -74,6 +74,10 @@ class AccountSlots:
         semaphore = self._semaphores.get(label)
         return 0 if semaphore is None else self.limit - semaphore._value
 
+    def has_room(self, label: str) -> bool:
+        """Whether a request on ``label`` would get a slot without waiting."""
+        return self.limit <= 0 or self.in_use(label) < self.limit
+
     async def acquire(self, label: str) -> Slot:
         if self.limit <= 0:
             return Slot(None)

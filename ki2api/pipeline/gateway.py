@@ -39,6 +39,7 @@ from ki2api.model.deltas import (
 )
 from ki2api.model.errors import (
     AccountsCoolingDown,
+    AccountsPaced,
     GatewayError,
     InvalidRequest,
     ModelNotFound,
@@ -56,6 +57,7 @@ from ki2api.pipeline.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.pipeline.conversation import conversation_id_for
 from ki2api.pipeline.output_limits import OutputLimiter
 from ki2api.pipeline.stats import RequestRecord, RequestStats
+from ki2api.pipeline.sticky import MemorySticky, StickyStore
 from ki2api.settings import Settings
 
 log = logging.getLogger("ki2api.gateway")
@@ -289,6 +291,7 @@ class Gateway:
         catalog: ModelCatalog,
         stats: RequestStats | None = None,
         models: AvailableModels | None = None,
+        sticky: StickyStore | None = None,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -299,6 +302,11 @@ class Gateway:
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
         self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
         self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
+        # Which account each conversation sticks to (off with KIRO_STICKY_TTL=0). The "first"
+        # strategy needs none: it goes back to the primary account as soon as it is healthy.
+        if sticky is None and settings.kiro_sticky_ttl > 0 and pool.strategy != "first":
+            sticky = MemorySticky(settings.kiro_sticky_max)
+        self.sticky = sticky
 
     async def open(
         self,
@@ -354,6 +362,10 @@ class Gateway:
 
         # Accounts that do not offer the model sit this request out (they stay healthy).
         lacking = self.models.skip_for(model.kiro_id) if self.models is not None else _NONE
+        sticky = self.sticky if lease is None and len(self.pool) > 1 else None
+        prefer = await sticky.get(conversation_id) if sticky is not None else None
+        if prefer is not None and not self.slots.has_room(prefer):
+            prefer = None  # every slot taken: the conversation moves rather than queues
         tried: set[str] = set()
         last: GatewayError | None = None
         attempts = max(1, self.settings.upstream_attempts)
@@ -362,11 +374,18 @@ class Gateway:
             if current is None:
                 try:
                     current = await self.pool.acquire(
-                        exclude=frozenset(tried), model=model.kiro_id, lacking=lacking
+                        exclude=frozenset(tried),
+                        model=model.kiro_id,
+                        lacking=lacking,
+                        prefer=prefer,
                     )
                 except NO_ACCOUNT_NOW as refused:
                     current = await self._none_free(
                         refused, model.kiro_id, lacking, tried, last, attempt
+                    )
+                if sticky is not None:  # set on every turn: the entry lives TTL after the last
+                    await sticky.set(
+                        conversation_id, current.credential.label, self.settings.kiro_sticky_ttl
                     )
             kiro_request = body_for(current.credential.profile_arn)
             try:
@@ -494,7 +513,8 @@ def _wait_before_retry(
     cooled nothing (Kiro asked for no wait; the next try must not hammer it).
     """
     if isinstance(refused, AccountsCoolingDown) and refused.retry_after is not None:
-        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT:
+        # A paced account's turn was already too far off to wait for (QUEUE_TIMEOUT).
+        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT and not isinstance(refused, AccountsPaced):
             return refused.retry_after
     if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed | ModelNotFound):
         return None

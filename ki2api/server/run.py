@@ -8,15 +8,26 @@ import gc
 import importlib.util
 import logging
 import socket
-from collections.abc import Sequence
-from dataclasses import replace
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import uvicorn
 
-from ki2api.settings import Settings
+from ki2api.settings import Settings, SettingsError
 
 log = logging.getLogger("ki2api")
+
+
+def settings_or_exit(environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+    """The settings from the environment; bad values end the process before anything starts,
+    each on one line (``error: PORT must be ...``), with exit code 2 (a usage error)."""
+    try:
+        return Settings.from_env(environ, **overrides)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def configure_logging(level: str) -> None:
@@ -150,11 +161,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT, 7860 on a Space, or 8989)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    if args.demo:
-        settings = replace(settings, demo=True)
+    overrides: dict[str, Any] = {"demo": True} if args.demo else {}
     if args.host:
-        settings = replace(settings, host=args.host)
-    if args.port:
-        settings = replace(settings, port=args.port)
-    serve(settings)
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    serve(settings_or_exit(**overrides))

@@ -41,6 +41,7 @@ if c.kind == 'set' then
   s.gen = s.gen + 1
   s.state = c.state
   s.reason = c.reason
+  s.suspended = c.suspended
   s.cause = nil
   s['until'] = nil
   if c.state == 'healthy' then s.models = {} end
@@ -89,6 +90,7 @@ def parse_state(raw: bytes | str | None, now: float) -> SharedState | None:
             cause=data.get("cause") if state == "cooling_down" else None,
             cooldown=cooldown,
             models=models,
+            suspended=state == "disabled" and bool(data.get("suspended")),
         )
     except (ValueError, TypeError, IndexError, AttributeError):
         return None
@@ -134,6 +136,7 @@ class SharedAccounts:
             "cause": change.cause,
             "model": change.model,
             "until": now + change.seconds,
+            "suspended": change.suspended,
         }
         key = self.link.key("state", account.label)
         args: list[bytes | str | int] = [
@@ -206,7 +209,8 @@ class SharedAccounts:
         if account.state in ("needs_login", "disabled") and account.generation == 0:
             # Lost here while Redis was away (or configured so): others should know. A state
             # taken from Redis before (generation > 0) is theirs already.
-            await self._write(account, StateChange("set", account.state, account.reason))
+            change = StateChange("set", account.state, account.reason, suspended=account.suspended)
+            await self._write(account, change)
 
     async def _offer_new_tokens(self) -> None:
         """Tokens that changed here without a shared refresh (a login file, the admin API):

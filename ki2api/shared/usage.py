@@ -8,7 +8,8 @@
 counts in Redis (one hash per day, ``<prefix>:usage:<day>``, a field per key, account and
 counter), so the counts outlive any replica: the rows a request adds are sent right after it
 ends, together with those of other requests that ended in the same turn of the event loop
-(one round trip); while Redis is away they wait in memory and go when it returns.
+(one round trip, one script); while Redis is away they wait in memory and go when it returns.
+A batch whose answer was lost is sent again under its id, and Redis adds it only once.
 
 A durable store (a ``UsageStore``: the SQLite store of client keys) takes them over with
 :meth:`RedisUsage.drain_to`: one replica at a time (a lock) moves each day's counters out of
@@ -19,6 +20,7 @@ Redis and into the store, so nothing is counted twice and nothing is lost if it 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,17 @@ log = logging.getLogger("ki2api.shared")
 COUNTERS = ("requests", "errors", "input_tokens", "output_tokens")
 _SEP = "\x1f"  # between key, account and counter in a hash field: in no name
 USAGE_TTL = 400 * 86400  # a day's counters not drained into a store are kept this long
+
+# KEYS: the batch's marker. ARGV: batch id, ttl, then (hash, field, amount) triples. Adds the
+# batch once: a batch sent again after a lost answer finds its marker and adds nothing.
+ADD = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', 86400) then return 0 end
+for i = 3, #ARGV, 3 do
+  redis.call('HINCRBY', ARGV[i], ARGV[i + 1], ARGV[i + 2])
+  redis.call('EXPIRE', ARGV[i], ARGV[2])
+end
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +107,13 @@ class RedisUsage:
     def __init__(self, link: RedisLink) -> None:
         self.link = link
         self._pending: dict[tuple[str, str, str], dict[str, int]] = {}
+        # Batches sent without an answer (Redis lost meanwhile): sent again as they were, under
+        # the same id, which Redis remembers, so a batch it did take is not counted twice.
+        self._unsent: list[tuple[str, dict[tuple[str, str, str], dict[str, int]]]] = []
+        self._ids = itertools.count(1)
         self._sending: asyncio.Task[None] | None = None
+        self._one_at_a_time = asyncio.Lock()  # the sender and the reconnect hook
+        self._add = link.client.register_script(ADD)
         link.on_reconnect(self.flush)
 
     def add(self, row: UsageRow) -> None:
@@ -107,40 +126,39 @@ class RedisUsage:
             self._sending = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
-        while self._pending and self.link.up:
+        while (self._pending or self._unsent) and self.link.up:
             try:
                 await self.flush()
             except SharedUnavailable:
                 return
 
     def pending(self) -> int:
-        """Rows counted here and not yet in Redis (while it is away)."""
-        return len(self._pending)
+        """Key/account pairs counted here and not yet in Redis (while it is away)."""
+        return len(self._pending) + sum(len(batch) for _, batch in self._unsent)
 
     async def flush(self) -> None:
-        """Send what was counted here; kept for the next try if Redis does not take it."""
-        if not self._pending:
-            return
-        batch, self._pending = self._pending, {}
+        """Send what was counted here (exactly once); kept for the next try if Redis does not
+        answer."""
+        async with self._one_at_a_time:
+            if self._pending:
+                batch, self._pending = self._pending, {}
+                self._unsent.append((f"{self.link.replica}:{next(self._ids)}", batch))
+            while self._unsent:
+                batch_id, batch = self._unsent[0]
+                await self.link.call(partial(self._send_batch, batch_id, batch))
+                self._unsent.pop(0)
 
-        async def run(client: Redis) -> None:
-            async with client.pipeline(transaction=True) as pipe:
-                for (day, key, account), counts in batch.items():
-                    hash_key = self.link.key("usage", day)
-                    for name, value in counts.items():
-                        if value:
-                            pipe.hincrby(hash_key, _SEP.join((key, account, name)), value)
-                    pipe.expire(hash_key, USAGE_TTL)
-                await pipe.execute()
-
-        try:
-            await self.link.call(run)
-        except SharedUnavailable:
-            for where, counts in batch.items():  # back in line, with what came meanwhile
-                mine = self._pending.setdefault(where, dict.fromkeys(COUNTERS, 0))
-                for name, value in counts.items():
-                    mine[name] += value
-            raise
+    async def _send_batch(
+        self, batch_id: str, batch: dict[tuple[str, str, str], dict[str, int]], client: Redis
+    ) -> None:
+        args: list[str | int] = [batch_id, USAGE_TTL]
+        for (day, key, account), counts in batch.items():
+            hash_key = self.link.key("usage", day)
+            for name, value in counts.items():
+                if value:
+                    args += [hash_key, _SEP.join((key, account, name)), value]
+        marker = self.link.key("usage", "batch", batch_id)
+        await self._add(keys=[marker], args=args, client=client)
 
     async def totals(self, day: str) -> list[UsageRow]:
         """The day's counters in Redis (those not drained into a store yet)."""

@@ -17,6 +17,7 @@ from ki2api.api.auth import SPACE_SETUP_MESSAGE
 from ki2api.kiro.accounts.credentials import AccountSpec
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.settings import Settings
+from ki2api.store.backup import storage_state
 from ki2api.ui import connect, status
 from ki2api.ui.access import Playground
 from ki2api.ui.guard import Readers
@@ -48,6 +49,7 @@ def build_page(
     texts = Texts()
     tokens = TokenHandlers(settings, runtime)
     default_models = [m.id for m in ModelCatalog().list()]
+    storage = storage_state(settings)  # a Space's disk: it does not change while running
 
     with gr.Blocks(
         title="Ki2API — OpenAI & Anthropic API for Kiro", analytics_enabled=False
@@ -77,6 +79,12 @@ def build_page(
         )
         no_accounts = gr.Markdown(
             "", elem_id="ki-no-accounts", elem_classes=["ki-banner"], visible=False
+        )
+        storage_banner = gr.Markdown(
+            status.storage_notice(storage, "en"),
+            elem_id="ki-storage",
+            elem_classes=["ki-banner"],
+            visible=storage.ephemeral,
         )
 
         with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, on two rows
@@ -350,6 +358,7 @@ def build_page(
                 gr.update(  # rendered on each load: an account may have been added since
                     value=t("no_accounts_banner", lang_code), visible=empty
                 ),
+                status.storage_notice(storage, lang_code),
                 t("metrics_idle", lang_code),
                 using_line(spec, lang_code, who, settings.demo, empty),
                 describe_own(spec, lang_code),
@@ -365,6 +374,7 @@ def build_page(
             language,
             setup,
             no_accounts,
+            storage_banner,
             metrics,
             using,
             own_status,

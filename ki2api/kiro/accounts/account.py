@@ -2,9 +2,13 @@
 
 States: ``healthy``; ``cooling_down`` until a time (quota, throttling, a failed refresh);
 ``needs_login`` (the refresh token is dead, or there is none and the token expired);
-``disabled`` (the service refused the account: suspended, not authorised). Apart from its
-state, a healthy account can have models cooling down on it (Kiro lacked capacity for them):
-it serves every other model meanwhile.
+``disabled`` (the service refused the account: not authorised, or ``suspended``: Kiro suspended
+or flagged it). Apart from its state, a healthy account can have models cooling down on it (Kiro
+lacked capacity for them): it serves every other model meanwhile.
+
+An account may keep a minimum interval between the requests it sends (``KIRO_MIN_INTERVAL_MS``,
+or ``minIntervalMs`` on the account): each request takes the next free turn
+(:meth:`Account.take_turn`) and waits for it; the pool decides how long a wait is acceptable.
 
 However many requests find the token stale at once, one refresh runs (a shared task that a
 cancelled waiter cannot abort); the others wait for it and use its result. Accounts that came
@@ -79,6 +83,7 @@ class StateChange:
     cause: Cause | None = None
     model: str | None = None
     seconds: float = 0.0  # a cooldown's length
+    suspended: bool = False  # disabled because Kiro suspended or flagged the account
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,7 @@ class SharedState:
     cause: Cause | None
     cooldown: float | None  # the account's, seconds left
     models: dict[str, tuple[float, str]]  # model -> (seconds left, reason)
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,15 @@ class AccountStatus:
     can_refresh: bool
     cause: Cause | None = None  # why the whole account is cooling down
     cooldowns: tuple[CooldownStatus, ...] = ()  # the account's and its models'
+    suspended: bool = False  # disabled because Kiro suspended or flagged it
+    usage_error: str | None = None  # why the last getUsageLimits call failed
+    min_interval_ms: float = 0.0  # between two requests sent on the account; 0: none
+    waiting: int = 0  # requests waiting for their turn now
+
+    @property
+    def shown_state(self) -> str:
+        """The state, with ``suspended`` told apart from other reasons to be disabled."""
+        return "suspended" if self.suspended else self.state
 
     @property
     def description(self) -> str:
@@ -167,7 +182,7 @@ class AccountStatus:
             why = f"{CAUSE_TEXT[self.cause]}: {self.reason}" if self.cause else self.reason
             text = f"cooling down until {when}" + (f" ({why})" if why else "")
             return f"{text}; {models}" if models else text
-        text = self.state.replace("_", " ")
+        text = self.shown_state.replace("_", " ")
         return f"{text}: {self.reason}" if self.reason else text
 
     def to_dict(self) -> dict[str, object]:
@@ -188,6 +203,10 @@ class AccountStatus:
             "can_refresh": self.can_refresh,
             "cause": self.cause,
             "cooldowns": [c.to_dict() for c in self.cooldowns],
+            "suspended": self.suspended,
+            "usage_error": self.usage_error,
+            "min_interval_ms": self.min_interval_ms,
+            "waiting": self.waiting,
         }
 
 
@@ -200,6 +219,7 @@ class Account:
         refresher: Refresher,
         clock: Clock = time.monotonic,
         login_file: LoginFile | None = None,
+        min_interval_ms: float | None = None,
         on_change: Callable[[Account, StateChange], None] | None = None,
     ) -> None:
         self.spec = spec
@@ -220,6 +240,14 @@ class Account:
         self.last_error: str | None = None
         self.last_used = 0.0
         self.usage: UsageLimits | None = None
+        self.usage_error: str | None = None
+        self.suspended = False  # disabled because Kiro suspended or flagged the account
+        # Pacing: the account's own interval, else the gateway's; the clock time of its next
+        # free turn; requests waiting for theirs.
+        interval = settings.kiro_min_interval_ms if min_interval_ms is None else min_interval_ms
+        self.min_interval = max(0.0, interval) / 1000.0
+        self._next_turn = 0.0
+        self.waiting = 0
         self._force_refresh = False  # the service refused a token we thought was fine
         self._inflight: asyncio.Task[None] | None = None
         self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
@@ -286,6 +314,30 @@ class Account:
 
     def _set_healthy(self) -> None:
         self.state, self.reason, self.cause, self._until = "healthy", None, None, None
+        self.suspended = False
+
+    # --- pacing ------------------------------------------------------------------------------
+
+    def turn_wait(self) -> float:
+        """Seconds until this account's next free turn (0 without a minimum interval)."""
+        if not self.min_interval:
+            return 0.0
+        return max(0.0, self._next_turn - self._clock())
+
+    def take_turn(self) -> float | None:
+        """Reserve the next free turn and return its clock time (None: the account keeps no
+        interval). Turns are handed out in order: concurrent requests queue, none polls."""
+        if not self.min_interval:
+            return None
+        turn = max(self._clock(), self._next_turn)
+        self._next_turn = turn + self.min_interval
+        return turn
+
+    def give_back_turn(self, turn: float | None) -> None:
+        """A request gave up the turn it took (it was cancelled while waiting for it): free it
+        again, unless a later request took the one after it."""
+        if turn is not None and self._next_turn == turn + self.min_interval:
+            self._next_turn = turn
 
     def cool_down(self, seconds: float, reason: str, cause: Cause = "refresh") -> None:
         if self.state in ("needs_login", "disabled"):
@@ -318,13 +370,17 @@ class Account:
 
     def set_needs_login(self, reason: str) -> None:
         self.state, self.reason, self.cause, self._until = "needs_login", reason, None, None
+        self.suspended = False
         log.warning("account %s needs a new Kiro login: %s", self.label, reason)
         self._changed(StateChange("set", "needs_login", reason))
 
-    def disable(self, reason: str) -> None:
+    def disable(self, reason: str, *, suspended: bool = False) -> None:
         self.state, self.reason, self.cause, self._until = "disabled", reason, None, None
-        log.warning("account %s disabled: %s", self.label, reason)
-        self._changed(StateChange("set", "disabled", reason))
+        self.suspended = suspended
+        log.warning(
+            "account %s %s: %s", self.label, "suspended" if suspended else "disabled", reason
+        )
+        self._changed(StateChange("set", "disabled", reason, suspended=suspended))
 
     def enable(self) -> None:
         self._set_healthy()
@@ -356,6 +412,7 @@ class Account:
                     None,
                     None,
                 )
+                self.suspended = shared.suspended
             elif self.state in ("needs_login", "disabled"):
                 self._set_healthy()
                 self._models.clear()
@@ -423,6 +480,10 @@ class Account:
             can_refresh=self.spec.can_refresh,
             cause=self.cause if self.state == "cooling_down" else None,
             cooldowns=self.cooldowns(),
+            suspended=self.suspended,
+            usage_error=self.usage_error,
+            min_interval_ms=self.min_interval * 1000.0,
+            waiting=self.waiting,
         )
 
     def credential(self) -> Credential | None:

@@ -37,7 +37,7 @@ from ki2api.model.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ki2api.settings import Settings
+from ki2api.settings import DEFAULT_KIRO_API_URL, Settings
 
 log = logging.getLogger("ki2api.models")
 
@@ -47,7 +47,6 @@ RETRY_AFTER_FAILURE = 300.0  # seconds before a failed list call is tried again
 CHECK_INTERVAL = 30.0  # how often the background task looks for lists that are due
 _MAX_PAGES = 10
 _NONE: frozenset[str] = frozenset()
-_DEFAULT_API_URL = Settings.__dataclass_fields__["kiro_api_url"].default
 
 
 def models_url(settings: Settings, region: str) -> str:
@@ -55,7 +54,7 @@ def models_url(settings: Settings, region: str) -> str:
     changed (a proxy or the simulator then answers this call too)."""
     if settings.kiro_models_url:
         return settings.url(settings.kiro_models_url, region)
-    if settings.kiro_api_url != _DEFAULT_API_URL:
+    if settings.kiro_api_url != DEFAULT_KIRO_API_URL:
         parts = urlsplit(settings.url(settings.kiro_api_url, region))
         return f"{parts.scheme}://{parts.netloc}/"
     return settings.url(MANAGEMENT_URL, region)

@@ -15,13 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from ki2api.settings import Settings
-
-AuthMethod = Literal["social", "idc", "api_key"]
+from ki2api.settings import AuthMethod, Settings, auth_method_named
 
 # Social logins share this profile (protocol doc, "profileArn").
 SOCIAL_PROFILE_ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"
@@ -150,7 +148,9 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "client_id_hash": ("clientIdHash", "client_id_hash"),
     "label": ("label", "name"),
     "token_file": ("tokenFile", "token_file"),
+    "min_interval_ms": ("minIntervalMs", "min_interval_ms"),
 }
+MAX_MIN_INTERVAL_MS = 3_600_000.0  # an hour between requests is already no use
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -199,15 +199,11 @@ def format_time(value: datetime) -> str:
 def _auth_method(raw: str | None, access_token: str | None, has_client: bool) -> AuthMethod:
     if access_token and access_token.startswith(API_KEY_PREFIX):
         return "api_key"
-    value = (raw or "").strip().lower().replace("-", "_")
-    if value in ("social", "github", "google"):
-        return "social"
-    if value in ("idc", "builderid", "builder_id", "iam_identity_center", "sso"):
-        return "idc"
-    if value in ("api_key", "apikey"):
-        return "api_key"
-    if value:
-        raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+    if raw and raw.strip():
+        method = auth_method_named(raw)
+        if method is None:
+            raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+        return method
     return "idc" if has_client else "social"
 
 
@@ -304,6 +300,18 @@ def token_file_of(data: Mapping[str, Any]) -> Path | None:
     if not isinstance(path, str):
         raise CredentialError("tokenFile must be a path")
     return Path(path).expanduser()
+
+
+def min_interval_of(data: Mapping[str, Any]) -> float | None:
+    """The account's own minimum interval between requests (``minIntervalMs``), if it has one."""
+    value = _get(data, "min_interval_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CredentialError("minIntervalMs must be a number of milliseconds")
+    if not 0 <= value <= MAX_MIN_INTERVAL_MS:
+        raise CredentialError(f"minIntervalMs must be between 0 and {MAX_MIN_INTERVAL_MS:.0f}")
+    return float(value)
 
 
 def client_id_hash_of(data: Mapping[str, Any]) -> str | None:

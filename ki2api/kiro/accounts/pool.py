@@ -12,6 +12,11 @@ quota) or ``NoHealthyAccount``.
 
 Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
 ``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
+``acquire(prefer=label)`` takes that account when it can serve (a conversation's own account:
+:mod:`ki2api.pipeline.sticky`). An account with a minimum interval between requests
+(``KIRO_MIN_INTERVAL_MS``, ``minIntervalMs``) serves a request once its next turn comes; one
+whose turn is further off than ``QUEUE_TIMEOUT`` is passed over, and when every account is,
+``AccountsPaced`` (429) says when the first turn is free.
 
 What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
 
@@ -22,12 +27,15 @@ What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
     QuotaExceeded        out of rotation until the quota resets (retry_after, else a default)
     NeedsLogin           needs login (the refresh token is dead)
     TokenExpired         the token is refreshed before its next use
-    UpstreamAuthFailed   disabled, with the service's reason (suspended, not authorised)
+    AccountSuspended     disabled and marked suspended, with the service's words
+    UpstreamAuthFailed   disabled, with the service's reason (not authorised)
     anything else        counted only (5xx, timeouts: the gateway retries)
 
 Throttles answered while a cooldown runs were sent before it started: they do not lengthen it.
 
 Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accounts.account`.
+Its remaining credits are asked on demand (``fetch_usage``) and, with ``KIRO_USAGE_REFRESH``,
+in the background (:mod:`ki2api.kiro.accounts.credits`).
 
 Replicas share their accounts through ``pool.sharing`` (a :class:`PoolSharing`, set by
 :mod:`ki2api.shared` when ``REDIS_URL`` is set): the pool's accounts refresh through it (one
@@ -44,7 +52,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, get_args
 
 import httpx
 
@@ -64,6 +72,7 @@ from ki2api.kiro.accounts.credentials import (
     CredentialError,
     parse_pasted_token,
 )
+from ki2api.kiro.accounts.credits import CreditsRefresher
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult, refresh_tokens
 from ki2api.kiro.accounts.sources import (
     Source,
@@ -75,6 +84,8 @@ from ki2api.kiro.accounts.sources import (
 from ki2api.kiro.accounts.usage_limits import UsageLimits, fetch_usage_limits
 from ki2api.model.errors import (
     AccountsCoolingDown,
+    AccountsPaced,
+    AccountSuspended,
     GatewayError,
     InvalidRequest,
     ModelCapacity,
@@ -88,13 +99,13 @@ from ki2api.model.errors import (
     UpstreamThrottled,
 )
 from ki2api.model.logsafe import hide_paths
-from ki2api.settings import Settings
+from ki2api.settings import PoolStrategy, Settings
 
 _DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
 log = logging.getLogger("ki2api.accounts")
 T = TypeVar("T")
 
-STRATEGIES = ("lru", "round_robin", "first")
+STRATEGIES: tuple[str, ...] = get_args(PoolStrategy)
 QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
 THROTTLE_WINDOW = 60.0  # throttles further apart than this are not "in a row"
 ALLOWED_THROTTLES = 1  # one throttle is not a pattern: it cools nothing (cf. LiteLLM allowed_fails)
@@ -211,7 +222,7 @@ def apply_failure(account: Account, error: GatewayError, model: str | None = Non
     elif isinstance(error, TokenExpired):
         account.mark_token_suspect()
     elif isinstance(error, UpstreamAuthFailed):
-        account.disable(error.message)
+        account.disable(error.message, suspended=isinstance(error, AccountSuspended))
 
 
 def _delay(error: GatewayError, backoff: float, cap: float) -> float:
@@ -259,6 +270,7 @@ class AccountPool:
         self._pending_default_file: Path | None = None
         self._next_default_check = 0.0
         self._closing: set[asyncio.Future[None]] = set()
+        self.credits = CreditsRefresher(self, every=settings.kiro_usage_refresh)
         self.sharing: PoolSharing | None = None  # set when replicas share state (REDIS_URL)
 
     async def _refresh_shared(self, spec: AccountSpec) -> RefreshResult:
@@ -294,21 +306,15 @@ class AccountPool:
             pool._add_source(src)
         return pool
 
-    def state_counts(self) -> dict[str, float]:
-        """Accounts by state, for ``/metrics``."""
-        counts: dict[str, float] = {}
-        for account in self.snapshot():
-            state = str(getattr(account, "state", "unknown")).split(":")[0]
-            counts[state] = counts.get(state, 0) + 1
-        return counts
-
     async def start(self) -> None:
         states = ", ".join(f"{a.label} ({a.status().description})" for a in self._accounts.values())
         log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
         if not self._accounts:
             log.warning(NO_ACCOUNTS_WARNING.format(path=self._settings.kiro_token_file))
+        self.credits.start()  # only with KIRO_USAGE_REFRESH
 
     async def aclose(self) -> None:
+        await self.credits.aclose()
         await asyncio.gather(
             *(a.aclose() for a in self._accounts.values()), *self._closing, return_exceptions=True
         )
@@ -322,6 +328,7 @@ class AccountPool:
             refresher=self._refresh_shared,
             clock=self._clock,
             login_file=src.login_file,
+            min_interval_ms=src.min_interval_ms,
             on_change=self._account_changed,
         )
         if src.missing_reason is not None:
@@ -434,6 +441,21 @@ class AccountPool:
     def usable_count(self) -> int:
         return sum(1 for a in self._accounts.values() if a.usable())
 
+    def state_counts(self) -> dict[str, float]:
+        """Accounts by state, for ``/metrics``: the same as ``/health``'s."""
+        return {state: float(n) for state, n in self.counts().items()}
+
+    def counts(self) -> dict[str, int]:
+        """Accounts by state (``suspended`` apart from the other ``disabled``), for ``/health``."""
+        self._adopt_default_file()
+        self._revive_from_files()
+        counts = dict.fromkeys(("healthy", "cooling_down", "needs_login", "disabled"), 0)
+        counts["suspended"] = 0
+        for account in self._accounts.values():
+            account.usable()  # settles an ended cooldown
+            counts["suspended" if account.suspended else account.state] += 1
+        return counts
+
     def __len__(self) -> int:
         return len(self._accounts)
 
@@ -445,11 +467,22 @@ class AccountPool:
             if account.state in ("needs_login", "disabled") and account.spec.token_file:
                 account.sync_from_file()
 
-    def _choose(self, skip: frozenset[str], model: str | None) -> Account | None:
+    def _choose(
+        self, skip: frozenset[str], model: str | None, prefer: str | None = None
+    ) -> Account | None:
         accounts = list(self._accounts.values())
-        candidates = [a for a in accounts if a.label not in skip and a.usable() and a.serves(model)]
+        longest = self._settings.queue_timeout  # a turn further off passes the account over
+        candidates = [
+            a
+            for a in accounts
+            if a.label not in skip and a.usable() and a.serves(model) and a.turn_wait() <= longest
+        ]
         if not candidates:
             return None
+        if prefer is not None:
+            preferred = self._accounts.get(prefer)
+            if preferred is not None and preferred in candidates:
+                return preferred
         if self.strategy == "first":
             return candidates[0]
         if self.strategy == "round_robin":
@@ -459,7 +492,7 @@ class AccountPool:
                 if account in candidates:
                     self._next = (self._next + step + 1) % n
                     return account
-        return min(candidates, key=lambda a: a.last_used)
+        return min(candidates, key=lambda a: (a.turn_wait(), a.last_used))
 
     async def wait(self, seconds: float) -> None:
         """Sleep until ``seconds`` have passed on the pool's clock, so that a cooldown that
@@ -481,29 +514,51 @@ class AccountPool:
         exclude: frozenset[str] = frozenset(),
         model: str | None = None,
         lacking: frozenset[str] = frozenset(),
+        prefer: str | None = None,
     ) -> Lease:
         """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
         module's docstring for what is raised when there is none. ``exclude``: accounts this
         request tried already; ``lacking``: accounts that do not offer the model (their state
-        says nothing about when it can be served)."""
+        says nothing about when it can be served); ``prefer``: the account to take if it can
+        serve (else the strategy chooses)."""
         self._adopt_default_file()
         if not self._accounts:
             raise self.not_configured()
         self._revive_from_files()
         skip = exclude | lacking
         while True:
-            account = self._choose(skip, model)
+            account = self._choose(skip, model, prefer)
             if account is None:
                 raise self._no_account(exclude, model, lacking)
             account.last_used = self._clock()  # before any await: spreads concurrent requests
+            turn = account.take_turn()  # likewise: concurrent requests queue in order
             try:
                 credential = await account.ensure_fresh()
+                if turn is not None and (wait := turn - self._clock()) > 0:
+                    await self._wait_for_turn(account, wait)
             except GatewayError as exc:
+                account.give_back_turn(turn)
                 log.info("account %s unusable: %s", account.label, exc.message)
                 skip = skip | {account.label}
                 continue
+            except BaseException:  # cancelled while waiting: the turn is free for another
+                account.give_back_turn(turn)
+                raise
             account.requests += 1
             return Lease(account, self, credential, model)
+
+    async def _wait_for_turn(self, account: Account, seconds: float) -> None:
+        log.info(
+            "account %s: a request waits %.2f s for its turn (minimum interval %.0f ms)",
+            account.label,
+            seconds,
+            account.min_interval * 1000,
+        )
+        account.waiting += 1
+        try:
+            await self.wait(seconds)
+        finally:
+            account.waiting -= 1
 
     def _no_account(
         self, exclude: frozenset[str], model: str | None, lacking: frozenset[str] = frozenset()
@@ -513,6 +568,7 @@ class AccountPool:
         what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
         now = self._clock()
         blocked: list[tuple[Account, Cooldown]] = []
+        paced: list[float] = []  # seconds to the next turn of accounts passed over for it
         parts = []
         for account in self._accounts.values():
             if account.label in lacking:
@@ -524,11 +580,24 @@ class AccountPool:
                 parts.append(f"{account.label}: {_cooldown_text(cooldown, now)}")
             elif account.label in exclude and account.state == "healthy":
                 parts.append(f"{account.label}: already tried")
+            elif account.state == "healthy" and account.turn_wait() > 0:
+                paced.append(account.turn_wait())
+                parts.append(
+                    f"{account.label}: next turn in {math.ceil(paced[-1])} s (minimum interval "
+                    f"{account.min_interval * 1000:.0f} ms)"
+                )
             else:
                 parts.append(f"{account.label}: {account.status().description}")
         listing = hide_paths("; ".join(parts) + ".")  # clients see a login file's name only
         first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
         retry_after = max(0.0, first.until - now) if first is not None else None
+        if paced and (retry_after is None or min(paced) <= retry_after):
+            return AccountsPaced(
+                f"Every Kiro account that can serve {model or 'this request'} is pacing its "
+                f"requests and none has a turn within {self._settings.queue_timeout:g} s "
+                f"(QUEUE_TIMEOUT); the first is free in {math.ceil(min(paced))} s: {listing}",
+                retry_after=min(paced),
+            )
         if first is not None and first.cause in ("rate_limit", "capacity"):
             what = f"Kiro is throttling every account that can serve {model or 'this request'}"
             return AccountsCoolingDown(
@@ -618,15 +687,39 @@ class AccountPool:
     def accounts(self) -> list[Account]:
         return list(self._accounts.values())
 
+    def secrets(self) -> list[str]:
+        """Every secret the accounts hold now (tokens, OIDC client secrets), for leak checks
+        such as the backup's (:mod:`ki2api.store.backup`). Never log, show or send these."""
+        found: list[str] = []
+        for account in self._accounts.values():
+            spec = account.spec
+            found += [s for s in (spec.access_token, spec.refresh_token, spec.client_secret) if s]
+        return found
+
     def usable_labels(self) -> list[str]:
         return [a.label for a in self._accounts.values() if a.usable()]
 
+    def usage_labels(self) -> list[str]:
+        """Accounts whose credits are worth asking for: those serving or cooling down (a
+        suspended account's or a dead login's call would fail)."""
+        return [a.label for a in self._accounts.values() if a.state in ("healthy", "cooling_down")]
+
     async def fetch_usage(self, label: str) -> UsageLimits:
-        """Ask the service for the account's remaining credits (on demand only)."""
-        usage = await self.with_credential(
-            label, lambda credential: fetch_usage_limits(self._http, self._settings, credential)
-        )
-        self._get(label).usage = usage
+        """Ask the service for the account's remaining credits and reset date, and keep them
+        on the account. A suspension found this way takes the account out, as a chat would."""
+        account = self._get(label)
+        try:
+            usage = await self.with_credential(
+                label,
+                lambda credential: fetch_usage_limits(self._http, self._settings, credential),
+            )
+        except GatewayError as exc:
+            account.usage_error = exc.message
+            if isinstance(exc, AccountSuspended):
+                account.record_error(exc)
+                apply_failure(account, exc)
+            raise
+        account.usage, account.usage_error = usage, None
         return usage
 
 

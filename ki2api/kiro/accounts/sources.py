@@ -23,6 +23,7 @@ from ki2api.kiro.accounts.credentials import (
     AccountSpec,
     CredentialError,
     label_of,
+    min_interval_of,
     spec_from_env,
     spec_from_mapping,
     token_file_of,
@@ -40,6 +41,7 @@ class Source:
     spec: AccountSpec
     login_file: LoginFile | None = None
     missing_reason: str | None = None  # a login file that is not there (yet)
+    min_interval_ms: float | None = None  # the account's own pacing (None: KIRO_MIN_INTERVAL_MS)
 
 
 @dataclass(slots=True)
@@ -115,10 +117,14 @@ def account_source(
     if not isinstance(entry, dict):
         raise CredentialError("each account must be a JSON object")
     label = unique_label(label_of(entry) or default_label, taken)
+    interval = min_interval_of(entry)
     path = token_file_of(entry)
     if path is not None:
-        return file_source(path, label=label, settings=settings)
-    return Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
+        found = file_source(path, label=label, settings=settings)
+    else:
+        found = Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
+    found.min_interval_ms = interval
+    return found
 
 
 def load_sources(settings: Settings) -> Sources:

@@ -9,7 +9,8 @@ also says what the failure is about (docs/errors.md, "What a failure cools down"
     ModelCapacity / ModelUnavailable   one model on one account, for a moment
     UpstreamThrottled                  one account's request rate
     QuotaExceeded                      one account, until its quota resets
-    UpstreamAuthFailed                 one account, until a person acts (suspended, refused)
+    UpstreamAuthFailed                 one account, until a person acts (refused)
+    AccountSuspended                   one account, until a person acts (suspended, flagged)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 import orjson
 
 from ki2api.model.errors import (
+    AccountSuspended,
     ContextLengthExceeded,
     GatewayError,
     ModelCapacity,
@@ -58,14 +60,23 @@ class Row:
 
 
 _SUSPENDED = "Kiro suspended the account: a person has to restore it"
+_FLAGGED = "Kiro flagged the account and limits its requests: a person has to look at it"
 _TOO_LONG = "The conversation is too long for the model: shorten the history."
 _QUOTA = "The Kiro account has used up its quota"
 
 TABLE: tuple[Row, ...] = (
     # A suspension reads the same whatever status carries it; no retry or refresh undoes it.
-    Row(ANY_STATUS, "TEMPORARILY_SUSPENDED", UpstreamAuthFailed, _SUSPENDED),
-    Row(ANY_STATUS, "unusual user activity", UpstreamAuthFailed, _SUSPENDED),
-    Row(ANY_STATUS, "suspicious activity", UpstreamAuthFailed, _SUSPENDED),
+    # Kiro words it several ways ("is temporarily suspended", "temporarily is suspended",
+    # "unusual user/account activity", "locked ... as a security precaution").
+    Row(ANY_STATUS, "TEMPORARILY_SUSPENDED", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "temporarily is suspended", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "unusual user activity", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "unusual account activity", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "security precaution", AccountSuspended, _SUSPENDED),
+    # Flagged: Kiro limits how often the account may send "due to suspicious activity" while it
+    # investigates. Sending more only deepens the suspicion: out, like a suspension.
+    Row(429, "suspicious activity", AccountSuspended, _FLAGGED),
+    Row(ANY_STATUS, "suspicious activity", AccountSuspended, _SUSPENDED),
     Row(400, "CONTENT_LENGTH_EXCEEDS_THRESHOLD", ContextLengthExceeded, _TOO_LONG),
     Row(400, "input is too long", ContextLengthExceeded, _TOO_LONG),
     Row(400, "INVALID_MODEL_ID", ModelNotFound, "Kiro does not offer this model to the account."),

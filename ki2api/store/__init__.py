@@ -1,0 +1,1 @@
+"""The gateway's stored state (SQLite in ``DATA_DIR``) and its backup."""
