@@ -210,6 +210,38 @@ async def test_a_lost_login_seen_by_one_replica_is_not_retried_by_the_others(
     assert len(state.refresh_calls) == 1  # the second replica knew without trying
 
 
+async def test_a_conversation_keeps_its_account_whichever_replica_takes_its_next_turn(
+    sim: SimulatorServer, redis_server: RedisServer, replicas: Replicas
+) -> None:
+    state = sim.state
+    main = state.add_account(refresh_token="aorSim-sticky-0001", label="main")
+    spare = state.add_account(refresh_token="aorSim-sticky-0002", label="spare")
+    accounts = orjson.dumps(
+        [
+            {"label": "main", "accessToken": main.access_token},
+            {"label": "spare", "accessToken": spare.access_token},
+        ]
+    ).decode()
+    replicas.start(
+        [replica_settings(sim, redis_server.url, KIRO_ACCOUNTS=accounts) for _ in range(2)]
+    )
+    first, second = replicas.urls
+
+    async def turn(url: str, conversation: str) -> str:
+        headers = {**HEADERS, "x-conversation-id": conversation}
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(url + "/v1/chat/completions", json=BODY, headers=headers)
+        assert answer.status_code == 200
+        return str(state.requests[-1].headers["authorization"])
+
+    assert await turn(first, "conv-sticky-1") == f"Bearer {main.access_token}"
+    assert await turn(second, "conv-other") == f"Bearer {main.access_token}"
+    # The second replica would take the least recently used account, "spare", for a new
+    # conversation; this one served its first turn on "main" over there.
+    assert await turn(second, "conv-sticky-1") == f"Bearer {main.access_token}"
+    assert await turn(second, "conv-new") == f"Bearer {spare.access_token}"
+
+
 # --- limits ---------------------------------------------------------------------------------
 
 
