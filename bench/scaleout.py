@@ -221,4 +221,8 @@ def table(result: ScaleOut) -> str:
 def _busy(run: LoadedRun) -> str:
     busy = {k: v / run.cpu.wall for k, v in run.cpu.by_process.items() if v > 0.005 * run.cpu.wall}
     parts = [f"{k} {v:.2f}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])]
-    return ", ".join(parts) + f"; {sum(busy.values()):.2f} in all"
+    per_request = sum(run.cpu.by_process.values()) / max(1, run.summary.n) * 1e6
+    return (
+        ", ".join(parts)
+        + f"; {sum(busy.values()):.2f} in all, {per_request:,.0f} µs of CPU per request"
+    )
