@@ -44,11 +44,7 @@ def start_servers(
     with_litellm: bool,
 ) -> Servers:
     python = sys.executable
-    sim_argv = [python, "-m", "bench.upstream", "--latency", str(latency)]
-    sim_argv += ["--interval", str(interval), "--chunks", str(chunks)]
-    sim = spawn("simulator", sim_argv, log_dir)
-    stack.callback(sim.stop)
-    sim.url = wait_ready_line(sim, 30)
+    sim = start_simulator(stack, log_dir, latency=latency, interval=interval, chunks=chunks)
     sim_port = sim.url.rsplit(":", 1)[1]
     pipe = spawn("pipe", [python, "-m", "bench.pipe", "--upstream-port", sim_port], log_dir)
     stack.callback(pipe.stop)
@@ -84,6 +80,17 @@ def start_servers(
     return Servers(
         sim, ki2api, pipe, native_hop, native_problem, lite, version if lite else None, problem
     )
+
+
+def start_simulator(
+    stack: ExitStack, log_dir: Path, *, latency: float, interval: float, chunks: int
+) -> Proc:
+    argv = [sys.executable, "-m", "bench.upstream", "--latency", str(latency)]
+    argv += ["--interval", str(interval), "--chunks", str(chunks)]
+    sim = spawn("simulator", argv, log_dir)
+    stack.callback(sim.stop)
+    sim.url = wait_ready_line(sim, 30)
+    return sim
 
 
 def start_native_hop(

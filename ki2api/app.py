@@ -105,7 +105,8 @@ def create_app(
     metrics.add_collector(
         CallbackCollector("ki2api_accounts", "Accounts by state", "state", rt.pool.state_counts)
     )
-    limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
+    # One per app: the page's chats share its buckets (and replicas theirs, with REDIS_URL).
+    limiter = rate_limiter(settings, rt.shared.counters)
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
         Middleware(
@@ -144,6 +145,7 @@ def create_app(
             "accounts_usable": rt.pool.usable_count(),
             "accounts": rt.pool.counts(),  # by state; suspended apart (no labels, no reasons)
             "active_streams": rt.stats.active_streams,
+            "shared_state": rt.shared.status(),  # REDIS_URL: whether Redis answers
         }
         return Response(orjson.dumps(body), media_type="application/json")
 

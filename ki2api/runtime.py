@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -24,8 +25,10 @@ from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.pipeline.gateway import Gateway
-from ki2api.pipeline.stats import RequestStats
+from ki2api.pipeline.stats import RequestRecord, RequestStats
 from ki2api.settings import Settings
+from ki2api.shared import SharedState
+from ki2api.shared.usage import UsageRow, UsageSink
 
 if TYPE_CHECKING:
     from ki2api.simulator import SimulatorServer
@@ -49,6 +52,7 @@ class Runtime:
     stats: RequestStats
     models: AvailableModels
     simulator: SimulatorServer | None = None
+    shared: SharedState = field(default_factory=SharedState)  # REDIS_URL: the replicas' state
     owns_upstream: bool = True
     _ran: bool = False
 
@@ -82,6 +86,15 @@ class Runtime:
             ttl=settings.kiro_models_ttl,
         )
         gateway = Gateway(settings, KiroClient(client, settings), accounts, catalog, stats, models)
+        shared = SharedState.from_settings(settings)
+        if shared.enabled:
+            shared.attach(accounts)
+            gateway.slots.shared = shared.slots
+            models.shared = shared.models
+            if gateway.sticky is not None:  # conversations stick across replicas too
+                gateway.sticky = shared.sticky(gateway.sticky)
+            if shared.usage is not None:
+                stats.listeners.append(count_usage(shared.usage))
         return cls(
             settings=settings,
             upstream=client,
@@ -95,6 +108,7 @@ class Runtime:
             stats=stats,
             models=models,
             simulator=simulator,
+            shared=shared,
             owns_upstream=upstream is None,
         )
 
@@ -110,16 +124,37 @@ class Runtime:
                     "demo mode: answers come from the built-in Kiro simulator at %s",
                     self.simulator.url,
                 )
+            await self.shared.start()  # before the pool: its accounts take the shared tokens
             await self.pool.start()
             self.models.start()  # asks every account for its models, in the background
             yield self
         finally:
             await self.models.aclose()
             await self.pool.aclose()
+            await self.shared.aclose()
             if self.owns_upstream:
                 await self.upstream.aclose()
             if self.simulator is not None:
                 self.simulator.stop()
+
+
+def count_usage(sink: UsageSink) -> Callable[[RequestRecord], None]:
+    """What each finished request spent, counted by day, client key and account."""
+
+    def listener(record: RequestRecord) -> None:
+        sink.add(
+            UsageRow(
+                day=datetime.fromtimestamp(record.finished_at, UTC).strftime("%Y-%m-%d"),
+                key="",  # one key today (API_KEY); the client keys will name theirs
+                account=record.account,
+                requests=1,
+                errors=1 if record.error else 0,
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+            )
+        )
+
+    return listener
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:

@@ -614,6 +614,38 @@ class Settings(BaseSettings):
         "a Hugging Face token that may write `BACKUP_DATASET` (`ki2api deploy` reads it too)",
         secret=True,
     )
+    # --- state shared by replicas (ki2api/shared/); unset: everything stays in the process ---
+    redis_url: str | None = setting(
+        None,
+        "REDIS_URL",
+        "shares tokens, account states, limits and usage between replicas (README, Scaling "
+        "out), e.g. `redis://redis:6379/0`",
+        shown="off: all in the process",
+        must="a redis://, rediss:// or unix:// URL",
+        secret=True,  # it may hold Redis's password
+        zh="多副本通过 Redis 共享状态（见“横向扩展”），例如 `redis://redis:6379/0`；不设置则一切在进程内",
+    )
+    redis_optional: bool = setting(
+        False,
+        "REDIS_OPTIONAL",
+        "`1`: Redis unreachable at start → start on local state with a warning (else exit 2)",
+        zh="设为 `1` 时，启动时连不上 Redis 也先用本地状态启动（带警告）；否则退出（退出码 2）",
+    )
+    redis_timeout: float = setting(
+        0.5,
+        "REDIS_TIMEOUT",
+        "seconds one Redis call may take before the replica serves from its own state",
+        unit="seconds",
+        gt=0,
+        le=30,
+    )
+    redis_prefix: str = setting(
+        "ki2api",
+        "REDIS_PREFIX",
+        "prefix of every Redis key, for deployments sharing one Redis",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        must="1-64 letters, digits and _ . : -",
+    )
     upstream_attempts: int = internal(3, "tries per request across accounts", ge=1)
     image_fetch_timeout: float = internal(10.0, "seconds to fetch an image URL", gt=0)
     keepalive_interval: float = internal(
@@ -641,6 +673,17 @@ class Settings(BaseSettings):
     @classmethod
     def _space_id(cls, value: Any) -> Any:
         return bool(value.strip()) if isinstance(value, str) else value  # SPACE_ID=owner/name
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: Any) -> Any:
+        if isinstance(value, str) and urlsplit(value).scheme.lower() not in (
+            "redis",
+            "rediss",
+            "unix",
+        ):
+            raise ValueError("not a Redis URL")
+        return value
 
     @field_validator("kiro_api_url", "kiro_refresh_url", "kiro_oidc_url", "kiro_mcp_url")
     @classmethod

@@ -13,7 +13,7 @@ from ki2api.kiro.accounts import credits
 from tests.stack import Stack, StackFactory, make_stack_factory
 from tests.tls import TlsFiles
 
-ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
+ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING", "REDIS_")
 ISOLATED_NAMES = {
     "API_KEY",
     "ADMIN_KEY",

@@ -18,6 +18,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ki2api.kiro.wire",),
     ("ki2api.kiro.accounts",),
     ("ki2api.kiro.http",),
+    ("ki2api.shared",),  # state shared by replicas (Redis): implements the accounts' hooks
     ("ki2api.simulator",),  # a stand-in for Kiro: speaks the wire format, nothing above it
     ("ki2api.pipeline",),
     ("ki2api.api",),

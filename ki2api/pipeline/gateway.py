@@ -118,7 +118,7 @@ class DeltaStream:
         self._streamed = request.stream
         self._error: GatewayError | None = None  # what ended the answer early, if anything
         self._cut = False  # the answer ended before the upstream's end (an error, a limit)
-        self._output_tokens = 0
+        self._output_tokens = self._input_tokens = 0
         self._context = current_request.get()
         if self._context is not None:
             self._context.model = model.id
@@ -197,6 +197,7 @@ class DeltaStream:
                 if limiter.stop is not None:
                     usage = parser.usage()
                     self._output_tokens = usage.output_tokens
+                    self._input_tokens = usage.input_tokens
                     batch += (usage, limiter.stop)
                     self._cut = True
                     return batch
@@ -214,6 +215,7 @@ class DeltaStream:
         for delta in self._parser.finish():
             if isinstance(delta, Usage):
                 self._output_tokens = delta.output_tokens
+                self._input_tokens = delta.input_tokens
             if limiter is not None and isinstance(delta, Stop):
                 batch.extend(limiter.flush())
                 delta = limiter.stop or delta
@@ -243,6 +245,7 @@ class DeltaStream:
                     if self.first_delta_at is None
                     else self.first_delta_at - self.started,
                     output_tokens=self._output_tokens,
+                    input_tokens=self._input_tokens,
                     error=None if error is None else str(error.openai_code),
                     streamed=self._streamed,
                 )

@@ -81,6 +81,35 @@ def check_port(host: str, port: int) -> None:
         raise PortUnavailable(f"cannot listen on {host}:{port}: {why}; {hint}") from None
 
 
+class RedisUnavailable(Exception):
+    """``REDIS_URL`` is set and Redis does not answer; the message says what to do, in one line."""
+
+
+def check_redis(settings: Settings) -> None:
+    """With ``REDIS_URL``: Redis must answer before the replica serves (or, with
+    ``REDIS_OPTIONAL=1``, a warning and local state until it does)."""
+    if not settings.redis_url:
+        return
+    from ki2api.shared import masked_url, probe
+
+    problem = probe(settings.redis_url, timeout=max(1.0, settings.redis_timeout * 8))
+    if problem is None:
+        return
+    where = masked_url(settings.redis_url)
+    if settings.redis_optional:
+        log.warning(
+            "Redis at %s does not answer (%s): starting on this replica's own state "
+            "(REDIS_OPTIONAL=1); it joins the shared state when Redis answers",
+            where,
+            problem,
+        )
+        return
+    raise RedisUnavailable(
+        f"cannot reach Redis at {where} ({problem}); start Redis, fix REDIS_URL, or set "
+        "REDIS_OPTIONAL=1 to start on local state"
+    )
+
+
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
     from ki2api.app import create_app
 
@@ -90,6 +119,11 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
     except PortUnavailable as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
+    try:
+        check_redis(settings)
+    except RedisUnavailable as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     app = create_app(settings, with_ui=with_ui)
     shown = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0") else settings.host
     log.info("Ki2API listening on http://%s:%d (API at /v1, UI at /)", shown, settings.port)

@@ -59,8 +59,8 @@ class Playground:
         self.in_flight = 0  # the page's chats holding a pool slot now
 
     def check_key(self, signed: PageKey | None) -> None:
-        """The API's key check and rate limit for a chat on the pool (nothing for a visitor's
-        own token: that spends their own account)."""
+        """The API's key check for a chat on the pool (nothing for a visitor's own token: that
+        spends their own account); :meth:`check_rate` follows."""
         settings = self.checks.settings
         if signed is None:
             if settings.demo:
@@ -77,9 +77,13 @@ class Playground:
                 raise AuthenticationFailed("Incorrect admin key provided.")
         else:
             check_presented_key(signed.key, settings)
-        limiter = self.checks.limiter
-        if limiter is not None:
-            wait = limiter.take(key_digest(signed.key))
+
+    async def check_rate(self, signed: PageKey | None) -> None:
+        """The API's rate limit for a chat on the pool (after :meth:`check_key`), from the
+        same buckets as the API's (the replicas' shared ones when they share state)."""
+        limiter, settings = self.checks.limiter, self.checks.settings
+        if signed is not None and limiter is not None:
+            wait = await limiter.acquire(key_digest(signed.key))
             if wait > 0:
                 raise RateLimited(
                     f"Rate limit of {settings.rate_limit} per API key reached; retry in "

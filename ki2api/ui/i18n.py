@@ -250,6 +250,16 @@ STRINGS: dict[str, tuple[str, str]] = {
     "ttft_p50": ("first token p50", "首字延迟 p50"),
     "active": ("answers in flight", "进行中的回答"),
     "usable": ("usable accounts", "可用账号"),
+    "shared_ok": (
+        "Shared state: Redis, connected ({replicas} replica(s) seen).",
+        "共享状态：Redis 已连接（当前 {replicas} 个副本）。",
+    ),
+    "shared_lost": (
+        "⚠️ Redis unreachable since {since}: this replica serves from its own state (limits "
+        "and cooldowns count per replica) and catches up when Redis returns.",
+        "⚠️ 自 {since} 起无法连接 Redis：本副本暂用自己的状态提供服务（限流和冷却按副本各自计算），"
+        "Redis 恢复后自动同步。",
+    ),
     "plot_title": ("Latency of recent requests", "最近请求的延迟"),
     "plot_x": ("time (your clock)", "时间（本机时钟）"),
     "plot_y": ("seconds", "秒"),

@@ -178,6 +178,7 @@ def make_chat_handler(
         try:
             if own is None:
                 playground.check_key(signed)  # the API's key check and rate limit
+                await playground.check_rate(signed)
             # Nothing goes upstream for a visitor who does not read the answer.
             session = request.session_hash if request is not None else None
             if session is None or not await readers.wait_for_reader(session, READER_GRACE):

@@ -172,7 +172,20 @@ def traffic_summary(rt: Runtime, lang: str) -> str:
     line = "|" + "---|" * len(cells)
     values = "| " + " | ".join(f"**{v}**" for _, v in cells) + " |"
     empty = [] if s.count else ["", t("plot_empty", lang)]
-    return "\n".join([header, line, values, *empty])
+    shared = shared_state_line(rt, lang)
+    return "\n".join([header, line, values, *empty, *(["", shared] if shared else [])])
+
+
+def shared_state_line(rt: Runtime, lang: str) -> str | None:
+    """With ``REDIS_URL``: whether the replicas' shared state answers (None without it)."""
+    status = rt.shared.status()
+    if status.get("backend") != "redis":
+        return None
+    if status.get("connected"):
+        return t("shared_ok", lang, replicas=status.get("replicas") or 1)
+    since = status.get("down_since")
+    when = datetime.fromisoformat(since).strftime("%H:%M:%SZ") if isinstance(since, str) else "?"
+    return t("shared_lost", lang, since=when)
 
 
 def latency_frame_empty() -> pd.DataFrame:

@@ -14,6 +14,10 @@ However many requests find the token stale at once, one refresh runs (a shared t
 cancelled waiter cannot abort); the others wait for it and use its result. Accounts that came
 from a login file re-read it before refreshing (another program may have refreshed already) and
 write refreshed tokens back to it.
+
+Replicas sharing state (``REDIS_URL``, :mod:`ki2api.shared`) hear of each change of state as a
+:class:`StateChange` (``on_change``) and hand back the merged view of the others with
+:meth:`Account.adopt_shared` and :meth:`Account.adopt_tokens`; without it both stay unused.
 """
 
 from __future__ import annotations
@@ -66,6 +70,35 @@ Clock = Callable[[], float]
 
 REFRESH_MARGIN = 300.0  # refresh this long before expiresAt
 REFRESH_FAILURE_COOLDOWN = 15.0  # after a refresh that failed for a reason other than the login
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One change of an account's state, as told to the other replicas: a cooldown (``cool``,
+    of the account or of ``model``) or a new state (``set``: needs_login, disabled, or healthy
+    again by an operator's hand or a new login)."""
+
+    kind: Literal["cool", "set"]
+    state: State
+    reason: str | None = None
+    cause: Cause | None = None
+    model: str | None = None
+    seconds: float = 0.0  # a cooldown's length
+    suspended: bool = False  # disabled because Kiro suspended or flagged the account
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """The replicas' merged view of one account: ``generation`` counts the ``set`` changes
+    (a newer one wins), cooldowns are in seconds from now (the longer one wins)."""
+
+    generation: int
+    state: State
+    reason: str | None
+    cause: Cause | None
+    cooldown: float | None  # the account's, seconds left
+    models: dict[str, tuple[float, str]]  # model -> (seconds left, reason)
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +223,11 @@ class Account:
         clock: Clock = time.monotonic,
         login_file: LoginFile | None = None,
         min_interval_ms: float | None = None,
+        on_change: Callable[[Account, StateChange], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_change = on_change  # told of every change of state (replicas share them)
+        self.generation = 0  # the last shared ``set`` change this account took or made
         self._settings = settings
         self._refresher = refresher
         self._clock = clock
@@ -314,6 +350,7 @@ class Account:
             return
         self.state, self.reason, self.cause, self._until = "cooling_down", reason, cause, until
         log.info("account %s cooling down for %.1fs: %s", self.label, seconds, reason)
+        self._changed(StateChange("cool", self.state, reason, cause, None, seconds))
 
     def cool_model(self, model: str, seconds: float, reason: str) -> None:
         """Keep ``model`` off this account for ``seconds``; other models are not affected."""
@@ -323,6 +360,7 @@ class Account:
             return
         self._models[model] = Cooldown(model, "capacity", reason, until)
         log.info("account %s: %s cooling down for %.1fs: %s", self.label, model, seconds, reason)
+        self._changed(StateChange("cool", self.state, reason, "capacity", model, seconds))
 
     def note_throttle(self, model: str | None, window: float) -> int:
         """Count a throttle of the account (``model`` None) or of one model's capacity; return
@@ -337,6 +375,7 @@ class Account:
         self.state, self.reason, self.cause, self._until = "needs_login", reason, None, None
         self.suspended = False
         log.warning("account %s needs a new Kiro login: %s", self.label, reason)
+        self._changed(StateChange("set", "needs_login", reason))
 
     def disable(self, reason: str, *, suspended: bool = False) -> None:
         self.state, self.reason, self.cause, self._until = "disabled", reason, None, None
@@ -344,11 +383,54 @@ class Account:
         log.warning(
             "account %s %s: %s", self.label, "suspended" if suspended else "disabled", reason
         )
+        self._changed(StateChange("set", "disabled", reason, suspended=suspended))
 
     def enable(self) -> None:
         self._set_healthy()
         self._models.clear()
         self._streaks.clear()
+        self._changed(StateChange("set", "healthy"))
+
+    def _changed(self, change: StateChange) -> None:
+        if self.on_change is not None:
+            self.on_change(self, change)
+
+    def adopt_shared(self, shared: SharedState) -> None:
+        """Take the other replicas' view: a newer ``set`` change (by generation), and any
+        cooldown longer than ours. Tells nobody (it came from them)."""
+        now = self._clock()
+        if shared.generation > self.generation:
+            self.generation = shared.generation
+            if shared.state in ("needs_login", "disabled"):
+                if self.state != shared.state or self.reason != shared.reason:
+                    log.warning(
+                        "account %s: %s (seen by another replica): %s",
+                        self.label,
+                        shared.state.replace("_", " "),
+                        shared.reason,
+                    )
+                self.state, self.reason, self.cause, self._until = (
+                    shared.state,
+                    shared.reason,
+                    None,
+                    None,
+                )
+                self.suspended = shared.suspended
+            elif self.state in ("needs_login", "disabled"):
+                self._set_healthy()
+                self._models.clear()
+                log.info("account %s is back in rotation (by another replica)", self.label)
+        if shared.cooldown is not None and shared.cooldown > 0 and shared.cause is not None:
+            until = now + shared.cooldown
+            mine = self._until if self.state == "cooling_down" else None
+            if self.state in ("healthy", "cooling_down") and (mine is None or mine < until):
+                self.state, self.reason, self.cause = "cooling_down", shared.reason, shared.cause
+                self._until = until
+        for model, (seconds, reason) in shared.models.items():
+            until = now + seconds
+            current = self._models.get(model)
+            if seconds > 0 and (current is None or current.until < until):
+                self._models[model] = Cooldown(model, "capacity", reason, until)
 
     def record_error(self, error: GatewayError | str) -> None:
         self.errors += 1
@@ -454,6 +536,7 @@ class Account:
         self._force_refresh = False
         if self.state in ("needs_login", "disabled"):
             self._set_healthy()  # a new login revives the account
+            self._changed(StateChange("set", "healthy"))
         log.info(
             "account %s: picked up new tokens from %s (token %s)",
             self.label,
@@ -467,6 +550,36 @@ class Account:
             return False
         mine, theirs = self.spec.expires_at, other.expires_at
         return mine is not None and theirs is not None and theirs < mine - timedelta(minutes=1)
+
+    async def adopt_tokens(self, result: RefreshResult) -> bool:
+        """Tokens another replica refreshed (shared state): used from now on and written to
+        the login file, if any; True if they were new to this account."""
+        if (result.access_token, result.refresh_token or self.spec.refresh_token) == (
+            self.spec.access_token,
+            self.spec.refresh_token,
+        ):
+            return False
+        self.spec = replace(
+            self.spec,
+            access_token=result.access_token,
+            refresh_token=result.refresh_token or self.spec.refresh_token,
+            expires_at=result.expires_at,
+            profile_arn=result.profile_arn or self.spec.profile_arn,
+        )
+        self._force_refresh = False
+        self._refresh_backoff_until = 0.0
+        if self.state == "needs_login":
+            self._set_healthy()  # a new login
+            self._changed(StateChange("set", "healthy"))
+        elif self.state == "cooling_down" and self.cause == "refresh":
+            self._set_healthy()  # the refresh that failed here worked there
+        log.info(
+            "account %s: took the tokens another replica refreshed (token %s)",
+            self.label,
+            mask_secret(result.access_token),
+        )
+        await self._write_back(result)
+        return True
 
     async def _write_back(self, result: RefreshResult) -> None:
         path = self.spec.token_file

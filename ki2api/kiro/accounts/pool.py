@@ -39,6 +39,10 @@ Throttles answered while a cooldown runs were sent before it started: they do no
 Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accounts.account`.
 Its remaining credits are asked on demand (``fetch_usage``) and, with ``KIRO_USAGE_REFRESH``,
 in the background (:mod:`ki2api.kiro.accounts.credits`).
+
+Replicas share their accounts through ``pool.sharing`` (a :class:`PoolSharing`, set by
+:mod:`ki2api.shared` when ``REDIS_URL`` is set): the pool's accounts refresh through it (one
+replica at a time) and tell it each change of state. Without it nothing leaves the process.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from ki2api.kiro.accounts.account import (
     Clock,
     Cooldown,
     Refresher,
+    StateChange,
 )
 from ki2api.kiro.accounts.credentials import (
     LABEL_PATTERN,
@@ -148,6 +153,18 @@ class OneClient:
 
     def for_proxy(self, proxy: str | None) -> httpx.AsyncClient:
         return self.http
+
+
+class PoolSharing(Protocol):
+    """What replicas share of a pool (:mod:`ki2api.shared` implements it over Redis)."""
+
+    async def refresh(self, spec: AccountSpec, refresher: Refresher) -> RefreshResult:
+        """The account's new tokens: refreshed with ``refresher`` by one replica at a time."""
+        ...
+
+    def changed(self, account: Account, change: StateChange) -> None:
+        """``account``'s state changed here (a cooldown, a login lost, ...): tell the others."""
+        ...
 
 
 class Lease:
@@ -285,6 +302,17 @@ class AccountPool:
         self._next_default_check = 0.0
         self._closing: set[asyncio.Future[None]] = set()
         self.credits = CreditsRefresher(self, every=settings.kiro_usage_refresh)
+        self.sharing: PoolSharing | None = None  # set when replicas share state (REDIS_URL)
+
+    async def _refresh_shared(self, spec: AccountSpec) -> RefreshResult:
+        """A pool account's refresh: through the replicas' sharing when there is one."""
+        if self.sharing is not None:
+            return await self.sharing.refresh(spec, self._refresher)
+        return await self._refresher(spec)
+
+    def _account_changed(self, account: Account, change: StateChange) -> None:
+        if self.sharing is not None and self._accounts.get(account.label) is account:
+            self.sharing.changed(account, change)
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
         return await refresh_tokens(self._http.for_proxy(spec.proxy), self._settings, spec)
@@ -328,10 +356,11 @@ class AccountPool:
         account = Account(
             src.spec,
             settings=self._settings,
-            refresher=self._refresher,
+            refresher=self._refresh_shared,
             clock=self._clock,
             login_file=src.login_file,
             min_interval_ms=src.min_interval_ms,
+            on_change=self._account_changed,
         )
         if src.missing_reason is not None:
             account.set_needs_login(src.missing_reason)
@@ -681,6 +710,13 @@ class AccountPool:
 
     def labels(self) -> list[str]:
         return list(self._accounts)
+
+    def account(self, label: str) -> Account | None:
+        """The live account (for state sharing between replicas), or None."""
+        return self._accounts.get(label)
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts.values())
 
     def secrets(self) -> list[str]:
         """Every secret the accounts hold now (tokens, OIDC client secrets), for leak checks
