@@ -7,6 +7,10 @@ Gradio UI, in front of the benchmark's simulator, with one account and no per-ac
 ``bench/teams.py`` adds ``--accounts 4 --admin-key K`` (several accounts; keys made through the
 admin API) and ``--unaccounted`` (client keys and usage accounting switched off: the baseline
 the accounting is measured against).
+
+The scale-out phase (:mod:`bench.scaleout`) runs it with ``--redis-url`` (shared state), and
+with ``--cap`` / ``--rate-limit`` so that every request takes the per-request paths that
+shared state changes (a place in the account's cap, a token from the key's bucket).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from bench.contenders import CONTENDERS, use_contender
 from ki2api.model.context import RequestContext
 from ki2api.server.run import serve
 from ki2api.settings import Settings
@@ -29,6 +34,7 @@ def settings_for(
     upstream: str,
     port: int,
     log_level: str,
+    extra: dict[str, str] | None = None,
     *,
     accounts: int = 1,
     admin_key: str | None = None,
@@ -45,6 +51,7 @@ def settings_for(
         "MAX_CONCURRENT_PER_ACCOUNT": "0",
         "HOST": "127.0.0.1",
         "PORT": str(port),
+        **(extra or {}),
     }
     if accounts > 1:
         del env["KIRO_ACCESS_TOKEN"]
@@ -83,13 +90,33 @@ def main() -> None:
     parser.add_argument(
         "--unaccounted", action="store_true", help="no client keys and no usage accounting"
     )
+    parser.add_argument(
+        "--client",
+        choices=CONTENDERS,
+        help="the upstream HTTP client to use instead of the app's own (bench/contenders.py)",
+    )
+    parser.add_argument("--redis-url", help="share state through this Redis (REDIS_URL)")
+    parser.add_argument("--cap", type=int, default=0, help="MAX_CONCURRENT_PER_ACCOUNT")
+    parser.add_argument("--rate-limit", help="RATE_LIMIT, e.g. 10000000/minute")
     args = parser.parse_args()
+    if args.client:
+        use_contender(args.client)
     if args.unaccounted:
-        import ki2api.app
+        import ki2api.runtime
 
-        ki2api.app.Teams = Unaccounted  # type: ignore[misc]
+        ki2api.runtime.Teams = Unaccounted  # type: ignore[misc]
+    extra = {"MAX_CONCURRENT_PER_ACCOUNT": str(args.cap)}
+    if args.redis_url:
+        extra["REDIS_URL"] = args.redis_url
+    if args.rate_limit:
+        extra["RATE_LIMIT"] = args.rate_limit
     settings = settings_for(
-        args.upstream, args.port, args.log_level, accounts=args.accounts, admin_key=args.admin_key
+        args.upstream,
+        args.port,
+        args.log_level,
+        extra,
+        accounts=args.accounts,
+        admin_key=args.admin_key,
     )
     serve(settings, with_ui=False)
 

@@ -11,13 +11,17 @@ in its own process, then measures from this process (the client):
 3. the throughput frontier: open-loop request rates stepped up until the added p99 passes
    50 ms;
 4. memory: RSS idle, with many slow streams open at once, and after they close;
-5. the event-stream decoder against botocore (``bench/decoder.py``).
+5. the event-stream decoder against botocore (``bench/decoder.py``);
+6. the upstream HTTP clients side by side, each in its own gateway (``bench/clients.py``).
+7. scale-out (``bench/scaleout.py``): one replica without Redis, one with, two behind nginx
+   with Redis: what shared state adds, and the two replicas' throughput ratio.
 
 It prints tables and (in full mode, or with ``--write``) writes the "Gateway overhead"
 section of docs/benchmarks.md and docs/benchmark-latency.png.
 
     python -m bench --quick       # about 3 minutes (after LiteLLM's one-off install)
     python -m bench               # full run, about 17 minutes; writes the doc and the plot
+    python -m bench --scale-out-only --quick    # the scale-out phase alone, about 1 minute
 """
 
 from __future__ import annotations
@@ -32,13 +36,13 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
-from bench import decoder, targets
+from bench import decoder, scaleout, targets
 from bench.client import Target
 from bench.document import section
 from bench.load import Clients
 from bench.phases import CpuMeter, check, concurrent, frontier, memory, sequential, touched
 from bench.plot import plot
-from bench.procs import can_track_references, process_tree, rss_bytes
+from bench.procs import Proc, can_track_references, process_tree, rss_bytes
 from bench.report import (
     DOC,
     PAUSED,
@@ -50,7 +54,7 @@ from bench.report import (
     touched_table,
     write_section,
 )
-from bench.servers import Servers, start_servers
+from bench.servers import Servers, start_servers, start_simulator
 
 QUICK = dict(sequential=30, concurrent=4, rates=(10, 100, 200, 300), step=2.0, samples=0,
              slow=0.5, iterations=100, repeats=3, paused=5, touched=4)  # fmt: skip
@@ -75,7 +79,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--streams", type=int, default=1000, help="slow streams in the memory test")
     p.add_argument("--no-litellm", action="store_true", help="leave LiteLLM out")
     p.add_argument(
-        "--skip", default="", help="phases to skip: pause,touched,frontier,memory,decoder"
+        "--skip",
+        default="",
+        help="phases to skip: pause,touched,frontier,memory,decoder,clients,scaleout",
+    )
+    p.add_argument(
+        "--scale-out-only",
+        action="store_true",
+        help="run only the scale-out phase (needs redis-server and nginx)",
     )
     write = p.add_mutually_exclusive_group()
     write.add_argument("--write", action="store_true", help="write the doc and plot")
@@ -234,6 +245,44 @@ async def touched_phase(
     _print("Memory touched per request:", touched_table(report))
 
 
+def clients_phase(stack: ExitStack, log_dir: Path, upstream: str, *, quick: bool) -> None:
+    from bench import clients
+
+    print("\nupstream HTTP clients, each in its own gateway ...", flush=True)
+    gateways = clients.start_contenders(stack, log_dir, upstream)
+    print(clients.table(clients.run(upstream, gateways, quick=quick)), flush=True)
+
+
+def run_scale_out(cfg: RunConfig, log_dir: Path) -> None:
+    with ExitStack() as stack:
+        sim = start_simulator(
+            stack, log_dir, latency=cfg.latency, interval=cfg.interval, chunks=cfg.chunks
+        )
+        scale_out_phase(stack, cfg, log_dir, sim)
+
+
+def scale_out_phase(stack: ExitStack, cfg: RunConfig, log_dir: Path, sim: Proc) -> None:
+    """Started only now: its three gateways and Redis stay out of the other phases' figures."""
+    problem = scaleout.missing()
+    if problem is not None:
+        print(f"!! no scale-out phase in this run: {problem}", flush=True)
+        return
+    fleet = scaleout.start(stack, log_dir, sim)
+    result: list[scaleout.ScaleOut] = []
+
+    async def run() -> None:
+        clients = Clients()
+        try:
+            result.append(
+                await scaleout.measure(clients, fleet, cfg.sequential_count, cfg.concurrency)
+            )
+        finally:
+            clients.close()
+
+    run_loop(run())
+    _print("Scale-out (streamed OpenAI requests):", scaleout.table(result[0]))
+
+
 def run_loop(coro: object) -> None:
     try:
         import uvloop
@@ -252,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     print(f"ki2api bench ({cfg.mode}); server logs in {log_dir}", flush=True)
 
+    if args.scale_out_only:
+        run_scale_out(cfg, log_dir)
+        return
     with ExitStack() as stack:
         servers = start_servers(
             stack,
@@ -269,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"!! LiteLLM is not part of this run: {servers.litellm_problem}", flush=True)
         report.idle_at_start_mb = rss_bytes(servers.ki2api.pid) / 1024 / 1024
         run_loop(measure(servers, cfg, report, skip))
+        if "clients" not in skip:
+            clients_phase(stack, log_dir, servers.sim.url, quick=args.quick)
+        if "scaleout" not in skip:
+            scale_out_phase(stack, cfg, log_dir, servers.sim)
 
     if "decoder" not in skip:
         print("\ndecoder vs botocore ...", flush=True)

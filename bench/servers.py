@@ -44,11 +44,7 @@ def start_servers(
     with_litellm: bool,
 ) -> Servers:
     python = sys.executable
-    sim_argv = [python, "-m", "bench.upstream", "--latency", str(latency)]
-    sim_argv += ["--interval", str(interval), "--chunks", str(chunks)]
-    sim = spawn("simulator", sim_argv, log_dir)
-    stack.callback(sim.stop)
-    sim.url = wait_ready_line(sim, 30)
+    sim = start_simulator(stack, log_dir, latency=latency, interval=interval, chunks=chunks)
     sim_port = sim.url.rsplit(":", 1)[1]
     pipe = spawn("pipe", [python, "-m", "bench.pipe", "--upstream-port", sim_port], log_dir)
     stack.callback(pipe.stop)
@@ -86,24 +82,42 @@ def start_servers(
     )
 
 
+def start_simulator(
+    stack: ExitStack, log_dir: Path, *, latency: float, interval: float, chunks: int
+) -> Proc:
+    argv = [sys.executable, "-m", "bench.upstream", "--latency", str(latency)]
+    argv += ["--interval", str(interval), "--chunks", str(chunks)]
+    sim = spawn("simulator", argv, log_dir)
+    stack.callback(sim.stop)
+    sim.url = wait_ready_line(sim, 30)
+    return sim
+
+
 def start_native_hop(
-    stack: ExitStack, log_dir: Path, upstream_port: str
+    stack: ExitStack, log_dir: Path, upstream_port: str, delay_us: int = 0
 ) -> tuple[Proc | None, str | None]:
-    """Compile and start ``bench/native_hop.c``; (None, why) without a C compiler."""
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        return None, "no C compiler (cc, gcc or clang) on this machine"
+    """Compile (once per ``log_dir``) and start ``bench/native_hop.c``; (None, why) without a C
+    compiler. ``delay_us``: a wire with that delay each way instead of a plain hop."""
     binary = log_dir / "native_hop"
-    source = REPO / "bench" / "native_hop.c"
-    built = subprocess.run(
-        [compiler, "-O2", "-pthread", "-o", str(binary), str(source)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if built.returncode != 0:
-        return None, f"{compiler} could not build it: {built.stderr.strip()[:300]}"
-    hop = spawn("native-hop", [str(binary), str(free_port()), upstream_port], log_dir)
+    if not binary.exists():
+        compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if compiler is None:
+            return None, "no C compiler (cc, gcc or clang) on this machine"
+        source = REPO / "bench" / "native_hop.c"
+        built = subprocess.run(
+            [compiler, "-O2", "-pthread", "-o", str(binary), str(source)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if built.returncode != 0:
+            return None, f"{compiler} could not build it: {built.stderr.strip()[:300]}"
+    argv = [str(binary), str(free_port()), upstream_port]
+    name = "native-hop"
+    if delay_us:
+        argv.append(str(delay_us))
+        name = f"wire-{upstream_port}"
+    hop = spawn(name, argv, log_dir)
     stack.callback(hop.stop)
     hop.url = wait_ready_line(hop, 30)
     return hop, None

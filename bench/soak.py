@@ -270,10 +270,10 @@ def snapshot(gateway: GatewayThread, sim: SimulatorServer, app: Any) -> dict[str
         "pooled_upstream": pooled,
         "other_sockets": open_sockets() - 2 * pooled,
         "upstream_open": sim.state.open_streams,
-        "active": app.state.runtime.stats.active_streams,
+        "active": app.runtime.stats.active_streams,
         "gc_objects": len(gc.get_objects()),
         # The UI's recent-requests buffer (bounded, 5,000 records) fills up during a run.
-        "stats_records": len(app.state.runtime.stats._records),
+        "stats_records": len(app.runtime.stats._records),
         "rss_mb": round(rss_mb(), 1),
     }
 
@@ -284,7 +284,7 @@ def settle(gateway: GatewayThread, sim: SimulatorServer, app: Any, timeout: floa
     while time.monotonic() < deadline:
         if (
             sim.state.open_streams == 0
-            and app.state.runtime.stats.active_streams == 0
+            and app.runtime.stats.active_streams == 0
             and gateway.connections() == 0
         ):
             break

@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, cast
 
-import httpx
 import orjson
 from fastapi import FastAPI, Request
 from starlette.middleware import Middleware
@@ -25,7 +22,6 @@ from ki2api.api.anthropic.router import (
     AnthropicMessagesDoor,
     create_anthropic_router,
 )
-from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import check_metrics_access
 from ki2api.api.body_limit import BodyLimitMiddleware
 from ki2api.api.endpoint import ChatEndpoint
@@ -41,46 +37,17 @@ from ki2api.api.observability import (
     ObservabilityMiddleware,
 )
 from ki2api.api.openai_chat.router import CHAT_PATH, OpenAIChatDoor, create_openai_router
-from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.router import RESPONSES_PATH, ResponsesDoor, create_responses_router
-from ki2api.api.responses.serving import ResponsesService
-from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
-from ki2api.kiro.accounts.kept import StoredAccounts
-from ki2api.kiro.accounts.kept import restore as restore_accounts
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.accounts.usage_watch import UsageWatch
-from ki2api.kiro.http.client import KiroClient, create_http_client
-from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
+from ki2api.kiro.http.client import UpstreamHttp
+from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
-from ki2api.pipeline.gateway import Gateway
-from ki2api.pipeline.stats import RequestStats
+from ki2api.runtime import Runtime
 from ki2api.settings import Settings
 from ki2api.teams.gate import Teams
-from ki2api.teams.manage import KeyAdmin
 
 log = logging.getLogger("ki2api")
-
-DEMO_ACCESS_TOKEN = "demo-access-token"
-
-
-@dataclass
-class Runtime:
-    """What the lifespan builds; routes and the UI reach it through ``app.state.runtime``."""
-
-    settings: Settings  # effective settings (demo mode points the URLs at the simulator)
-    http: httpx.AsyncClient
-    pool: AccountPool
-    gateway: Gateway
-    catalog: ModelCatalog
-    chat: ChatCompletionsService
-    messages: MessagesService
-    responses: ResponsesService
-    stats: RequestStats
-    models: AvailableModels | None = None
-    simulator: Any = None
-    teams: Teams | None = None  # client keys, limits, usage (ki2api.teams; stored in DATA_DIR)
-    keys: KeyAdmin | None = None  # their management as plain data (the page's admin section)
 
 
 class Ki2API(FastAPI):
@@ -91,6 +58,7 @@ class Ki2API(FastAPI):
     FastAPI as well (the OpenAPI schema, 405s for other methods)."""
 
     lane: Mapping[str, ASGIApp] = MappingProxyType({})  # set by create_app
+    runtime: Runtime  # set by create_app; the parts every route and the page use
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -101,115 +69,23 @@ class Ki2API(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def demo_settings(settings: Settings, simulator_url: str) -> Settings:
-    return replace(
-        settings,
-        kiro_api_url=f"{simulator_url}/generateAssistantResponse",
-        kiro_refresh_url=f"{simulator_url}/refreshToken",
-        kiro_oidc_url=f"{simulator_url}/token",
-        kiro_mcp_url=f"{simulator_url}/mcp",
-        kiro_access_token=DEMO_ACCESS_TOKEN,
-        kiro_refresh_token=None,
-        kiro_accounts=None,
-        kiro_token_file_explicit=False,
-        kiro_token_file=settings.kiro_token_file.with_name("ki2api-demo-no-such-file.json"),
-    )
-
-
-def catalog_from_settings(settings: Settings) -> ModelCatalog:
-    """The built-in table with the operator's MODEL_ALIASES and MODEL_FALLBACK."""
-    try:
-        aliases = parse_aliases(settings.model_aliases)
-    except ValueError as exc:
-        log.error("MODEL_ALIASES ignored: %s", exc)
-        aliases = {}
-    return ModelCatalog(aliases=aliases, fallback=settings.model_fallback)
-
-
 def create_app(
     settings: Settings,
     *,
-    http: httpx.AsyncClient | None = None,
+    upstream: UpstreamHttp | None = None,
     pool: AccountPool | None = None,
     catalog: ModelCatalog | None = None,
     with_ui: bool = True,
     teams: Teams | None = None,
 ) -> Ki2API:
-    """Build the app. Tests may inject the HTTP client, the account pool, the model table or
-    the client keys (``teams``, e.g. on an in-memory store)."""
-    catalog = catalog or catalog_from_settings(settings)
-    # --- client keys (ki2api.teams): built here, opened by the lifespan ---
-    teams = teams or Teams(settings)
-    built: list[Runtime] = [cast(Runtime, None)]  # the lifespan's Runtime, once it has run
+    """Build the app. Tests may inject the upstream connections, the account pool, the model
+    table or the client keys (``teams``, e.g. on an in-memory store)."""
+    rt = Runtime.build(settings, upstream=upstream, pool=pool, catalog=catalog, teams=teams)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await teams.open()  # a damaged or newer database stops the start here (StoreError)
-        simulator = None
-        effective = settings
-        if settings.demo:
-            from ki2api.simulator import SimulatorServer
-
-            simulator = SimulatorServer()
-            simulator.start()
-            effective = demo_settings(settings, simulator.url)
-            log.info(
-                "demo mode: answers come from the built-in Kiro simulator at %s", simulator.url
-            )
-        client = http or create_http_client(effective)
-        accounts = pool or AccountPool.from_settings(effective, client)
-        # --- accounts added at run time: back from the store, and kept there (kiro/accounts/kept)
-        kept = StoredAccounts(teams.store)
-        if not settings.demo:  # the demo's pool is the simulator's
-            await restore_accounts(accounts, teams.store)
-        accounts.keeper = kept
-        await accounts.start()
-        stats = RequestStats()
-        models = AvailableModels(
-            accounts,
-            catalog,
-            lambda credential: fetch_model_list(client, effective, catalog, credential),
-            ttl=effective.kiro_models_ttl,
-        )
-        models.start()  # asks every account for its models, in the background
-        credits = UsageWatch(accounts, effective.kiro_usage_refresh)
-        credits.start()  # and for its remaining credits (getUsageLimits), every so often
-        gateway = Gateway(
-            effective,
-            KiroClient(client, effective),
-            accounts,
-            catalog,
-            stats,
-            models,
-            admission=teams,
-        )
-        app.state.runtime = built[0] = Runtime(
-            settings=effective,
-            http=client,
-            pool=accounts,
-            gateway=gateway,
-            catalog=catalog,
-            chat=ChatCompletionsService(gateway),
-            messages=MessagesService(gateway),
-            responses=ResponsesService(gateway),
-            stats=stats,
-            models=models,
-            simulator=simulator,
-            teams=teams,
-            keys=KeyAdmin(teams),
-        )
-        try:
+        async with rt.run():
             yield
-        finally:
-            await credits.aclose()
-            await models.aclose()
-            await accounts.aclose()
-            if http is None:
-                await client.aclose()
-            if simulator is not None:
-                simulator.stop()
-            await kept.aclose()
-            await teams.aclose()  # writes the usage still in the batch
 
     app = Ki2API(
         title="Ki2API",
@@ -218,16 +94,13 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
+    app.runtime = rt
 
-    def runtime() -> Runtime:
-        return built[0]  # not app.state's __getattr__: this runs twice per request
-
-    images = ImageLoaderFactory(settings, lambda: runtime().http)
-    chat = ChatEndpoint(OpenAIChatDoor(lambda: runtime().chat, images), settings, teams)
-    messages = ChatEndpoint(
-        AnthropicMessagesDoor(settings, lambda: runtime().messages, images), settings, teams
-    )
-    responses = ChatEndpoint(ResponsesDoor(lambda: runtime().responses, images), settings, teams)
+    images = ImageLoaderFactory(settings, rt.http)
+    teams = rt.teams  # client keys: checked at every door, their limits in Gateway.open
+    chat = ChatEndpoint(OpenAIChatDoor(rt.chat, images), settings, teams)
+    messages = ChatEndpoint(AnthropicMessagesDoor(settings, rt.messages, images), settings, teams)
+    responses = ChatEndpoint(ResponsesDoor(rt.responses, images), settings, teams)
 
     metrics = Metrics()
     metrics.add_collector(
@@ -235,16 +108,15 @@ def create_app(
             "ki2api_active_streams",
             "Answers in flight",
             "kind",
-            lambda: {"all": float(runtime().stats.active_streams)},
+            lambda: {"all": float(rt.stats.active_streams)},
         )
     )
     metrics.add_collector(
-        CallbackCollector(
-            "ki2api_accounts", "Accounts by state", "state", lambda: _account_states(runtime())
-        )
+        CallbackCollector("ki2api_accounts", "Accounts by state", "state", rt.pool.state_counts)
     )
     metrics.add_collector(KeyUsageCollector(lambda: teams.totals))
-    limiter = rate_limiter(settings)  # one per app: the page's chats share its buckets
+    # One per app: the page's chats share its buckets (and replicas theirs, with REDIS_URL).
+    limiter = rate_limiter(settings, rt.shared.counters)
     # Outermost first. Observability wraps the limits, so 429s get a request id too.
     api_middleware = [
         Middleware(
@@ -276,13 +148,14 @@ def create_app(
 
     @app.get("/health")
     async def health() -> Response:
-        rt = runtime()
         body = {
             "status": "ok" if rt.pool.has_accounts() else "no_accounts",  # 200 either way
             "version": __version__,
             "demo": settings.demo,
             "accounts_usable": rt.pool.usable_count(),
+            "accounts": rt.pool.counts(),  # by state; suspended apart (no labels, no reasons)
             "active_streams": rt.stats.active_streams,
+            "shared_state": rt.shared.status(),  # REDIS_URL: whether Redis answers
         }
         return Response(orjson.dumps(body), media_type="application/json")
 
@@ -294,17 +167,13 @@ def create_app(
             return openai_error_response(exc)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
-    app.include_router(create_openai_router(settings, chat, lambda: catalog))
-    app.include_router(create_models_router(settings, lambda: catalog, teams))
-    app.include_router(
-        create_anthropic_router(settings, messages, lambda: runtime().messages, images, teams)
-    )
+    app.include_router(create_openai_router(settings, chat, rt.catalog))
+    app.include_router(create_models_router(settings, rt.catalog, teams))
+    app.include_router(create_anthropic_router(settings, messages, rt.messages, images, teams))
     app.include_router(create_responses_router(responses))
-    app.include_router(create_admin_router(lambda: runtime().pool, settings))
-    app.include_router(
-        create_admin_models_router(settings, lambda: catalog, lambda: runtime().models)
-    )
-    app.include_router(create_admin_keys_router(lambda: KeyAdmin(teams), settings))
+    app.include_router(create_admin_router(rt.pool, settings))
+    app.include_router(create_admin_models_router(settings, rt.catalog, rt.models))
+    app.include_router(create_admin_keys_router(rt.keys, settings))
 
     if with_ui:
         from ki2api.ui import mount_ui  # imported here: Gradio takes seconds to import
@@ -313,7 +182,7 @@ def create_app(
         install_api_fallback(app)  # last API route: /v1/* never reaches the page
         # the page's chats pass the API's checks (and client keys' limits)
         checks = ApiChecks(settings, metrics, limiter, teams)
-        mount_ui(app, settings, runtime, checks)  # mounts on this app (and returns it)
+        mount_ui(app, settings, rt, checks)  # mounts on this app (and returns it)
     # Added innermost first: the page's guard (by mount_ui), then the body limit around it
     # (every route but the chat lane, which counts its own bytes: the API's limit under /v1
     # and /admin, the page's elsewhere), then the API middleware around everything.
@@ -336,11 +205,3 @@ def _wrapped(endpoint: ASGIApp, middleware: list[Middleware]) -> ASGIApp:
     for cls, args, kwargs in reversed(middleware):
         endpoint = cls(endpoint, *args, **kwargs)
     return endpoint
-
-
-def _account_states(rt: Runtime) -> dict[str, float]:
-    counts: dict[str, float] = {}
-    for account in rt.pool.snapshot():
-        state = str(getattr(account, "state", "unknown")).split(":")[0]
-        counts[state] = counts.get(state, 0) + 1
-    return counts

@@ -1,5 +1,5 @@
 """The ``ki2api`` command (also ``python -m ki2api``): serve, simulate, accounts, keys, usage,
-deploy.
+settings, deploy.
 
 Each subcommand is a thin shell over a module that does the work; imports are lazy so that
 ``--help`` is instant and a broken optional part never stops the others.
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from ki2api import __version__
 
@@ -20,8 +21,8 @@ DESCRIPTION = "OpenAI- and Anthropic-compatible gateway to the Claude models beh
 
 def _port(value: str) -> int:
     port = int(value)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535)")
+    if not 1 <= port <= 65535:  # as PORT (ki2api/settings.py)
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1-65535)")
     return port
 
 
@@ -63,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _key_commands(sub)
+    settings = sub.add_parser(
+        "settings",
+        help="check the settings in the environment (secrets masked)",
+        description="Read the settings from the environment as `serve` would and list them, "
+        "secrets masked; each bad value is one line and exit code 2. --markdown prints the "
+        "README's settings table instead.",
+    )
+    settings.add_argument(
+        "--markdown",
+        nargs="?",
+        const="en",
+        choices=["en", "zh"],
+        help="print the README's table of every setting (zh: the Chinese one)",
+    )
+    settings.add_argument(
+        "--update-readme",
+        nargs="?",
+        const=Path("README.md"),
+        type=Path,
+        metavar="PATH",
+        help="rewrite the generated tables in README.md (or PATH) from the declarations",
+    )
 
     deploy = sub.add_parser(
         "deploy",
@@ -240,12 +263,12 @@ async def _run_keys(args: argparse.Namespace) -> int:
     import orjson
 
     from ki2api.model.errors import GatewayError
-    from ki2api.settings import Settings
+    from ki2api.server.run import settings_or_exit
     from ki2api.store import StoreError
     from ki2api.teams.gate import Teams
     from ki2api.teams.manage import KeyAdmin, usage_csv
 
-    teams = Teams(Settings.from_env())
+    teams = Teams(settings_or_exit())
     try:
         await teams.open()
     except StoreError as exc:
@@ -357,17 +380,16 @@ def _print_usage(rows: list[dict[str, object]]) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ki2api.server.run import serve
-    from ki2api.settings import Settings
+    from ki2api.server.run import serve, settings_or_exit
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.host:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
     if args.demo:
         overrides["demo"] = True
-    serve(Settings.from_env(None, **overrides))
+    serve(settings_or_exit(**overrides))
     return 0
 
 
@@ -392,13 +414,13 @@ def _accounts(args: argparse.Namespace) -> int:
 
 async def _list_accounts(*, refresh: bool) -> int:
     from ki2api.kiro.accounts.pool import NOT_CONFIGURED_MESSAGE, AccountPool
-    from ki2api.kiro.http.client import create_http_client
+    from ki2api.kiro.http.client import UpstreamHttp
     from ki2api.model.errors import GatewayError
-    from ki2api.settings import Settings
+    from ki2api.server.run import settings_or_exit
 
-    settings = Settings.from_env()
+    settings = settings_or_exit()
     failed = False
-    async with create_http_client(settings) as http:
+    async with UpstreamHttp(settings) as http:
         pool = AccountPool.from_settings(settings, http)
         try:
             for problem in pool.problems:
@@ -417,7 +439,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         print(f"could not refresh {status.label}: {exc.message}", file=sys.stderr)
                 statuses = pool.snapshot()
             _print_table(
-                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"],
+                ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "PROXY", "STATE"],
                 [
                     [
                         s.label,
@@ -425,6 +447,7 @@ async def _list_accounts(*, refresh: bool) -> int:
                         s.auth_method,
                         s.token,
                         _expiry(s.expires_at),
+                        s.proxy or ("default" if settings.kiro_proxy else "-"),
                         s.description,
                     ]
                     for s in statuses
@@ -461,6 +484,54 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         )
 
 
+def _settings(args: argparse.Namespace) -> int:
+    from ki2api import settings as declarations
+
+    if args.markdown:
+        print(declarations.markdown_table(args.markdown))
+        return 0
+    if args.update_readme:
+        path: Path = args.update_readme
+        text = path.read_text(encoding="utf-8")
+        try:
+            updated = declarations.with_tables(text)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if updated != text:
+            path.write_text(updated, encoding="utf-8")
+        print(f"{path}: {'updated' if updated != text else 'already up to date'}")
+        return 0
+    return _show_settings()
+
+
+def _show_settings() -> int:
+    import os
+
+    from ki2api.kiro.accounts.credentials import mask_secret
+    from ki2api.server.run import settings_or_exit
+    from ki2api.settings import EnvironSource, Settings, declared
+
+    settings = settings_or_exit()
+    given = EnvironSource(Settings, os.environ)()
+    rows = []
+    for item in declared():
+        value = item.value(settings)
+        if item.secret:
+            shown = ("set " + mask_secret(value)) if value else "–"
+        elif isinstance(value, bool):
+            shown = "on" if value else "off"
+        elif isinstance(value, float):
+            shown = f"{value:g}"
+        elif isinstance(value, tuple):
+            shown = ", ".join(str(part) for part in value) or "–"
+        else:
+            shown = "–" if value is None else str(value)
+        rows.append([item.env, shown, "default" if item.raw(given) is None else "set"])
+    _print_table(["VARIABLE", "VALUE", "FROM"], rows)
+    return 0
+
+
 def _deploy(args: argparse.Namespace) -> int:
     from ki2api.deploy.space import DeployError, DeployOptions, deploy
 
@@ -492,6 +563,7 @@ _COMMANDS = {
     "accounts": _accounts,
     "keys": _keys,
     "usage": _keys,
+    "settings": _settings,
     "deploy": _deploy,
 }
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from ki2api.kiro.accounts import credits
 from tests.stack import Stack, StackFactory, make_stack_factory
+from tests.tls import TlsFiles
 
-ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING")
+ISOLATED_PREFIXES = ("KIRO_", "KI2API_", "SPACE_", "HF_", "HUGGING", "REDIS_", "BACKUP_")
 ISOLATED_NAMES = {
     "API_KEY",
     "ADMIN_KEY",
@@ -28,8 +30,23 @@ ISOLATED_NAMES = {
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "kiro-captures"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A home folder for fixtures wider than one test (a module's gateway): they start before
+    ``isolated_env``, and must not keep their stores in the real user's data folder."""
+    home = tmp_path_factory.mktemp("session-home")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("HOME", "USERPROFILE"):
+            patch.setenv(name, str(home))
+        for name in ("DATA_DIR", "XDG_DATA_HOME", "LOCALAPPDATA"):
+            patch.delenv(name, raising=False)
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # No background getUsageLimits calls unless a test sets KIRO_USAGE_REFRESH itself.
+    monkeypatch.setattr(credits, "DEFAULT_EVERY", 0.0)
     for name in list(os.environ):
         if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
             monkeypatch.delenv(name, raising=False)
@@ -56,3 +73,9 @@ def stack_factory() -> Iterator[StackFactory]:
 @pytest.fixture
 def stack(stack_factory: StackFactory) -> Stack:
     return stack_factory()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """A CA made for this test run and its certificate for 127.0.0.1 and localhost."""
+    return TlsFiles.make(tmp_path_factory.mktemp("tls"))

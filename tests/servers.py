@@ -18,11 +18,22 @@ from ki2api.server.run import http_protocol
 
 class ServerThread:
     def __init__(
-        self, app: Any, host: str = "127.0.0.1", *, http: Any = None, uvloop: bool = False
+        self,
+        app: Any,
+        host: str = "127.0.0.1",
+        *,
+        http: Any = None,
+        uvloop: bool = False,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
-        """``uvloop``: run on uvloop, as production does (its timers keep a coarser time)."""
+        """``uvloop``: run on uvloop, as production does (its timers keep a coarser time);
+        ``ssl_certfile`` / ``ssl_keyfile``: serve HTTPS."""
+        self.scheme = "https" if ssl_certfile else "http"
         config = uvicorn.Config(
             app,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
             host=host,
             port=0,
             log_level="warning",
@@ -48,7 +59,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def start(self) -> ServerThread:
         self._thread.start()

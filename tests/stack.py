@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +42,7 @@ class Stack:
 
     @property
     def runtime(self) -> Any:
-        return self.app.state.runtime
+        return self.app.runtime
 
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.api_key}"}
@@ -62,6 +64,7 @@ def stack_env(sim_url: str, **extra: str) -> dict[str, str]:
 class StackFactory:
     def __init__(self) -> None:
         self._started: list[Stack] = []
+        self._folders: list[str] = []
 
     def __call__(
         self,
@@ -77,8 +80,14 @@ class StackFactory:
         """``pool`` builds the account pool from the settings (e.g. on a fake clock), ``teams``
         the client keys (e.g. on a fake clock); ``uvloop`` runs the gateway on the event loop
         production uses."""
+        env = dict(env or {})
+        if "DATA_DIR" not in env and "data_dir" not in overrides:
+            # Its own store (keys, usage, accounts added at run time): a test that wants two
+            # gateways to share one names the folder.
+            self._folders.append(tempfile.mkdtemp(prefix="ki2api-stack-data-"))
+            env["DATA_DIR"] = self._folders[-1]
         sim = SimulatorServer(state=state).start()
-        settings = Settings.from_env(stack_env(sim.url, **dict(env or {})), **overrides)
+        settings = Settings.from_env(stack_env(sim.url, **env), **overrides)
         app = create_app(
             settings,
             with_ui=with_ui,
@@ -94,6 +103,8 @@ class StackFactory:
         for stack in reversed(self._started):
             stack.server.stop()
             stack.sim.stop()
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_stack_factory() -> Iterator[StackFactory]:

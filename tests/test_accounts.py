@@ -88,14 +88,8 @@ def pool_of(
     settings: Settings, http: httpx.AsyncClient, *accounts: dict[str, Any], **kw: Any
 ) -> AccountPool:
     if accounts:
-        settings = Settings(
-            **{**_fields(settings), "kiro_accounts": orjson.dumps(list(accounts)).decode()}
-        )
+        settings = settings.replace(kiro_accounts=orjson.dumps(list(accounts)).decode())
     return AccountPool.from_settings(settings, http, **kw)
-
-
-def _fields(settings: Settings) -> dict[str, Any]:
-    return {name: getattr(settings, name) for name in settings.__dataclass_fields__}
 
 
 def login_file(path: Path, **fields: Any) -> Path:

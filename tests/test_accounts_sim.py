@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient
+from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.errors import NoHealthyAccount, QuotaExceeded, UpstreamAuthFailed
 from ki2api.model.request import ChatRequest, Message, TextPart
@@ -34,9 +34,9 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
+async def http() -> AsyncIterator[UpstreamHttp]:
+    async with UpstreamHttp(Settings()) as upstream:
+        yield upstream
 
 
 def settings_for(sim: SimulatorServer, tmp_path: Path, **kw: Any) -> Settings:
@@ -70,7 +70,7 @@ async def ask(gateway: Gateway) -> str:
     return completion.text
 
 
-def gateway_for(settings: Settings, http: httpx.AsyncClient, pool: AccountPool) -> Gateway:
+def gateway_for(settings: Settings, http: UpstreamHttp, pool: AccountPool) -> Gateway:
     return Gateway(settings, KiroClient(http, settings), pool, ModelCatalog())
 
 

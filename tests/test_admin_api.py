@@ -61,18 +61,20 @@ class Harness:
 
 
 def make_app(settings: Settings) -> FastAPI:
-    state: dict[str, AccountPool] = {}
+    http = httpx.AsyncClient()
+    pool = AccountPool.from_settings(settings, http)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient() as http:
-            state["pool"] = AccountPool.from_settings(settings, http)
-            await state["pool"].start()
+        await pool.start()
+        try:
             yield
-            await state["pool"].aclose()
+        finally:
+            await pool.aclose()
+            await http.aclose()
 
     app = FastAPI(lifespan=lifespan)
-    app.include_router(create_admin_router(lambda: state["pool"], settings))
+    app.include_router(create_admin_router(pool, settings))
     return app
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from contextlib import ExitStack
 from itertools import pairwise
 from pathlib import Path
 
+import orjson
 import pytest
 
 from bench.client import Target, build_request
@@ -141,12 +143,16 @@ def test_referenced_memory_counts_the_pages_a_process_touched() -> None:
             child.kill()
 
 
-def test_native_hop_forwards_both_ways_and_closes_what_it_opened(tmp_path: Path) -> None:
-    """The C floor (bench/native_hop.c): bytes go through unchanged both ways, and once both
-    sides hang up it holds no sockets for the connection (a leak would skew long runs)."""
+@pytest.mark.parametrize("delay_us", [0, 2000], ids=["hop", "wire"])
+def test_native_hop_forwards_both_ways_and_closes_what_it_opened(
+    tmp_path: Path, delay_us: int
+) -> None:
+    """The C floor (bench/native_hop.c), and the same with a delay (the wire of
+    bench/tricks.py): bytes go through unchanged both ways, and once both sides hang up it holds
+    no sockets for the connection (a leak would skew long runs)."""
     with ExitStack() as stack:
         try:
-            hop, problem = start_native_hop(stack, tmp_path, str(_echo_port(stack)))
+            hop, problem = start_native_hop(stack, tmp_path, str(_echo_port(stack)), delay_us)
         except StartError as exc:
             pytest.fail(str(exc))
         if hop is None:
@@ -166,6 +172,34 @@ def test_native_hop_forwards_both_ways_and_closes_what_it_opened(tmp_path: Path)
         while len(os.listdir(f"/proc/{hop.pid}/fd")) > fds_before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert len(os.listdir(f"/proc/{hop.pid}/fd")) == fds_before
+
+
+def test_the_wire_delays_each_piece_by_its_own_send_time(tmp_path: Path) -> None:
+    """With a delay, every piece comes back (through the wire twice, to an echo server) no
+    sooner than two delays after it was sent, and pieces sent apart arrive as far apart: each
+    keeps its own clock, none waits for the one before."""
+    delay = 0.02
+    with ExitStack() as stack:
+        hop, problem = start_native_hop(stack, tmp_path, str(_echo_port(stack)), int(delay * 1e6))
+        if hop is None:
+            pytest.skip(problem or "no native hop")
+        port = int(hop.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sent = []
+            for piece in (b"a", b"b", b"c"):
+                sent.append(time.monotonic())
+                conn.sendall(piece)
+                time.sleep(delay / 2)
+            arrived: dict[bytes, float] = {}
+            while len(arrived) < 3:
+                for byte in conn.recv(16):
+                    arrived[bytes([byte])] = time.monotonic()
+        times = [arrived[p] for p in (b"a", b"b", b"c")]
+        for went, came in zip(sent, times, strict=True):
+            assert came - went >= 2 * delay - 0.001  # the clocks differ by µs, not ms
+            assert came - went < 2 * delay + 1.0  # generous: the machine is shared
+        assert times[2] - times[0] >= (sent[2] - sent[0]) - 0.005
 
 
 def _echo_port(stack: ExitStack) -> int:
@@ -206,3 +240,45 @@ def test_the_benchmark_upstream_answers_through_the_gateway(stack_factory) -> No
     )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == TEXT
+
+
+def test_trick_verdicts_need_the_interval_and_the_a_a_noise_both_cleared() -> None:
+    from bench.tricks import gain, verdict
+
+    rng = random.Random(3)
+    on = [100 + rng.gauss(0, 0.1) for _ in range(200)]
+    again = [100 + rng.gauss(0, 0.1) for _ in range(200)]
+    slower = [x + 0.5 for x in on]  # the trick off: 0.5 ms slower
+    assert verdict(gain(slower, on, again)) == "pays"
+    assert verdict(gain([x - 0.5 for x in on], on, again)) == "costs"
+    assert verdict(gain(again, on, again)) == "noise"
+    # A gain inside the A/A difference is noise, however tight its interval.
+    assert verdict(gain(slower, on, [x + 1.0 for x in on])) == "noise"
+
+
+@pytest.mark.parametrize("name", ["aiohttp", "httpx"])
+async def test_the_benchmark_contenders_stream_a_chat(name: str) -> None:
+    """bench/contenders.py: the chat call through httpx's API on each contender's transport
+    streams Kiro's answer (the clients phase would otherwise measure errors)."""
+    from bench.contenders import HttpxKiroClient, httpx_client
+    from ki2api.kiro.accounts.credentials import Credential
+    from ki2api.kiro.http.client import UpstreamHttp
+    from ki2api.settings import Settings
+    from ki2api.simulator import SimulatorServer, text_answer
+    from ki2api.simulator.samples import kiro_request_body
+    from tests.stack import stack_env
+
+    async with SimulatorServer() as sim:
+        settings = Settings.from_env(stack_env(sim.url))
+        sim.state.enqueue(text_answer("from a contender"))
+        http = httpx_client(name, settings)
+        async with UpstreamHttp(settings) as upstream, http:
+            kiro = HttpxKiroClient(http, upstream, settings)
+            credential = Credential("bench", "bench-access-token", None, "us-east-1")
+            body = orjson.dumps(kiro_request_body("hi", model_id="claude-sonnet-4.5"))
+            response = await kiro.open(body, credential)
+            try:
+                frames = [f async for batch in response.frame_batches() if batch for f in batch]
+            finally:
+                await response.aclose()
+    assert frames

@@ -277,10 +277,30 @@ def test_accounts_lists_the_login_file_masked(
     assert cli.main(["accounts"]) == 0
     out = capsys.readouterr().out
     header, row = out.strip().splitlines()
-    assert header.split() == ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "STATE"]
+    assert header.split() == ["ACCOUNT", "SOURCE", "METHOD", "TOKEN", "EXPIRES", "PROXY", "STATE"]
     assert "kiro-login" in row and "social" in row and "healthy" in row
     assert "…91ab" in row and "(in 4" in row  # 41-42 minutes left
     assert ACCESS not in out and REFRESH not in out
+
+
+def test_accounts_shows_each_proxy_without_its_credentials(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    accounts = [
+        {"label": "a", "accessToken": "tok-a-000000001"},
+        {
+            "label": "b",
+            "accessToken": "tok-b-000000002",
+            "proxy": "socks5h://u:s3cret@10.0.0.9:1080",
+        },
+    ]
+    monkeypatch.setenv("KIRO_ACCOUNTS", json.dumps(accounts))
+    monkeypatch.setenv("KIRO_PROXY", "http://10.0.0.8:3128")
+    assert cli.main(["accounts"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.strip().splitlines()[1:]}
+    assert "default" in rows["a"] and "socks5h://***@10.0.0.9:1080" in rows["b"]
+    assert "s3cret" not in out
 
 
 def test_accounts_without_any_login_says_how_to_add_one(

@@ -1,226 +1,30 @@
-"""``ki2api deploy`` against a fake Hugging Face Hub on a loopback uvicorn server.
-
-The fake implements only the endpoints ``huggingface_hub`` calls for whoami, create_repo,
-get/add Space secrets, list_repo_files, create_commit (validate-yaml, preupload, commit) and
-get_space_runtime, and records every call so the tests can check the arguments.
-"""
+"""``ki2api deploy`` against a fake Hugging Face Hub on a loopback uvicorn server
+(tests/fake_hub.py), which records every call so the tests can check the arguments."""
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
 
 from ki2api.cli import main
 from ki2api.deploy.files import space_files
 from ki2api.deploy.space import DeployError, DeployOptions, deploy, space_host
+from tests.fake_hub import GOOD_TOKEN, FakeHub, FakeRepo, running_hub
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-GOOD_TOKEN = "hf_good_token_0123456789"
 REFRESH = "aorAAAAAGrefresh-token-value-7d1c"
 ACCESS = "aoaAAAAAGaccess-token-value-91ab"
 
 
-@dataclass
-class FakeSpace:
-    private: bool
-    sdk: str
-    files: dict[str, bytes] = field(default_factory=lambda: {".gitattributes": b"*.bin lfs\n"})
-    secrets: dict[str, str] = field(default_factory=dict)
-    commits: list[str] = field(default_factory=list)
-
-
-@dataclass
-class FakeHub:
-    url: str = ""
-    user: str = "alice"
-    orgs: tuple[str, ...] = ("team",)
-    role: str = "write"
-    create_status: int | None = None  # force an error answer on /api/repos/create
-    space_host: str | None = None  # what space_info reports as the Space's host
-    stages: list[str] = field(default_factory=lambda: ["BUILDING", "APP_STARTING", "RUNNING"])
-    spaces: dict[str, FakeSpace] = field(default_factory=dict)
-    calls: list[tuple[str, str, Any]] = field(default_factory=list)
-
-    def paths(self) -> list[str]:
-        return [f"{method} {path}" for method, path, _ in self.calls]
-
-
-def _fake_hub_app(hub: FakeHub) -> Starlette:
-    def authorized(request: Request) -> bool:
-        return request.headers.get("authorization") == f"Bearer {GOOD_TOKEN}"
-
-    def denied() -> JSONResponse:
-        return JSONResponse({"error": "Invalid credentials in Authorization header"}, 401)
-
-    def space(request: Request) -> FakeSpace | None:
-        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
-        return hub.spaces.get(repo_id)
-
-    async def record(request: Request) -> Any:
-        body = await request.body()
-        try:
-            payload: Any = json.loads(body) if body else None
-        except ValueError:
-            payload = body.decode()
-        hub.calls.append((request.method, request.url.path, payload))
-        return payload
-
-    async def whoami(request: Request) -> JSONResponse:
-        await record(request)
-        if not authorized(request):
-            return denied()
-        return JSONResponse(
-            {
-                "type": "user",
-                "name": hub.user,
-                "orgs": [{"name": org} for org in hub.orgs],
-                "auth": {"type": "access_token", "accessToken": {"role": hub.role}},
-            }
-        )
-
-    async def create(request: Request) -> JSONResponse:
-        payload = await record(request)
-        if not authorized(request):
-            return denied()
-        repo_id = f"{payload['organization']}/{payload['name']}"
-        url = f"{hub.url}/spaces/{repo_id}"
-        if hub.create_status is not None:
-            return JSONResponse({"error": "refused by the fake"}, hub.create_status)
-        if repo_id in hub.spaces:  # the Hub's answer when the repo exists
-            return JSONResponse({"error": "You already created this space repo", "url": url}, 409)
-        hub.spaces[repo_id] = FakeSpace(
-            private=payload.get("visibility") == "private", sdk=payload["sdk"]
-        )
-        return JSONResponse({"url": url, "name": repo_id})
-
-    async def repo_info(request: Request) -> JSONResponse:
-        await record(request)
-        target = space(request)
-        if target is None:
-            return JSONResponse({"error": "Repository not found"}, 404)
-        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
-        return JSONResponse(
-            {"id": repo_id, "sdk": target.sdk, "private": target.private, "host": hub.space_host}
-        )
-
-    async def secrets(request: Request) -> JSONResponse:
-        payload = await record(request)
-        target = space(request)
-        if target is None:
-            return JSONResponse({"error": "Repository not found"}, 404)
-        if request.method == "POST":
-            target.secrets[payload["key"]] = payload["value"]
-            return JSONResponse({})
-        return JSONResponse(
-            {key: {"updatedAt": "2026-01-01T00:00:00.000Z"} for key in target.secrets}
-        )
-
-    async def tree(request: Request) -> JSONResponse:
-        await record(request)
-        target = space(request)
-        if target is None:
-            return JSONResponse({"error": "Repository not found"}, 404)
-        return JSONResponse(
-            [
-                {"type": "file", "path": p, "oid": "0" * 40, "size": len(b)}
-                for p, b in target.files.items()
-            ]
-        )
-
-    async def validate_yaml(request: Request) -> JSONResponse:
-        await record(request)
-        return JSONResponse({"errors": [], "warnings": []})
-
-    async def preupload(request: Request) -> JSONResponse:
-        payload = await record(request)
-        files = [
-            {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
-            for f in payload["files"]
-        ]
-        return JSONResponse({"files": files})
-
-    async def commit(request: Request) -> JSONResponse:
-        await record(request)
-        target = space(request)
-        if target is None:
-            return JSONResponse({"error": "Repository not found"}, 404)
-        lines = [json.loads(line) for line in hub.calls[-1][2].splitlines() if line.strip()]
-        for line in lines:
-            value = line["value"]
-            if line["key"] == "file":
-                target.files[value["path"]] = base64.b64decode(value["content"])
-            elif line["key"] == "deletedFile":
-                target.files.pop(value["path"], None)
-        oid = f"{len(target.commits) + 1:040x}"
-        target.commits.append(oid)
-        repo_id = f"{request.path_params['owner']}/{request.path_params['name']}"
-        return JSONResponse(
-            {"commitUrl": f"{hub.url}/spaces/{repo_id}/commit/{oid}", "commitOid": oid}
-        )
-
-    async def runtime(request: Request) -> JSONResponse:
-        await record(request)
-        target = space(request)
-        if target is None:
-            return JSONResponse({"error": "Repository not found"}, 404)
-        stage = hub.stages.pop(0) if len(hub.stages) > 1 else hub.stages[0]
-        sha = target.commits[-1] if target.commits else None
-        body: dict[str, Any] = {
-            "stage": stage,
-            "hardware": {"current": None, "requested": "cpu-basic"},
-        }
-        if sha:
-            body["sha"] = sha
-        if stage.endswith("ERROR"):
-            body["errorMessage"] = "ModuleNotFoundError: No module named 'nope'\nmore lines"
-        return JSONResponse(body)
-
-    space_path = "/api/spaces/{owner}/{name}"
-    return Starlette(
-        routes=[
-            Route("/api/whoami-v2", whoami),
-            Route("/api/repos/create", create, methods=["POST"]),
-            Route("/api/validate-yaml", validate_yaml, methods=["POST"]),
-            Route(space_path, repo_info),
-            Route(space_path + "/secrets", secrets, methods=["GET", "POST"]),
-            Route(space_path + "/tree/{rev}", tree),
-            Route(space_path + "/preupload/{rev}", preupload, methods=["POST"]),
-            Route(space_path + "/commit/{rev}", commit, methods=["POST"]),
-            Route(space_path + "/runtime", runtime),
-        ]
-    )
-
-
 @pytest.fixture
 def hub() -> Iterator[FakeHub]:
-    state = FakeHub()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    state.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(_fake_hub_app(state), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    yield state
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with running_hub() as state:
+        yield state
 
 
 @pytest.fixture
@@ -520,7 +324,7 @@ def test_create_refused(hub: FakeHub, checkout: Path, home: Path, status: int, w
 
 
 def test_name_taken_by_a_space_of_another_kind(hub: FakeHub, checkout: Path, home: Path) -> None:
-    hub.spaces["alice/my_gateway"] = FakeSpace(private=False, sdk="docker")
+    hub.spaces["alice/my_gateway"] = FakeRepo(private=False, sdk="docker")
     message = _fails(hub, checkout, _env(home))
     assert "taken by a docker Space" in message
     assert not any(path.endswith(("/secrets", "/commit/main")) for _, path, _ in hub.calls)

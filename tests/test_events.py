@@ -23,10 +23,10 @@ from ki2api.model.deltas import (
     Usage,
 )
 from ki2api.model.errors import (
+    AccountSuspended,
     ContextLengthExceeded,
     ModelCapacity,
     QuotaExceeded,
-    UpstreamAuthFailed,
     UpstreamError,
     UpstreamThrottled,
 )
@@ -188,7 +188,7 @@ def test_in_stream_errors_go_through_the_one_error_table() -> None:
     suspended = exception_error(
         "AccessDeniedException", {"message": "We detected unusual user activity."}
     )
-    assert type(suspended) is UpstreamAuthFailed
+    assert type(suspended) is AccountSuspended
     # An unknown exception type is matched by the table's markers alone.
     too_long = exception_error("SomethingNewException", {"message": "Input is too long."})
     assert isinstance(too_long, ContextLengthExceeded)

@@ -2,6 +2,10 @@
 in OpenAI and Anthropic format, against a gateway on a real socket. Expectations come from the
 table in docs/errors.md, so the doc and the behaviour cannot drift apart.
 
+Every test here runs twice: over plain HTTP and over TLS (the simulator serves HTTPS with a
+certificate from a CA the test run makes, which the gateway trusts through KIRO_CA_BUNDLE), as
+production always talks HTTPS to Kiro.
+
 Each case checks the status, the error body's exact shape, ``x-should-retry`` / ``Retry-After``,
 that a stream that already started ends with an error event in the client's format (never a
 silent stop), and that the case ends well within its timeout.
@@ -43,6 +47,7 @@ from tests.sse_events import (
     parse_sse,
 )
 from tests.stack import Stack, stack_env
+from tests.tls import TlsFiles
 
 ROWS = rows_by_fault()
 FORMATS = ("openai", "anthropic")
@@ -55,29 +60,32 @@ CASE_BUDGET = 5.0  # seconds: the slowest case (3 first-byte timeouts + back-off
 pytestmark = pytest.mark.timeout(30)
 
 
-def closed_port_url() -> str:
+def closed_port_url(scheme: str) -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/generateAssistantResponse"
+    return f"{scheme}://127.0.0.1:{port}/generateAssistantResponse"
 
 
-@pytest.fixture(scope="module")
-def sim() -> Iterator[SimulatorServer]:
-    with SimulatorServer() as server:
+@pytest.fixture(scope="module", params=["http", "tls"])
+def sim(request: pytest.FixtureRequest, tls_files: TlsFiles) -> Iterator[SimulatorServer]:
+    tls = {"ssl_certfile": tls_files.cert, "ssl_keyfile": tls_files.key}
+    with SimulatorServer(**(tls if request.param == "tls" else {})) as server:
         yield server
 
 
 class Gateways:
     """A fresh gateway (fresh account pool) per case, in front of the module's simulator."""
 
-    def __init__(self, sim: SimulatorServer) -> None:
+    def __init__(self, sim: SimulatorServer, ca: str | None = None) -> None:
         self.sim = sim
+        self.ca = ca  # the CA the gateway trusts (KIRO_CA_BUNDLE) when the simulator is on TLS
         self.servers: list[ServerThread] = []
         sim.state.reset()
 
     def __call__(self, env: dict[str, str] | None = None, **overrides: Any) -> Stack:
-        environ = stack_env(self.sim.url, **{**TIMEOUTS, **(env or {})})
+        trust = {"KIRO_CA_BUNDLE": self.ca} if self.ca else {}
+        environ = stack_env(self.sim.url, **{**TIMEOUTS, **trust, **(env or {})})
         settings = Settings.from_env(environ, **overrides)
         app = create_app(settings, with_ui=False)
         server = ServerThread(app).start()
@@ -92,8 +100,8 @@ class Gateways:
 
 
 @pytest.fixture
-def gateways(sim: SimulatorServer) -> Iterator[Gateways]:
-    made = Gateways(sim)
+def gateways(sim: SimulatorServer, tls_files: TlsFiles) -> Iterator[Gateways]:
+    made = Gateways(sim, tls_files.ca if sim.url.startswith("https") else None)
     try:
         yield made
     finally:
@@ -198,7 +206,8 @@ def prepare_case(gateways: Gateways, fault: str, fmt: str, stream: bool) -> tupl
     label = f"{fault}-{fmt}-{stream}"
     token = f"access-{label}-0000"
     if fault == "connection_refused":
-        return gateways({"KIRO_API_URL": closed_port_url()}), label
+        scheme = "https" if gateways.sim.url.startswith("https") else "http"
+        return gateways({"KIRO_API_URL": closed_port_url(scheme)}), label
     env = {"KIRO_ACCESS_TOKEN": token}
     if ROWS[fault].mid_stream:
         # These faults strike after the first frame. With 0.3 s to the first byte, one stall of

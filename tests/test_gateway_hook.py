@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient, create_http_client
+from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.request import ChatRequest, Message, TextPart
 from ki2api.pipeline.gateway import Gateway, collect
@@ -23,7 +23,7 @@ def hello() -> ChatRequest:
 async def test_while_waiting_runs_once_between_the_request_and_the_answer() -> None:
     with SimulatorServer() as sim:
         settings = Settings.from_env(stack_env(sim.url), upstream_attempts=3)
-        http = create_http_client(settings)
+        http = UpstreamHttp(settings)
         pool = AccountPool.from_settings(settings, http)
         await pool.start()
         gateway = Gateway(settings, KiroClient(http, settings), pool, ModelCatalog())

@@ -1,152 +1,22 @@
-"""The server side of the hot path: one write per response head and body, the CPU handed to the
-client after a write, and the upstream answer closed only after the client has its answer."""
+"""The server side of the hot path: the upstream answer closed only after the client has its
+answer, a deadline for request heads (with uvicorn's httptools and h11 protocols), and the shape
+of uvicorn's protocols that the deadline relies on."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
-import struct
-import sys
 import threading
 import time
 from typing import Any
 
 import httpx
 import pytest
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from ki2api.api.endpoint import cpu_hand_over
-from ki2api.server.protocol import HeadHoldingTransport
 from ki2api.settings import Settings
 from tests.servers import ServerThread
 from tests.stack import Stack
-
-HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bytes]] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.calls.append(("write", bytes(data)))
-
-    def writelines(self, pieces: Any) -> None:
-        self.calls.append(("writelines", b"".join(pieces)))
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.calls.append(("close", b""))
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> str:
-        return f"info:{name}"
-
-
-async def test_head_goes_out_with_the_body_in_one_call() -> None:
-    real = RecordingTransport()
-    wrapped = HeadHoldingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    wrapped.write(HEAD)
-    assert real.calls == []  # held
-    wrapped.write(b"hello")
-    assert real.calls == [("writelines", HEAD + b"hello")]
-    await asyncio.sleep(0)  # the end-of-pass flush finds nothing left
-    assert real.calls == [("writelines", HEAD + b"hello")]
-
-
-async def test_a_head_alone_goes_out_at_the_end_of_the_loop_pass() -> None:
-    real = RecordingTransport()
-    wrapped = HeadHoldingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    wrapped.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    await asyncio.sleep(0)
-    assert real.calls == [("write", b"HTTP/1.1 100 Continue\r\n\r\n")]
-
-
-async def test_body_pieces_pass_straight_through_and_close_flushes_first() -> None:
-    real = RecordingTransport()
-    wrapped = HeadHoldingTransport(real, asyncio.get_running_loop())  # type: ignore[arg-type]
-    wrapped.write(b"5\r\nhello\r\n")
-    assert real.calls == [("write", b"5\r\nhello\r\n")]
-    wrapped.write(HEAD)
-    wrapped.close()
-    assert real.calls[1:] == [("write", HEAD), ("close", b"")]
-    assert wrapped.get_extra_info("peername") == "info:peername"  # the rest is the transport's
-
-
-async def _plain_json(scope: Scope, receive: Receive, send: Send) -> None:
-    if scope["type"] != "http":
-        return
-    body = await Request(scope, receive).body()
-    await Response(b'{"echo":' + json.dumps(body.decode()).encode() + b"}")(scope, receive, send)
-
-
-def _connect(server: ServerThread) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port))
-    sock.settimeout(5)
-    return sock
-
-
-def _read_response(sock: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += sock.recv(65536)
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(v for k, v in _headers(head) if k == b"content-length"))
-    while len(body) < length:
-        body += sock.recv(65536)
-    return data
-
-
-def _headers(head: bytes) -> list[tuple[bytes, bytes]]:
-    lines = head.split(b"\r\n")[1:]
-    return [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(b":") for line in lines)]
-
-
-def _data_segments_received(sock: socket.socket) -> int:
-    # struct tcp_info (linux/tcp.h): tcpi_data_segs_in, a u32 at byte 152 (Linux 4.6+)
-    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
-    return int(struct.unpack_from("I", info, 152)[0])
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO layout is Linux's")
-def test_a_response_arrives_in_one_tcp_segment() -> None:
-    # uvicorn's own protocol sends 2 here (head, then body); measured, not assumed.
-    with ServerThread(_plain_json) as server, _connect(server) as sock:
-        for _ in range(5):
-            before = _data_segments_received(sock)
-            sock.sendall(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nhi")
-            assert _read_response(sock).endswith(b'{"echo":"hi"}')
-            time.sleep(0.02)  # nothing more is coming
-            assert _data_segments_received(sock) - before == 1
-
-
-def test_expect_100_continue_still_gets_its_interim_answer() -> None:
-    with (
-        ServerThread(_plain_json) as server,
-        socket.create_connection(("127.0.0.1", server.port)) as sock,
-    ):
-        sock.settimeout(5)
-        sock.sendall(
-            b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n"
-        )
-        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
-        sock.sendall(b"abc")
-        assert _read_response(sock).endswith(b'{"echo":"abc"}')
-
-
-def test_hand_over_is_sched_yield_unless_switched_off() -> None:
-    on = cpu_hand_over(Settings.from_env({}))
-    off = cpu_hand_over(Settings.from_env({"YIELD_AFTER_WRITE": "0"}))
-    assert on is getattr(os, "sched_yield", on)
-    assert off is not on
-    off()  # a no-op
 
 
 def _hold_close_until(rt: Any, released: threading.Event) -> None:
@@ -195,11 +65,7 @@ def test_streamed_answer_ends_before_the_upstream_answer_is_closed(
     assert len(rt.stats.recent()) == before + 1  # the close still did its bookkeeping
 
 
-@pytest.mark.parametrize("yield_after_write", ["1", "0"])
-def test_whole_answer_is_sent_before_the_upstream_answer_is_closed(
-    stack_factory: Any, yield_after_write: str
-) -> None:
-    stack: Stack = stack_factory({"YIELD_AFTER_WRITE": yield_after_write})
+def test_whole_answer_is_sent_before_the_upstream_answer_is_closed(stack: Stack) -> None:
     rt = stack.runtime
     answered = threading.Event()
     _hold_close_until(rt, answered)
@@ -347,3 +213,56 @@ def test_serve_passes_the_header_timeout_setting() -> None:
     assert Settings.from_env({"HEADER_TIMEOUT": "3.5"}).header_timeout == 3.5
     assert http_protocol(3.5).header_timeout == 3.5
     assert http_protocol().header_timeout == 10.0
+
+
+# --- what HeadDeadline relies on in uvicorn's protocols (not a documented API) ----------------
+
+
+def _recording(protocol: type[Any], seen: list[tuple[str, Any]]) -> type[Any]:
+    """``protocol`` noting what HeadDeadline reads: the transport it was given, and after each
+    read the request cycle and whether its response is complete."""
+
+    class Recording(protocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            seen.append(("transport", self.transport is transport))
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            cycle = self.cycle
+            seen.append(("cycle", (cycle, None if cycle is None else cycle.response_complete)))
+
+    return Recording
+
+
+@pytest.mark.parametrize("parser", ["httptools", "h11"])
+def test_uvicorn_protocols_have_the_shape_the_head_deadline_relies_on(parser: str) -> None:
+    from ki2api.server.protocol import H11HeadDeadlineProtocol, HttpToolsHeadDeadlineProtocol
+
+    base = HttpToolsHeadDeadlineProtocol if parser == "httptools" else H11HeadDeadlineProtocol
+    seen: list[tuple[str, Any]] = []
+    with (
+        ServerThread(slow_echo, http=_recording(base, seen)) as server,
+        socket.create_connection(("127.0.0.1", server.port)) as s,
+    ):
+        s.settimeout(5)
+        reader = s.makefile("rb")
+
+        def exchange(*pieces: bytes) -> list[Any]:
+            start = len([kind for kind, _ in seen if kind == "cycle"])
+            for piece in pieces:
+                s.sendall(piece)
+                time.sleep(0.1)  # each piece its own read
+            while reader.readline() not in (b"\r\n", b""):
+                pass
+            assert reader.read(1) == b"0"
+            return [value for kind, value in seen if kind == "cycle"][start:]
+
+        first = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n", b"\r\n")
+        assert first[0] == (None, None)  # no cycle before the first head is complete
+        cycle, complete = first[1]
+        assert cycle is not None and complete is False  # made with the head, answer pending
+        assert cycle.response_complete  # and marked once the answer went out
+        ((second, _),) = exchange(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert second is not None and second is not cycle  # a new cycle per request
+    assert [value for kind, value in seen if kind == "transport"] == [True]

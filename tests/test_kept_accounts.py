@@ -1,5 +1,6 @@
-"""Accounts added at run time come back after a restart, with the tokens Kiro rotated; every
-account's remaining credits are asked for in the background."""
+"""Accounts added at run time come back after a restart, with the tokens Kiro rotated and their
+own proxy; every account's remaining credits are asked for in the background
+(``KIRO_USAGE_REFRESH``, ki2api/kiro/accounts/credits.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 
-from ki2api.simulator import SimulatorState
+from ki2api.simulator import SimulatorState, text_answer
 from ki2api.store import DB_NAME
+from tests.proxies import Socks5Proxy
 from tests.stack import Stack, StackFactory
 
 ADMIN_KEY = "admin-key-kept-0123456789"
@@ -29,7 +32,7 @@ def _labels(stack: Stack) -> list[str]:
 def _stored(data: Path) -> list[tuple[str, str]]:
     conn = sqlite3.connect(data / DB_NAME)
     try:
-        return conn.execute("SELECT label, data FROM accounts").fetchall()
+        return conn.execute("SELECT label, data FROM secret_accounts").fetchall()
     finally:
         conn.close()
 
@@ -88,7 +91,7 @@ def test_a_configured_account_is_never_stored(stack_factory: StackFactory, tmp_p
 def test_each_accounts_remaining_credits_are_asked_for_in_the_background(
     stack_factory: StackFactory,
 ) -> None:
-    stack = stack_factory({"ADMIN_KEY": ADMIN_KEY})
+    stack = stack_factory({"ADMIN_KEY": ADMIN_KEY, "KIRO_USAGE_REFRESH": "0.2"})
     usage = None
     for _ in range(100):
         (account,) = _admin(stack, "GET", "/admin/accounts").json()["data"]
@@ -102,3 +105,33 @@ def test_each_accounts_remaining_credits_are_asked_for_in_the_background(
     time.sleep(0.5)
     (account,) = _admin(quiet, "GET", "/admin/accounts").json()["data"]
     assert account["usage"] is None
+
+
+def test_an_account_added_at_run_time_comes_back_with_its_own_proxy(
+    stack_factory: StackFactory, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    env = {"ADMIN_KEY": ADMIN_KEY, "DATA_DIR": str(data), "KIRO_ACCESS_TOKEN": ""}
+    with Socks5Proxy(username="carol", password="pr0xy-kept-s3cret") as proxy:
+        first = stack_factory(env)
+        added = _admin(
+            first,
+            "POST",
+            "/admin/accounts",
+            json={"label": "proxied", "accessToken": "tok-proxied-0000001", "proxy": proxy.url},
+        )
+        assert added.status_code == 201, added.text
+        first.server.stop()
+        ((label, stored),) = _stored(data)
+        assert label == "proxied" and proxy.url in stored
+
+        second = stack_factory(env)
+        (row,) = _admin(second, "GET", "/admin/accounts").json()["data"]
+        assert (row["label"], row["proxy"]) == ("proxied", f"socks5h://***@127.0.0.1:{proxy.port}")
+        second.state.enqueue(text_answer("through the kept proxy"))
+        client = openai.OpenAI(base_url=second.base_url, api_key=second.api_key, max_retries=0)
+        answer = client.chat.completions.create(
+            model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "through the kept proxy"
+        assert any(b"Bearer tok-proxied-0000001" in tunnel.sent for tunnel in proxy.tunnels)

@@ -18,7 +18,7 @@ import pytest
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list, models_url
 from ki2api.kiro.accounts.credentials import Credential
 from ki2api.kiro.accounts.pool import AccountPool
-from ki2api.kiro.http.client import KiroClient
+from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
 from ki2api.model.errors import UpstreamAuthFailed, UpstreamUnavailable
 from ki2api.model.request import ChatRequest, Message, TextPart
@@ -96,10 +96,13 @@ def test_pool_serves_what_its_accounts_offer(stack_factory: StackFactory, caplog
     admin = {"authorization": f"Bearer {ADMIN_KEY}"}
     accounts = httpx.get(f"{stack.url}/admin/accounts", headers=admin).json()["data"]
     assert {row["label"]: row["state"] for row in accounts} == {"a": "healthy", "b": "healthy"}
-    # A Haiku request may go to either account; the lists were not asked again meanwhile.
-    for _ in range(4):
+    # A Haiku request may go to either account (new conversations: a conversation sticks to
+    # its account); the lists were not asked again meanwhile.
+    for n in range(4):
         client.messages.create(
-            model="claude-haiku-4-5", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
+            model="claude-haiku-4-5",
+            max_tokens=50,
+            messages=[{"role": "user", "content": f"hi {n}"}],
         )
     assert {r.account for r in stack.state.requests[2:]} == {"a", "b"}
     assert len(stack.state.models_calls) == calls_before
@@ -124,13 +127,13 @@ def sim() -> Iterator[SimulatorServer]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
+async def http() -> AsyncIterator[UpstreamHttp]:
+    async with UpstreamHttp(Settings()) as upstream:
+        yield upstream
 
 
 async def test_kiro_refusing_the_model_skips_that_account_without_harm(
-    sim: SimulatorServer, http: httpx.AsyncClient, tmp_path: Path
+    sim: SimulatorServer, http: UpstreamHttp, tmp_path: Path
 ) -> None:
     sim.state.add_account(access_token="tok-aaaa-0001", label="a").models = ["claude-haiku-4.5"]
     sim.state.add_account(access_token="tok-bbbb-0002", label="b")
@@ -161,7 +164,7 @@ async def test_kiro_refusing_the_model_skips_that_account_without_harm(
 
 
 async def test_fetch_parses_the_service_list(
-    sim: SimulatorServer, http: httpx.AsyncClient, tmp_path: Path
+    sim: SimulatorServer, http: UpstreamHttp, tmp_path: Path
 ) -> None:
     sim.state.add_account(access_token="tok-aaaa-0001", label="a")
     sim.state.available_models = [
@@ -172,7 +175,7 @@ async def test_fetch_parses_the_service_list(
     ]
     settings = Settings(kiro_api_url=sim.url + "/generateAssistantResponse")
     credential = Credential("a", "tok-aaaa-0001", "arn:x", "us-east-1", False)
-    rows = await fetch_model_list(http, settings, ModelCatalog(), credential)
+    rows = await fetch_model_list(http.default, settings, ModelCatalog(), credential)
     by_id = {m.id: m for m in rows}
     assert list(by_id) == ["claude-sonnet-4-5", "claude-opus-4-7", "qwen3-coder-480b"]
     assert by_id["claude-sonnet-4-5"].context_window == 1_000_000
@@ -325,12 +328,12 @@ def test_unknown_names_can_go_to_auto(stack_factory: StackFactory) -> None:
 
 
 async def test_a_token_no_header_can_carry_is_a_failed_list_not_a_crash(
-    sim: SimulatorServer, http: httpx.AsyncClient
+    sim: SimulatorServer, http: UpstreamHttp
 ) -> None:
     settings = Settings(kiro_api_url=sim.url + "/generateAssistantResponse")
     credential = Credential("a", "tok-\u20ac-not-ascii", None, "us-east-1", False)
     with pytest.raises(UpstreamAuthFailed):
-        await fetch_model_list(http, settings, ModelCatalog(), credential)
+        await fetch_model_list(http.default, settings, ModelCatalog(), credential)
 
 
 async def test_any_failure_of_the_list_call_is_recorded_not_raised() -> None:

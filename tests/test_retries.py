@@ -48,16 +48,3 @@ def test_server_error_moves_to_the_next_account(stack_factory: StackFactory) -> 
     assert result.choices[0].message.content == "from the second account"
     used = [r.headers["authorization"] for r in stack.state.requests]
     assert used == ["Bearer tok-first-aaaa", "Bearer tok-second-bbbb"]
-
-
-def test_httpx_transport_escape_hatch_serves_the_same(stack_factory: StackFactory) -> None:
-    stack = stack_factory({"KIRO_HTTP_TRANSPORT": "httpx"})
-    stack.state.enqueue(text_answer("through httpcore"))
-    c = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
-    chunks = c.chat.completions.create(
-        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "hi"}], stream=True
-    )
-    assert "".join(x.choices[0].delta.content or "" for x in chunks if x.choices) == (
-        "through httpcore"
-    )
-    assert type(stack.runtime.http._transport).__module__.startswith("httpx")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ki2api import settings as settings_module
 from ki2api.settings import Settings, default_data_dir, user_data_dir
 from ki2api.store import (
     DB_NAME,
@@ -30,6 +32,8 @@ from ki2api.teams.keys import key_digest
 
 V1_FIXTURE = Path(__file__).parent / "fixtures" / "store-v1.sql"
 V1_KEY = "ki2-v1-fixture-key-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+V2_FIXTURE = Path(__file__).parent / "fixtures" / "store-v2.sql"
+V2_REFRESH_TOKEN = "aorV2FixtureRefreshToken0123456789"
 NOON = calendar.timegm((2026, 3, 15, 12, 0, 0))  # a Sunday in March, UTC
 
 
@@ -42,6 +46,17 @@ def _key(name: str = "alice", secret: str = "ki2-secret-for-tests-0000", **limit
         created_at=NOON,
         **limits,  # type: ignore[arg-type]
     )
+
+
+async def _opened_from(fixture: Path, path: Path, version: int) -> SqliteStore:
+    """A store opened (so migrated) on a database made from ``fixture``, at ``version``."""
+    conn = sqlite3.connect(path)
+    conn.executescript(fixture.read_text())
+    conn.close()
+    assert _version(path) == (version, APPLICATION_ID)
+    store = SqliteStore(path, clock=lambda: NOON)
+    await store.open()
+    return store
 
 
 def _version(path: Path) -> tuple[int, int]:
@@ -72,13 +87,7 @@ async def test_a_version_1_database_is_migrated_with_its_keys_and_usage_kept(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / DB_NAME
-    conn = sqlite3.connect(path)
-    conn.executescript(V1_FIXTURE.read_text())
-    conn.close()
-    assert _version(path) == (1, APPLICATION_ID)
-
-    store = SqliteStore(path, clock=lambda: NOON)
-    await store.open()
+    store = await _opened_from(V1_FIXTURE, path, 1)
     try:
         key = await store.find_key(key_digest(V1_KEY))
         assert key is not None and key.name == "alice" and key.models == ("claude-sonnet-*",)
@@ -94,6 +103,54 @@ async def test_a_version_1_database_is_migrated_with_its_keys_and_usage_kept(
     finally:
         await store.aclose()
     assert _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
+
+
+async def test_a_version_2_database_keeps_its_accounts_in_a_secret_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    store = await _opened_from(V2_FIXTURE, path, 2)
+    try:
+        (account,) = await store.load_accounts()  # the stored account, tokens and all
+        assert account.label == "added" and account.data["refreshToken"] == V2_REFRESH_TOKEN
+        key = await store.find_key(key_digest(V1_KEY))
+        assert key is not None and key.name == "alice"
+        (row,) = await store.usage(UsageQuery())
+        assert (row.requests, row.cache_write_tokens) == (3, 50)
+    finally:
+        await store.aclose()
+    assert _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    # The backup drops every secret_* table (ki2api/store/backup.py): the tokens live in one.
+    assert "accounts" not in tables and {"keys", "usage", "secret_accounts"} <= tables
+
+
+def test_a_copy_without_its_secret_tables_gets_them_back_as_the_migrations_made_them(
+    tmp_path: Path,
+) -> None:
+    made = tmp_path / "made.db"
+    connect(made).close()
+    restored = tmp_path / DB_NAME  # a copy from the backup: no secret_* table in it
+    source, copy = sqlite3.connect(made), sqlite3.connect(restored)
+    source.backup(copy)
+    source.close()
+    copy.execute("DROP TABLE secret_accounts")
+    copy.commit()
+    copy.close()
+    connect(restored).close()
+
+    def columns(path: Path) -> list[tuple[object, ...]]:
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("PRAGMA table_info(secret_accounts)").fetchall()
+        finally:
+            conn.close()
+
+    assert columns(restored) == columns(made) != []
 
 
 @pytest.mark.parametrize(
@@ -157,8 +214,11 @@ def test_the_server_stops_at_start_on_a_damaged_database_with_one_sentence_and_c
     (data / DB_NAME).write_bytes(b"\x00garbage" * 100)
     env = {"HOME": str(isolated_env), "DATA_DIR": str(data), "PATH": "/usr/bin:/bin"}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    with socket.socket() as sock:  # a port that is free: the store's check comes after it
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     done = subprocess.run(
-        [sys.executable, "-m", "ki2api", "serve", "--port", "0"],
+        [sys.executable, "-m", "ki2api", "serve", "--port", port],
         env=env,
         capture_output=True,
         text=True,
@@ -278,17 +338,21 @@ def test_credit_budgets_reset_at_midnight_and_on_the_first_of_the_month_utc() ->
 
 
 def test_data_dir_is_the_users_data_folder_or_a_spaces_persistent_storage(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = {"HOME": str(tmp_path), "USERPROFILE": str(tmp_path)}
     assert default_data_dir(home) == (user_data_dir(home), True)
-    assert default_data_dir({**home, "DATA_DIR": "/srv/ki2"}) == (Path("/srv/ki2"), True)
+    given = Settings.from_env({**home, "DATA_DIR": "/srv/ki2"})
+    assert (given.data_dir, given.data_dir_persistent) == (Path("/srv/ki2"), True)
     mounted = tmp_path / "data"
     mounted.mkdir()
     space = {**home, "SPACE_ID": "me/ki2api"}
-    assert default_data_dir(space, space_data=mounted) == (mounted, True)
-    lost = default_data_dir(space, space_data=tmp_path / "absent")
-    assert lost == (user_data_dir(home), False)  # a restart wipes it: the page warns
+    monkeypatch.setattr(settings_module, "SPACE_DATA", mounted)
+    assert default_data_dir(space) == (mounted, True)
+    monkeypatch.setattr(settings_module, "SPACE_DATA", tmp_path / "absent")
+    assert default_data_dir(space) == (user_data_dir(home), False)  # a restart wipes it
+    lost = Settings.from_env(space)
+    assert (lost.data_dir, lost.data_dir_persistent) == (user_data_dir(home), False)
     if sys.platform.startswith("linux"):
         assert user_data_dir(home) == tmp_path / ".local" / "share" / "ki2api"
         assert user_data_dir({**home, "XDG_DATA_HOME": "/x"}) == Path("/x/ki2api")

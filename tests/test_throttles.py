@@ -9,7 +9,6 @@ times, which timing cannot pass by luck.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -25,12 +24,14 @@ import orjson
 import pytest
 
 from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.http.client import UpstreamHttp
 from ki2api.model.errors import ModelCapacity, UpstreamThrottled
 from ki2api.settings import Settings
 from ki2api.simulator import http_error
 from ki2api.simulator.faults import throttled
 from ki2api.ui import status
 from ki2api.ui.i18n import t
+from tests.fake_clock import FakeClock, pool_on
 from tests.sse_events import openai_stream_error, parse_sse
 from tests.stack import Stack, StackFactory
 
@@ -46,32 +47,6 @@ CLIENT = httpx.Client(timeout=30)
 def _close_client() -> Iterator[None]:
     yield
     CLIENT.close()
-
-
-class FakeClock:
-    """The pool's clock; ``sleep`` moves it (and records the wait) instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-def pool_on(clock: FakeClock) -> Callable[[Settings], AccountPool]:
-    # The pool's own HTTP client only refreshes tokens: these accounts have none to refresh.
-    return lambda s: AccountPool.from_settings(
-        s, httpx.AsyncClient(), clock=clock, sleep=clock.sleep
-    )
 
 
 ADMIN_KEY = "throttle-tests-admin-key"  # the admin API is off without one
@@ -664,7 +639,7 @@ def two_account_settings(api_url: str, tmp_path: Path, **extra: Any) -> Settings
     )
 
 
-def in_process_gateway(settings: Settings, http: httpx.AsyncClient, clock: FakeClock) -> Any:
+def in_process_gateway(settings: Settings, http: UpstreamHttp, clock: FakeClock) -> Any:
     """Accounts a and b tried in that order, on ``clock``; model lists unknown (every account
     may try a model until Kiro says otherwise). Returns (pool, models, gateway)."""
     from ki2api.kiro.accounts.available_models import AvailableModels
@@ -707,7 +682,7 @@ async def test_a_throttle_beside_an_account_lacking_the_model_is_a_429_not_a_404
         added[lacking].models = ["claude-haiku-4.5"]  # Kiro's list changed since
         added[throttling].fault = throttled(retry_after)
         settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
-        async with httpx.AsyncClient() as http:
+        async with UpstreamHttp(settings) as http:
             for _ in range(REPEAT):
                 _, models, gateway = in_process_gateway(settings, http, FakeClock())
                 for _ in range(2):  # Kiro's refusal, then the account skipped for the model
@@ -738,7 +713,7 @@ async def test_a_model_refused_while_the_other_account_cools_down_is_a_429_not_a
         b = sim.state.add_account(access_token="tok-bbbb-0002", label="b")
         b.models = ["claude-haiku-4.5"]
         settings = two_account_settings(sim.url, tmp_path, upstream_attempts=3)
-        async with httpx.AsyncClient() as http:
+        async with UpstreamHttp(settings) as http:
             for _ in range(REPEAT):
                 clock = FakeClock()
                 _, _, gateway = in_process_gateway(settings, http, clock)
@@ -767,7 +742,7 @@ async def test_an_account_lacking_the_model_does_not_set_the_wait(tmp_path: Path
     from ki2api.model.errors import AccountsCoolingDown
 
     settings = two_account_settings("http://127.0.0.1:9", tmp_path)  # Kiro is never reached
-    async with httpx.AsyncClient() as http:
+    async with UpstreamHttp(settings) as http:
         for _ in range(REPEAT):
             clock = FakeClock()
             pool, models, gateway = in_process_gateway(settings, http, clock)

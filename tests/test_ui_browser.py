@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from ki2api.app import DEMO_ACCESS_TOKEN, create_app
+from ki2api.app import create_app
+from ki2api.runtime import DEMO_ACCESS_TOKEN
 from ki2api.settings import Settings
 from ki2api.simulator import Delay, Script, http_error, text_answer
 from ki2api.simulator.scripts import text_events
@@ -64,7 +65,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
     )
     app = create_app(settings)
     with ServerThread(app) as srv:
-        yield srv, app.state.runtime
+        yield srv, app.runtime
 
 
 @pytest.fixture(scope="module")

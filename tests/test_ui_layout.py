@@ -151,7 +151,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
             "INSUFFICIENT_MODEL_CAPACITY",
             {"retry-after": "600"},
         )
-        app.state.runtime.simulator.state.fail_next(1, busy)
+        app.runtime.simulator.state.fail_next(1, busy)
         cooled = httpx.post(
             f"{server.url}/v1/chat/completions",
             headers=headers,
@@ -299,7 +299,7 @@ def test_status_plot_is_readable_from_one_point_to_a_thousand(
         expect(page.locator("#ki-summary")).to_contain_text("No requests yet")
         expect(page.locator("#ki-plot")).to_be_hidden()
         page.context.close()
-        stats = app.state.runtime.stats
+        stats = app.runtime.stats
         now = time.time()
         stats.add(RequestRecord(now - 30, "claude-sonnet-4-6", "env", 0.8, 0.2, 40, None, True))
         for size in SIZES:

@@ -247,7 +247,7 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     with_accounts = SimpleNamespace(pool=SimpleNamespace(has_accounts=lambda: True), teams=None)
     off = TokenHandlers(
         Settings(api_key="api-key-1234567", api_key_is_default=False),
-        lambda: with_accounts,  # type: ignore[arg-type,return-value]
+        with_accounts,  # type: ignore[arg-type]
     )
     signed, admin, message, *_ = await off.sign_in("api-key-1234567", None, lang)
     assert signed == PageKey("api", "api-key-1234567") and admin is False
@@ -257,7 +257,7 @@ async def test_signing_in_on_a_server_without_admin_key_says_how_to_turn_adminis
     assert t("wrong_key", lang) in message and t("admin_disabled", lang) in message
 
     on = Settings(api_key="api-key-1234567", api_key_is_default=False, admin_key="adm-98765")
-    handlers = TokenHandlers(on, lambda: with_accounts)  # type: ignore[arg-type,return-value]
+    handlers = TokenHandlers(on, with_accounts)  # type: ignore[arg-type]
     _, _, message, *_ = await handlers.sign_in("api-key-1234567", None, lang)
     assert message == t("signed_in_api", lang)
 
@@ -276,7 +276,7 @@ def test_without_any_account_a_visitor_is_told_that_before_being_asked_to_sign_i
             **accounts,
         )
         runtime = SimpleNamespace(pool=AccountPool.from_settings(settings, httpx.AsyncClient()))
-        return Playground(ApiChecks(settings, Metrics()), lambda: runtime)  # type: ignore[arg-type,return-value]
+        return Playground(ApiChecks(settings, Metrics()), runtime)  # type: ignore[arg-type]
 
     with pytest.raises(NotConfigured) as info:
         playground().check_key(None)
@@ -297,7 +297,7 @@ def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
     def cap(accounts: int, **settings: Any) -> int:
         runtime = SimpleNamespace(pool=Pool(accounts))
         checks = ApiChecks(Settings(**settings), Metrics())
-        return Playground(checks, lambda: runtime).cap()  # type: ignore[arg-type,return-value]
+        return Playground(checks, runtime).cap()  # type: ignore[arg-type]
 
     assert cap(1) == 4  # a quarter of 16
     assert cap(3, max_concurrent_per_account=4, playground_max_share=0.5) == 6
@@ -305,7 +305,7 @@ def test_the_playground_cap_is_a_share_of_the_pools_slots() -> None:
     assert cap(0) == 4  # no account yet: the gateway's own error, not "busy"
     assert cap(2, playground_max_share=0) == 0  # the page stays off the pool
     checks = ApiChecks(Settings(max_concurrent_per_account=1, playground_max_share=1), Metrics())
-    playground = Playground(checks, lambda: SimpleNamespace(pool=Pool(1)))  # type: ignore[arg-type,return-value]
+    playground = Playground(checks, SimpleNamespace(pool=Pool(1)))  # type: ignore[arg-type]
     release = playground.take_slot()
     with pytest.raises(PlaygroundBusy):
         playground.take_slot()
@@ -318,7 +318,7 @@ async def test_a_chat_stopped_before_its_pump_ran_still_gives_its_slot_back() ->
     # A reader can leave between the start of a chat and its pump's first step: the slot, the
     # count and the handler's wake-up must not depend on the pump having run.
     checks = ApiChecks(Settings(), Metrics())
-    playground = Playground(checks, lambda: SimpleNamespace(pool=[1]))  # type: ignore[arg-type,return-value]
+    playground = Playground(checks, SimpleNamespace(pool=[1]))  # type: ignore[arg-type]
     release = playground.take_slot()
     request = build_request("hi", [], "claude-sonnet-4-5", "", False, False)
     chat = _Chat(SimpleNamespace(), playground, request)  # type: ignore[arg-type]

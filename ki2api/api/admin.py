@@ -1,14 +1,19 @@
 """The admin API: list, add, remove and refresh accounts; fetch an account's remaining credits.
 
-    GET    /admin/accounts                  every account's status (tokens masked)
+    GET    /admin/accounts                  every account's status (tokens masked): state
+                                            (``suspended`` when Kiro suspended or flagged it),
+                                            credits (``usage``, ``usage_error``), pacing
+                                            (``min_interval_ms``, ``waiting``), cooldowns
     POST   /admin/accounts[?replace=true]   one account's fields, a kiro-auth-token.json's
                                             contents, or a JSON string (a pasted key / token)
     DELETE /admin/accounts/{label}
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
 
+An account's fields may name its own outbound ``proxy`` (``http://``, ``socks5://``,
+``socks5h://``, with credentials; or ``direct``); listings show it masked, never its credentials.
 Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here are kept in the store
-(``DATA_DIR``) with their tokens as they rotate, and come back after a restart
+(``DATA_DIR``) with their tokens (and proxy) as they rotate, and come back after a restart
 (:mod:`ki2api.kiro.accounts.kept`). A ``tokenFile`` must lie in the Kiro login folder or a
 folder of ``KIRO_TOKEN_DIRS``, and every refusal of one reads the same (nothing tells whether
 some other path exists). Errors use OpenAI's format; no answer ever contains a full token.
@@ -83,7 +88,7 @@ async def run_as_admin(
         return openai_error_response(exc)
 
 
-def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings) -> APIRouter:
+def create_admin_router(pool: AccountPool, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
     def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Awaitable[Response]:
@@ -102,7 +107,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.get("/accounts")
     async def list_accounts(request: Request) -> Response:
         async def work() -> Response:
-            return _json(listing(get_pool()))
+            return _json(listing(pool))
 
         return await guarded(request, work)
 
@@ -110,7 +115,6 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     async def add_account(request: Request, replace: bool = False) -> Response:
         async def work() -> Response:
             body = await read_json_body(request, MAX_ADMIN_BODY)
-            pool = get_pool()
             if isinstance(body, str):
                 label = request.query_params.get("label") or pool.free_label("added")
                 try:
@@ -133,7 +137,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.delete("/accounts/{label}")
     async def delete_account(request: Request, label: str) -> Response:
         async def work() -> Response:
-            get_pool().remove_account(label)
+            pool.remove_account(label)
             return _json({"deleted": label})
 
         return await guarded(request, work)
@@ -141,7 +145,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.post("/accounts/{label}/refresh")
     async def refresh_account(request: Request, label: str) -> Response:
         async def work() -> Response:
-            status = await get_pool().refresh_account(label)
+            status = await pool.refresh_account(label)
             return _json({"account": status.to_dict()})
 
         return await guarded(request, work)
@@ -149,7 +153,7 @@ def create_admin_router(get_pool: Callable[[], AccountPool], settings: Settings)
     @router.get("/accounts/{label}/usage")
     async def account_usage(request: Request, label: str) -> Response:
         async def work() -> Response:
-            usage = await get_pool().fetch_usage(label)
+            usage = await pool.fetch_usage(label)
             return _json({"label": label, "usage": usage.to_dict()})
 
         return await guarded(request, work)

@@ -48,7 +48,7 @@ async def _fields(request: Request) -> dict[str, Any]:
     return body
 
 
-def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settings) -> APIRouter:
+def create_admin_keys_router(admin: KeyAdmin, settings: Settings) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
     def guarded(request: Request, work: Callable[[], Awaitable[Response]]) -> Awaitable[Response]:
@@ -60,7 +60,7 @@ def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settin
             flag = request.query_params.get("include_revoked", "").lower()
             if flag not in ("", "true", "false", "1", "0"):
                 raise InvalidRequest("include_revoked: true or false", param="include_revoked")
-            keys = await get_admin().list_keys(include_revoked=flag in ("true", "1"))
+            keys = await admin.list_keys(include_revoked=flag in ("true", "1"))
             return _json({"object": "list", "data": keys})
 
         return await guarded(request, work)
@@ -68,28 +68,28 @@ def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settin
     @router.post("/keys")
     async def create_key(request: Request) -> Response:
         async def work() -> Response:
-            return _json(await get_admin().create(await _fields(request)), status=201)
+            return _json(await admin.create(await _fields(request)), status=201)
 
         return await guarded(request, work)
 
     @router.get("/keys/{ref}")
     async def get_key(request: Request, ref: str) -> Response:
         async def work() -> Response:
-            return _json(await get_admin().get(ref))
+            return _json(await admin.get(ref))
 
         return await guarded(request, work)
 
     @router.patch("/keys/{ref}")
     async def update_key(request: Request, ref: str) -> Response:
         async def work() -> Response:
-            return _json(await get_admin().update(ref, await _fields(request)))
+            return _json(await admin.update(ref, await _fields(request)))
 
         return await guarded(request, work)
 
     @router.delete("/keys/{ref}")
     async def revoke_key(request: Request, ref: str) -> Response:
         async def work() -> Response:
-            return _json(await get_admin().revoke(ref))
+            return _json(await admin.revoke(ref))
 
         return await guarded(request, work)
 
@@ -99,7 +99,7 @@ def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settin
             raw = request.query_params.get("days", "30")
             if not raw.isdigit() or not 1 <= int(raw) <= MAX_DAYS:
                 raise InvalidRequest(f"days: a whole number from 1 to {MAX_DAYS}", param="days")
-            rows = await get_admin().daily(ref, int(raw))
+            rows = await admin.daily(ref, int(raw))
             return _json({"object": "list", "data": rows})
 
         return await guarded(request, work)
@@ -108,7 +108,7 @@ def create_admin_keys_router(get_admin: Callable[[], KeyAdmin], settings: Settin
     async def usage(request: Request) -> Response:
         async def work() -> Response:
             query = request.query_params
-            rows = await get_admin().usage(
+            rows = await admin.usage(
                 key=query.get("key") or None,
                 account=query.get("account") or None,
                 since=query.get("from") or None,

@@ -36,8 +36,8 @@ def _json(data: Any) -> Response:
 
 def create_admin_models_router(
     settings: Settings,
-    get_catalog: Callable[[], ModelCatalog],
-    get_models: Callable[[], AvailableModels | None],
+    catalog: ModelCatalog,
+    models: AvailableModels | None,
 ) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -45,7 +45,6 @@ def create_admin_models_router(
         return run_as_admin(request, settings, work)
 
     def overview() -> dict[str, Any]:
-        catalog, models = get_catalog(), get_models()
         now = time.monotonic()
         return {
             "object": "list",
@@ -74,7 +73,6 @@ def create_admin_models_router(
     @router.post("/models/refresh")
     async def refresh_models(request: Request) -> Response:
         async def work() -> Response:
-            models = get_models()
             if models is not None:
                 await models.refresh(force=True)
             return _json(overview())
@@ -84,7 +82,7 @@ def create_admin_models_router(
     @router.get("/model-aliases")
     async def get_aliases(request: Request) -> Response:
         async def work() -> Response:
-            return _json({"aliases": get_catalog().aliases})
+            return _json({"aliases": catalog.aliases})
 
         return await guarded(request, work)
 
@@ -97,10 +95,10 @@ def create_admin_models_router(
                     'send the alias table as a JSON object, e.g. {"gpt-4o": "claude-sonnet-4-6"}'
                 )
             try:
-                get_catalog().set_aliases(body)
+                catalog.set_aliases(body)
             except ValueError as exc:
                 raise InvalidRequest(str(exc)) from None
-            return _json({"aliases": get_catalog().aliases})
+            return _json({"aliases": catalog.aliases})
 
         return await guarded(request, work)
 

@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -46,19 +45,6 @@ _SSE_START: Message = {
     ],
 }
 _END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
-
-
-def _no_yield() -> None:
-    pass
-
-
-def cpu_hand_over(settings: Settings) -> Callable[[], None]:
-    """What to call after a write that wakes the client: ``os.sched_yield``, so the client runs
-    now rather than after the rest of this turn of the event loop. Over loopback Linux tends to
-    wake the reader on the writer's CPU, where it would wait for us to go idle; when nothing
-    else waits for this CPU the call returns at once. Measured in docs/benchmarks.md; Windows
-    has no sched_yield, and ``YIELD_AFTER_WRITE=0`` turns it off."""
-    return getattr(os, "sched_yield", _no_yield) if settings.yield_after_write else _no_yield
 
 
 class ChatDoor(Protocol[OpenT]):
@@ -143,10 +129,9 @@ class ChatEndpoint:
         self.door = door
         self.settings = settings
         self.teams = teams  # client keys; None: API_KEY only
-        self.hand_over = cpu_hand_over(settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = _Exchange(self.door, send, self.hand_over)
+        exchange = _Exchange(self.door, send)
         try:
             await exchange.serve(self.settings, self.teams, scope, receive)
         except Exception:
@@ -162,12 +147,11 @@ class ChatEndpoint:
 class _Exchange:
     """One request on a chat route."""
 
-    __slots__ = ("door", "send", "hand_over", "started")
+    __slots__ = ("door", "send", "started")
 
-    def __init__(self, door: ChatDoor[Any], send: Send, hand_over: Callable[[], None]) -> None:
+    def __init__(self, door: ChatDoor[Any], send: Send) -> None:
         self.door = door
         self.send = send
-        self.hand_over = hand_over
         self.started = False
 
     async def serve(
@@ -214,12 +198,11 @@ class _Exchange:
     async def respond(self, response: Response, scope: Scope, receive: Receive) -> None:
         self.started = True
         await response(scope, receive, self.send)
-        self.hand_over()
 
     async def stream(self, body: AsyncIterator[bytes]) -> None:
         # The head goes out with the first piece: on the way to the first token every write
         # costs a wake-up of the client, and there is nothing to tell it before then.
-        send, hand_over = self.send, self.hand_over
+        send = self.send
         ended = False  # a LastPiece went out with the end of the body
         with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
             try:
@@ -234,7 +217,6 @@ class _Exchange:
                     ended = type(piece) is LastPiece
                     more = not ended
                     await send({"type": "http.response.body", "body": piece, "more_body": more})
-                    hand_over()
                     if ended:
                         break
             finally:

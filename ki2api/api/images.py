@@ -51,11 +51,9 @@ class _Pending:
 class RequestImages:
     """One request's images: placeholders while the body is converted, then :meth:`fill`."""
 
-    def __init__(
-        self, settings: Settings, get_http: Callable[[], httpx.AsyncClient], *, fetch: bool
-    ) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient, *, fetch: bool) -> None:
         self._settings = settings
-        self._get_http = get_http
+        self._http = http
         self._fetch = fetch
         self._pending: list[_Pending] = []
 
@@ -113,7 +111,7 @@ class RequestImages:
             try:
                 image = await load_image_url(
                     item.url,
-                    http=self._get_http(),
+                    http=self._http,
                     max_bytes=self._settings.max_image_bytes,
                     timeout=self._settings.image_fetch_timeout,
                     allow_private=self._settings.allow_private_image_urls,
@@ -172,14 +170,14 @@ def _known_size(item: _Pending) -> int | None:
 
 
 class ImageLoaderFactory:
-    def __init__(self, settings: Settings, get_http: Callable[[], httpx.AsyncClient]) -> None:
+    def __init__(self, settings: Settings, http: httpx.AsyncClient) -> None:
         self._settings = settings
-        self._get_http = get_http
+        self._http = http
 
     def loader(self) -> RequestImages:
         """A request's images, loaded by :meth:`RequestImages.fill`."""
-        return RequestImages(self._settings, self._get_http, fetch=True)
+        return RequestImages(self._settings, self._http, fetch=True)
 
     def counting(self) -> RequestImages:
         """For ``count_tokens``: inline images are checked, URLs are never fetched."""
-        return RequestImages(self._settings, self._get_http, fetch=False)
+        return RequestImages(self._settings, self._http, fetch=False)

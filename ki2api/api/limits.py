@@ -10,6 +10,9 @@ client's format (Anthropic's for ``/v1/messages``, OpenAI's elsewhere). Here it 
 keys would let anyone grow the table). Client keys (:mod:`ki2api.teams`) have their own RPM,
 which is ``RATE_LIMIT`` when they set none, counted where their other limits are
 (``Gateway.open``), with the same bucket arithmetic (:func:`ki2api.store.counters.take_one`).
+
+With replicas sharing state (``REDIS_URL``) the buckets live in Redis (``shared``, a
+:class:`~ki2api.shared.counters.Counters`), so a key gets its rate once, not once per replica.
 """
 
 from __future__ import annotations
@@ -27,11 +30,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ki2api.api.auth import keys_match, presented_key
 from ki2api.api.errors import anthropic_error_response, openai_error_response
 from ki2api.model.errors import RateLimited
-from ki2api.settings import Settings
+from ki2api.settings import Rate, Settings, parse_rate
+from ki2api.shared.counters import Counters
 from ki2api.store.counters import take_one
-from ki2api.store.records import Rate, parse_rate
 
-__all__ = ["Rate", "RateLimiter", "parse_rate", "rate_limiter", "limits_middleware", "key_digest"]
 _MAX_TRACKED_KEYS = 1024
 
 
@@ -39,9 +41,15 @@ class RateLimiter:
     """Token buckets by key; ``take(key)`` returns 0 when a request may go, else the seconds
     until it may. Sans I/O: the clock is injectable."""
 
-    def __init__(self, rate: Rate, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: Rate,
+        clock: Callable[[], float] = time.monotonic,
+        shared: Counters | None = None,
+    ) -> None:
         self.rate = rate
         self._clock = clock
+        self.shared = shared  # the replicas' buckets, when they share state
         # key → (tokens, last update); least recently seen first, bounded.
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
@@ -54,6 +62,12 @@ class RateLimiter:
         while len(self._buckets) > _MAX_TRACKED_KEYS:
             self._buckets.popitem(last=False)
         return wait
+
+    async def acquire(self, key: str) -> float:
+        """:meth:`take`, from the replicas' shared bucket when there is one."""
+        if self.shared is None:
+            return self.take(key)
+        return await self.shared.take(f"rate:{key}", self.rate.requests, self.rate.per_second)
 
 
 def _is_anthropic(path: str) -> bool:
@@ -77,7 +91,7 @@ class RateLimitMiddleware:
         if key is None or not keys_match(key, self.settings.api_key):
             await self.app(scope, receive, send)
             return
-        wait = self.limiter.take(key_digest(key))
+        wait = await self.limiter.acquire(key_digest(key))
         if wait <= 0:
             await self.app(scope, receive, send)
             return
@@ -89,10 +103,12 @@ class RateLimitMiddleware:
         await render(error)(scope, receive, send)
 
 
-def rate_limiter(settings: Settings) -> RateLimiter | None:
+def rate_limiter(settings: Settings, shared: Counters | None = None) -> RateLimiter | None:
     """The app's one limiter (``RATE_LIMIT``), or None. The page's chats take from the same
-    buckets as the API's (:mod:`ki2api.ui.access`)."""
-    return RateLimiter(parse_rate(settings.rate_limit)) if settings.rate_limit else None
+    buckets as the API's (:mod:`ki2api.ui.access`); ``shared``: the replicas' buckets."""
+    if not settings.rate_limit:
+        return None
+    return RateLimiter(parse_rate(settings.rate_limit), shared=shared)
 
 
 def key_digest(key: str) -> str:

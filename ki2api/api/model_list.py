@@ -8,7 +8,6 @@ key with a model allowlist sees the models it may use.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -58,7 +57,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def create_models_router(
-    settings: Settings, get_catalog: Callable[[], ModelCatalog], teams: Teams | None = None
+    settings: Settings, catalog: ModelCatalog, teams: Teams | None = None
 ) -> APIRouter:
     router = APIRouter()
 
@@ -73,7 +72,7 @@ def create_models_router(
             caller = await authenticate_request(request, settings, teams)
         except GatewayError as exc:
             return error(request, exc)
-        entries = _entries(get_catalog())
+        entries = _entries(catalog)
         allowed = caller.record.models if caller.record is not None else ()
         if allowed:
             entries = [(n, m) for n, m in entries if model_allowed(allowed, n, m.id)]
@@ -93,7 +92,7 @@ def create_models_router(
     async def get_model(request: Request, model_id: str) -> Response:
         try:
             await authenticate_request(request, settings, teams)
-            model = get_catalog().resolve(model_id)  # any name a request may use
+            model = catalog.resolve(model_id)  # any name a request may use
         except GatewayError as exc:
             return error(request, exc)
         row = _anthropic_row if _anthropic(request) else _openai_row

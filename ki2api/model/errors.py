@@ -15,17 +15,23 @@
     ├── NotConfigured                 503 no credentials / no API key on a Space
     └── UpstreamError                 502 something between us and Kiro failed
         ├── UpstreamAuthFailed        502 the account's token was refused / cannot be refreshed
-        │   └── TokenExpired          502 "bearer token invalid": refresh once and retry
+        │   ├── TokenExpired          502 "bearer token invalid": refresh once and retry
+        │   └── AccountSuspended      502 Kiro suspended or flagged the account: out until a
+        │                                 person acts
         ├── QuotaExceeded             429 insufficient_quota (an account's quota, until it resets)
         ├── UpstreamThrottled         429 rate_limit_exceeded (an account's request rate)
         │   ├── ModelCapacity         429 insufficient_model_capacity (a model, for a moment)
         │   └── AccountsCoolingDown   429 rate_limit_exceeded: every account that could serve
-        │                                 the request is cooling down after Kiro's 429s (local)
+        │       │                         the request is cooling down after Kiro's 429s (local)
+        │       └── AccountsPaced     429 rate_limit_exceeded: every such account's next turn
+        │                                 (KIRO_MIN_INTERVAL_MS) is further off than QUEUE_TIMEOUT
         ├── UpstreamUnavailable       503 (Anthropic: 529 overloaded_error)
         │   ├── ModelUnavailable      503 model_unavailable (a model, for a moment)
         │   └── NoHealthyAccount      503 no account can serve (disabled, needs login, refresh)
         ├── UpstreamTimeout           504
-        └── UpstreamProtocolError     502 corrupt or cut event stream
+        ├── UpstreamProtocolError     502 corrupt or cut event stream, malformed HTTP answer
+        ├── UpstreamTlsError          502 Kiro's TLS certificate was not accepted
+        └── UpstreamProxyError        502 the outbound proxy refused or cannot be reached
 
 Each class carries its HTTP status and the ``type`` / ``code`` each client format expects;
 ``should_retry`` tells OpenAI's SDK (``x-should-retry``) whether trying again can help.
@@ -155,6 +161,12 @@ class TokenExpired(UpstreamAuthFailed):
     openai_code = "upstream_token_expired"
 
 
+class AccountSuspended(UpstreamAuthFailed):
+    """Kiro suspended the account, or flagged it and limits it: no retry, no refresh undoes
+    it, and it is read from Kiro's words whatever status carries them. Clients see the same
+    502 as for any refused account; the pool shows the account as suspended."""
+
+
 class QuotaExceeded(UpstreamError):
     status = 429
     openai_type = "insufficient_quota"
@@ -181,6 +193,12 @@ class AccountsCoolingDown(UpstreamThrottled):
     down after Kiro's own 429s. Carries the shortest wait and what Kiro said."""
 
 
+class AccountsPaced(AccountsCoolingDown):
+    """Answered by the gateway itself: every account that could serve the request keeps a
+    minimum interval between requests (``KIRO_MIN_INTERVAL_MS``) and its next turn is further
+    off than a request may wait (``QUEUE_TIMEOUT``). Retry-After: when the first turn is free."""
+
+
 class UpstreamUnavailable(UpstreamError):
     status = 503
     openai_code = "upstream_unavailable"
@@ -204,3 +222,14 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     openai_code = "upstream_protocol_error"
+
+
+class UpstreamTlsError(UpstreamError):
+    """A configuration matter (KIRO_CA_BUNDLE, the URL's host name): retrying cannot help."""
+
+    openai_code = "upstream_tls_error"
+    should_retry = False
+
+
+class UpstreamProxyError(UpstreamError):
+    openai_code = "upstream_proxy_error"

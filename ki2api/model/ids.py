@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 
 _random = random.Random(os.urandom(32))
 
@@ -27,6 +28,4 @@ def hex_id(chars: int = 32) -> str:
 
 def uuid_text() -> str:
     """A random (version 4) UUID in its usual text form."""
-    n = (_random.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC << 60) | (0x8 << 60)
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return str(uuid.UUID(int=_random.getrandbits(128), version=4))

@@ -10,17 +10,11 @@ from __future__ import annotations
 import re
 import uuid
 
-try:  # CPython's own SHA-1: OpenSSL's costs 2-4x more when its code is out of cache (measured)
-    from _sha1 import sha1
-except ImportError:  # pragma: no cover - builds without the built-in hashes
-    from hashlib import sha1
-
 from ki2api.model.errors import InvalidRequest
 from ki2api.model.request import ChatRequest
 
 # Fixed namespace, so the same conversation maps to the same id on every gateway instance.
 NAMESPACE = uuid.UUID("5b0f6b5e-8f4e-4d7a-9c61-2f1e4b7a9d30")
-_NAMESPACE_BYTES = NAMESPACE.bytes
 MAX_HEADER_CHARS = 200
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")  # visible ASCII, no spaces
 
@@ -32,17 +26,9 @@ def conversation_id_for(request: ChatRequest, header_value: str | None) -> str:
     first_user = next((m for m in request.messages if m.role == "user"), None)
     first = first_user or (request.messages[0] if request.messages else None)
     seed = "\x00".join((request.system, first.text if first else ""))
-    return _uuid5_text(seed.encode("utf-8", "surrogatepass").decode("latin-1"))
-
-
-def _uuid5_text(name: str) -> str:
-    """``str(uuid.uuid5(NAMESPACE, name))`` without building ``UUID`` objects (on every request's
-    way to the upstream)."""
-    digest = bytearray(sha1(_NAMESPACE_BYTES + name.encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    # uuid5 encodes its name as UTF-8, which a lone surrogate would break: the round trip lets
+    # any text through (and gives the ids this gateway has always given).
+    return str(uuid.uuid5(NAMESPACE, seed.encode("utf-8", "surrogatepass").decode("latin-1")))
 
 
 def _from_client(value: str) -> str:

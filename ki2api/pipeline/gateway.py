@@ -13,12 +13,14 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 
 from ki2api.kiro.accounts.available_models import AvailableModels
 from ki2api.kiro.accounts.pool import NO_ACCOUNT_NOW, AccountPool, Lease
 from ki2api.kiro.http.client import KiroClient, KiroResponse
 from ki2api.kiro.http.mcp import KiroWebSearch
 from ki2api.kiro.wire.events import KiroEventParser
+from ki2api.kiro.wire.eventstream import Frame
 from ki2api.kiro.wire.models import ModelCatalog, ModelInfo
 from ki2api.kiro.wire.request_builder import KiroRequest, build_kiro_request
 from ki2api.model.context import current_request
@@ -39,6 +41,7 @@ from ki2api.model.deltas import (
 )
 from ki2api.model.errors import (
     AccountsCoolingDown,
+    AccountsPaced,
     GatewayError,
     InvalidRequest,
     ModelNotFound,
@@ -57,7 +60,9 @@ from ki2api.pipeline.concurrency import AccountBusy, AccountSlots, Slot
 from ki2api.pipeline.conversation import conversation_id_for
 from ki2api.pipeline.output_limits import OutputLimiter
 from ki2api.pipeline.stats import RequestRecord, RequestStats
+from ki2api.pipeline.sticky import MemorySticky, StickyStore
 from ki2api.settings import Settings
+from ki2api.store.records import OPERATOR_KEY_ID
 
 log = logging.getLogger("ki2api.gateway")
 
@@ -69,6 +74,18 @@ _BACKOFF_CAP = 2.0
 def _backoff(attempt: int) -> float:
     delay: float = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
     return delay * (0.5 + random.random() / 2)
+
+
+def settle(
+    lease: Lease, error: GatewayError | None, kiro_model: str, models: AvailableModels | None
+) -> None:
+    """What an attempt's outcome does to its account: the same whether Kiro said it in the
+    status of its answer or inside the answer (one table classified both; docs/errors.md, "What
+    a failure cools down"). ``models`` None: the lease is not the pool's (a visitor's token)."""
+    lease.settle(error)
+    if isinstance(error, ModelNotFound) and models is not None:
+        # Kiro does not offer the model to this account: skip it for that model.
+        models.note_missing(lease.credential.label, kiro_model)
 
 
 class DeltaStream:
@@ -85,6 +102,7 @@ class DeltaStream:
         stats: RequestStats | None,
         started: float,
         release: Callable[[], None] | None = None,
+        models: AvailableModels | None = None,
     ) -> None:
         self.model = model
         self.requested_model = request.model
@@ -94,11 +112,15 @@ class DeltaStream:
         self._response = response
         self._parser = parser
         self._lease = lease
+        self._models = models  # who lacks which model (None for a lease not from the pool)
         self._stats = stats
         self._release = release  # gives the account's concurrency slot back
         limited = request.max_tokens is not None or bool(request.stop)
         self._limiter = OutputLimiter(request.max_tokens, request.stop) if limited else None
         self._streamed = request.stream
+        self._error: GatewayError | None = None  # what ended the answer early, if anything
+        self._cut = False  # the answer ended before the upstream's end (an error, a limit)
+        self._usage: Usage | None = None  # the answer's usage, once the parser gave it
         self._context = current_request.get()
         if self._context is not None:
             self._context.model = model.id
@@ -133,9 +155,8 @@ class DeltaStream:
             self._release()
 
     async def _run(self) -> AsyncGenerator[list[Delta], None]:
-        parser, limiter = self._parser, self._limiter
-        error: GatewayError | None = None
-        usage: Usage | None = None
+        """Read the upstream, one batch of deltas per read, until the answer ends; then give
+        the upstream back and tell the account and the stats how it went."""
         if self._stats is not None:
             self._stats.active_streams += 1
         try:
@@ -143,74 +164,96 @@ class DeltaStream:
                 if frames is None:  # the upstream is quiet: let the client know we are alive
                     yield [KEEP_ALIVE]
                     continue
-                batch: list[Delta] = []
-                for frame in frames:
-                    for delta in parser.feed(frame):
-                        if isinstance(delta, StreamError):
-                            error = delta.error
-                            batch.append(delta)
-                            yield batch
-                            return
-                        if self.first_delta_at is None:
-                            self.first_delta_at = time.perf_counter()
-                            if self._context is not None:
-                                self._context.ttft = self.first_delta_at - self.started
-                        if limiter is None:
-                            batch.append(delta)
-                            continue
-                        batch.extend(limiter.feed(delta))
-                        if limiter.stop is not None:
-                            usage = parser.usage()
-                            batch += (usage, limiter.stop)
-                            yield batch
-                            return
+                batch = self._deltas(frames)
                 if batch:
                     yield batch
-            batch = []
-            for delta in parser.finish():
-                if isinstance(delta, Usage):
-                    usage = delta
-                if limiter is not None and isinstance(delta, Stop):
-                    batch.extend(limiter.flush())
-                    delta = limiter.stop or delta
-                batch.append(delta)
-            yield batch
+                if self._cut:
+                    return
+            yield self._ending()
         except GatewayError as exc:
-            error = exc
+            self._error = exc
             log.warning(
                 "upstream failed mid-stream on %s: %s", self.account, printable(exc.message)
             )
             yield [StreamError(exc)]
         finally:
-            await self._response.aclose()
-            if self._release is not None:
-                self._release()
-            if self._context is not None:
-                if error is not None:
-                    self._context.error = str(error.openai_code)
-                # What this answer used, also when it failed or was cut (then partly estimated).
-                self._context.add_usage(usage if usage is not None else parser.usage())
-            if error is None:
-                self._lease.succeeded()
-            elif isinstance(error, UpstreamError):
-                self._lease.failed(error)
-            if self._stats is not None:
-                self._stats.active_streams -= 1
-                now = time.perf_counter()
-                self._stats.add(
-                    RequestRecord(
-                        finished_at=time.time(),
-                        model=self.model.id,
-                        account=self.account,
-                        latency=now - self.started,
-                        ttft=None
-                        if self.first_delta_at is None
-                        else self.first_delta_at - self.started,
-                        output_tokens=0 if usage is None else usage.output_tokens,
-                        error=None if error is None else str(error.openai_code),
-                        streamed=self._streamed,
-                    )
+            await self._ended()
+
+    def _deltas(self, frames: list[Frame]) -> list[Delta]:
+        """One upstream read's deltas, through the client's output limits. Sets ``_cut`` when
+        they end the answer early: Kiro's in-stream error, or the client's limit reached."""
+        parser, limiter = self._parser, self._limiter
+        batch: list[Delta] = []
+        for frame in frames:
+            for delta in parser.feed(frame):
+                if isinstance(delta, StreamError):
+                    self._error, self._cut = delta.error, True
+                    batch.append(delta)
+                    return batch
+                if self.first_delta_at is None:
+                    self._first_delta()
+                if limiter is None:
+                    batch.append(delta)
+                    continue
+                batch.extend(limiter.feed(delta))
+                if limiter.stop is not None:
+                    usage = self._usage = parser.usage()
+                    batch += (usage, limiter.stop)
+                    self._cut = True
+                    return batch
+        return batch
+
+    def _first_delta(self) -> None:
+        self.first_delta_at = time.perf_counter()
+        if self._context is not None:
+            self._context.ttft = self.first_delta_at - self.started
+
+    def _ending(self) -> list[Delta]:
+        """The upstream's end: the parser's usage and stop, through the output limits."""
+        limiter = self._limiter
+        batch: list[Delta] = []
+        for delta in self._parser.finish():
+            if isinstance(delta, Usage):
+                self._usage = delta
+            if limiter is not None and isinstance(delta, Stop):
+                batch.extend(limiter.flush())
+                delta = limiter.stop or delta
+            batch.append(delta)
+        return batch
+
+    async def _ended(self) -> None:
+        """However the answer ended (also when the client left): free the upstream and the
+        slot, settle the account as for a failed status, and count the request."""
+        await self._response.aclose()
+        if self._release is not None:
+            self._release()
+        error, usage, ctx = self._error, self._usage, self._context
+        caller = ctx.caller if ctx is not None else None
+        if ctx is not None:
+            if error is not None:
+                ctx.error = str(error.openai_code)
+            # What this answer used, also when it failed or was cut (then partly estimated).
+            ctx.add_usage(usage if usage is not None else self._parser.usage())
+        settle(self._lease, error, self.model.kiro_id, self._models)
+        if self._stats is not None:
+            self._stats.active_streams -= 1
+            now = time.perf_counter()
+            self._stats.add(
+                RequestRecord(
+                    finished_at=time.time(),
+                    model=self.model.id,
+                    account=self.account,
+                    latency=now - self.started,
+                    ttft=None
+                    if self.first_delta_at is None
+                    else self.first_delta_at - self.started,
+                    output_tokens=0 if usage is None else usage.output_tokens,
+                    input_tokens=0 if usage is None else usage.input_tokens,
+                    error=None if error is None else str(error.openai_code),
+                    streamed=self._streamed,
+                    key="" if caller is None or caller.key_id == OPERATOR_KEY_ID else caller.name,
                 )
+            )
 
 
 @dataclass(slots=True)
@@ -282,6 +325,93 @@ async def collect(stream: DeltaStream, *, close: bool = True) -> Completion:
     return done
 
 
+class _Opening:
+    """One request on its way to an answer: its Kiro bodies (built once per profile ARN), its
+    parser, and what its failed attempts taught (accounts tried, accounts lacking the model,
+    Kiro's last answer)."""
+
+    __slots__ = (
+        "bodies",
+        "conversation_id",
+        "lacking",
+        "last",
+        "model",
+        "models",
+        "parser",
+        "prefer",
+        "request",
+        "tried",
+        "while_waiting",
+    )
+
+    def __init__(
+        self,
+        request: ChatRequest,
+        model: ModelInfo,
+        conversation_id: str,
+        models: AvailableModels | None,
+        while_waiting: Callable[[], object] | None,
+    ) -> None:
+        self.request = request
+        self.model = model
+        self.conversation_id = conversation_id
+        self.models = models  # who lacks which model (None: unknown, or not the pool's account)
+        self.while_waiting = while_waiting
+        self.bodies: dict[str | None, KiroRequest] = {}
+        self.parser: KiroEventParser | None = None
+        # Accounts that do not offer the model sit this request out (they stay healthy).
+        self.lacking = models.skip_for(model.kiro_id) if models is not None else _NONE
+        self.tried: set[str] = set()
+        self.last: GatewayError | None = None
+        self.prefer: str | None = None  # the account the conversation sticks to, if it has room
+
+    def body_for(self, profile_arn: str | None) -> KiroRequest:
+        # Accounts differ in profileArn only; build once per distinct value.
+        body = self.bodies.get(profile_arn)
+        if body is None:
+            body = self.bodies[profile_arn] = build_kiro_request(
+                self.request,
+                model=self.model,
+                profile_arn=profile_arn,
+                conversation_id=self.conversation_id,
+            )
+        return body
+
+    def prepare(self) -> None:
+        """Once, while the first answer is awaited: the parser, and the caller's preparation."""
+        if self.parser is not None:
+            return
+        first = next(iter(self.bodies.values()))  # the parser's inputs are the same for each
+        model = self.model
+        self.parser = KiroEventParser(
+            tool_names=first.tool_names,
+            split_thinking=self.request.reasoning is not None or model.thinking,
+            prompt_tokens_estimate=max(1, first.prompt_chars // 4),
+            context_window=model.context_window,
+        )
+        if self.while_waiting is not None:
+            self.while_waiting()
+
+
+class _Next(Enum):
+    """What a request does after a failed attempt (docs/errors.md, "gateway does")."""
+
+    GIVE_UP = "give up"  # the failure is the answer
+    SKIP_FOR_MODEL = "skip for the model"  # the account lacks the model: another may have it
+    OTHER_ACCOUNT = "other account"  # this account is out (or busy): another at once
+    RETRY = "retry"  # a passing failure: another account, else this one, after a back-off
+
+
+def _next_step(failure: GatewayError, pinned: bool, knows_models: bool, final: bool) -> _Next:
+    if isinstance(failure, ModelNotFound):
+        return _Next.SKIP_FOR_MODEL if knows_models else _Next.GIVE_UP
+    if not isinstance(failure, UpstreamError):
+        return _Next.GIVE_UP  # the request is at fault (or the setup): no retry can help
+    if isinstance(failure, AccountBusy | QuotaExceeded | UpstreamAuthFailed | UpstreamThrottled):
+        return _Next.GIVE_UP if pinned else _Next.OTHER_ACCOUNT
+    return _Next.GIVE_UP if pinned and final else _Next.RETRY
+
+
 class Gateway:
     def __init__(
         self,
@@ -291,6 +421,7 @@ class Gateway:
         catalog: ModelCatalog,
         stats: RequestStats | None = None,
         models: AvailableModels | None = None,
+        sticky: StickyStore | None = None,
         admission: Admission | None = None,
     ) -> None:
         self.settings = settings
@@ -301,8 +432,14 @@ class Gateway:
         self.models = models  # per-account model lists: who lacks which model
         self.stats = stats or RequestStats()
         self.slots = AccountSlots(settings.max_concurrent_per_account, settings.queue_timeout)
-        self.web_search = KiroWebSearch(client.http, settings)  # only for server-tool requests
+        # Only for server-tool requests; each account's search goes through its own proxy.
+        self.web_search = KiroWebSearch(client.upstream.for_proxy, settings)
         self.calibration = TokenCalibration()  # input-token estimates, per Kiro model
+        # Which account each conversation sticks to (off with KIRO_STICKY_TTL=0). The "first"
+        # strategy needs none: it goes back to the primary account as soon as it is healthy.
+        if sticky is None and settings.kiro_sticky_ttl > 0 and pool.strategy != "first":
+            sticky = MemorySticky(settings.kiro_sticky_max)
+        self.sticky = sticky
 
     async def open(
         self,
@@ -317,6 +454,56 @@ class Gateway:
         ``while_waiting`` runs once, after the request has gone upstream and before its answer
         starts: a front door prepares its rendering there, off the way to the first token."""
         started = time.perf_counter()
+        self._check_message_count(request)
+        model = self.catalog.resolve(request.model)
+        await self.admit(request, model)
+        conversation_id = conversation_id_for(request, conversation_header)
+        pinned = lease is not None
+        models = None if pinned else self.models  # a lease of the caller's: not the pool's
+        job = _Opening(request, model, conversation_id, models, while_waiting)
+        sticky = self.sticky if not pinned and len(self.pool) > 1 else None
+        if sticky is not None:
+            job.prefer = await sticky.get(conversation_id)
+            if job.prefer is not None and not self.slots.has_room(job.prefer):
+                job.prefer = None  # every slot taken: the conversation moves rather than queues
+        attempts = max(1, self.settings.upstream_attempts)
+        for attempt in range(attempts):
+            if lease is not None:
+                account = lease
+            else:
+                account = await self._pick_account(job, attempt)
+                if sticky is not None:  # set on every turn: the entry lives TTL after the last
+                    label = account.credential.label
+                    await sticky.set(conversation_id, label, self.settings.kiro_sticky_ttl)
+            body = job.body_for(account.credential.profile_arn)
+            try:
+                response, slot = await self._open_in_slot(body, account, job.prepare)
+            except GatewayError as failure:
+                if not isinstance(failure, AccountBusy):  # a full line never reached Kiro
+                    settle(account, failure, model.kiro_id, models)
+                final = attempt == attempts - 1
+                step = _next_step(failure, pinned, models is not None, final)
+                if step is _Next.GIVE_UP:
+                    raise
+                await self._before_next_attempt(job, account, failure, step, attempt, attempts)
+                continue
+            job.prepare()  # in case the transport had no moment for it
+            assert job.parser is not None
+            return DeltaStream(
+                response=response,
+                parser=job.parser,
+                lease=account,
+                model=model,
+                request=request,
+                stats=self.stats,
+                started=started,
+                release=slot.release,
+                models=models,
+            )
+        assert job.last is not None
+        raise job.last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
+
+    def _check_message_count(self, request: ChatRequest) -> None:
         if 0 < self.settings.max_messages < len(request.messages):
             raise InvalidRequest(
                 f"Too many messages ({len(request.messages)}); the limit is "
@@ -324,116 +511,6 @@ class Gateway:
                 param="messages",
                 code="too_many_messages",
             )
-        model = self.catalog.resolve(request.model)
-        await self.admit(request, model)
-        conversation_id = conversation_id_for(request, conversation_header)
-        built: dict[str | None, KiroRequest] = {}
-
-        def body_for(profile_arn: str | None) -> KiroRequest:
-            # Accounts differ in profileArn only; build once per distinct value.
-            if profile_arn not in built:
-                built[profile_arn] = build_kiro_request(
-                    request,
-                    model=model,
-                    profile_arn=profile_arn,
-                    conversation_id=conversation_id,
-                )
-            return built[profile_arn]
-
-        parsers: list[KiroEventParser] = []
-
-        def prepare() -> None:
-            if parsers:
-                return
-            first = next(iter(built.values()))  # the parser's inputs are the same for every body
-            parsers.append(
-                KiroEventParser(
-                    tool_names=first.tool_names,
-                    split_thinking=request.reasoning is not None or model.thinking,
-                    prompt_tokens_estimate=max(1, first.prompt_chars // 4),
-                    context_window=model.context_window,
-                )
-            )
-            if while_waiting is not None:
-                while_waiting()
-
-        # Accounts that do not offer the model sit this request out (they stay healthy).
-        lacking = self.models.skip_for(model.kiro_id) if self.models is not None else _NONE
-        tried: set[str] = set()
-        last: GatewayError | None = None
-        attempts = max(1, self.settings.upstream_attempts)
-        for attempt in range(attempts):
-            current = lease
-            if current is None:
-                try:
-                    current = await self.pool.acquire(
-                        exclude=frozenset(tried), model=model.kiro_id, lacking=lacking
-                    )
-                except NO_ACCOUNT_NOW as refused:
-                    current = await self._none_free(
-                        refused, model.kiro_id, lacking, tried, last, attempt
-                    )
-            kiro_request = body_for(current.credential.profile_arn)
-            try:
-                response, slot = await self._open_in_slot(kiro_request, current, prepare)
-            except AccountBusy as exc:
-                last = exc
-                if lease is not None:
-                    raise
-                tried.add(current.credential.label)  # try a less busy account
-                continue
-            except InvalidRequest:
-                current.succeeded()  # the account is fine; the request is not
-                raise
-            except ModelNotFound as exc:
-                # Kiro does not offer the model to this account: another account may.
-                current.succeeded()
-                if lease is not None or self.models is None:
-                    raise
-                self.models.note_missing(current.credential.label, model.kiro_id)
-                # Skipped for the rest of this request too (a retry after a throttle elsewhere
-                # must not ask it again), and never the answer while another account's failure
-                # (a throttle, a quota) tells the client more.
-                lacking = lacking | {current.credential.label}
-                last = last or exc
-                continue
-            except (QuotaExceeded, UpstreamAuthFailed, UpstreamThrottled) as exc:
-                current.failed(exc)
-                last = exc
-                if lease is not None:
-                    raise
-                tried.add(current.credential.label)  # the next account at once, if there is one
-                log.info(
-                    "account %s failed (%s); trying another",
-                    current.credential.label,
-                    exc.openai_code,
-                )
-                continue
-            except UpstreamError as exc:
-                current.failed(exc)
-                last = exc
-                if lease is not None and attempt == attempts - 1:
-                    raise
-                tried.add(current.credential.label)  # prefer another account; else this one again
-                log.info(
-                    "Kiro failed (%s), attempt %d of %d", exc.openai_code, attempt + 1, attempts
-                )
-                if attempt < attempts - 1:
-                    await self.pool.sleep(_backoff(attempt))
-                continue
-            prepare()  # in case the transport had no moment for it
-            return DeltaStream(
-                response=response,
-                parser=parsers[0],
-                lease=current,
-                model=model,
-                request=request,
-                stats=self.stats,
-                started=started,
-                release=slot.release,
-            )
-        assert last is not None
-        raise last  # what Kiro said last (a 429 stays a 429, with Kiro's reason)
 
     async def admit(self, request: ChatRequest, model: ModelInfo) -> None:
         """The caller's own limits (client keys), before any account is spent on the request;
@@ -443,28 +520,62 @@ class Gateway:
             if ctx is not None and ctx.caller is not None:
                 await self.admission.admit(ctx, request.model, model)
 
-    async def _none_free(
-        self,
-        refused: GatewayError,
-        model: str,
-        lacking: frozenset[str],
-        tried: set[str],
-        last: GatewayError | None,
-        attempt: int,
-    ) -> Lease:
+    async def _pick_account(self, job: _Opening, attempt: int) -> Lease:
+        """The pool's choice for the next attempt, among the accounts not tried yet."""
+        try:
+            return await self.pool.acquire(
+                exclude=frozenset(job.tried),
+                model=job.model.kiro_id,
+                lacking=job.lacking,
+                prefer=job.prefer,
+            )
+        except NO_ACCOUNT_NOW as refused:
+            return await self._none_free(refused, job, attempt)
+
+    async def _none_free(self, refused: GatewayError, job: _Opening, attempt: int) -> Lease:
         """No account can take the next attempt now: wait out a short cooldown, or retry the
         accounts that failed only passingly; otherwise answer why (see _final_error)."""
-        retry_tried = bool(tried) and self.pool.any_ready(tried, model)
-        wait = _wait_before_retry(refused, last, retry_tried, attempt)
+        model = job.model.kiro_id
+        retry_tried = bool(job.tried) and self.pool.any_ready(job.tried, model)
+        wait = _wait_before_retry(refused, job.last, retry_tried, attempt)
         if wait is None:
-            raise _final_error(last, refused) from None
+            raise _final_error(job.last, refused) from None
         if wait > 0:
             await self.pool.wait(wait)
-        tried.clear()
+        job.tried.clear()
         try:
-            return await self.pool.acquire(model=model, lacking=lacking)
+            return await self.pool.acquire(model=model, lacking=job.lacking)
         except NO_ACCOUNT_NOW as again:
-            raise _final_error(last, again) from None
+            raise _final_error(job.last, again) from None
+
+    async def _before_next_attempt(
+        self,
+        job: _Opening,
+        account: Lease,
+        failure: GatewayError,
+        step: _Next,
+        attempt: int,
+        attempts: int,
+    ) -> None:
+        """Remember what the failed attempt taught, and back off where that is due."""
+        label = account.credential.label
+        if step is _Next.SKIP_FOR_MODEL:
+            # Skipped for the rest of this request too (a retry after a throttle elsewhere must
+            # not ask it again), and never the answer while another account's failure (a
+            # throttle, a quota) tells the client more.
+            job.lacking = job.lacking | {label}
+            job.last = job.last or failure
+            return
+        job.last = failure
+        job.tried.add(label)  # another account next, if there is one
+        if isinstance(failure, AccountBusy):
+            return  # a less busy account
+        if step is _Next.OTHER_ACCOUNT:
+            log.info("account %s failed (%s); trying another", label, failure.openai_code)
+            return
+        log.info("Kiro failed (%s), attempt %d of %d", failure.openai_code, attempt + 1, attempts)
+        if attempt < attempts - 1:
+            await self.pool.sleep(_backoff(attempt))
 
     async def _open_in_slot(
         self, kiro_request: KiroRequest, lease: Lease, while_waiting: Callable[[], object]
@@ -507,7 +618,8 @@ def _wait_before_retry(
     cooled nothing (Kiro asked for no wait; the next try must not hammer it).
     """
     if isinstance(refused, AccountsCoolingDown) and refused.retry_after is not None:
-        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT:
+        # A paced account's turn was already too far off to wait for (QUEUE_TIMEOUT).
+        if refused.retry_after <= _LONGEST_COOLDOWN_WAIT and not isinstance(refused, AccountsPaced):
             return refused.retry_after
     if last is None or isinstance(last, QuotaExceeded | UpstreamAuthFailed | ModelNotFound):
         return None

@@ -1,12 +1,14 @@
 """Recent request outcomes, in memory, for the status page and health checks.
 
 A bounded ring: the gateway appends one record per finished request; readers take snapshots.
+``listeners`` hear of each record as it is added (usage counting, :mod:`ki2api.shared.usage`).
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -20,6 +22,8 @@ class RequestRecord:
     output_tokens: int
     error: str | None  # error code, or None for success
     streamed: bool
+    input_tokens: int = 0
+    key: str = ""  # the client key's name (ki2api.teams); "" for API_KEY or no key
 
 
 @dataclass(slots=True)
@@ -44,12 +48,15 @@ class RequestStats:
         self.active_streams = 0
         self.total = 0
         self.total_errors = 0
+        self.listeners: list[Callable[[RequestRecord], None]] = []
 
     def add(self, record: RequestRecord) -> None:
         self._records.append(record)
         self.total += 1
         if record.error:
             self.total_errors += 1
+        for listener in self.listeners:
+            listener(record)
 
     def recent(self, seconds: float = 900.0) -> list[RequestRecord]:
         since = time.time() - seconds

@@ -1,5 +1,4 @@
-"""uvicorn's HTTP protocols with a deadline for each request's head, and (httptools) sending each
-response's head together with its first body bytes.
+"""uvicorn's HTTP protocols with a deadline for each request's head.
 
 uvicorn times out an idle keep-alive connection, but not one that is sending a request head:
 a client that opens a connection and trickles a few bytes (or none) holds it for ever, and a
@@ -7,12 +6,12 @@ few thousand of them exhaust the server's file descriptors. :class:`HeadDeadline
 connection whose request head is not complete within ``header_timeout`` seconds of its start
 (the connection's, or the first bytes of the next request on a kept-alive connection).
 
-uvicorn writes the status line and headers as soon as the app sends ``http.response.start``,
-and the body in a second write. Every write that reaches a waiting client wakes it up: the
-client is scheduled for a head it cannot use yet, and on a busy host it may even preempt the
-server before the body goes out (measured on the 2-core benchmark VM: ~0.2 ms per non-streamed
-answer, see docs/benchmarks.md). Holding the head until the first body write (or the end of the
-event loop's current pass, whichever comes first) sends both in one go.
+uvicorn's protocol classes are not a documented API. What :class:`HeadDeadline` relies on:
+asyncio's ``connection_made`` / ``data_received`` / ``connection_lost``, ``self.transport``,
+and ``self.cycle``, the request cycle uvicorn makes once a head is complete (``None`` before
+the first), with its ``response_complete`` flag. pyproject.toml pins uvicorn to the versions
+this was tested with, and ``tests/test_http_protocol.py`` checks that shape on the installed
+one, for both parsers.
 """
 
 from __future__ import annotations
@@ -25,56 +24,14 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 DEFAULT_HEADER_TIMEOUT = 10.0
 
-# uvicorn writes a head (a response's, or an interim "100 Continue") in one piece, and a
-# chunked body piece starts with its size in hex. A non-chunked body that happens to start
-# with these bytes is only held until the next write or the end of the pass: harmless.
-_HEAD_PREFIX = b"HTTP/1."
-
-
-class HeadHoldingTransport:
-    """Wraps a transport: a head is held and written with the next write, in one call."""
-
-    __slots__ = ("_transport", "_loop", "_held")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        self._transport = transport
-        self._loop = loop
-        self._held: bytes | None = None
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            self._transport.writelines((held, data))  # uvloop: one writev
-        elif data[:7] == _HEAD_PREFIX:
-            self._held = bytes(data)
-            self._loop.call_soon(self.flush)  # nothing else this pass: send it alone
-        else:
-            self._transport.write(data)
-
-    def flush(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            if not self._transport.is_closing():
-                self._transport.write(held)
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything else (flow control, extra info, abort, set_protocol) is the transport's.
-        return getattr(self._transport, name)
-
 
 class HeadDeadline:
     """Mixed into a uvicorn protocol: the request head must be complete in ``header_timeout``.
 
     The timer starts with the connection, and again with the first bytes of a later request
     whose head does not come whole; a request's head is complete when uvicorn has made its
-    request cycle. Only a connection
-    waiting for a head has a timer, so an answer or a body upload can take as long as it needs.
+    request cycle. Only a connection waiting for a head has a timer, so an answer or a body
+    upload can take as long as it needs.
     """
 
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
@@ -118,17 +75,11 @@ class HeadDeadline:
             self.transport.close()
 
 
-class HeadWithBodyProtocol(HeadDeadline, HttpToolsProtocol):
-    """uvicorn's httptools protocol with :class:`HeadHoldingTransport` in front of the socket
-    and a deadline for each request head.
+class HttpToolsHeadDeadlineProtocol(HeadDeadline, HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline for each request head.
 
-    Pass it as ``uvicorn.run(..., http=HeadWithBodyProtocol)`` (or :func:`with_header_timeout`).
-    """
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        loop = asyncio.get_running_loop()
-        wrapped: Any = HeadHoldingTransport(transport, loop)  # type: ignore[arg-type]
-        super().connection_made(wrapped)
+    Pass it as ``uvicorn.run(..., http=HttpToolsHeadDeadlineProtocol)`` (or
+    :func:`with_header_timeout`)."""
 
 
 class H11HeadDeadlineProtocol(HeadDeadline, H11Protocol):

@@ -8,15 +8,26 @@ import gc
 import importlib.util
 import logging
 import socket
-from collections.abc import Sequence
-from dataclasses import replace
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import uvicorn
 
-from ki2api.settings import Settings
+from ki2api.settings import Settings, SettingsError
 
 log = logging.getLogger("ki2api")
+
+
+def settings_or_exit(environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+    """The settings from the environment; bad values end the process before anything starts,
+    each on one line (``error: PORT must be ...``), with exit code 2 (a usage error)."""
+    try:
+        return Settings.from_env(environ, **overrides)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def configure_logging(level: str) -> None:
@@ -37,17 +48,17 @@ def fast_paths() -> tuple[str, str]:
 
 
 def http_protocol(header_timeout: float | None = None) -> Any:
-    """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol sending each head with
-    its body, or h11 when httptools is not installed; either closes a connection whose request
-    head is not complete within ``header_timeout`` seconds (:mod:`ki2api.server.protocol`)."""
+    """What ``uvicorn.run(http=...)`` gets: uvicorn's httptools protocol, or h11 when httptools
+    is not installed; either closes a connection whose request head is not complete within
+    ``header_timeout`` seconds (:mod:`ki2api.server.protocol`)."""
     from ki2api.server.protocol import (
         H11HeadDeadlineProtocol,
         HeadDeadline,
-        HeadWithBodyProtocol,
+        HttpToolsHeadDeadlineProtocol,
         with_header_timeout,
     )
 
-    protocol: type[HeadDeadline] = HeadWithBodyProtocol
+    protocol: type[HeadDeadline] = HttpToolsHeadDeadlineProtocol
     if importlib.util.find_spec("httptools") is None:
         protocol = H11HeadDeadlineProtocol
     return protocol if header_timeout is None else with_header_timeout(protocol, header_timeout)
@@ -70,6 +81,35 @@ def check_port(host: str, port: int) -> None:
         raise PortUnavailable(f"cannot listen on {host}:{port}: {why}; {hint}") from None
 
 
+class RedisUnavailable(Exception):
+    """``REDIS_URL`` is set and Redis does not answer; the message says what to do, in one line."""
+
+
+def check_redis(settings: Settings) -> None:
+    """With ``REDIS_URL``: Redis must answer before the replica serves (or, with
+    ``REDIS_OPTIONAL=1``, a warning and local state until it does)."""
+    if not settings.redis_url:
+        return
+    from ki2api.shared import masked_url, probe
+
+    problem = probe(settings.redis_url, timeout=max(1.0, settings.redis_timeout * 8))
+    if problem is None:
+        return
+    where = masked_url(settings.redis_url)
+    if settings.redis_optional:
+        log.warning(
+            "Redis at %s does not answer (%s): starting on this replica's own state "
+            "(REDIS_OPTIONAL=1); it joins the shared state when Redis answers",
+            where,
+            problem,
+        )
+        return
+    raise RedisUnavailable(
+        f"cannot reach Redis at {where} ({problem}); start Redis, fix REDIS_URL, or set "
+        "REDIS_OPTIONAL=1 to start on local state"
+    )
+
+
 def serve(settings: Settings, *, with_ui: bool = True) -> None:
     from ki2api.app import create_app
     from ki2api.store import StoreError
@@ -83,7 +123,8 @@ def serve(settings: Settings, *, with_ui: bool = True) -> None:
         raise SystemExit(1) from None
     try:
         check_store(settings)  # a damaged or newer database: one sentence, exit code 2
-    except StoreError as exc:
+        check_redis(settings)
+    except (StoreError, RedisUnavailable) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     app = create_app(settings, with_ui=with_ui)
@@ -123,11 +164,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default: PORT, 7860 on a Space, or 8989)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env()
-    if args.demo:
-        settings = replace(settings, demo=True)
+    overrides: dict[str, Any] = {"demo": True} if args.demo else {}
     if args.host:
-        settings = replace(settings, host=args.host)
-    if args.port:
-        settings = replace(settings, port=args.port)
-    serve(settings)
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    serve(settings_or_exit(**overrides))

@@ -15,7 +15,7 @@ request rules, and ``state`` for what a test can set and read.
 from ki2api.simulator.accounts import SOCIAL_PROFILE_ARN, Account
 from ki2api.simulator.app import CHAT_TARGET, MODELS_TARGET, create_simulator_app
 from ki2api.simulator.default_model import SIMULATOR_TAG, Prompt, default_answer
-from ki2api.simulator.faults import FAULTS, RANDOM_FAULTS, Fault, get_fault, http_error
+from ki2api.simulator.faults import FAULTS, RANDOM_FAULTS, Fault, get_fault, http_error, in_stream
 from ki2api.simulator.scripts import (
     ConnectionDrop,
     CorruptCrc,
@@ -85,6 +85,7 @@ __all__ = [
     "default_answer",
     "get_fault",
     "http_error",
+    "in_stream",
     "message_metadata_event",
     "metadata_event",
     "metering_event",

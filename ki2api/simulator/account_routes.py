@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from ki2api.simulator.accounts import Account
 from ki2api.simulator.chat import error_response
+from ki2api.simulator.scripts import HttpError, Script
 from ki2api.simulator.state import SimulatorState
 
 
@@ -65,6 +66,16 @@ def usage_limits_body(account: Account | None, now: float | None = None) -> dict
     }
 
 
+def _account_refusal(account: Account | None) -> HttpError | None:
+    """The account's fault when it refuses the account itself (a suspension, a 403): the
+    service says so to every call, not only to chats."""
+    if account is None or account.fault is None:
+        return None
+    steps = account.fault.apply(Script(())).steps
+    first = steps[0] if steps else None
+    return first if isinstance(first, HttpError) and first.status == 403 else None
+
+
 class AccountEndpoints:
     def __init__(self, state: SimulatorState) -> None:
         self.state = state
@@ -96,8 +107,12 @@ class AccountEndpoints:
 
     async def usage_limits(self, request: Request) -> Response:
         auth = self.state.authorize({k.lower(): v for k, v in request.headers.items()})
+        self.state.log_usage_call(auth.account.label if auth.account else None)
         if auth.error is not None:
             return error_response(auth.error)
+        refused = _account_refusal(auth.account)
+        if refused is not None:
+            return error_response(refused)
         return JSONResponse(usage_limits_body(auth.account))
 
     async def list_models(self, request: Request) -> Response:

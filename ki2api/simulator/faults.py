@@ -229,30 +229,34 @@ def drop_mid_stream(after_frames: int = 1) -> Fault:
     return Fault("drop_mid_stream", transform)
 
 
-def _exception_after(name: str, kind: str, payload: Mapping[str, Any], frames: int) -> Fault:
+def in_stream(error: HttpError | Fault, after_frames: int = 1, name: str = "") -> Fault:
+    """The twin of an HTTP error inside a started answer: the same body in an exception frame
+    of the type the service names in ``x-amzn-errortype`` (a fault's error, or one made by
+    :func:`http_error`). ``after_frames=0``: the stream's first event."""
+    if isinstance(error, Fault):
+        name = name or f"{error.name}_mid_stream"
+        [step] = error.apply(Script(())).steps
+        assert isinstance(step, HttpError), f"{error.name} is no HTTP error"
+        error = step
+    kind = error.headers.get("x-amzn-errortype", "").split(":")[0]
+    kind = kind or _ERROR_TYPES.get(error.status, "InternalServerException")
+    payload = error.body
+
     def transform(answer: Script) -> Script:
-        head, _ = _split_after(answer, frames)
+        head, _ = _split_after(answer, after_frames)
         return Script((*head, ExceptionFrame(kind, payload)))
 
-    return Fault(name, transform)
+    return Fault(name or f"{kind}_mid_stream", transform)
 
 
 def daily_quota_mid_stream(after_frames: int = 1) -> Fault:
     """The answer starts, then an exception frame says the day's requests are used up."""
-    payload = {
-        "message": "You have reached the limit for daily requests.",
-        "reason": "DAILY_REQUEST_COUNT",
-    }
-    return _exception_after("daily_quota_mid_stream", "ThrottlingException", payload, after_frames)
+    return in_stream(daily_quota(), after_frames, "daily_quota_mid_stream")
 
 
 def capacity_mid_stream(after_frames: int = 1) -> Fault:
     """The answer starts, then an exception frame says the model has no capacity left."""
-    payload = {
-        "message": "I am experiencing high traffic, please try again shortly.",
-        "reason": "INSUFFICIENT_MODEL_CAPACITY",
-    }
-    return _exception_after("capacity_mid_stream", "ThrottlingException", payload, after_frames)
+    return in_stream(insufficient_capacity(), after_frames, "capacity_mid_stream")
 
 
 FAULTS: Mapping[str, Callable[[], Fault]] = {

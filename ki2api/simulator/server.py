@@ -6,9 +6,11 @@
         httpx.post(f"{sim.url}/generateAssistantResponse", ...)
         sim.state.enqueue(text_answer("hi"))
 
-The socket is bound before the thread starts (port 0 picks a free port), so ``sim.url`` is
-known at once and the server accepts connections when ``start()`` returns. ``stop()`` first
-ends every answer still playing (stalled ones included), then stops uvicorn, so it never hangs.
+With ``ssl_certfile`` and ``ssl_keyfile`` (PEM files) it speaks HTTPS, as Kiro does, and
+``sim.url`` starts with ``https://``. The socket is bound before the thread starts (port 0
+picks a free port), so ``sim.url`` is known at once and the server accepts connections when
+``start()`` returns. ``stop()`` first ends every answer still playing (stalled ones included),
+then stops uvicorn, so it never hangs.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from types import TracebackType
 from typing import Any
 
@@ -60,12 +63,19 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def make_config(
-    app: ASGIApp, *, log_level: str = "warning", own_logging: bool = True
+    app: ASGIApp,
+    *,
+    log_level: str = "warning",
+    own_logging: bool = True,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
 ) -> uvicorn.Config:
     """``own_logging=False`` (a simulator inside another program) leaves the logging set-up
     alone: uvicorn's would set its shared loggers to ``log_level`` for the host's server too."""
     return uvicorn.Config(
         app,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
         http=TransportExposingProtocol,
         lifespan="off",
         log_level=log_level if own_logging else None,
@@ -91,9 +101,9 @@ _THREAD_FILTER = _SimulatorThreadFilter()
 _thread_count = itertools.count(1)
 
 
-def url_for(sock: socket.socket) -> str:
+def url_for(sock: socket.socket, scheme: str = "http") -> str:
     host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class SimulatorServer:
@@ -106,8 +116,11 @@ class SimulatorServer:
         port: int = 0,
         *,
         log_level: str = "warning",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.state = state if state is not None else SimulatorState()
+        self._certfile, self._keyfile = ssl_certfile, ssl_keyfile
         self.host = host
         self.port = port
         self.app = create_simulator_app(self.state)
@@ -121,13 +134,24 @@ class SimulatorServer:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def bind(self) -> SimulatorServer:
+        """Take the port now (``url`` is then known) and serve it from :meth:`start`."""
+        if self._socket is None:
+            self._socket = bind_socket(self.host, self.port)
+            self.port = self._socket.getsockname()[1]
+            self.url = url_for(self._socket, "https" if self._certfile else "http")
+            # A simulator bound but never started or stopped must not leak its socket.
+            weakref.finalize(self, self._socket.close)
+        return self
+
     def start(self) -> SimulatorServer:
         if self._thread is not None:
             raise RuntimeError("simulator already started")
-        self._socket = bind_socket(self.host, self.port)
-        self.port = self._socket.getsockname()[1]
-        self.url = url_for(self._socket)
-        config = make_config(self.app, own_logging=False)
+        self.bind()
+        assert self._socket is not None
+        config = make_config(
+            self.app, own_logging=False, ssl_certfile=self._certfile, ssl_keyfile=self._keyfile
+        )
         self._server = uvicorn.Server(config)
         sock, server = self._socket, self._server
         name = f"kiro-simulator-{next(_thread_count)}"

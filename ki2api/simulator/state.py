@@ -192,6 +192,7 @@ class SimulatorState:
             self.requests: list[RequestRecord] = []
             self.refresh_calls: list[RefreshCall] = []
             self.models_calls: list[str | None] = []  # account label of each model-list call
+            self.usage_calls: list[str | None] = []  # account label of each getUsageLimits call
             self.open_streams = 0
             self._rng = random.Random(fault_seed)
             self._queue: deque[QueueItem] = deque()
@@ -332,6 +333,11 @@ class SimulatorState:
     def log_models_call(self, label: str | None) -> None:
         with self._changed:
             self.models_calls.append(label)
+            self._changed.notify_all()
+
+    def log_usage_call(self, label: str | None) -> None:
+        with self._changed:
+            self.usage_calls.append(label)
             self._changed.notify_all()
 
     # --- request log ----------------------------------------------------------------------

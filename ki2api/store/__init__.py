@@ -1,20 +1,20 @@
-"""Stored state: client keys, usage, accounts added at run time (see :mod:`ki2api.store.base`).
+"""The gateway's stored state (SQLite in ``DATA_DIR``): client keys, usage, accounts added at
+run time (see :mod:`ki2api.store.base`), and its backup (:mod:`ki2api.store.backup`).
 
-Layer: above ``model`` and ``settings``, below ``kiro``; it imports nothing else of ours.
+Layer: with ``model`` and ``settings``, below ``kiro``; of ours it imports only ``settings``.
 """
 
+from ki2api.settings import Rate  # RATE_LIMIT's syntax; a key's RPM is one too
 from ki2api.store.base import KeyNameTaken, Store, StoreError
 from ki2api.store.records import (
     OPERATOR_KEY_ID,
     KeyRecord,
     Limits,
-    Rate,
     Refusal,
     StoredAccount,
     UsageCounts,
     UsageQuery,
     day_of,
-    parse_rate,
 )
 from ki2api.store.sqlite import DB_NAME, SqliteStore
 
@@ -33,5 +33,4 @@ __all__ = [
     "UsageCounts",
     "UsageQuery",
     "day_of",
-    "parse_rate",
 ]

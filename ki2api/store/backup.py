@@ -1,153 +1,285 @@
-"""A periodic backup of the database to a private Hugging Face dataset (``BACKUP_REPO``), for a
-Space without persistent storage: its disk is wiped on restart, the dataset is not.
+"""A periodic backup of the gateway's SQLite database to a private Hugging Face dataset.
 
-Every ``BACKUP_EVERY`` minutes ``huggingface_hub``'s ``CommitScheduler`` uploads a snapshot:
-a consistent copy (SQLite's online backup) from which the accounts' rows are deleted and the
-file rewritten (``secure_delete``, ``VACUUM``), so no Kiro token ever leaves the machine;
-client keys are hashes already. At start, when the database file is missing, the last snapshot
-is downloaded first. When the Hub cannot be asked at start, no backup runs in that process: an
-empty database must never overwrite a good backup.
+For a Space without persistent storage (nothing mounted at ``/data``): its disk is wiped on each
+restart, and with it the client keys and usage the gateway stores. With ``BACKUP_DATASET``
+(``owner/name``) and ``HF_TOKEN`` set, :func:`start_backup` creates the dataset (private) if
+needed and, every ``BACKUP_EVERY_MINUTES``, uploads a consistent copy of the database with
+``huggingface_hub``'s ``CommitScheduler`` (a last one when the gateway stops); :func:`restore`
+puts the latest copy back in place before the store opens, when the database is missing.
+
+No token in clear ever leaves the machine. The decision, for the store's schema:
+
+- client API keys are stored as hashes only: they are backed up;
+- account tokens (accounts added at run time, rotated refresh tokens) live in tables whose name
+  starts with ``secret_`` (:data:`SECRET_PREFIX`): every such table is dropped from the copy,
+  which is then rewritten (``VACUUM``) so that no freed page keeps their bytes. After a restore,
+  accounts from the Space's secrets come back by themselves; accounts added at run time must be
+  added again;
+- before a copy is uploaded it is searched for every secret the gateway knows (its keys, the HF
+  token, each account's current tokens: ``secrets``); a copy holding one is not uploaded, and the
+  log says so.
+
+A copy is made with SQLite's online backup API (a consistent snapshot while the gateway keeps
+writing), and replaces the previous one in the scheduler's folder only when its contents
+changed, so an idle gateway makes no commits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
 import sqlite3
 import tempfile
-from concurrent.futures import Future
+from collections.abc import Callable, Iterable
+from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ki2api.store.sqlite import DB_NAME
+from huggingface_hub import CommitScheduler, HfApi
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
 
-log = logging.getLogger("ki2api.store")
+from ki2api.settings import Settings
 
-FINAL_PUSH_TIMEOUT = 30.0  # seconds a clean shutdown waits for the last upload
+log = logging.getLogger("ki2api.backup")
+
+SECRET_PREFIX = "secret_"  # tables whose rows hold a secret in clear: never backed up
+FINAL_PUSH_TIMEOUT = 30.0  # seconds the last backup may take when the gateway stops
+
+Secrets = Callable[[], Iterable[str | None]]
 
 
-def snapshot(db: Path, out: Path) -> None:
-    """A copy of the database ``db`` at ``out`` without the accounts' tokens."""
-    partial = out.with_name(out.name + ".partial")
+class BackupRefused(Exception):
+    """A copy of the database still holds a known secret: it is not uploaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageState:
+    """Whether stored state survives a restart, and the backup that makes up for it if not."""
+
+    ephemeral: bool  # DATA_DIR is wiped on restart (a Space without persistent storage)
+    backup_dataset: str | None
+    backup_every: float  # minutes
+
+
+def storage_state(settings: Settings) -> StorageState:
+    """From the settings: ``DATA_DIR``'s persistence was decided when they were read."""
+    return StorageState(
+        ephemeral=not settings.data_dir_persistent,
+        backup_dataset=settings.backup_dataset,
+        backup_every=settings.backup_every,
+    )
+
+
+def snapshot(
+    database: Path, target: Path, *, exclude: Iterable[str] = (), secrets: Secrets = tuple
+) -> bool:
+    """Write a consistent copy of ``database`` to ``target``, without the ``secret_*`` tables
+    and those named in ``exclude``; True when ``target`` changed.
+
+    Raises ``FileNotFoundError`` when there is no database (yet), :class:`BackupRefused` when
+    the copy still holds one of ``secrets``, ``sqlite3.Error`` for a database that cannot be read.
+    """
+    if not database.is_file():
+        raise FileNotFoundError(database)
+    partial = target.with_name(f".{target.name}.partial")
     partial.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    copy = sqlite3.connect(partial, isolation_level=None)
     try:
-        source.backup(copy)
-        copy.execute("PRAGMA secure_delete = ON")
-        copy.execute("DELETE FROM accounts")
-        copy.execute("VACUUM")  # rewrites every page: nothing of the deleted rows remains
+        # mode=rw: never create an empty database where the store has not made one.
+        with closing(sqlite3.connect(f"{database.resolve().as_uri()}?mode=rw", uri=True)) as src:
+            with closing(sqlite3.connect(partial)) as copy:
+                src.backup(copy)
+                _strip(copy, set(exclude))
+        data = partial.read_bytes()
+        leaked = [s for s in secrets() if s and len(s) >= 8 and s.encode() in data]
+        if leaked:
+            raise BackupRefused(
+                f"the copy of {database.name} still holds {len(leaked)} secret(s) in clear; "
+                f"keep them in tables named {SECRET_PREFIX}*"
+            )
+        if target.is_file() and _digest(target.read_bytes()) == _digest(data):
+            return False
+        os.replace(partial, target)
+        return True
     finally:
-        copy.close()
-        source.close()
-    os.replace(partial, out)
+        partial.unlink(missing_ok=True)
 
 
-def _scheduler(db: Path, **kwargs: Any) -> Any:
-    from huggingface_hub import CommitScheduler
-
-    class Snapshots(CommitScheduler):
-        def push_to_hub(self) -> Any:
-            with self.lock:
-                snapshot(db, self.folder_path / DB_NAME)
-            return super().push_to_hub()
-
-    return Snapshots(**kwargs)
+def _strip(copy: sqlite3.Connection, exclude: set[str]) -> None:
+    names = [row[0] for row in copy.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for name in names:
+        if name.startswith(SECRET_PREFIX) or name in exclude:
+            copy.execute(f'DROP TABLE "{name.replace(chr(34), chr(34) * 2)}"')
+    copy.commit()
+    copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+    copy.execute("VACUUM")  # rewrites the file: no freed page keeps a dropped row's bytes
 
 
-class HubBackup:
-    """``restore`` (before the store opens), ``start`` (after), ``aclose`` (a last upload)."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class DatabaseBackup(CommitScheduler):
+    """``CommitScheduler`` that makes a fresh copy of the database before each push (the
+    scheduler's own push uploads the files of its folder that changed)."""
 
     def __init__(
         self,
-        repo: str,
-        db: Path,
         *,
-        every: float = 10.0,
+        database: Path,
+        repo_id: str,
+        every: float,
+        folder: Path,
+        exclude: Iterable[str] = (),
+        secrets: Secrets = tuple,
+        hf_api: HfApi | None = None,
         token: str | None = None,
-        endpoint: str | None = None,
     ) -> None:
-        self.repo = repo
-        self.db = db
-        self.every = every
-        self.token = token  # None: huggingface_hub's own (HF_TOKEN, or `hf auth login`)
-        self.endpoint = endpoint
-        self.enabled = True  # off once the Hub could not be asked at start
-        self._scheduler: Any = None
-
-    def _api(self) -> Any:
-        from huggingface_hub import HfApi
-
-        return HfApi(endpoint=self.endpoint, token=self.token)
-
-    async def restore(self) -> bool:
-        """Download the last snapshot when there is no database; True if one was restored."""
-        if self.db.exists():
-            return False
-        try:
-            return await asyncio.to_thread(self._download)
-        except Exception as exc:  # the network, a bad token: no backup this time, say so
-            self.enabled = False
-            log.error(
-                "could not read the backup in %s (%s): starting without it, and without backups "
-                "in this run so that an empty database does not replace it",
-                self.repo,
-                type(exc).__name__,
-            )
-            return False
-
-    def _download(self) -> bool:
-        from huggingface_hub.errors import (
-            EntryNotFoundError,
-            LocalEntryNotFoundError,
-            RepositoryNotFoundError,
+        # Set before the scheduler starts: its thread pushes (so copies) at once.
+        self.database = database
+        self.exclude = tuple(exclude)
+        self.secrets = secrets
+        self.copy_name = database.name
+        super().__init__(
+            repo_id=repo_id,
+            repo_type="dataset",
+            folder_path=folder,
+            every=every,
+            private=True,
+            token=token,
+            hf_api=hf_api,
+            allow_patterns=[self.copy_name],
         )
 
-        with tempfile.TemporaryDirectory() as folder:
-            try:
-                # Into an empty folder: straight from the Hub, never an older cached copy.
-                path = self._api().hf_hub_download(
-                    self.repo, DB_NAME, repo_type="dataset", local_dir=folder
-                )
-            except LocalEntryNotFoundError:
-                raise  # the Hub did not answer: not the same as "no backup yet"
-            except (EntryNotFoundError, RepositoryNotFoundError):
-                log.info("no backup in %s yet: starting with an empty database", self.repo)
-                return False
-            self.db.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            shutil.copyfile(str(path), self.db)
-        log.info("database restored from the backup in %s", self.repo)
-        return True
-
-    async def start(self) -> None:
-        if not self.enabled:
-            return
+    def push_to_hub(self) -> Any:
         try:
-            self._scheduler = await asyncio.to_thread(
-                _scheduler,
-                self.db,
-                repo_id=self.repo,
-                repo_type="dataset",
-                folder_path=self.db.parent / "backup",
-                every=self.every,
-                private=True,
-                squash_history=True,  # one snapshot kept, not one per upload
-                hf_api=self._api(),
+            snapshot(
+                self.database,
+                self.folder_path / self.copy_name,
+                exclude=self.exclude,
+                secrets=self.secrets,
             )
-        except Exception as exc:
-            log.error("backups to %s are off: %s", self.repo, type(exc).__name__)
-            return
-        log.info("the database is backed up to %s every %g min", self.repo, self.every)
+        except FileNotFoundError:
+            return None  # nothing stored yet
+        except (BackupRefused, sqlite3.Error) as exc:
+            log.error("backup of %s to %s skipped: %s", self.database.name, self.repo_id, exc)
+            return None
+        return super().push_to_hub()
 
-    async def aclose(self) -> None:
-        scheduler, self._scheduler = self._scheduler, None
-        if scheduler is None:
-            return
-        last: Future[Any] = scheduler.trigger()
+    async def close(self) -> None:
+        """A last backup (what changed since the previous one), then stop."""
         try:
-            await asyncio.to_thread(last.result, FINAL_PUSH_TIMEOUT)
-        except Exception as exc:
-            log.error("the last backup to %s failed: %s", self.repo, type(exc).__name__)
-        scheduler.stop()
+            await asyncio.to_thread(self.trigger().result, FINAL_PUSH_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - stopping must not fail on the network
+            log.error("the last backup to %s failed: %s", self.repo_id, exc)
+        self.stop()
+
+
+async def start_backup(
+    settings: Settings,
+    database: Path,
+    *,
+    secrets: Secrets = tuple,
+    exclude: Iterable[str] = (),
+    endpoint: str | None = None,
+    folder: Path | None = None,
+) -> DatabaseBackup | None:
+    """Start backing ``database`` up to ``BACKUP_DATASET``; None when no dataset is set or the
+    Hub cannot be reached (logged: the gateway runs on without a backup)."""
+    if not settings.backup_dataset:
+        return None
+    folder = folder or Path(tempfile.mkdtemp(prefix="ki2api-backup-"))
+    api = HfApi(endpoint=endpoint or settings.hf_endpoint, token=settings.hf_token)
+    try:
+        if not await asyncio.to_thread(_private_dataset, api, settings.backup_dataset):
+            log.error(
+                "no backup: the dataset %s is public; make it private (its settings page on "
+                "the Hub) or name another one in BACKUP_DATASET",
+                settings.backup_dataset,
+            )
+            return None
+        backup = await asyncio.to_thread(
+            DatabaseBackup,
+            database=database,
+            repo_id=settings.backup_dataset,
+            every=settings.backup_every,
+            folder=folder,
+            exclude=exclude,
+            secrets=secrets,
+            hf_api=api,
+        )
+    except Exception as exc:  # noqa: BLE001 - any Hub failure: run on, without a backup
+        log.error("no backup: the dataset %s cannot be used: %s", settings.backup_dataset, exc)
+        return None
+    log.info(
+        "the database is backed up to the private dataset %s every %g min",
+        settings.backup_dataset,
+        settings.backup_every,
+    )
+    return backup
+
+
+async def restore(
+    settings: Settings, database: Path, *, endpoint: str | None = None
+) -> bool | None:
+    """Put the latest backed-up copy at ``database`` when there is none (a Space that just
+    restarted); True when it did. Call it before the store opens the database. Nothing backed
+    up yet, or a damaged copy: False, and the store starts empty. A Hub that could not be
+    asked: None, logged; the store starts empty and must not be backed up in this run, or its
+    empty copy would replace the good one."""
+    if not settings.backup_dataset or database.exists():
+        return False
+    api = HfApi(endpoint=endpoint or settings.hf_endpoint, token=settings.hf_token)
+    try:
+        await asyncio.to_thread(_download, api, settings.backup_dataset, database)
+    except LocalEntryNotFoundError as exc:  # the Hub did not answer: not "nothing backed up"
+        problem: Exception = exc
+    except (EntryNotFoundError, RepositoryNotFoundError):
+        log.info("no backup in %s yet: the store starts empty", settings.backup_dataset)
+        return False
+    except sqlite3.DatabaseError as exc:  # a damaged copy: the next backup replaces it
+        log.error(
+            "the backup in %s is unusable (%s): the store starts empty",
+            settings.backup_dataset,
+            exc,
+        )
+        return False
+    except Exception as exc:  # noqa: BLE001 - the gateway starts anyway, with an empty store
+        problem = exc
+    else:
+        log.info("restored %s from the dataset %s", database.name, settings.backup_dataset)
+        return True
+    log.error(
+        "could not restore the backup from %s: %s; starting with an empty store, and "
+        "without backups in this run so that it does not replace the backup",
+        settings.backup_dataset,
+        problem,
+    )
+    return None
+
+
+def _download(api: HfApi, repo_id: str, database: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="ki2api-restore-") as folder:
+        path = api.hf_hub_download(repo_id, database.name, repo_type="dataset", local_dir=folder)
+        with closing(sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)) as db:
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"the backed-up copy is damaged ({verdict})")
+        database.parent.mkdir(parents=True, exist_ok=True)
+        partial = database.with_name(f".{database.name}.partial")
+        shutil.copyfile(path, partial)
+        os.replace(partial, database)
+
+
+def _private_dataset(api: HfApi, repo_id: str) -> bool:
+    """Create the dataset, private, unless it exists; whether it is private (an existing one
+    keeps its visibility: a public one would publish the key hashes and the usage)."""
+    api.create_repo(repo_id, repo_type="dataset", private=True, exist_ok=True)
+    return bool(api.repo_info(repo_id, repo_type="dataset").private)

@@ -6,38 +6,13 @@ Times are Unix seconds (``time.time()``); days are UTC dates written ``YYYY-MM-D
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ki2api.settings import Rate
+
 OPERATOR_KEY_ID = "operator"  # API_KEY's usage rows: the operator's own key, never stored
-
-_PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
-_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*(second|minute|hour|day)s?\s*$", re.I)
-
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    requests: int
-    period: float  # seconds
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.period
-
-
-def parse_rate(text: str) -> Rate:
-    """``"60/minute"``, ``"10/second"``, ``"1000/day"``, ``"100/5minutes"`` → :class:`Rate`."""
-    match = _RATE.match(text)
-    if match is None or int(match.group(1)) <= 0:
-        raise ValueError(
-            f"RATE_LIMIT={text!r} is not a rate: write it like '60/minute' "
-            "(second, minute, hour or day)"
-        )
-    count, multiple, unit = match.groups()
-    return Rate(int(count), _PERIODS[unit.lower()] * int(multiple or 1))
-
 
 _last_day: list[tuple[float, str]] = [(-1.0, "")]  # (the day's start, its name): one entry
 

@@ -6,7 +6,9 @@ that is not a SQLite database, fails SQLite's own check, belongs to another prog
 written by a newer Ki2API is refused with :class:`StoreError` — never emptied or recreated.
 
 To change the schema, append a migration; never edit one that has shipped (a database made by
-it has already run it). ``tests/fixtures/store-v1.sql`` is a database as version 1 left it.
+it has already run it). ``tests/fixtures/store-v1.sql`` and ``store-v2.sql`` are databases as
+versions 1 and 2 left them. A table holding a secret in clear (an account's tokens) is named
+``secret_*``: the backup drops every such table (:data:`ki2api.store.backup.SECRET_PREFIX`).
 """
 
 from __future__ import annotations
@@ -64,8 +66,24 @@ MIGRATIONS: tuple[str, ...] = (
         updated_at REAL NOT NULL
     );
     """,
+    # 3: the accounts' tokens are in clear: their table is named secret_* so that the backup
+    # (ki2api/store/backup.py) leaves it out
+    """
+    ALTER TABLE accounts RENAME TO secret_accounts;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+# The secret_* tables as the migrations leave them. A copy from the backup has none of them (it
+# drops them), so every open makes those that are missing; keep this in step with MIGRATIONS.
+SECRET_TABLES: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS secret_accounts (
+        label TEXT PRIMARY KEY,
+        data TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+)
 
 
 def connect(path: Path | str) -> sqlite3.Connection:
@@ -82,6 +100,8 @@ def connect(path: Path | str) -> sqlite3.Connection:
         conn.execute("PRAGMA busy_timeout = 5000")  # the CLI may write while the server runs
         _check(conn, where)
         _migrate(conn, where)
+        for table in SECRET_TABLES:  # a database restored from a backup lacks them
+            conn.execute(table)
         conn.execute("PRAGMA foreign_keys = ON")
     except BaseException:
         conn.close()

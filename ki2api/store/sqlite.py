@@ -123,6 +123,11 @@ class SqliteStore:
         self._flusher: asyncio.Task[None] | None = None
         self._data_version = 0
 
+    @property
+    def file(self) -> Path | None:
+        """The database file; None for an in-memory store."""
+        return None if str(self.path) == ":memory:" else Path(self.path)
+
     @classmethod
     def in_folder(cls, folder: Path, **kwargs: Any) -> SqliteStore:
         return cls(folder / DB_NAME, **kwargs)
@@ -345,7 +350,7 @@ class SqliteStore:
     async def load_accounts(self) -> list[StoredAccount]:
         def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return conn.execute(
-                "SELECT label, data, updated_at FROM accounts ORDER BY rowid"
+                "SELECT label, data, updated_at FROM secret_accounts ORDER BY rowid"
             ).fetchall()
 
         accounts = []
@@ -365,7 +370,7 @@ class SqliteStore:
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO accounts (label, data, updated_at) VALUES (?, ?, ?) "
+                "INSERT INTO secret_accounts (label, data, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (label) DO UPDATE SET data = excluded.data, "
                 "updated_at = excluded.updated_at",
                 (account.label, data, updated),
@@ -374,7 +379,9 @@ class SqliteStore:
         await self._run(write)
 
     async def delete_account(self, label: str) -> None:
-        await self._run(lambda conn: conn.execute("DELETE FROM accounts WHERE label = ?", (label,)))
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM secret_accounts WHERE label = ?", (label,))
+        )
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

@@ -34,9 +34,8 @@ from ki2api.model.errors import (
     ModelNotAllowed,
     RateLimited,
 )
-from ki2api.settings import Settings
+from ki2api.settings import Settings, parse_rate
 from ki2api.store import (
-    DB_NAME,
     OPERATOR_KEY_ID,
     KeyRecord,
     Limits,
@@ -46,9 +45,7 @@ from ki2api.store import (
     Store,
     UsageCounts,
     day_of,
-    parse_rate,
 )
-from ki2api.store.backup import HubBackup
 from ki2api.store.schema import check
 from ki2api.teams.credits import CreditRates
 from ki2api.teams.keys import KEY_PREFIX, key_digest, model_allowed
@@ -120,7 +117,9 @@ def refusal_error(refusal: Refusal, name: str) -> GatewayError:
 
 
 def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
-    """The store the settings ask for: the one place that picks a backend."""
+    """The store the settings ask for: the one place that picks a backend. Today that is
+    SQLite in ``DATA_DIR``, also with ``REDIS_URL`` (each replica its own file: the keys a
+    replica's admin API makes are its own until a shared backend is picked here)."""
     return SqliteStore.in_folder(
         settings.data_dir,
         persistent=settings.data_dir_persistent,
@@ -132,7 +131,10 @@ def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Sto
 def check_store(settings: Settings) -> None:
     """Check (and migrate) the store, then let go: run before the server starts, so that
     a damaged or newer database stops it with one clear sentence (:class:`StoreError`)."""
-    check(settings.data_dir / DB_NAME)
+    store = store_for(settings)
+    database = store.file if isinstance(store, SqliteStore) else None
+    if database is not None:
+        check(database)
 
 
 class Teams:
@@ -153,36 +155,29 @@ class Teams:
         self.totals: dict[str, KeyTotals] = {}
         self._callers: dict[str, KeyCaller] = {}  # by digest, while the record is the same
         self.opened = False
-        self.backup: HubBackup | None = None
-        if settings.backup_repo and isinstance(self.store, SqliteStore):
-            self.backup = HubBackup(
-                settings.backup_repo,
-                Path(self.store.path),
-                every=settings.backup_every,
-                endpoint=settings.hf_endpoint,
-            )
+
+    @property
+    def database(self) -> Path | None:
+        """The database file a backup copies (``BACKUP_DATASET``), when the store has one."""
+        return self.store.file if isinstance(self.store, SqliteStore) else None
 
     async def open(self) -> None:
-        if self.backup is not None:
-            await self.backup.restore()  # the last snapshot, when the database is missing
         await self.store.open()
         self.opened = True
-        if self.backup is not None:
-            await self.backup.start()
         if not self.store.persistent and self.store.location != ":memory:":
             log.warning(
                 "keys and usage are kept in %s, which a restart of this Space wipes: attach "
                 "persistent storage (Settings → Persistent storage)%s",
                 self.store.location,
-                "" if self.backup else ", or set BACKUP_REPO to back them up to a Hub dataset",
+                ""
+                if self.settings.backup_dataset
+                else ", or set BACKUP_DATASET to back them up to a private Hub dataset",
             )
 
     async def aclose(self) -> None:
         if self.opened:
             self.opened = False
-            await self.store.aclose()
-            if self.backup is not None:
-                await self.backup.aclose()  # a last snapshot, with everything written
+            await self.store.aclose()  # writes the usage still in the batch
 
     # --- who is calling ------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from ki2api.ui.page import build_page
 from ki2api.ui.theme import CSS, THEME
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -28,9 +28,7 @@ CONCURRENCY = 32  # chats (and other events) that run at once, per event
 QUEUE_SIZE = 256  # events waiting in Gradio's queue, all sessions together; more get a 503
 
 
-def mount_ui(
-    app: FastAPI, settings: Settings, runtime: Callable[[], Runtime], checks: ApiChecks
-) -> FastAPI:
+def mount_ui(app: FastAPI, settings: Settings, runtime: Runtime, checks: ApiChecks) -> FastAPI:
     """``checks``: the API's machinery (rate limiter, metrics) the playground's chats go
     through as well."""
     return _in_a_running_loop(lambda: _mount(app, settings, runtime, checks))
@@ -60,9 +58,7 @@ def _in_a_running_loop(build: Callable[[], T]) -> T:
         loop.close()
 
 
-def _mount(
-    app: FastAPI, settings: Settings, runtime: Callable[[], Runtime], checks: ApiChecks
-) -> FastAPI:
+def _mount(app: FastAPI, settings: Settings, runtime: Runtime, checks: ApiChecks) -> FastAPI:
     readers = Readers()
     app_paths = path_patterns(app.routes)  # the app's own routes: everything but the page
     page = build_page(settings, runtime, Playground(checks, runtime), readers)

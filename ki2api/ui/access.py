@@ -26,7 +26,7 @@ from ki2api.teams.gate import OPERATOR, Teams
 from ki2api.ui.tokens import PageKey, admin_key_ok
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 _SLOTS_WHEN_UNBOUNDED = 16  # MAX_CONCURRENT_PER_ACCOUNT=0: count an account as its default
 
@@ -57,19 +57,19 @@ class ApiChecks:
 class Playground:
     """Admission for the page's chats on the pool, and their accounting."""
 
-    def __init__(self, checks: ApiChecks, runtime: Callable[[], Runtime]) -> None:
+    def __init__(self, checks: ApiChecks, runtime: Runtime) -> None:
         self.checks = checks
         self.runtime = runtime
         self.in_flight = 0  # the page's chats holding a pool slot now
 
     def check_key(self, signed: PageKey | None) -> None:
-        """The API's key check and rate limit for a chat on the pool (nothing for a visitor's
-        own token: that spends their own account)."""
+        """The API's key check for a chat on the pool (nothing for a visitor's own token: that
+        spends their own account); :meth:`check_rate` follows."""
         settings = self.checks.settings
         if signed is None:
             if settings.demo:
                 return  # the pool is the built-in simulator
-            pool = self.runtime().pool
+            pool = self.runtime.pool
             if not pool.has_accounts():  # the page's banner says so too: say how to get one
                 raise pool.not_configured()
             raise NotSignedIn(
@@ -81,9 +81,13 @@ class Playground:
                 raise AuthenticationFailed("Incorrect admin key provided.")
         else:
             check_presented_key(signed.key, settings)
-        limiter = self.checks.limiter
-        if limiter is not None:
-            wait = limiter.take(key_digest(signed.key))
+
+    async def check_rate(self, signed: PageKey | None) -> None:
+        """The API's rate limit for a chat on the pool (after :meth:`check_key`), from the
+        same buckets as the API's (the replicas' shared ones when they share state)."""
+        limiter, settings = self.checks.limiter, self.checks.settings
+        if signed is not None and limiter is not None:
+            wait = await limiter.acquire(key_digest(signed.key))
             if wait > 0:
                 raise RateLimited(
                     f"Rate limit of {settings.rate_limit} per API key reached; retry in "
@@ -92,15 +96,16 @@ class Playground:
                 )
 
     async def caller(self, signed: PageKey | None) -> Caller | None:
-        """:meth:`check_key` for client keys too; who the chat is counted for (None: nobody,
-        a signed-out demo visitor). A client key's own limits are checked when the chat
-        starts (``Gateway.open``), as for the API."""
+        """:meth:`check_key` and :meth:`check_rate`, for client keys too; who the chat is
+        counted for (None: nobody, a signed-out demo visitor). A client key's own limits are
+        checked when the chat starts (``Gateway.open``), as for the API."""
         teams = self.checks.teams
         if signed is not None and signed.role == "api" and teams is not None:
             found = await teams.find(signed.key)
             if found is not None:
                 return found
         self.check_key(signed)
+        await self.check_rate(signed)
         return None if signed is None else OPERATOR
 
     def cap(self) -> int:
@@ -110,7 +115,7 @@ class Playground:
         if share <= 0:
             return 0
         per_account = settings.max_concurrent_per_account or _SLOTS_WHEN_UNBOUNDED
-        accounts = max(1, len(self.runtime().pool))
+        accounts = max(1, len(self.runtime.pool))
         return max(1, int(share * accounts * per_account))
 
     def take_slot(self) -> Callable[[], None]:

@@ -198,6 +198,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "col_expires": ("token expires", "令牌过期"),
     "col_requests": ("requests", "请求"),
     "col_errors": ("errors", "错误"),
+    "col_credits": ("credits (left · reset)", "额度（剩余 · 重置）"),
     "col_note": ("note", "备注"),
     "col_cooldowns": ("cooldowns (what · why · for how long)", "冷却（对象 · 原因 · 剩余）"),
     "all_models": ("all models", "所有模型"),
@@ -210,6 +211,32 @@ STRINGS: dict[str, tuple[str, str]] = {
     "state_cooling_down": ("cooling down", "冷却中"),
     "state_needs_login": ("needs login", "需要重新登录"),
     "state_disabled": ("disabled", "已停用"),
+    "state_suspended": ("suspended by Kiro", "已被 Kiro 封禁"),
+    "credits_left": (
+        "{left} of {limit} left · resets {when}",
+        "剩余 {left} / {limit} · {when}重置",
+    ),
+    "credits_no_reset": ("{left} of {limit} left", "剩余 {left} / {limit}"),
+    "credits_unknown": ("not asked yet", "尚未查询"),
+    "pacing": ("⏱ {ms} ms apart · {n} waiting", "⏱ 间隔 {ms} 毫秒 · {n} 个等待中"),
+    "storage_ephemeral": (
+        "**This Space has no persistent storage**: API keys, usage and accounts added here "
+        "are **lost when the Space restarts**. Attach storage in the "
+        "Space's **Settings → Persistent storage** (it is mounted at `/data`), or back the "
+        "database up to a private dataset: add the secrets `BACKUP_DATASET` (e.g. "
+        "`you/ki2api-state`) and `HF_TOKEN` (a token that may write it), then restart.",
+        "**此 Space 没有持久存储**：在这里创建的 API 密钥、用量和账号"
+        "**会在 Space 重启后丢失**。可以在 Space 的 **Settings → Persistent storage** 中添加存储"
+        "（挂载在 `/data`），或者把数据库备份到私有数据集：添加机密变量 `BACKUP_DATASET`"
+        "（例如 `you/ki2api-state`）和 `HF_TOKEN`（有写权限的令牌），然后重启。",
+    ),
+    "storage_backed_up": (
+        "**This Space has no persistent storage**; its database is backed up to the private "
+        "dataset `{dataset}` every {every} min (keys as hashes; account tokens are not part "
+        "of the backup). Changes since the last backup are lost when the Space restarts.",
+        "**此 Space 没有持久存储**；数据库每 {every} 分钟备份到私有数据集 `{dataset}`"
+        "（密钥只存哈希；账号令牌不在备份中）。上次备份之后的改动会在 Space 重启时丢失。",
+    ),
     "unit_s": ("s", "秒"),
     "unit_min": ("min", "分钟"),
     "unit_h": ("h", "小时"),
@@ -223,6 +250,16 @@ STRINGS: dict[str, tuple[str, str]] = {
     "ttft_p50": ("first token p50", "首字延迟 p50"),
     "active": ("answers in flight", "进行中的回答"),
     "usable": ("usable accounts", "可用账号"),
+    "shared_ok": (
+        "Shared state: Redis, connected ({replicas} replica(s) seen).",
+        "共享状态：Redis 已连接（当前 {replicas} 个副本）。",
+    ),
+    "shared_lost": (
+        "⚠️ Redis unreachable since {since}: this replica serves from its own state (limits "
+        "and cooldowns count per replica) and catches up when Redis returns.",
+        "⚠️ 自 {since} 起无法连接 Redis：本副本暂用自己的状态提供服务（限流和冷却按副本各自计算），"
+        "Redis 恢复后自动同步。",
+    ),
     "plot_title": ("Latency of recent requests", "最近请求的延迟"),
     "plot_x": ("time (your clock)", "时间（本机时钟）"),
     "plot_y": ("seconds", "秒"),

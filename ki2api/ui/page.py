@@ -9,7 +9,6 @@ who may do what (state values come from the session, never from the caller).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -18,6 +17,7 @@ from ki2api.api.auth import SPACE_SETUP_MESSAGE
 from ki2api.kiro.accounts.credentials import AccountSpec
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.settings import Settings
+from ki2api.store.backup import storage_state
 from ki2api.ui import connect, status
 from ki2api.ui.access import Playground
 from ki2api.ui.guard import Readers
@@ -26,7 +26,7 @@ from ki2api.ui.playground import make_chat_handler
 from ki2api.ui.tokens import PageKey, TokenHandlers, describe_own, sign_in_key, using_line
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 PRIVATE: dict[str, Any] = {"api_visibility": "private"}
 STATUS_EVERY = 5.0
@@ -44,11 +44,12 @@ def _setup_text(lang: str) -> str:
 
 
 def build_page(
-    settings: Settings, runtime: Callable[[], Runtime], playground: Playground, readers: Readers
+    settings: Settings, runtime: Runtime, playground: Playground, readers: Readers
 ) -> gr.Blocks:
     texts = Texts()
     tokens = TokenHandlers(settings, runtime)
     default_models = [m.id for m in ModelCatalog().list()]
+    storage = storage_state(settings)  # a Space's disk: it does not change while running
 
     with gr.Blocks(
         title="Ki2API — OpenAI & Anthropic API for Kiro", analytics_enabled=False
@@ -78,6 +79,12 @@ def build_page(
         )
         no_accounts = gr.Markdown(
             "", elem_id="ki-no-accounts", elem_classes=["ki-banner"], visible=False
+        )
+        storage_banner = gr.Markdown(
+            status.storage_notice(storage, "en"),
+            elem_id="ki-storage",
+            elem_classes=["ki-banner"],
+            visible=storage.ephemeral,
         )
 
         with gr.Tabs(overflow_behavior="wrap"):  # a phone shows every tab, on two rows
@@ -314,7 +321,7 @@ def build_page(
         # --- rendering that depends on the language / the request ------------------------
 
         def render_status(lang_code: str) -> tuple[str, Any, Any]:
-            rt = runtime()
+            rt = runtime
             frame = status.latency_frame(rt, lang_code)
             return (
                 status.traffic_summary(rt, lang_code),
@@ -324,7 +331,7 @@ def build_page(
             )
 
         def render_connect(lang_code: str, request: gr.Request | None) -> list[Any]:
-            rt = runtime()
+            rt = runtime
             models = [m.id for m in rt.catalog.list()]
             headers = dict(request.headers) if request is not None else None
             base = connect.base_url(settings, headers)
@@ -342,8 +349,8 @@ def build_page(
             else:  # page load: the browser's preferred language
                 lang_code = lang_from_header(request.headers.get("accept-language"))
             name = next(k for k, v in LANGUAGES.items() if v == lang_code)
-            models = [m.id for m in runtime().catalog.list()]
-            empty = not runtime().pool.has_accounts()
+            models = [m.id for m in runtime.catalog.list()]
+            empty = not runtime.pool.has_accounts()
             return [
                 lang_code,
                 name,
@@ -351,6 +358,7 @@ def build_page(
                 gr.update(  # rendered on each load: an account may have been added since
                     value=t("no_accounts_banner", lang_code), visible=empty
                 ),
+                status.storage_notice(storage, lang_code),
                 t("metrics_idle", lang_code),
                 using_line(spec, lang_code, who, settings.demo, empty),
                 describe_own(spec, lang_code),
@@ -366,6 +374,7 @@ def build_page(
             language,
             setup,
             no_accounts,
+            storage_banner,
             metrics,
             using,
             own_status,

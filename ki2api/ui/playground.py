@@ -30,7 +30,7 @@ from ki2api.ui.i18n import t
 from ki2api.ui.tokens import PageKey
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 log = logging.getLogger("ki2api.ui")
 
@@ -147,7 +147,7 @@ class _Chat:
 
 
 def make_chat_handler(
-    runtime: Callable[[], Runtime],
+    runtime: Runtime,
     playground: Playground,
     readers: Readers,
 ) -> Callable[..., AsyncIterator[ChatUpdate]]:
@@ -169,7 +169,7 @@ def make_chat_handler(
         if not message:
             yield history, "", "", own
             return
-        rt = runtime()
+        rt = runtime
         models = [m.id for m in rt.catalog.list()]
         model = model if model in models else models[0]  # raw calls may send anything
         shown = [*history, {"role": "user", "content": message}]

@@ -1,4 +1,5 @@
-"""Status: accounts (masked) with state and expiry countdown, recent traffic, a latency plot."""
+"""Status: accounts (masked) with state, credits and expiry countdown, recent traffic, a latency
+plot, and a warning when a Space keeps its stored state on a disk that a restart wipes."""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ki2api.kiro.accounts.account import CooldownStatus
+from ki2api.kiro.accounts.account import AccountStatus, CooldownStatus
 from ki2api.model.logsafe import hide_paths
+from ki2api.store.backup import StorageState
 from ki2api.ui.i18n import STRINGS, t
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 WINDOW = 900.0  # the last 15 minutes
 PLOT_POINTS = 1000  # requests; a scatter plot stays readable
 
-STATE_ICONS = {"healthy": "🟢", "cooling_down": "🟡", "needs_login": "🔴", "disabled": "⚫"}
+STATE_ICONS = {
+    "healthy": "🟢",
+    "cooling_down": "🟡",
+    "needs_login": "🔴",
+    "disabled": "⚫",
+    "suspended": "⛔",
+}
 
 
 def state_name(state: str, lang: str) -> str:
@@ -53,6 +61,7 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
             "col_expires",
             "col_requests",
             "col_errors",
+            "col_credits",
             "col_note",
             "col_cooldowns",
         )
@@ -63,21 +72,67 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
         note = quoted(hide_paths(account.reason or account.last_error or ""))
         if account.state == "cooling_down" and account.until is not None:
             note = f"{countdown(account.until, now, lang)} · {note}"  # "in 5 s · why"
+        if account.min_interval_ms:
+            pacing = t("pacing", lang, ms=f"{account.min_interval_ms:g}", n=account.waiting)
+            note = f"{pacing} · {note}" if note else pacing
+        shown = account.shown_state
         rows.append(
             [
                 account.label,
-                f"{STATE_ICONS.get(account.state, '')} {state_name(account.state, lang)}",
+                f"{STATE_ICONS.get(shown, '')} {state_name(shown, lang)}",
                 account.token,  # already masked by the pool
                 expires,
                 account.requests,
                 account.errors,
+                credits_text(account, now, lang),
                 note[:162],
                 cooldowns_text(account.cooldowns, now, lang),
             ]
         )
     if not rows:
-        rows.append([t("no_accounts", lang), "", "", "", 0, 0, "", ""])
+        rows.append([t("no_accounts", lang), "", "", "", 0, 0, "", "", ""])
     return pd.DataFrame(rows, columns=columns)
+
+
+def credits_text(account: AccountStatus, now: datetime, lang: str) -> str:
+    """``37.5 of 50 left · resets in 12 d`` from the account's last getUsageLimits answer, then
+    why the latest call failed, if it did."""
+    usage = account.usage
+    if usage is None or usage.remaining is None:
+        text = "—" if account.usage_error else t("credits_unknown", lang)
+    else:
+        left, limit = _amount(usage.remaining), _amount(usage.limit)
+        if usage.resets_at is not None:
+            text = t(
+                "credits_left",
+                lang,
+                left=left,
+                limit=limit,
+                when=countdown(usage.resets_at, now, lang),
+            )
+        else:
+            text = t("credits_no_reset", lang, left=left, limit=limit)
+    if account.usage_error and account.usage_error != account.reason:  # else the note says it
+        text += f" · {quoted(hide_paths(account.usage_error)[:120])}"
+    return text
+
+
+def _amount(value: float | None) -> str:
+    return "?" if value is None else f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def storage_notice(storage: StorageState, lang: str) -> str:
+    """The warning for a Space whose stored state a restart wipes ("" when there is none)."""
+    if not storage.ephemeral:
+        return ""
+    if storage.backup_dataset:
+        return t(
+            "storage_backed_up",
+            lang,
+            dataset=storage.backup_dataset,
+            every=f"{storage.backup_every:g}",
+        )
+    return t("storage_ephemeral", lang)
 
 
 def cooldowns_text(cooldowns: tuple[CooldownStatus, ...], now: datetime, lang: str) -> str:
@@ -117,7 +172,20 @@ def traffic_summary(rt: Runtime, lang: str) -> str:
     line = "|" + "---|" * len(cells)
     values = "| " + " | ".join(f"**{v}**" for _, v in cells) + " |"
     empty = [] if s.count else ["", t("plot_empty", lang)]
-    return "\n".join([header, line, values, *empty])
+    shared = shared_state_line(rt, lang)
+    return "\n".join([header, line, values, *empty, *(["", shared] if shared else [])])
+
+
+def shared_state_line(rt: Runtime, lang: str) -> str | None:
+    """With ``REDIS_URL``: whether the replicas' shared state answers (None without it)."""
+    status = rt.shared.status()
+    if status.get("backend") != "redis":
+        return None
+    if status.get("connected"):
+        return t("shared_ok", lang, replicas=status.get("replicas") or 1)
+    since = status.get("down_since")
+    when = datetime.fromisoformat(since).strftime("%H:%M:%SZ") if isinstance(since, str) else "?"
+    return t("shared_lost", lang, since=when)
 
 
 def latency_frame_empty() -> pd.DataFrame:

@@ -9,7 +9,6 @@ side, per tab, dropped when the tab closes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -32,7 +31,7 @@ from ki2api.ui.i18n import t
 from ki2api.ui.status import countdown
 
 if TYPE_CHECKING:
-    from ki2api.app import Runtime
+    from ki2api.runtime import Runtime
 
 WRONG_KEY_DELAY = 1.0  # slows down guessing the admin key through the page
 
@@ -112,21 +111,21 @@ def page_sign_in(key: str, settings: Settings) -> PageKey:
 
 
 class TokenHandlers:
-    def __init__(self, settings: Settings, runtime: Callable[[], Runtime]) -> None:
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
         self.settings = settings
         self.runtime = runtime
 
     # --- the visitor's own token -------------------------------------------------------------
 
     def _using(self, spec: AccountSpec | None, lang: str, signed: PageKey | None) -> str:
-        empty = not self.runtime().pool.has_accounts()
+        empty = not self.runtime.pool.has_accounts()
         return using_line(spec, lang, signed, self.settings.demo, empty)
 
     async def use_token(
         self, text: str, current: AccountSpec | None, signed: PageKey | None, lang: str
     ) -> tuple[AccountSpec | None, str, str, str]:
         """Returns (session spec, status line, cleared box, playground line)."""
-        rt = self.runtime()
+        rt = self.runtime
         try:
             spec = parse_pasted_token(text, rt.settings, label="your-token")
             lease = await rt.pool.ephemeral_lease(spec)  # refreshes now if it must
@@ -151,7 +150,7 @@ class TokenHandlers:
         playground line)."""
         closed = gr.update(visible=False)
         try:
-            signed = await page_sign_in_with_keys(key, self.settings, self.runtime().teams)
+            signed = await page_sign_in_with_keys(key, self.settings, self.runtime.teams)
         except GatewayError as exc:
             using = self._using(own, lang, None)
             if exc.status == 401:
@@ -179,7 +178,7 @@ class TokenHandlers:
         return None, False, t("signed_out", lang), gr.update(visible=False), using
 
     def _choices(self, selected: str | None = None) -> Any:
-        labels = [a.label for a in self.runtime().pool.snapshot()]
+        labels = [a.label for a in self.runtime.pool.snapshot()]
         value = selected if selected in labels else (labels[0] if labels else None)
         return gr.update(choices=labels, value=value)
 
@@ -187,10 +186,10 @@ class TokenHandlers:
         """Returns (message, cleared token box, account choices)."""
         if not admin:
             return t("need_admin", lang), "", gr.update()
-        pool = self.runtime().pool
+        pool = self.runtime.pool
         label = (label or "").strip() or unique_label("ui", {a.label for a in pool.snapshot()})
         try:
-            spec = parse_pasted_token(text, self.runtime().settings, label=label)
+            spec = parse_pasted_token(text, self.runtime.settings, label=label)
             status = pool.add_account(spec, label=label, source="ui")
         except CredentialError as exc:
             return t("failed", lang, why=str(exc)), "", gr.update()
@@ -202,7 +201,7 @@ class TokenHandlers:
         if not admin:
             return t("need_admin", lang), gr.update()
         try:
-            status = await self.runtime().pool.refresh_account(label or "")
+            status = await self.runtime.pool.refresh_account(label or "")
         except GatewayError as exc:
             return t("failed", lang, why=exc.message), self._choices(label)
         return t("refreshed", lang, label=label, state=status.description), self._choices(label)
@@ -211,7 +210,7 @@ class TokenHandlers:
         if not admin:
             return t("need_admin", lang), gr.update()
         try:
-            self.runtime().pool.remove_account(label or "")
+            self.runtime.pool.remove_account(label or "")
         except GatewayError as exc:
             return t("failed", lang, why=exc.message), self._choices()
         return t("removed", lang, label=label), self._choices()
@@ -220,7 +219,7 @@ class TokenHandlers:
         """MODEL_ALIASES, edited in memory: an empty box shows the current table."""
         if not admin:
             return t("need_admin", lang), ""
-        catalog = self.runtime().catalog
+        catalog = self.runtime.catalog
         if (text or "").strip():
             try:
                 catalog.set_aliases(text.strip())

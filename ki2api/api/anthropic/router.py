@@ -7,7 +7,7 @@ Keys come as ``x-api-key`` or ``Authorization: Bearer``; the ``anthropic-version
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -35,11 +35,11 @@ class AnthropicMessagesDoor:
     def __init__(
         self,
         settings: Settings,
-        get_service: Callable[[], MessagesService],
+        service: MessagesService,
         images: ImageLoaderFactory,
     ) -> None:
         self.settings = settings
-        self.get_service = get_service
+        self.service = service
         self.images = images
 
     def error_response(self, error: GatewayError) -> Response:
@@ -56,16 +56,16 @@ class AnthropicMessagesDoor:
                 load_base64=images.load_base64,
             )
             await images.fill(chat_request)
-        return await self.get_service().open(chat_request, conversation_header=conversation_header)
+        return await self.service.open(chat_request, conversation_header=conversation_header)
 
     def streamed(self, opened: OpenMessage) -> bool:
         return opened.request.stream
 
     def sse(self, opened: OpenMessage) -> AsyncIterator[bytes]:
-        return self.get_service().sse(opened)
+        return self.service.sse(opened)
 
     async def complete(self, opened: OpenMessage) -> tuple[Any, Mapping[str, str] | None]:
-        return await self.get_service().complete(opened), None
+        return await self.service.complete(opened), None
 
     async def finish(self, opened: OpenMessage) -> None:
         await opened.stream.aclose()
@@ -74,7 +74,7 @@ class AnthropicMessagesDoor:
 def create_anthropic_router(
     settings: Settings,
     messages: ChatEndpoint,
-    get_service: Callable[[], MessagesService],
+    service: MessagesService,
     images: ImageLoaderFactory,
     teams: Teams | None = None,
 ) -> APIRouter:
@@ -89,7 +89,6 @@ def create_anthropic_router(
 
     @router.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> Response:
-        service = get_service()
         try:
             await authenticate_request(request, settings, teams)
             wire = parse_count_wire(await read_json_body(request, settings.max_body_bytes))

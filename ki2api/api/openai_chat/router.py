@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -24,10 +24,8 @@ CHAT_PATH = "/v1/chat/completions"
 class OpenAIChatDoor:
     """OpenAI's chat completions on the shared flow (see :class:`ki2api.api.endpoint.ChatDoor`)."""
 
-    def __init__(
-        self, get_service: Callable[[], ChatCompletionsService], images: ImageLoaderFactory
-    ) -> None:
-        self.get_service = get_service
+    def __init__(self, service: ChatCompletionsService, images: ImageLoaderFactory) -> None:
+        self.service = service
         self.images = images
 
     def error_response(self, error: GatewayError) -> Response:
@@ -43,7 +41,7 @@ class OpenAIChatDoor:
             chat_request = await to_chat_request(wire, images.load)
             await images.fill(chat_request)
             include_usage = bool(wire.stream_options and wire.stream_options.include_usage)
-        return await self.get_service().open(
+        return await self.service.open(
             chat_request,
             include_usage=include_usage,
             conversation_header=conversation_header,
@@ -53,10 +51,10 @@ class OpenAIChatDoor:
         return opened.request.stream
 
     def sse(self, opened: OpenChat) -> AsyncIterator[bytes]:
-        return self.get_service().sse(opened)
+        return self.service.sse(opened)
 
     async def complete(self, opened: OpenChat) -> tuple[Any, Mapping[str, str] | None]:
-        body = await self.get_service().complete(opened)
+        body = await self.service.complete(opened)
         warnings = opened.warnings
         return body, {"x-ki2api-warning": "; ".join(warnings)} if warnings else None
 
@@ -67,7 +65,7 @@ class OpenAIChatDoor:
 def create_openai_router(
     settings: Settings,
     chat: ChatEndpoint,
-    get_catalog: Callable[[], ModelCatalog],
+    catalog: ModelCatalog,
 ) -> APIRouter:
     router = APIRouter()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -21,10 +21,8 @@ RESPONSES_PATH = "/v1/responses"
 class ResponsesDoor:
     """OpenAI's Responses API on the shared flow (see :class:`ki2api.api.endpoint.ChatDoor`)."""
 
-    def __init__(
-        self, get_service: Callable[[], ResponsesService], images: ImageLoaderFactory
-    ) -> None:
-        self.get_service = get_service
+    def __init__(self, service: ResponsesService, images: ImageLoaderFactory) -> None:
+        self.service = service
         self.images = images
 
     def error_response(self, error: GatewayError) -> Response:
@@ -32,11 +30,10 @@ class ResponsesDoor:
 
     async def open(self, body: Any, conversation_header: str | None) -> OpenResponse:
         wire = parse_wire(body)
-        service = self.get_service()
         images = self.images.loader()
-        chat_request, kinds = await parse_request(wire, images.load, service.seal)
+        chat_request, kinds = await parse_request(wire, images.load, self.service.seal)
         await images.fill(chat_request)
-        return await service.open(
+        return await self.service.open(
             chat_request, wire, conversation_header=conversation_header, kinds=kinds
         )
 
@@ -44,10 +41,10 @@ class ResponsesDoor:
         return opened.request.stream
 
     def sse(self, opened: OpenResponse) -> AsyncIterator[bytes]:
-        return self.get_service().sse(opened)
+        return self.service.sse(opened)
 
     async def complete(self, opened: OpenResponse) -> tuple[Any, Mapping[str, str] | None]:
-        return await self.get_service().complete(opened), opened.warning_headers()
+        return await self.service.complete(opened), opened.warning_headers()
 
     async def finish(self, opened: OpenResponse) -> None:
         await opened.stream.aclose()

@@ -2,14 +2,22 @@
 
 States: ``healthy``; ``cooling_down`` until a time (quota, throttling, a failed refresh);
 ``needs_login`` (the refresh token is dead, or there is none and the token expired);
-``disabled`` (the service refused the account: suspended, not authorised). Apart from its
-state, a healthy account can have models cooling down on it (Kiro lacked capacity for them):
-it serves every other model meanwhile.
+``disabled`` (the service refused the account: not authorised, or ``suspended``: Kiro suspended
+or flagged it). Apart from its state, a healthy account can have models cooling down on it (Kiro
+lacked capacity for them): it serves every other model meanwhile.
+
+An account may keep a minimum interval between the requests it sends (``KIRO_MIN_INTERVAL_MS``,
+or ``minIntervalMs`` on the account): each request takes the next free turn
+(:meth:`Account.take_turn`) and waits for it; the pool decides how long a wait is acceptable.
 
 However many requests find the token stale at once, one refresh runs (a shared task that a
 cancelled waiter cannot abort); the others wait for it and use its result. Accounts that came
 from a login file re-read it before refreshing (another program may have refreshed already) and
 write refreshed tokens back to it.
+
+Replicas sharing state (``REDIS_URL``, :mod:`ki2api.shared`) hear of each change of state as a
+:class:`StateChange` (``on_change``) and hand back the merged view of the others with
+:meth:`Account.adopt_shared` and :meth:`Account.adopt_tokens`; without it both stay unused.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from ki2api.kiro.accounts.credentials import (
     format_time,
     mask_secret,
 )
+from ki2api.kiro.accounts.proxy import mask_proxy
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult
 from ki2api.kiro.accounts.tokenfile import (
     FileStamp,
@@ -61,6 +70,35 @@ Clock = Callable[[], float]
 
 REFRESH_MARGIN = 300.0  # refresh this long before expiresAt
 REFRESH_FAILURE_COOLDOWN = 15.0  # after a refresh that failed for a reason other than the login
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One change of an account's state, as told to the other replicas: a cooldown (``cool``,
+    of the account or of ``model``) or a new state (``set``: needs_login, disabled, or healthy
+    again by an operator's hand or a new login)."""
+
+    kind: Literal["cool", "set"]
+    state: State
+    reason: str | None = None
+    cause: Cause | None = None
+    model: str | None = None
+    seconds: float = 0.0  # a cooldown's length
+    suspended: bool = False  # disabled because Kiro suspended or flagged the account
+
+
+@dataclass(frozen=True, slots=True)
+class SharedState:
+    """The replicas' merged view of one account: ``generation`` counts the ``set`` changes
+    (a newer one wins), cooldowns are in seconds from now (the longer one wins)."""
+
+    generation: int
+    state: State
+    reason: str | None
+    cause: Cause | None
+    cooldown: float | None  # the account's, seconds left
+    models: dict[str, tuple[float, str]]  # model -> (seconds left, reason)
+    suspended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +161,16 @@ class AccountStatus:
     can_refresh: bool
     cause: Cause | None = None  # why the whole account is cooling down
     cooldowns: tuple[CooldownStatus, ...] = ()  # the account's and its models'
+    suspended: bool = False  # disabled because Kiro suspended or flagged it
+    usage_error: str | None = None  # why the last getUsageLimits call failed
+    min_interval_ms: float = 0.0  # between two requests sent on the account; 0: none
+    waiting: int = 0  # requests waiting for their turn now
+    proxy: str | None = None  # masked: None (KIRO_PROXY), "direct" or scheme://***@host:port
+
+    @property
+    def shown_state(self) -> str:
+        """The state, with ``suspended`` told apart from other reasons to be disabled."""
+        return "suspended" if self.suspended else self.state
 
     @property
     def description(self) -> str:
@@ -136,7 +184,7 @@ class AccountStatus:
             why = f"{CAUSE_TEXT[self.cause]}: {self.reason}" if self.cause else self.reason
             text = f"cooling down until {when}" + (f" ({why})" if why else "")
             return f"{text}; {models}" if models else text
-        text = self.state.replace("_", " ")
+        text = self.shown_state.replace("_", " ")
         return f"{text}: {self.reason}" if self.reason else text
 
     def to_dict(self) -> dict[str, object]:
@@ -157,6 +205,11 @@ class AccountStatus:
             "can_refresh": self.can_refresh,
             "cause": self.cause,
             "cooldowns": [c.to_dict() for c in self.cooldowns],
+            "suspended": self.suspended,
+            "usage_error": self.usage_error,
+            "min_interval_ms": self.min_interval_ms,
+            "waiting": self.waiting,
+            "proxy": self.proxy,
         }
 
 
@@ -169,8 +222,12 @@ class Account:
         refresher: Refresher,
         clock: Clock = time.monotonic,
         login_file: LoginFile | None = None,
+        min_interval_ms: float | None = None,
+        on_change: Callable[[Account, StateChange], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_change = on_change  # told of every change of state (replicas share them)
+        self.generation = 0  # the last shared ``set`` change this account took or made
         self._settings = settings
         self._refresher = refresher
         self._clock = clock
@@ -186,6 +243,14 @@ class Account:
         self.last_error: str | None = None
         self.last_used = 0.0
         self.usage: UsageLimits | None = None
+        self.usage_error: str | None = None
+        self.suspended = False  # disabled because Kiro suspended or flagged the account
+        # Pacing: the account's own interval, else the gateway's; the clock time of its next
+        # free turn; requests waiting for theirs.
+        interval = settings.kiro_min_interval_ms if min_interval_ms is None else min_interval_ms
+        self.min_interval = max(0.0, interval) / 1000.0
+        self._next_turn = 0.0
+        self.waiting = 0
         self._force_refresh = False  # the service refused a token we thought was fine
         self._inflight: asyncio.Task[None] | None = None
         self._refresh_backoff_until = 0.0  # after a failed refresh: no new attempt before this
@@ -254,6 +319,30 @@ class Account:
 
     def _set_healthy(self) -> None:
         self.state, self.reason, self.cause, self._until = "healthy", None, None, None
+        self.suspended = False
+
+    # --- pacing ------------------------------------------------------------------------------
+
+    def turn_wait(self) -> float:
+        """Seconds until this account's next free turn (0 without a minimum interval)."""
+        if not self.min_interval:
+            return 0.0
+        return max(0.0, self._next_turn - self._clock())
+
+    def take_turn(self) -> float | None:
+        """Reserve the next free turn and return its clock time (None: the account keeps no
+        interval). Turns are handed out in order: concurrent requests queue, none polls."""
+        if not self.min_interval:
+            return None
+        turn = max(self._clock(), self._next_turn)
+        self._next_turn = turn + self.min_interval
+        return turn
+
+    def give_back_turn(self, turn: float | None) -> None:
+        """A request gave up the turn it took (it was cancelled while waiting for it): free it
+        again, unless a later request took the one after it."""
+        if turn is not None and self._next_turn == turn + self.min_interval:
+            self._next_turn = turn
 
     def cool_down(self, seconds: float, reason: str, cause: Cause = "refresh") -> None:
         if self.state in ("needs_login", "disabled"):
@@ -263,6 +352,7 @@ class Account:
             return
         self.state, self.reason, self.cause, self._until = "cooling_down", reason, cause, until
         log.info("account %s cooling down for %.1fs: %s", self.label, seconds, reason)
+        self._changed(StateChange("cool", self.state, reason, cause, None, seconds))
 
     def cool_model(self, model: str, seconds: float, reason: str) -> None:
         """Keep ``model`` off this account for ``seconds``; other models are not affected."""
@@ -272,6 +362,7 @@ class Account:
             return
         self._models[model] = Cooldown(model, "capacity", reason, until)
         log.info("account %s: %s cooling down for %.1fs: %s", self.label, model, seconds, reason)
+        self._changed(StateChange("cool", self.state, reason, "capacity", model, seconds))
 
     def note_throttle(self, model: str | None, window: float) -> int:
         """Count a throttle of the account (``model`` None) or of one model's capacity; return
@@ -284,16 +375,64 @@ class Account:
 
     def set_needs_login(self, reason: str) -> None:
         self.state, self.reason, self.cause, self._until = "needs_login", reason, None, None
+        self.suspended = False
         log.warning("account %s needs a new Kiro login: %s", self.label, reason)
+        self._changed(StateChange("set", "needs_login", reason))
 
-    def disable(self, reason: str) -> None:
+    def disable(self, reason: str, *, suspended: bool = False) -> None:
         self.state, self.reason, self.cause, self._until = "disabled", reason, None, None
-        log.warning("account %s disabled: %s", self.label, reason)
+        self.suspended = suspended
+        log.warning(
+            "account %s %s: %s", self.label, "suspended" if suspended else "disabled", reason
+        )
+        self._changed(StateChange("set", "disabled", reason, suspended=suspended))
 
     def enable(self) -> None:
         self._set_healthy()
         self._models.clear()
         self._streaks.clear()
+        self._changed(StateChange("set", "healthy"))
+
+    def _changed(self, change: StateChange) -> None:
+        if self.on_change is not None:
+            self.on_change(self, change)
+
+    def adopt_shared(self, shared: SharedState) -> None:
+        """Take the other replicas' view: a newer ``set`` change (by generation), and any
+        cooldown longer than ours. Tells nobody (it came from them)."""
+        now = self._clock()
+        if shared.generation > self.generation:
+            self.generation = shared.generation
+            if shared.state in ("needs_login", "disabled"):
+                if self.state != shared.state or self.reason != shared.reason:
+                    log.warning(
+                        "account %s: %s (seen by another replica): %s",
+                        self.label,
+                        shared.state.replace("_", " "),
+                        shared.reason,
+                    )
+                self.state, self.reason, self.cause, self._until = (
+                    shared.state,
+                    shared.reason,
+                    None,
+                    None,
+                )
+                self.suspended = shared.suspended
+            elif self.state in ("needs_login", "disabled"):
+                self._set_healthy()
+                self._models.clear()
+                log.info("account %s is back in rotation (by another replica)", self.label)
+        if shared.cooldown is not None and shared.cooldown > 0 and shared.cause is not None:
+            until = now + shared.cooldown
+            mine = self._until if self.state == "cooling_down" else None
+            if self.state in ("healthy", "cooling_down") and (mine is None or mine < until):
+                self.state, self.reason, self.cause = "cooling_down", shared.reason, shared.cause
+                self._until = until
+        for model, (seconds, reason) in shared.models.items():
+            until = now + seconds
+            current = self._models.get(model)
+            if seconds > 0 and (current is None or current.until < until):
+                self._models[model] = Cooldown(model, "capacity", reason, until)
 
     def record_error(self, error: GatewayError | str) -> None:
         self.errors += 1
@@ -346,6 +485,11 @@ class Account:
             can_refresh=self.spec.can_refresh,
             cause=self.cause if self.state == "cooling_down" else None,
             cooldowns=self.cooldowns(),
+            suspended=self.suspended,
+            usage_error=self.usage_error,
+            min_interval_ms=self.min_interval * 1000.0,
+            waiting=self.waiting,
+            proxy=mask_proxy(self.spec.proxy),
         )
 
     def credential(self) -> Credential | None:
@@ -378,7 +522,7 @@ class Account:
             log.warning("account %s: cannot use %s right now: %s", self.label, path, exc)
             return False
         self._stamp, self._digest = fresh.stamp, fresh.digest
-        new = fresh.spec
+        new = replace(fresh.spec, proxy=self.spec.proxy)  # set by KIRO_ACCOUNTS, not the file
         if (new.access_token, new.refresh_token) == (
             self.spec.access_token,
             self.spec.refresh_token,
@@ -394,6 +538,7 @@ class Account:
         self._force_refresh = False
         if self.state in ("needs_login", "disabled"):
             self._set_healthy()  # a new login revives the account
+            self._changed(StateChange("set", "healthy"))
         log.info(
             "account %s: picked up new tokens from %s (token %s)",
             self.label,
@@ -407,6 +552,36 @@ class Account:
             return False
         mine, theirs = self.spec.expires_at, other.expires_at
         return mine is not None and theirs is not None and theirs < mine - timedelta(minutes=1)
+
+    async def adopt_tokens(self, result: RefreshResult) -> bool:
+        """Tokens another replica refreshed (shared state): used from now on and written to
+        the login file, if any; True if they were new to this account."""
+        if (result.access_token, result.refresh_token or self.spec.refresh_token) == (
+            self.spec.access_token,
+            self.spec.refresh_token,
+        ):
+            return False
+        self.spec = replace(
+            self.spec,
+            access_token=result.access_token,
+            refresh_token=result.refresh_token or self.spec.refresh_token,
+            expires_at=result.expires_at,
+            profile_arn=result.profile_arn or self.spec.profile_arn,
+        )
+        self._force_refresh = False
+        self._refresh_backoff_until = 0.0
+        if self.state == "needs_login":
+            self._set_healthy()  # a new login
+            self._changed(StateChange("set", "healthy"))
+        elif self.state == "cooling_down" and self.cause == "refresh":
+            self._set_healthy()  # the refresh that failed here worked there
+        log.info(
+            "account %s: took the tokens another replica refreshed (token %s)",
+            self.label,
+            mask_secret(result.access_token),
+        )
+        await self._write_back(result)
+        return True
 
     async def _write_back(self, result: RefreshResult) -> None:
         path = self.spec.token_file

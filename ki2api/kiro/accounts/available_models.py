@@ -7,6 +7,10 @@ lookup, :meth:`AvailableModels.skip_for`), never marked unhealthy. An account wh
 known yet is assumed to have every model, and when no list is known at all the built-in table
 serves. Kiro answering ``INVALID_MODEL_ID`` for an account teaches the same lesson
 (:meth:`AvailableModels.note_missing`).
+
+Replicas sharing state (``REDIS_URL``) share the lists too (``shared``, a
+:class:`ModelListCache`): a list one replica asked is taken by the others while it is younger
+than the TTL, so each account is asked once per TTL, not once per replica.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ki2api.model.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ki2api.settings import Settings
+from ki2api.settings import DEFAULT_KIRO_API_URL, Settings
 
 log = logging.getLogger("ki2api.models")
 
@@ -43,7 +47,6 @@ RETRY_AFTER_FAILURE = 300.0  # seconds before a failed list call is tried again
 CHECK_INTERVAL = 30.0  # how often the background task looks for lists that are due
 _MAX_PAGES = 10
 _NONE: frozenset[str] = frozenset()
-_DEFAULT_API_URL = Settings.__dataclass_fields__["kiro_api_url"].default
 
 
 def models_url(settings: Settings, region: str) -> str:
@@ -51,7 +54,7 @@ def models_url(settings: Settings, region: str) -> str:
     changed (a proxy or the simulator then answers this call too)."""
     if settings.kiro_models_url:
         return settings.url(settings.kiro_models_url, region)
-    if settings.kiro_api_url != _DEFAULT_API_URL:
+    if settings.kiro_api_url != DEFAULT_KIRO_API_URL:
         parts = urlsplit(settings.url(settings.kiro_api_url, region))
         return f"{parts.scheme}://{parts.netloc}/"
     return settings.url(MANAGEMENT_URL, region)
@@ -169,6 +172,30 @@ class AccountModels:
 Fetch = Callable[[Credential], Awaitable[list[ModelInfo]]]
 
 
+class ModelListCache(Protocol):
+    """Lists shared between replicas (:mod:`ki2api.shared.models`), in the service's shape."""
+
+    async def get(self, label: str) -> tuple[list[dict[str, Any]], float] | None:
+        """The list and its age in seconds, or None."""
+        ...
+
+    async def put(self, label: str, rows: list[dict[str, Any]], ttl: float) -> None: ...
+
+
+def listed_rows(models: Iterable[ModelInfo]) -> list[dict[str, Any]]:
+    """Models as ``ListAvailableModels`` lists them (what :func:`parse_model_list` reads)."""
+    return [
+        {
+            "modelId": m.kiro_id,
+            "tokenLimits": {
+                "maxInputTokens": m.context_window,
+                "maxOutputTokens": m.max_output_tokens,
+            },
+        }
+        for m in models
+    ]
+
+
 class AvailableModels:
     """The per-account model lists, the catalog they narrow, and the task that keeps them fresh."""
 
@@ -189,6 +216,7 @@ class AvailableModels:
         self._lists: dict[str, AccountModels] = {}
         self._lacking: dict[str, frozenset[str]] = {}
         self._task: asyncio.Task[None] | None = None
+        self.shared: ModelListCache | None = None  # the replicas' lists (REDIS_URL)
 
     # --- the request path ----------------------------------------------------------------------
 
@@ -240,6 +268,8 @@ class AvailableModels:
 
     async def _refresh_one(self, label: str) -> None:
         previous = self._lists.get(label)
+        if self.shared is not None and await self._take_shared(label, self.shared):
+            return
         try:
             rows = await self._accounts.with_credential(label, self._fetch)
         except Exception as exc:  # noqa: BLE001 - a failed list must never fail a caller
@@ -256,6 +286,21 @@ class AvailableModels:
             return
         self._lists[label] = AccountModels(label, tuple(rows), self._clock())
         log.info("account %s offers %d model(s)", label, len(rows))
+        if self.shared is not None:
+            await self.shared.put(label, listed_rows(rows), self.ttl)
+
+    async def _take_shared(self, label: str, shared: ModelListCache) -> bool:
+        """Another replica's list of ``label``, if young enough; True if taken."""
+        found = await shared.get(label)
+        if found is None or found[1] >= self.ttl:
+            return False
+        rows, age = found
+        try:
+            models, _ = parse_model_list({"models": rows}, self.catalog)
+        except GatewayError:
+            return False
+        self._lists[label] = AccountModels(label, tuple(models), self._clock() - age)
+        return True
 
     def _rebuild(self) -> None:
         known = {lb: ids for lb, e in self._lists.items() if (ids := e.kiro_ids()) is not None}

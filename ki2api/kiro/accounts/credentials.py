@@ -15,13 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-from ki2api.settings import Settings
-
-AuthMethod = Literal["social", "idc", "api_key"]
+from ki2api.kiro.accounts.proxy import check_account_proxy, mask_proxy
+from ki2api.settings import AuthMethod, Settings, auth_method_named
 
 # Social logins share this profile (protocol doc, "profileArn").
 SOCIAL_PROFILE_ARN = "arn:aws:codewhisperer:us-east-1:699475941385:profile/EHGA3GRVQMUK"
@@ -52,12 +51,13 @@ class Credential:
     profile_arn: str | None
     region: str
     is_api_key: bool = False
+    proxy: str | None = None  # the account's own outbound proxy; None: KIRO_PROXY
 
     def __repr__(self) -> str:
         return (
             f"Credential(label={self.label!r}, access_token={mask_secret(self.access_token)!r}, "
             f"profile_arn={self.profile_arn!r}, region={self.region!r}, "
-            f"is_api_key={self.is_api_key!r})"
+            f"is_api_key={self.is_api_key!r}, proxy={mask_proxy(self.proxy)!r})"
         )
 
     __str__ = __repr__
@@ -83,6 +83,9 @@ class AccountSpec:
     client_secret: str | None = field(default=None, repr=False)
     token_file: Path | None = None
     client_file: Path | None = None
+    # The account's own outbound proxy (ki2api/kiro/accounts/proxy.py): a URL, "direct", or
+    # None for KIRO_PROXY. It may hold credentials: repr and listings mask it.
+    proxy: str | None = field(default=None, repr=False)
 
     @property
     def is_api_key(self) -> bool:
@@ -105,6 +108,7 @@ class AccountSpec:
             profile_arn=self.profile_arn,
             region=self.region,
             is_api_key=self.is_api_key,
+            proxy=self.proxy,
         )
 
     def expires_within(self, seconds: float, now: datetime | None = None) -> bool:
@@ -128,7 +132,8 @@ class AccountSpec:
             f"AccountSpec(label={self.label!r}, source={self.source!r}, "
             f"auth_method={self.auth_method!r}, access_token={mask_secret(self.access_token)!r}, "
             f"refresh_token={mask_secret(self.refresh_token)!r}, expires_at={self.expires_at!r}, "
-            f"region={self.region!r}, token_file={self.token_file!r})"
+            f"region={self.region!r}, token_file={self.token_file!r}, "
+            f"proxy={mask_proxy(self.proxy)!r})"
         )
 
     __str__ = __repr__
@@ -150,7 +155,10 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "client_id_hash": ("clientIdHash", "client_id_hash"),
     "label": ("label", "name"),
     "token_file": ("tokenFile", "token_file"),
+    "min_interval_ms": ("minIntervalMs", "min_interval_ms"),
+    "proxy": ("proxy",),
 }
+MAX_MIN_INTERVAL_MS = 3_600_000.0  # an hour between requests is already no use
 
 
 def _get(data: Mapping[str, Any], key: str) -> Any:
@@ -199,15 +207,11 @@ def format_time(value: datetime) -> str:
 def _auth_method(raw: str | None, access_token: str | None, has_client: bool) -> AuthMethod:
     if access_token and access_token.startswith(API_KEY_PREFIX):
         return "api_key"
-    value = (raw or "").strip().lower().replace("-", "_")
-    if value in ("social", "github", "google"):
-        return "social"
-    if value in ("idc", "builderid", "builder_id", "iam_identity_center", "sso"):
-        return "idc"
-    if value in ("api_key", "apikey"):
-        return "api_key"
-    if value:
-        raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+    if raw and raw.strip():
+        method = auth_method_named(raw)
+        if method is None:
+            raise CredentialError(f"unknown authMethod {raw!r}: use social, idc or api_key")
+        return method
     return "idc" if has_client else "social"
 
 
@@ -269,26 +273,42 @@ def spec_from_mapping(
         client_id=client_id,
         client_secret=client_secret,
         token_file=token_file,
+        proxy=proxy_of(data),
     )
 
 
 def spec_fields(spec: AccountSpec) -> dict[str, Any]:
-    """The fields :func:`spec_from_mapping` reads back into ``spec`` (tokens included): how an
-    account added at run time is stored. One kept in a login file is stored as that file."""
+    """The fields :func:`spec_from_mapping` reads back into ``spec`` (tokens and the account's
+    own proxy included): how an account added at run time is stored. One kept in a login file
+    is stored as that file."""
+    fields: dict[str, Any]
     if spec.token_file is not None:
-        return {"label": spec.label, "tokenFile": str(spec.token_file)}
-    fields: dict[str, Any] = {
-        "label": spec.label,
-        "authMethod": spec.auth_method,
-        "accessToken": spec.access_token,
-        "refreshToken": spec.refresh_token,
-        "expiresAt": format_time(spec.expires_at) if spec.expires_at else None,
-        "profileArn": spec.profile_arn,
-        "region": spec.region,
-        "clientId": spec.client_id,
-        "clientSecret": spec.client_secret,
-    }
+        fields = {"label": spec.label, "tokenFile": str(spec.token_file)}
+    else:
+        fields = {
+            "label": spec.label,
+            "authMethod": spec.auth_method,
+            "accessToken": spec.access_token,
+            "refreshToken": spec.refresh_token,
+            "expiresAt": format_time(spec.expires_at) if spec.expires_at else None,
+            "profileArn": spec.profile_arn,
+            "region": spec.region,
+            "clientId": spec.client_id,
+            "clientSecret": spec.client_secret,
+        }
+    fields["proxy"] = spec.proxy
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def proxy_of(data: Mapping[str, Any]) -> str | None:
+    """An account's ``proxy`` field, checked (``CredentialError`` if it cannot be used)."""
+    value = _text(data, "proxy")
+    if value is None:
+        return None
+    try:
+        return check_account_proxy(value)
+    except ValueError as exc:
+        raise CredentialError(f"proxy: {exc}") from None
 
 
 def spec_from_env(settings: Settings) -> AccountSpec | None:
@@ -325,6 +345,18 @@ def token_file_of(data: Mapping[str, Any]) -> Path | None:
     return Path(path).expanduser()
 
 
+def min_interval_of(data: Mapping[str, Any]) -> float | None:
+    """The account's own minimum interval between requests (``minIntervalMs``), if it has one."""
+    value = _get(data, "min_interval_ms")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise CredentialError("minIntervalMs must be a number of milliseconds")
+    if not 0 <= value <= MAX_MIN_INTERVAL_MS:
+        raise CredentialError(f"minIntervalMs must be between 0 and {MAX_MIN_INTERVAL_MS:.0f}")
+    return float(value)
+
+
 def client_id_hash_of(data: Mapping[str, Any]) -> str | None:
     value = _get(data, "client_id_hash")
     if isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", value):
@@ -350,6 +382,7 @@ def parse_pasted_token(text: str, settings: Settings, label: str = "session") ->
             raise CredentialError("the pasted JSON must be an object")
         data.pop("tokenFile", None)  # a visitor may not make the server read its files
         data.pop("token_file", None)
+        data.pop("proxy", None)  # nor make it connect where the visitor says
         return spec_from_mapping(data, label=label, source="pasted", settings=settings)
     if not _BARE_TOKEN.fullmatch(text):
         raise CredentialError("that does not look like a Kiro token (no spaces or quotes in one)")

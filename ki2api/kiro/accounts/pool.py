@@ -3,7 +3,7 @@
     pool = AccountPool.from_settings(settings, http)
     lease = await pool.acquire(exclude=frozenset(tried), model="claude-sonnet-4.5", lacking=without)
     lease.credential       # use it; on an expired-token answer: await lease.token_rejected()
-    lease.succeeded() / lease.failed(error)
+    lease.settle(error)    # the outcome: None for an answer, else what failed
 
 ``acquire`` raises ``NotConfigured``, or when no account can serve the model now:
 ``AccountsCoolingDown`` (429: the way out is an account cooling down after Kiro's throttles,
@@ -12,8 +12,16 @@ quota) or ``NoHealthyAccount``.
 
 Choice among healthy accounts: least recently used (``KIRO_POOL_STRATEGY=lru``, the default),
 ``round_robin`` or ``first`` (the first healthy one in source order: primary + fallbacks).
+``acquire(prefer=label)`` takes that account when it can serve (a conversation's own account:
+:mod:`ki2api.pipeline.sticky`). An account with a minimum interval between requests
+(``KIRO_MIN_INTERVAL_MS``, ``minIntervalMs``) serves a request once its next turn comes; one
+whose turn is further off than ``QUEUE_TIMEOUT`` is passed over, and when every account is,
+``AccountsPaced`` (429) says when the first turn is free.
 
-What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
+``settle`` takes a request's outcome the same way whether Kiro said it in a status or inside a
+started answer: an answer, or a request at fault (``InvalidRequest``, ``NotFound``), ends the
+account's rows of throttles (``succeeded``); Kiro's failures go to ``failed``, which scopes each
+cooldown to what failed (docs/errors.md):
 
     ModelCapacity,       that model on that account, briefly: Kiro's Retry-After, else 0.5 s
     ModelUnavailable     doubling (to 8 s) while it repeats; other models keep the account
@@ -22,12 +30,19 @@ What ``failed`` does, each cooldown scoped to what failed (docs/errors.md):
     QuotaExceeded        out of rotation until the quota resets (retry_after, else a default)
     NeedsLogin           needs login (the refresh token is dead)
     TokenExpired         the token is refreshed before its next use
-    UpstreamAuthFailed   disabled, with the service's reason (suspended, not authorised)
+    AccountSuspended     disabled and marked suspended, with the service's words
+    UpstreamAuthFailed   disabled, with the service's reason (not authorised)
     anything else        counted only (5xx, timeouts: the gateway retries)
 
 Throttles answered while a cooldown runs were sent before it started: they do not lengthen it.
 
 Each account's own logic (refresh, login file) lives in :mod:`ki2api.kiro.accounts.account`.
+Its remaining credits are asked on demand (``fetch_usage``) and, with ``KIRO_USAGE_REFRESH``,
+in the background (:mod:`ki2api.kiro.accounts.credits`).
+
+Replicas share their accounts through ``pool.sharing`` (a :class:`PoolSharing`, set by
+:mod:`ki2api.shared` when ``REDIS_URL`` is set): the pool's accounts refresh through it (one
+replica at a time) and tell it each change of state. Without it nothing leaves the process.
 """
 
 from __future__ import annotations
@@ -40,7 +55,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, get_args
 
 import httpx
 
@@ -51,6 +66,7 @@ from ki2api.kiro.accounts.account import (
     Clock,
     Cooldown,
     Refresher,
+    StateChange,
 )
 from ki2api.kiro.accounts.credentials import (
     LABEL_PATTERN,
@@ -59,6 +75,7 @@ from ki2api.kiro.accounts.credentials import (
     CredentialError,
     parse_pasted_token,
 )
+from ki2api.kiro.accounts.credits import CreditsRefresher
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult, refresh_tokens
 from ki2api.kiro.accounts.sources import (
     Source,
@@ -70,6 +87,8 @@ from ki2api.kiro.accounts.sources import (
 from ki2api.kiro.accounts.usage_limits import UsageLimits, fetch_usage_limits
 from ki2api.model.errors import (
     AccountsCoolingDown,
+    AccountsPaced,
+    AccountSuspended,
     GatewayError,
     InvalidRequest,
     ModelCapacity,
@@ -80,16 +99,17 @@ from ki2api.model.errors import (
     QuotaExceeded,
     TokenExpired,
     UpstreamAuthFailed,
+    UpstreamError,
     UpstreamThrottled,
 )
 from ki2api.model.logsafe import hide_paths
-from ki2api.settings import Settings
+from ki2api.settings import PoolStrategy, Settings
 
 _DEFAULT_FILE_RECHECK = 1.0  # seconds between looks for a Kiro login made after start-up
 log = logging.getLogger("ki2api.accounts")
 T = TypeVar("T")
 
-STRATEGIES = ("lru", "round_robin", "first")
+STRATEGIES: tuple[str, ...] = get_args(PoolStrategy)
 QUOTA_COOLDOWN = 3600.0  # when the service does not say when the quota resets
 THROTTLE_WINDOW = 60.0  # throttles further apart than this are not "in a row"
 ALLOWED_THROTTLES = 1  # one throttle is not a pattern: it cools nothing (cf. LiteLLM allowed_fails)
@@ -116,6 +136,35 @@ NO_ACCOUNTS_WARNING = (
     "tab (for your own playground chats); or set KIRO_ACCESS_TOKEN / KIRO_REFRESH_TOKEN / "
     "KIRO_ACCOUNTS / KIRO_TOKEN_FILE, or log in to Kiro on this machine (read from {path})"
 )
+
+
+class HttpClients(Protocol):
+    """The HTTP client for each outbound proxy (ki2api/kiro/http/client.py's ``UpstreamHttp``):
+    an account's token refresh and usage calls go through its own proxy, as its chats do."""
+
+    def for_proxy(self, proxy: str | None) -> httpx.AsyncClient: ...
+
+
+class OneClient:
+    """Every account on one client, whatever its proxy (tests and tools that bring their own)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    def for_proxy(self, proxy: str | None) -> httpx.AsyncClient:
+        return self.http
+
+
+class PoolSharing(Protocol):
+    """What replicas share of a pool (:mod:`ki2api.shared` implements it over Redis)."""
+
+    async def refresh(self, spec: AccountSpec, refresher: Refresher) -> RefreshResult:
+        """The account's new tokens: refreshed with ``refresher`` by one replica at a time."""
+        ...
+
+    def changed(self, account: Account, change: StateChange) -> None:
+        """``account``'s state changed here (a cooldown, a login lost, ...): tell the others."""
+        ...
 
 
 class Lease:
@@ -154,6 +203,16 @@ class Lease:
             return None
         self.credential = new
         return new
+
+    def settle(self, error: GatewayError | None) -> None:
+        """The request's outcome, told the same way whether Kiro said it in its status or inside
+        a started answer: an answer, or a request at fault (refused as malformed or too long, a
+        model the account lacks), leaves the account well (``succeeded``); Kiro's failures go to
+        ``failed``; the gateway's own refusals (e.g. a wrong KIRO_API_URL) change nothing."""
+        if error is None or isinstance(error, InvalidRequest | NotFound):
+            self.succeeded()
+        elif isinstance(error, UpstreamError):
+            self.failed(error)
 
     def failed(self, error: GatewayError) -> None:
         if self._done:
@@ -194,7 +253,7 @@ def apply_failure(account: Account, error: GatewayError, model: str | None = Non
     elif isinstance(error, TokenExpired):
         account.mark_token_suspect()
     elif isinstance(error, UpstreamAuthFailed):
-        account.disable(error.message)
+        account.disable(error.message, suspended=isinstance(error, AccountSuspended))
 
 
 def _delay(error: GatewayError, backoff: float, cap: float) -> float:
@@ -232,7 +291,7 @@ class AccountPool:
     def __init__(
         self,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | HttpClients,
         *,
         strategy: str | None = None,
         clock: Clock = time.monotonic,
@@ -240,7 +299,7 @@ class AccountPool:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._settings = settings
-        self._http = http
+        self._http = OneClient(http) if isinstance(http, httpx.AsyncClient) else http
         chosen = (strategy or settings.kiro_pool_strategy or "lru").lower()
         if chosen not in STRATEGIES:
             log.error("unknown KIRO_POOL_STRATEGY %r; using lru", chosen)
@@ -257,15 +316,27 @@ class AccountPool:
         self._closing: set[asyncio.Future[None]] = set()
         self.keeper: AccountKeeper | None = None  # set by the runtime: the store
         self._kept: set[str] = set()  # labels of accounts the keeper keeps
+        self.credits = CreditsRefresher(self, every=settings.kiro_usage_refresh)
+        self.sharing: PoolSharing | None = None  # set when replicas share state (REDIS_URL)
+
+    async def _refresh_shared(self, spec: AccountSpec) -> RefreshResult:
+        """A pool account's refresh: through the replicas' sharing when there is one."""
+        if self.sharing is not None:
+            return await self.sharing.refresh(spec, self._refresher)
+        return await self._refresher(spec)
+
+    def _account_changed(self, account: Account, change: StateChange) -> None:
+        if self.sharing is not None and self._accounts.get(account.label) is account:
+            self.sharing.changed(account, change)
 
     async def _refresh_with_http(self, spec: AccountSpec) -> RefreshResult:
-        return await refresh_tokens(self._http, self._settings, spec)
+        return await refresh_tokens(self._http.for_proxy(spec.proxy), self._settings, spec)
 
     @classmethod
     def from_settings(
         cls,
         settings: Settings,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | HttpClients,
         *,
         strategy: str | None = None,
         clock: Clock = time.monotonic,
@@ -286,8 +357,10 @@ class AccountPool:
         log.info("%d Kiro account(s): %s", len(self._accounts), states or "none")
         if not self._accounts:
             log.warning(NO_ACCOUNTS_WARNING.format(path=self._settings.kiro_token_file))
+        self.credits.start()  # only with KIRO_USAGE_REFRESH
 
     async def aclose(self) -> None:
+        await self.credits.aclose()
         await asyncio.gather(
             *(a.aclose() for a in self._accounts.values()), *self._closing, return_exceptions=True
         )
@@ -298,9 +371,11 @@ class AccountPool:
         account = Account(
             src.spec,
             settings=self._settings,
-            refresher=self._refresher,
+            refresher=self._refresh_shared,
             clock=self._clock,
             login_file=src.login_file,
+            min_interval_ms=src.min_interval_ms,
+            on_change=self._account_changed,
         )
         if src.missing_reason is not None:
             account.set_needs_login(src.missing_reason)
@@ -429,6 +504,21 @@ class AccountPool:
     def usable_count(self) -> int:
         return sum(1 for a in self._accounts.values() if a.usable())
 
+    def state_counts(self) -> dict[str, float]:
+        """Accounts by state, for ``/metrics``: the same as ``/health``'s."""
+        return {state: float(n) for state, n in self.counts().items()}
+
+    def counts(self) -> dict[str, int]:
+        """Accounts by state (``suspended`` apart from the other ``disabled``), for ``/health``."""
+        self._adopt_default_file()
+        self._revive_from_files()
+        counts = dict.fromkeys(("healthy", "cooling_down", "needs_login", "disabled"), 0)
+        counts["suspended"] = 0
+        for account in self._accounts.values():
+            account.usable()  # settles an ended cooldown
+            counts["suspended" if account.suspended else account.state] += 1
+        return counts
+
     def __len__(self) -> int:
         return len(self._accounts)
 
@@ -440,11 +530,22 @@ class AccountPool:
             if account.state in ("needs_login", "disabled") and account.spec.token_file:
                 account.sync_from_file()
 
-    def _choose(self, skip: frozenset[str], model: str | None) -> Account | None:
+    def _choose(
+        self, skip: frozenset[str], model: str | None, prefer: str | None = None
+    ) -> Account | None:
         accounts = list(self._accounts.values())
-        candidates = [a for a in accounts if a.label not in skip and a.usable() and a.serves(model)]
+        longest = self._settings.queue_timeout  # a turn further off passes the account over
+        candidates = [
+            a
+            for a in accounts
+            if a.label not in skip and a.usable() and a.serves(model) and a.turn_wait() <= longest
+        ]
         if not candidates:
             return None
+        if prefer is not None:
+            preferred = self._accounts.get(prefer)
+            if preferred is not None and preferred in candidates:
+                return preferred
         if self.strategy == "first":
             return candidates[0]
         if self.strategy == "round_robin":
@@ -454,7 +555,7 @@ class AccountPool:
                 if account in candidates:
                     self._next = (self._next + step + 1) % n
                     return account
-        return min(candidates, key=lambda a: a.last_used)
+        return min(candidates, key=lambda a: (a.turn_wait(), a.last_used))
 
     async def wait(self, seconds: float) -> None:
         """Sleep until ``seconds`` have passed on the pool's clock, so that a cooldown that
@@ -476,29 +577,51 @@ class AccountPool:
         exclude: frozenset[str] = frozenset(),
         model: str | None = None,
         lacking: frozenset[str] = frozenset(),
+        prefer: str | None = None,
     ) -> Lease:
         """A lease on a healthy account that may serve ``model`` (Kiro's id) now; see the
         module's docstring for what is raised when there is none. ``exclude``: accounts this
         request tried already; ``lacking``: accounts that do not offer the model (their state
-        says nothing about when it can be served)."""
+        says nothing about when it can be served); ``prefer``: the account to take if it can
+        serve (else the strategy chooses)."""
         self._adopt_default_file()
         if not self._accounts:
             raise self.not_configured()
         self._revive_from_files()
         skip = exclude | lacking
         while True:
-            account = self._choose(skip, model)
+            account = self._choose(skip, model, prefer)
             if account is None:
                 raise self._no_account(exclude, model, lacking)
             account.last_used = self._clock()  # before any await: spreads concurrent requests
+            turn = account.take_turn()  # likewise: concurrent requests queue in order
             try:
                 credential = await account.ensure_fresh()
+                if turn is not None and (wait := turn - self._clock()) > 0:
+                    await self._wait_for_turn(account, wait)
             except GatewayError as exc:
+                account.give_back_turn(turn)
                 log.info("account %s unusable: %s", account.label, exc.message)
                 skip = skip | {account.label}
                 continue
+            except BaseException:  # cancelled while waiting: the turn is free for another
+                account.give_back_turn(turn)
+                raise
             account.requests += 1
             return Lease(account, self, credential, model)
+
+    async def _wait_for_turn(self, account: Account, seconds: float) -> None:
+        log.info(
+            "account %s: a request waits %.2f s for its turn (minimum interval %.0f ms)",
+            account.label,
+            seconds,
+            account.min_interval * 1000,
+        )
+        account.waiting += 1
+        try:
+            await self.wait(seconds)
+        finally:
+            account.waiting -= 1
 
     def _no_account(
         self, exclude: frozenset[str], model: str | None, lacking: frozenset[str] = frozenset()
@@ -508,6 +631,7 @@ class AccountPool:
         what Kiro said), accounts out of quota (429 insufficient_quota), or else 503."""
         now = self._clock()
         blocked: list[tuple[Account, Cooldown]] = []
+        paced: list[float] = []  # seconds to the next turn of accounts passed over for it
         parts = []
         for account in self._accounts.values():
             if account.label in lacking:
@@ -519,11 +643,24 @@ class AccountPool:
                 parts.append(f"{account.label}: {_cooldown_text(cooldown, now)}")
             elif account.label in exclude and account.state == "healthy":
                 parts.append(f"{account.label}: already tried")
+            elif account.state == "healthy" and account.turn_wait() > 0:
+                paced.append(account.turn_wait())
+                parts.append(
+                    f"{account.label}: next turn in {math.ceil(paced[-1])} s (minimum interval "
+                    f"{account.min_interval * 1000:.0f} ms)"
+                )
             else:
                 parts.append(f"{account.label}: {account.status().description}")
         listing = hide_paths("; ".join(parts) + ".")  # clients see a login file's name only
         first = min(blocked, key=lambda b: b[1].until)[1] if blocked else None
         retry_after = max(0.0, first.until - now) if first is not None else None
+        if paced and (retry_after is None or min(paced) <= retry_after):
+            return AccountsPaced(
+                f"Every Kiro account that can serve {model or 'this request'} is pacing its "
+                f"requests and none has a turn within {self._settings.queue_timeout:g} s "
+                f"(QUEUE_TIMEOUT); the first is free in {math.ceil(min(paced))} s: {listing}",
+                retry_after=min(paced),
+            )
         if first is not None and first.cause in ("rate_limit", "capacity"):
             what = f"Kiro is throttling every account that can serve {model or 'this request'}"
             return AccountsCoolingDown(
@@ -606,15 +743,48 @@ class AccountPool:
     def labels(self) -> list[str]:
         return list(self._accounts)
 
+    def account(self, label: str) -> Account | None:
+        """The live account (for state sharing between replicas), or None."""
+        return self._accounts.get(label)
+
+    def accounts(self) -> list[Account]:
+        return list(self._accounts.values())
+
+    def secrets(self) -> list[str]:
+        """Every secret the accounts hold now (tokens, OIDC client secrets), for leak checks
+        such as the backup's (:mod:`ki2api.store.backup`). Never log, show or send these."""
+        found: list[str] = []
+        for account in list(self._accounts.values()):  # the backup asks from its own thread
+            spec = account.spec
+            found += [s for s in (spec.access_token, spec.refresh_token, spec.client_secret) if s]
+        return found
+
     def usable_labels(self) -> list[str]:
         return [a.label for a in self._accounts.values() if a.usable()]
 
+    def usage_labels(self) -> list[str]:
+        """Accounts whose credits are worth asking for: those serving or cooling down (a
+        suspended account's or a dead login's call would fail)."""
+        return [a.label for a in self._accounts.values() if a.state in ("healthy", "cooling_down")]
+
     async def fetch_usage(self, label: str) -> UsageLimits:
-        """Ask the service for the account's remaining credits (on demand only)."""
-        usage = await self.with_credential(
-            label, lambda credential: fetch_usage_limits(self._http, self._settings, credential)
-        )
-        self._get(label).usage = usage
+        """Ask the service for the account's remaining credits and reset date, and keep them
+        on the account. A suspension found this way takes the account out, as a chat would."""
+        account = self._get(label)
+        try:
+            usage = await self.with_credential(
+                label,
+                lambda credential: fetch_usage_limits(
+                    self._http.for_proxy(credential.proxy), self._settings, credential
+                ),
+            )
+        except GatewayError as exc:
+            account.usage_error = exc.message
+            if isinstance(exc, AccountSuspended):
+                account.record_error(exc)
+                apply_failure(account, exc)
+            raise
+        account.usage, account.usage_error = usage, None
         return usage
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from ki2api.kiro.accounts.credentials import (
     AccountSpec,
     CredentialError,
     label_of,
+    min_interval_of,
+    proxy_of,
     spec_from_env,
     spec_from_mapping,
     token_file_of,
@@ -40,6 +42,7 @@ class Source:
     spec: AccountSpec
     login_file: LoginFile | None = None
     missing_reason: str | None = None  # a login file that is not there (yet)
+    min_interval_ms: float | None = None  # the account's own pacing (None: KIRO_MIN_INTERVAL_MS)
 
 
 @dataclass(slots=True)
@@ -115,10 +118,15 @@ def account_source(
     if not isinstance(entry, dict):
         raise CredentialError("each account must be a JSON object")
     label = unique_label(label_of(entry) or default_label, taken)
+    interval = min_interval_of(entry)
     path = token_file_of(entry)
     if path is not None:
-        return file_source(path, label=label, settings=settings)
-    return Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
+        found = file_source(path, label=label, settings=settings)
+        found.spec = replace(found.spec, proxy=proxy_of(entry))  # the entry's, not the file's
+    else:
+        found = Source(spec_from_mapping(entry, label=label, source=source, settings=settings))
+    found.min_interval_ms = interval
+    return found
 
 
 def load_sources(settings: Settings) -> Sources:

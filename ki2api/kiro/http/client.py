@@ -1,30 +1,38 @@
-"""The upstream seam: one pooled httpx client, Kiro's headers, timeouts, error translation.
+"""The upstream seam: pooled connections to Kiro, Kiro's headers, timeouts, error translation.
 
-httpx exceptions are translated here into :mod:`ki2api.model.errors` and never escape.
+Every call to Kiro goes through :class:`~ki2api.kiro.http.transport.Http11Transport` (chosen
+by measurement over httpx's own transport and httpx-aiohttp: ``python -m bench.clients``), one
+per outbound proxy (:class:`UpstreamHttp`). The chat call uses the transport directly; the calls
+off the chat path (refresh, model list, usage, web search, images) use an ``httpx.AsyncClient``
+on the same transport. httpx exceptions are translated here into :mod:`ki2api.model.errors` and
+never escape.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
-import importlib.util
-import weakref
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
+import certifi
 import httpx
 
 from ki2api import __version__
-from ki2api.kiro.http.heartbeat import with_heartbeat
+from ki2api.kiro.accounts.proxy import DIRECT, parse_proxy
+from ki2api.kiro.http.transport import Http11Transport, MalformedResponse, Origin, Timeouts
 from ki2api.kiro.wire.errors import error_for_response
 from ki2api.kiro.wire.eventstream import EventStreamDecoder, EventStreamError, Frame
 from ki2api.model.errors import (
     UpstreamAuthFailed,
+    UpstreamError,
     UpstreamProtocolError,
+    UpstreamProxyError,
     UpstreamTimeout,
+    UpstreamTlsError,
     UpstreamUnavailable,
 )
 from ki2api.model.ids import uuid_text
@@ -40,10 +48,10 @@ _ERROR_BODY_LIMIT = 64 * 1024
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
 _NO_START = "Kiro did not start answering in time"
 IDLE = b""  # a read's result when its idle tick passes first (the transport's IDLE)
-
-if TYPE_CHECKING:  # the transport needs httptools; importing it here would make that required
-    from ki2api.kiro.http.transport import Http11Transport, Origin, Timeouts
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+# Every open answer holds one upstream connection: the cap must be above the number of streams
+# the gateway serves at once (1,000 in the benchmark), or answers queue for a slot.
+LIMITS = httpx.Limits(max_connections=2048, max_keepalive_connections=64)
 
 
 class CredentialLike(Protocol):
@@ -55,44 +63,98 @@ class CredentialLike(Protocol):
     def region(self) -> str: ...
     @property
     def is_api_key(self) -> bool: ...
+    @property
+    def proxy(self) -> str | None: ...
 
 
-# The lean transport behind each client made here, for the chat call's direct path.
-_LEAN_TRANSPORTS: weakref.WeakKeyDictionary[httpx.AsyncClient, Http11Transport] = (
-    weakref.WeakKeyDictionary()
-)
+def tls_context(settings: Settings) -> ssl.SSLContext:
+    """Certificate checks for every call to Kiro: the public roots (certifi's, or the file
+    ``SSL_CERT_FILE`` names instead, as OpenSSL and httpx read it), plus the CAs in
+    ``KIRO_CA_BUNDLE`` (a corporate TLS proxy's, a private endpoint's). ``ValueError`` naming
+    the setting when a file cannot be used."""
+    roots = settings.ssl_cert_file
+    try:
+        ctx = ssl.create_default_context(cafile=str(roots) if roots else certifi.where())
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"SSL_CERT_FILE={roots}: cannot load its certificates ({exc})") from None
+    if settings.kiro_ca_bundle is not None:
+        try:
+            ctx.load_verify_locations(cafile=str(settings.kiro_ca_bundle))
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"KIRO_CA_BUNDLE={settings.kiro_ca_bundle}: cannot load its certificates "
+                f"(a PEM file of one or more CA certificates is expected; {exc})"
+            ) from None
+    return ctx
 
 
-def create_http_client(settings: Settings) -> httpx.AsyncClient:
-    """The app's one client: connections to Kiro are reused across requests.
-
-    With httptools installed (``uvicorn[standard]`` brings it) the wire work is done by
-    :class:`~ki2api.kiro.http.transport.Http11Transport`, several times cheaper per request and per
-    chunk than httpcore under load; otherwise by httpx's own transport.
-    """
+def create_http_client(
+    settings: Settings, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient:
+    """An httpx client with the gateway's timeouts on ``transport``, by default a new
+    hand-written one without a proxy; connections are reused across requests."""
     t = settings.timeouts
-    # Every open answer holds one upstream connection: the cap must be above the number of
-    # streams the gateway serves at once (1,000 in the benchmark), or answers queue for a slot.
-    limits = httpx.Limits(max_connections=2048, max_keepalive_connections=64)
-    transport: Http11Transport | None = None
-    # A proxy, or KIRO_HTTP_TRANSPORT=httpx, selects httpx's own transport (it speaks proxies).
-    lean = settings.kiro_proxy is None and settings.kiro_http_transport != "httpx"
-    if lean and importlib.util.find_spec("httptools") is not None:
-        from ki2api.kiro.http.transport import Http11Transport
-
-        transport = Http11Transport(limits=limits)
-    client = httpx.AsyncClient(
+    return httpx.AsyncClient(
         timeout=httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect),
-        limits=limits,
-        transport=transport,
-        proxy=settings.kiro_proxy,
+        limits=LIMITS,
+        transport=transport or Http11Transport(limits=LIMITS, verify=tls_context(settings)),
         http2=False,
         follow_redirects=False,
         trust_env=False,
     )
-    if transport is not None:
-        _LEAN_TRANSPORTS[client] = transport
-    return client
+
+
+class UpstreamHttp:
+    """The app's connections to Kiro: a transport (and an httpx client on it) per outbound
+    proxy, made when an account first needs it. An account's ``proxy`` names its own; None
+    means ``KIRO_PROXY`` (or none), ``direct`` means none even when ``KIRO_PROXY`` is set.
+
+    Raises ``ValueError`` naming the setting for an unusable ``KIRO_PROXY``,
+    ``KIRO_CA_BUNDLE`` or ``SSL_CERT_FILE``."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._tls = tls_context(settings)
+        self._default = settings.kiro_proxy
+        if self._default is not None:
+            try:
+                parse_proxy(self._default)
+            except ValueError as exc:
+                raise ValueError(f"KIRO_PROXY: {exc}") from None
+        self._routes: dict[str | None, tuple[httpx.AsyncClient, Http11Transport]] = {}
+
+    def _route(self, proxy: str | None) -> tuple[httpx.AsyncClient, Http11Transport]:
+        url = self._default if proxy is None else None if proxy == DIRECT else proxy
+        route = self._routes.get(url)
+        if route is None:
+            transport = Http11Transport(
+                limits=LIMITS, verify=self._tls, proxy=parse_proxy(url) if url else None
+            )
+            route = self._routes[url] = (create_http_client(self._settings, transport), transport)
+        return route
+
+    def for_proxy(self, proxy: str | None) -> httpx.AsyncClient:
+        """The httpx client for an account's ``proxy`` (calls off the chat path)."""
+        return self._route(proxy)[0]
+
+    def transport_for(self, proxy: str | None) -> Http11Transport:
+        return self._route(proxy)[1]
+
+    @property
+    def default(self) -> httpx.AsyncClient:
+        """``KIRO_PROXY``'s client: for calls on no account's behalf (images)."""
+        return self._route(None)[0]
+
+    async def aclose(self) -> None:
+        routes, self._routes = list(self._routes.values()), {}
+        for client, _ in routes:
+            await client.aclose()
+
+    async def __aenter__(self) -> UpstreamHttp:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 def _machine_id(label: str) -> str:
@@ -112,27 +174,6 @@ class KiroResponse:
         self._read = read
         self._close = close
         self.decoder = EventStreamDecoder()
-
-    @classmethod
-    def from_httpx(cls, response: httpx.Response, tick: float | None) -> KiroResponse:
-        """httpx's own transport (proxies): idle ticks come from :func:`with_heartbeat`."""
-        source: AsyncIterator[bytes | None] = (
-            response.aiter_raw() if tick is None else with_heartbeat(response.aiter_raw(), tick)
-        )
-
-        async def read() -> bytes | None:
-            try:
-                chunk = await anext(source)
-            except StopAsyncIteration:
-                return None
-            return IDLE if chunk is None else chunk
-
-        async def close() -> None:
-            with contextlib.suppress(RuntimeError):  # the generator is already running/closed
-                await source.aclose()  # type: ignore[attr-defined]
-            await response.aclose()
-
-        return cls(read, close)
 
     async def frame_batches(self) -> AsyncIterator[list[Frame] | None]:
         """The frames each read completed (often none, sometimes several); None each time the
@@ -186,9 +227,8 @@ class _Endpoint:
 
 
 class KiroClient:
-    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
-        self._http = http
-        self.http = http  # for the calls off the chat path (web search)
+    def __init__(self, upstream: UpstreamHttp, settings: Settings) -> None:
+        self.upstream = upstream  # also for the calls off the chat path (web search)
         self._settings = settings
         self._endpoints: dict[str, _Endpoint] = {}
         self._static_heads: dict[tuple[bytes, str, bool], bytes] = {}
@@ -264,62 +304,40 @@ class KiroClient:
         while_waiting: Callable[[], object] | None = None,
     ) -> KiroResponse:
         """Send the request and check the status; the body is left to stream. ``while_waiting``
-        runs between sending and the answer's head (before sending, on httpx's transport)."""
+        runs between sending and the answer's head."""
         url = self.chat_url(credential.region)
         endpoint = self._endpoints.get(url)
         if endpoint is None:
             endpoint = self._endpoints[url] = _Endpoint.parse(url)
-        transport = _LEAN_TRANSPORTS.get(self._http)
+        transport = self.upstream.transport_for(credential.proxy)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._settings.timeouts.first_byte
         try:
-            if transport is None:
-                async with asyncio.timeout_at(deadline):
-                    if while_waiting is not None:
-                        while_waiting()
-                    headers = self._headers(credential, endpoint.json_style)
-                    request = self._http.build_request("POST", url, content=body, headers=headers)
-                    response = await self._http.send(request, stream=True)
-                    status = response.status_code
-            else:
-                # Straight to the transport with the request pre-rendered: httpx's
-                # Request/Response objects and client hooks were most of a call's cost.
-                data = self._request_bytes(endpoint, credential, body)
-                answer = await transport.exchange(
-                    endpoint.origin,
-                    data,
-                    self._timeouts,
-                    deadline=deadline,
-                    while_waiting=while_waiting,
-                )
-                status = answer.status
-        except TimeoutError as exc:
-            raise UpstreamTimeout(_NO_START) from exc
+            # Straight to the transport with the request pre-rendered: httpx's Request/Response
+            # objects and client hooks were most of a call's cost.
+            answer = await transport.exchange(
+                endpoint.origin,
+                self._request_bytes(endpoint, credential, body),
+                self._timeouts,
+                deadline=deadline,
+                while_waiting=while_waiting,
+            )
         except httpx.TimeoutException as exc:
             if loop.time() >= deadline:
                 raise UpstreamTimeout(_NO_START) from exc
-            raise UpstreamTimeout(f"Kiro did not answer in time ({type(exc).__name__})") from exc
-        except httpx.ConnectError as exc:
-            raise UpstreamUnavailable(f"cannot connect to Kiro at {_host(url)}") from exc
+            raise UpstreamTimeout(f"Kiro did not answer in time: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamUnavailable(f"the request to Kiro failed: {type(exc).__name__}") from exc
-        if transport is None:
-            if status == 200:
-                return KiroResponse.from_httpx(response, self._tick)
-            raw_headers: list[tuple[bytes, bytes]] = response.headers.raw
-            read, close = _httpx_reader(response), response.aclose
-        else:
-            if status == 200:
-                tick = self._tick
-                return KiroResponse(lambda: answer.read(tick), answer.aclose)
-            raw_headers, read, close = answer.headers, answer.read, answer.aclose
+            raise connection_error(exc, _host(url)) from exc
+        if answer.status == 200:
+            tick = self._tick
+            return KiroResponse(lambda: answer.read(tick), answer.aclose)
         try:
-            raw = await _read_limited(read)
+            raw = await _read_limited(answer.read)
         except (httpx.HTTPError, TimeoutError):
             raw = b""
         finally:
-            await close()
-        raise error_for_response(status, raw, httpx.Headers(raw_headers))
+            await answer.aclose()
+        raise error_for_response(answer.status, raw, httpx.Headers(answer.headers))
 
 
 def _header_safe(value: str) -> str:
@@ -330,13 +348,18 @@ def _header_safe(value: str) -> str:
     return value
 
 
-def _httpx_reader(response: httpx.Response) -> ReadChunk:
-    chunks = response.aiter_raw()
-
-    async def read() -> bytes | None:
-        return await anext(chunks, None)
-
-    return read
+def connection_error(exc: httpx.HTTPError, host: str) -> UpstreamError:
+    """A failed connection or exchange with Kiro, for the client: the transport's own sentence
+    (it names the host, the proxy without its credentials, the TLS reason)."""
+    if isinstance(exc, httpx.ProxyError):
+        return UpstreamProxyError(f"Kiro is out of reach: {exc}")
+    if isinstance(exc.__cause__, ssl.SSLError):
+        return UpstreamTlsError(f"Kiro is out of reach: {exc}")
+    if isinstance(exc, httpx.ConnectError):
+        return UpstreamUnavailable(f"Kiro is out of reach: {exc}")
+    if isinstance(exc, MalformedResponse):
+        return UpstreamProtocolError(f"Kiro's answer at {host} could not be read: {exc}")
+    return UpstreamUnavailable(f"the request to Kiro at {host} failed: {exc or type(exc).__name__}")
 
 
 async def _read_limited(read: ReadChunk) -> bytes:

@@ -5,6 +5,7 @@ that offer a web-search tool get here (:mod:`ki2api.pipeline.websearch`)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -73,8 +74,13 @@ def parse_hits(answer: Any) -> list[SearchHit]:
 
 
 class KiroWebSearch:
-    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
-        self.http = http
+    def __init__(
+        self,
+        http: httpx.AsyncClient | Callable[[str | None], httpx.AsyncClient],
+        settings: Settings,
+    ) -> None:
+        """``http``: one client, or the client for an account's proxy (``for_proxy``)."""
+        self._http_for = http if callable(http) else lambda proxy: http
         self.settings = settings
 
     def url(self, credential: Credential) -> str:
@@ -102,7 +108,7 @@ class KiroWebSearch:
         }
         timeouts = self.settings.timeouts
         try:
-            response = await self.http.post(
+            response = await self._http_for(credential.proxy).post(
                 self.url(credential),
                 content=orjson.dumps(body),
                 headers=headers,

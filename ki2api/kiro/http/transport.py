@@ -11,18 +11,23 @@ its exception classes, redirects, timeouts, limits) and does the wire work itsel
   ``max_connections`` enforced with a FIFO of waiters, ``max_keepalive_connections`` and
   ``keepalive_expiry`` as in httpx;
 - httpx's four timeouts (connect, write, read per chunk, pool) raise httpx's exceptions;
-- a response closed before its end closes its connection (never reused half-read).
+- a response closed before its end closes its connection (never reused half-read);
+- a response head is limited to :data:`MAX_HEAD_BYTES`;
+- an outbound proxy (HTTP CONNECT, SOCKS4, SOCKS5, SOCKS5h; python-socks does the handshake)
+  tunnels every connection, TLS to the origin then runs inside the tunnel.
 
 :meth:`Http11Transport.exchange` is the same exchange without httpx's ``Request`` and
 ``Response`` objects, for the Kiro chat call (a pre-rendered request in, an :class:`Answer` out),
 with optional idle ticks so a caller can send keep-alives while the server is silent.
 
-HTTP/1.1 only, no proxies: the app's client is created with ``http2=False, trust_env=False``.
+HTTP/1.1 only: the app's clients are created with ``http2=False, trust_env=False``
+(:func:`ki2api.kiro.http.client.create_http_client`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import time
 from collections import deque
@@ -31,12 +36,23 @@ from typing import cast
 
 import httptools
 import httpx
+from python_socks import ProxyConnectionError, ProxyError, ProxyType
+from python_socks.async_.asyncio import Proxy
+
+from ki2api.kiro.accounts.proxy import ProxyUrl
 
 Origin = tuple[str, str, int]  # scheme, host, port
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_HIGH_WATER = 1024 * 1024  # stop reading from the socket past this much unread body
 IDLE = b""  # what a read returns when its idle tick passes before any data
+# A response's status line and headers together; Kiro's are under 2 KB. httptools has no limit
+# of its own, so without this a broken or hostile server could grow one head without end.
+MAX_HEAD_BYTES = 64 * 1024
 Timeouts = dict[str, float | None]  # httpx's: connect, read, write, pool
+
+
+class MalformedResponse(httpx.RemoteProtocolError):
+    """The server's answer is not HTTP/1.1 as it must be, or its head is over the limit."""
 
 
 class _Connection(asyncio.Protocol):
@@ -64,6 +80,7 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
         self.keep_alive = False
+        self._head_bytes = 0  # received before the (final) head was complete
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 
@@ -75,10 +92,18 @@ class _Connection(asyncio.Protocol):
         if self._parser is None:  # bytes on an idle connection: it cannot be reused
             self.close()
             return
+        in_head = self._head_bytes >= 0
+        if in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self._fail(MalformedResponse(f"malformed HTTP response: {exc}"))
+            self.close()
+            return
+        if in_head and self._head_bytes > MAX_HEAD_BYTES:  # and the head is still not complete
+            limit = MAX_HEAD_BYTES // 1024
+            self._fail(MalformedResponse(f"the response's headers are over {limit} KB"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -113,6 +138,7 @@ class _Connection(asyncio.Protocol):
         if self.status < 200:  # 100 Continue and friends: the real answer follows
             self.headers = []
             return
+        self._head_bytes = -1  # the head is complete: stop counting
         self.keep_alive = parser.should_keep_alive()
         names = {name.lower() for name, _ in self.headers}
         self._until_close = (
@@ -165,6 +191,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._head = self._loop.create_future()
         self._head_only = head_only
+        self._head_bytes = 0
         self.transport.write(data)
         if self._drained is not None:
             try:
@@ -263,20 +290,28 @@ class _Connection(asyncio.Protocol):
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and not self.closed and self._error is None
 
-    def close(self) -> None:
+    def close(self, *, at_once: bool = False) -> None:
+        """``at_once``: abort, skipping TLS's goodbye (close_notify and waiting for the peer's),
+        which would outlive an event loop that ends next (the socket then leaks until GC)."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            if at_once:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
 
 class _Pool:
     """Connections by origin; idle ones in a stack, the newest on top."""
 
-    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self, limits: httpx.Limits, ssl_context: ssl.SSLContext, proxy: ProxyUrl | None = None
+    ) -> None:
         self._max = limits.max_connections
         self._max_idle = limits.max_keepalive_connections
         self._expiry = limits.keepalive_expiry
         self._ssl = ssl_context
+        self._proxy = proxy
         self._idle: dict[Origin, list[_Connection]] = {}
         self._idle_count = 0
         self._open = 0  # connections counted against max_connections (idle or in use)
@@ -355,7 +390,7 @@ class _Pool:
             self._wake_one()
             raise
         if self._closed:  # closed while connecting: nobody will give this one back
-            conn.close()
+            conn.close(at_once=True)
             raise httpx.ConnectError("the connection pool is closed", request=request)
         self._busy.add(conn)
         return conn
@@ -366,19 +401,46 @@ class _Pool:
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
         tls = scheme == "https"
+        context, name = (self._ssl, host) if tls else (None, None)
+        via = "" if self._proxy is None else f" through the proxy {self._proxy}"
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(origin),
-                    host,
-                    port,
-                    ssl=self._ssl if tls else None,
-                    server_hostname=host if tls else None,
-                )
+                if self._proxy is None:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(origin), host, port, ssl=context, server_hostname=name
+                    )
+                else:
+                    sock = await _tunnel(self._proxy, host, port, timeout, request)
+                    try:
+                        _, conn = await loop.create_connection(
+                            lambda: _Connection(origin),
+                            sock=sock,
+                            ssl=context,
+                            server_hostname=name,
+                        )
+                    except BaseException:
+                        sock.close()
+                        raise
         except TimeoutError:
-            raise httpx.ConnectTimeout(f"timed out connecting to {host}", request=request) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+            raise httpx.ConnectTimeout(
+                f"timed out connecting to {host}{via}", request=request
+            ) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise httpx.ConnectError(
+                f"the TLS certificate of {host} was not accepted ({exc.verify_message}); if a "
+                "proxy or a private endpoint signs with its own CA, add that CA with "
+                "KIRO_CA_BUNDLE",
+                request=request,
+            ) from exc
+        except ssl.SSLError as exc:
+            raise httpx.ConnectError(
+                f"TLS with {host}{via} failed: {exc.reason or exc}", request=request
+            ) from exc
+        except OSError as exc:
+            what = exc.strerror or str(exc) or type(exc).__name__
+            raise httpx.ConnectError(
+                f"cannot connect to {host}:{port}{via}: {what}", request=request
+            ) from exc
         return conn
 
     def release(self, conn: _Connection) -> None:
@@ -386,7 +448,7 @@ class _Pool:
             return  # given back already, or closed with the pool
         self._busy.discard(conn)
         if self._closed:
-            conn.close()
+            conn.close(at_once=True)
         elif conn.reusable and (self._max_idle is None or self._idle_count < self._max_idle):
             conn.reset()
             self._idle.setdefault(conn.origin, []).append(conn)
@@ -401,9 +463,9 @@ class _Pool:
         self._closed = True
         for stack in self._idle.values():
             for conn in stack:
-                conn.close()
+                conn.close(at_once=True)
         for conn in self._busy:
-            conn.close()
+            conn.close(at_once=True)
         self._busy.clear()
         self._idle.clear()
         self._idle_count = 0
@@ -412,6 +474,32 @@ class _Pool:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
+
+
+async def _tunnel(
+    proxy: ProxyUrl, host: str, port: int, timeout: float | None, request: httpx.Request | None
+) -> socket.socket:
+    """A socket connected to ``host:port`` through ``proxy``, the handshake done."""
+    kinds = {"http": ProxyType.HTTP, "socks4": ProxyType.SOCKS4}
+    client = Proxy(
+        kinds.get(proxy.scheme, ProxyType.SOCKS5),
+        proxy.host,
+        proxy.port,
+        proxy.username,
+        proxy.password,
+        rdns=proxy.remote_dns,
+    )
+    try:
+        # Within the caller's connect timeout (python-socks would wait 60 s otherwise).
+        return await client.connect(host, port, timeout=timeout or 3600.0)
+    except ProxyConnectionError as exc:
+        raise httpx.ProxyError(
+            f"cannot reach the proxy {proxy}: {exc.strerror or exc}", request=request
+        ) from exc
+    except ProxyError as exc:
+        raise httpx.ProxyError(
+            f"the proxy {proxy} refused the connection to {host}:{port}: {exc}", request=request
+        ) from exc
 
 
 class Answer:
@@ -478,13 +566,14 @@ class Http11Transport(httpx.AsyncBaseTransport):
         *,
         limits: httpx.Limits | None = None,
         verify: ssl.SSLContext | bool = True,
+        proxy: ProxyUrl | None = None,
     ) -> None:
         ctx = (
             verify
             if isinstance(verify, ssl.SSLContext)
             else httpx.create_ssl_context(verify, trust_env=False)
         )
-        self._pool = _Pool(limits or httpx.Limits(), ctx)
+        self._pool = _Pool(limits or httpx.Limits(), ctx, proxy)
 
     async def exchange(
         self,

@@ -1,15 +1,27 @@
 """The one table from the service's error answers to gateway errors (see docs/errors.md).
 
-Both kinds of answer go through it: an HTTP status with a JSON body (``error_for_response``),
-and an ``exception`` frame inside a 200 stream (``error_for_exception``, whose exception type
-stands for the status it would have had). Rows are tried in order; the first whose status
-matches and whose marker (if any) appears in the reason or message wins. The class a row gives
-also says what the failure is about (docs/errors.md, "What a failure cools down"):
+Every way the service says something failed goes through it: an HTTP status with a JSON body
+(``error_for_response``), and an ``exception`` / ``error`` frame or an error event inside a
+200 stream (``error_for_exception``, whose exception type stands for the status it would have
+had). Rows are tried in order; the first whose status matches and whose marker (if any)
+appears in the status or type, the reason or the message wins. The class a row gives decides
+everything after, the same way however the failure came: the client's status and error type
+(``ki2api.model.errors``), and what the failure does to the account (``Lease.settle`` in
+``ki2api.kiro.accounts.pool``; docs/errors.md, "What a failure cools down"):
 
+    ContextLengthExceeded, UpstreamRejected   the request is at fault: the account is fine
+    ModelNotFound                      the account lacks the model: skipped for that model
     ModelCapacity / ModelUnavailable   one model on one account, for a moment
     UpstreamThrottled                  one account's request rate
-    QuotaExceeded                      one account, until its quota resets
-    UpstreamAuthFailed                 one account, until a person acts (suspended, refused)
+    QuotaExceeded                      one account, until its quota resets (a daily limit:
+                                       until the next UTC day)
+    TokenExpired                       the token: refreshed (a status: at once, and retried)
+    UpstreamAuthFailed                 one account, until a person acts (refused)
+    AccountSuspended                   one account, until a person acts (suspended, flagged)
+    UpstreamUnavailable (5xx)          nothing but a count: the gateway retries
+
+Only an HTTP answer can carry a ``Retry-After`` (an exception frame has none) and be retried
+(a started answer cannot be asked again: its error reaches the client, with Kiro's words).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from typing import Any
 import orjson
 
 from ki2api.model.errors import (
+    AccountSuspended,
     ContextLengthExceeded,
     GatewayError,
     ModelCapacity,
@@ -58,14 +71,23 @@ class Row:
 
 
 _SUSPENDED = "Kiro suspended the account: a person has to restore it"
+_FLAGGED = "Kiro flagged the account and limits its requests: a person has to look at it"
 _TOO_LONG = "The conversation is too long for the model: shorten the history."
 _QUOTA = "The Kiro account has used up its quota"
 
 TABLE: tuple[Row, ...] = (
     # A suspension reads the same whatever status carries it; no retry or refresh undoes it.
-    Row(ANY_STATUS, "TEMPORARILY_SUSPENDED", UpstreamAuthFailed, _SUSPENDED),
-    Row(ANY_STATUS, "unusual user activity", UpstreamAuthFailed, _SUSPENDED),
-    Row(ANY_STATUS, "suspicious activity", UpstreamAuthFailed, _SUSPENDED),
+    # Kiro words it several ways ("is temporarily suspended", "temporarily is suspended",
+    # "unusual user/account activity", "locked ... as a security precaution").
+    Row(ANY_STATUS, "TEMPORARILY_SUSPENDED", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "temporarily is suspended", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "unusual user activity", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "unusual account activity", AccountSuspended, _SUSPENDED),
+    Row(ANY_STATUS, "security precaution", AccountSuspended, _SUSPENDED),
+    # Flagged: Kiro limits how often the account may send "due to suspicious activity" while it
+    # investigates. Sending more only deepens the suspicion: out, like a suspension.
+    Row(429, "suspicious activity", AccountSuspended, _FLAGGED),
+    Row(ANY_STATUS, "suspicious activity", AccountSuspended, _SUSPENDED),
     Row(400, "CONTENT_LENGTH_EXCEEDS_THRESHOLD", ContextLengthExceeded, _TOO_LONG),
     Row(400, "input is too long", ContextLengthExceeded, _TOO_LONG),
     Row(400, "INVALID_MODEL_ID", ModelNotFound, "Kiro does not offer this model to the account."),

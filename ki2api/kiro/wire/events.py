@@ -28,7 +28,7 @@ from ki2api.model.deltas import (
     ToolCallStart,
     Usage,
 )
-from ki2api.model.errors import GatewayError, UpstreamError, UpstreamProtocolError
+from ki2api.model.errors import GatewayError, UpstreamProtocolError
 from ki2api.model.tokens import estimate_tokens
 
 log = logging.getLogger("ki2api.kiro")
@@ -171,9 +171,8 @@ class KiroEventParser:
                 self.saw_context_usage = True
         elif event == "messageStopEvent":
             self._upstream_stop = _stop_reason(payload.get("stopReason"))
-        elif event == "invalidStateEvent":
-            message = str(payload.get("message") or "Kiro reported an invalid state")
-            return [StreamError(UpstreamError(message))]
+        elif event == "invalidStateEvent":  # an error event: through the same table
+            return [StreamError(error_for_exception(event, frame.payload))]
         # Everything else (code references, citations, follow-up prompts…) is not for clients.
         return []
 

@@ -154,7 +154,6 @@ def _headers(raw: bytes) -> Mapping[str, HeaderValue]:
 
 
 _crc32 = zlib.crc32
-_new_frame = tuple.__new__  # skips Frame.__new__'s Python-level argument handling
 
 
 class EventStreamDecoder:
@@ -242,7 +241,7 @@ class EventStreamDecoder:
                 headers_end = pos + _PRELUDE_LEN + headers_len
                 raw_headers = data[pos + _PRELUDE_LEN : headers_end]
                 headers = _header_cache.get(raw_headers) or _headers(raw_headers)
-                frames.append(_new_frame(Frame, (headers, data[headers_end:crc_at])))
+                frames.append(Frame(headers, data[headers_end:crc_at]))
                 pos = end
         except EventStreamError:
             self._failed = True
