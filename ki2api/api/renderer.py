@@ -23,20 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from ki2api.model.deltas import (
-    Delta,
-    KeepAlive,
-    ReasoningDelta,
-    ServerToolResult,
-    ServerToolUse,
-    Stop,
-    StreamError,
-    TextDelta,
-    ToolCallArgs,
-    ToolCallEnd,
-    ToolCallStart,
-    Usage,
-)
+from ki2api.model import deltas
 from ki2api.model.errors import GatewayError, UpstreamProtocolError
 from ki2api.pipeline.gateway import Completion
 
@@ -47,22 +34,33 @@ _Hook = Callable[[Any, Any], None]
 
 # The hook each kind of delta goes to (by exact type: deltas are final dataclasses).
 _HOOKS: Mapping[type, str] = {
-    TextDelta: "on_text",
-    ReasoningDelta: "on_reasoning",
-    ToolCallStart: "on_tool_start",
-    ToolCallArgs: "on_tool_args",
-    ToolCallEnd: "on_tool_end",
-    Usage: "on_usage",
-    Stop: "_stopped",
-    StreamError: "_failed",
-    KeepAlive: "on_keep_alive",
-    ServerToolUse: "on_search",
-    ServerToolResult: "on_search_result",
+    deltas.TextDelta: "on_text",
+    deltas.ReasoningDelta: "on_reasoning",
+    deltas.ToolCallStart: "on_tool_start",
+    deltas.ToolCallArgs: "on_tool_args",
+    deltas.ToolCallEnd: "on_tool_end",
+    deltas.Usage: "on_usage",
+    deltas.Stop: "_stopped",
+    deltas.StreamError: "_failed",
+    deltas.KeepAlive: "on_keep_alive",
+    deltas.ServerToolUse: "on_search",
+    deltas.ServerToolResult: "on_search_result",
 }
 
 
+def _ignore(renderer: Any, delta: Any) -> None:
+    pass
+
+
 class Renderer:
-    """The base of the three front doors' renderers (see the module doc)."""
+    """The base of the three front doors' renderers (see the module doc).
+
+    A subclass renders ``start``, ``render_error`` and ``whole``, and the deltas in hooks that
+    append to ``out``: ``on_text``, ``on_reasoning``, ``on_tool_start``, ``on_tool_args``,
+    ``on_stop`` (the answer's end) and, where the format shows them, ``on_tool_end``,
+    ``on_search`` and ``on_search_result`` (ignored here). ``Usage`` is kept in ``usage`` for
+    ``on_stop``; a keep-alive renders ``keep_alive``.
+    """
 
     keep_alive: ClassVar[bytes] = KEEPALIVE
     _dispatch: ClassVar[dict[type, _Hook]]
@@ -70,7 +68,7 @@ class Renderer:
     def __init__(self) -> None:
         self.done = False
         self.fresh = True  # no batch fed yet: nothing has gone to the client
-        self.usage: Usage | None = None
+        self.usage: deltas.Usage | None = None
         self.out: list[bytes] = []  # what the batch being fed renders
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -89,7 +87,7 @@ class Renderer:
     def start(self) -> bytes:
         raise NotImplementedError
 
-    def feed(self, batch: Iterable[Delta]) -> bytes:
+    def feed(self, batch: Iterable[deltas.Delta]) -> bytes:
         if self.done:
             return b""
         out = self.out = []
@@ -121,42 +119,21 @@ class Renderer:
     def render_error(self, error: GatewayError) -> bytes:
         raise NotImplementedError
 
-    def on_stop(self, stop: Stop) -> None:
-        raise NotImplementedError
+    on_text = on_reasoning = on_tool_start = on_tool_args = on_stop = _ignore
+    on_tool_end = on_search = on_search_result = _ignore
 
-    def on_text(self, delta: TextDelta) -> None:
-        raise NotImplementedError
-
-    def on_reasoning(self, delta: ReasoningDelta) -> None:
-        raise NotImplementedError
-
-    def on_tool_start(self, delta: ToolCallStart) -> None:
-        raise NotImplementedError
-
-    def on_tool_args(self, delta: ToolCallArgs) -> None:
-        raise NotImplementedError
-
-    def on_tool_end(self, delta: ToolCallEnd) -> None:
-        pass
-
-    def on_usage(self, delta: Usage) -> None:
+    def on_usage(self, delta: deltas.Usage) -> None:
         self.usage = delta
 
-    def on_keep_alive(self, delta: KeepAlive) -> None:
+    def on_keep_alive(self, delta: deltas.KeepAlive) -> None:
         self.out.append(self.keep_alive)
-
-    def on_search(self, delta: ServerToolUse) -> None:
-        pass
-
-    def on_search_result(self, delta: ServerToolResult) -> None:
-        pass
 
     def on_stream_error(self, error: GatewayError) -> None:
         self.out.append(self.error(error))
 
-    def _stopped(self, stop: Stop) -> None:
+    def _stopped(self, stop: deltas.Stop) -> None:
         self.done = True
         self.on_stop(stop)
 
-    def _failed(self, delta: StreamError) -> None:
+    def _failed(self, delta: deltas.StreamError) -> None:
         self.on_stream_error(delta.error)

@@ -34,29 +34,18 @@ from ki2api.api.anthropic.counting import estimate_request_tokens
 from ki2api.api.anthropic.server_tools import result_block, server_tool_usage, use_block
 from ki2api.api.errors import anthropic_error_body
 from ki2api.api.renderer import Renderer
-from ki2api.model.deltas import (
-    ReasoningDelta,
-    ServerToolResult,
-    ServerToolUse,
-    Stop,
-    StopReason,
-    TextDelta,
-    ToolCallArgs,
-    ToolCallEnd,
-    ToolCallStart,
-    Usage,
-)
+from ki2api.model import deltas
 from ki2api.model.errors import ContextLengthExceeded, GatewayError, InvalidRequest
 from ki2api.model.ids import hex_id
 from ki2api.model.request import ChatRequest
 from ki2api.pipeline.gateway import Completion
 
 STOP_REASONS = {
-    StopReason.END_TURN: "end_turn",
-    StopReason.TOOL_USE: "tool_use",
-    StopReason.MAX_TOKENS: "max_tokens",
-    StopReason.STOP_SEQUENCE: "stop_sequence",
-    StopReason.CONTENT_FILTERED: "refusal",
+    deltas.StopReason.END_TURN: "end_turn",
+    deltas.StopReason.TOOL_USE: "tool_use",
+    deltas.StopReason.MAX_TOKENS: "max_tokens",
+    deltas.StopReason.STOP_SEQUENCE: "stop_sequence",
+    deltas.StopReason.CONTENT_FILTERED: "refusal",
 }
 PLACEHOLDER_SIGNATURE = "ki2api-unsigned"
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
@@ -77,7 +66,7 @@ def event(name: str, body: dict[str, Any]) -> bytes:
     return b"event: " + name.encode() + b"\ndata: " + dumps(body) + b"\n\n"
 
 
-def usage_body(usage: Usage) -> dict[str, int]:
+def usage_body(usage: deltas.Usage) -> dict[str, int]:
     # Anthropic's input_tokens leaves out the cached tokens (read or written); ours includes them.
     cached = usage.cache_read_tokens + usage.cache_write_tokens
     return {
@@ -99,8 +88,8 @@ def tool_input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-def _stop_sequence(stop: Stop) -> str | None:
-    return stop.stop_sequence if stop.reason == StopReason.STOP_SEQUENCE else None
+def _stop_sequence(stop: deltas.Stop) -> str | None:
+    return stop.stop_sequence if stop.reason == deltas.StopReason.STOP_SEQUENCE else None
 
 
 class MessageRenderer(Renderer):
@@ -148,7 +137,7 @@ class MessageRenderer(Renderer):
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": usage_body(Usage(self.input_estimate, 0)),
+                "usage": usage_body(deltas.Usage(self.input_estimate, 0)),
             },
         }
         self._start = event("message_start", start)
@@ -170,11 +159,13 @@ class MessageRenderer(Renderer):
             code="context_length_exceeded",
         )
 
-    def final_usage(self, usage: Usage | None) -> Usage:
+    def final_usage(self, usage: deltas.Usage | None) -> deltas.Usage:
         """The counts for ``message_delta``; a real count also teaches the calibration."""
         if usage is None or usage.source == "estimate":
             output = usage.output_tokens if usage is not None else 0
-            return Usage(self.input_estimate, output, credits=usage.credits if usage else None)
+            return deltas.Usage(
+                self.input_estimate, output, credits=usage.credits if usage else None
+            )
         if self.learn is not None and self.request.web_search is None:
             self.learn(self.raw_estimate, usage.input_tokens)  # a search's count sums rounds
         return usage
@@ -207,14 +198,14 @@ class MessageRenderer(Renderer):
 
     # --- deltas ---------------------------------------------------------------------------
 
-    def on_text(self, delta: TextDelta) -> None:
+    def on_text(self, delta: deltas.TextDelta) -> None:
         if not delta.text:
             return
         if self.open_kind != "text":
             self.open_block("text", {"type": "text", "text": ""})
         self._delta(self.open_index, _TEXT, delta.text)
 
-    def on_reasoning(self, delta: ReasoningDelta) -> None:
+    def on_reasoning(self, delta: deltas.ReasoningDelta) -> None:
         if self.open_kind != "thinking":
             if not delta.text:
                 return  # a lone signature with no reasoning to sign
@@ -223,31 +214,31 @@ class MessageRenderer(Renderer):
         if delta.text:
             self._delta(self.open_index, _THINKING, delta.text)
 
-    def on_tool_start(self, delta: ToolCallStart) -> None:
+    def on_tool_start(self, delta: deltas.ToolCallStart) -> None:
         block = {"type": "tool_use", "id": delta.id, "name": delta.name, "input": {}}
         self.open_block("tool_use", block)
         self.tool_blocks[delta.index] = self.open_index
 
-    def on_tool_args(self, delta: ToolCallArgs) -> None:
+    def on_tool_args(self, delta: deltas.ToolCallArgs) -> None:
         index = self.tool_blocks.get(delta.index)
         if delta.fragment and index is not None:
             self._delta(index, _JSON, delta.fragment)
 
-    def on_tool_end(self, delta: ToolCallEnd) -> None:
+    def on_tool_end(self, delta: deltas.ToolCallEnd) -> None:
         if self.open_index == self.tool_blocks.get(delta.index):
             self.close_block()
 
-    def on_search(self, delta: ServerToolUse) -> None:
+    def on_search(self, delta: deltas.ServerToolUse) -> None:
         self.open_block("server_tool_use", {**use_block(delta), "input": {}})
         self._delta(self.open_index, _JSON, dumps({"query": delta.query}).decode())
         self.close_block()
 
-    def on_search_result(self, delta: ServerToolResult) -> None:
+    def on_search_result(self, delta: deltas.ServerToolResult) -> None:
         self.searches += delta.error is None
         self.open_block("web_search_tool_result", result_block(delta))
         self.close_block()
 
-    def on_stop(self, stop: Stop) -> None:
+    def on_stop(self, stop: deltas.Stop) -> None:
         self.close_block()  # also a tool call cut off by max_tokens
         body = {
             "type": "message_delta",
@@ -277,7 +268,7 @@ class MessageRenderer(Renderer):
         content: list[dict[str, Any]] = []
         searches = 0
         for step in done.server_tools:  # searches come first: the text answers from them
-            if isinstance(step, ServerToolUse):
+            if isinstance(step, deltas.ServerToolUse):
                 content.append(use_block(step))
             else:
                 content.append(result_block(step))

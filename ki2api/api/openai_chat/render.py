@@ -17,17 +17,7 @@ import orjson
 
 from ki2api.api.errors import openai_error_body
 from ki2api.api.renderer import Renderer
-from ki2api.model.deltas import (
-    ReasoningDelta,
-    SearchHit,
-    ServerToolResult,
-    Stop,
-    StopReason,
-    TextDelta,
-    ToolCallArgs,
-    ToolCallStart,
-    Usage,
-)
+from ki2api.model import deltas
 from ki2api.model.errors import GatewayError
 from ki2api.model.ids import hex_id
 from ki2api.model.request import ChatRequest
@@ -38,11 +28,11 @@ from ki2api.pipeline.websearch import citations
 log = logging.getLogger("ki2api.openai")
 
 FINISH_REASONS = {
-    StopReason.END_TURN: "stop",
-    StopReason.STOP_SEQUENCE: "stop",
-    StopReason.TOOL_USE: "tool_calls",
-    StopReason.MAX_TOKENS: "length",
-    StopReason.CONTENT_FILTERED: "content_filter",
+    deltas.StopReason.END_TURN: "stop",
+    deltas.StopReason.STOP_SEQUENCE: "stop",
+    deltas.StopReason.TOOL_USE: "tool_calls",
+    deltas.StopReason.MAX_TOKENS: "length",
+    deltas.StopReason.CONTENT_FILTERED: "content_filter",
 }
 DONE = b"data: [DONE]\n\n"
 WARNING_HEADER = "x-ki2api-warning"
@@ -50,7 +40,7 @@ WARNING_HEADER = "x-ki2api-warning"
 dumps = orjson.dumps
 
 
-def usage_body(usage: Usage) -> dict[str, Any]:
+def usage_body(usage: deltas.Usage) -> dict[str, Any]:
     return {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
@@ -59,7 +49,7 @@ def usage_body(usage: Usage) -> dict[str, Any]:
     }
 
 
-def url_citations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
+def url_citations(text: str, hits: list[deltas.SearchHit]) -> list[dict[str, Any]]:
     """OpenAI's ``url_citation`` annotations for the result URLs the answer names."""
     return [
         {
@@ -83,7 +73,7 @@ class ChatRenderer(Renderer):
         self.called: list[str] = []  # the tools called, for the tool_choice check
         # Only a request with web search keeps its text: the citations point into it.
         self.said: list[str] | None = None if request.web_search is None else []
-        self.hits: list[SearchHit] = []
+        self.hits: list[deltas.SearchHit] = []
         # a chunk is head + delta JSON + open_tail; ``first`` is the role chunk
         self._head = self._open_tail = self._first = b""
         self._tail_usage = ""
@@ -111,16 +101,16 @@ class ChatRenderer(Renderer):
     def _chunk(self, delta: dict[str, Any]) -> None:
         self.out.append(self._head + dumps(delta) + self._open_tail)
 
-    def on_text(self, delta: TextDelta) -> None:
+    def on_text(self, delta: deltas.TextDelta) -> None:
         self._chunk({"content": delta.text})
         if self.said is not None:
             self.said.append(delta.text)
 
-    def on_reasoning(self, delta: ReasoningDelta) -> None:
+    def on_reasoning(self, delta: deltas.ReasoningDelta) -> None:
         if delta.text:
             self._chunk({"reasoning_content": delta.text})
 
-    def on_tool_start(self, delta: ToolCallStart) -> None:
+    def on_tool_start(self, delta: deltas.ToolCallStart) -> None:
         self.called.append(delta.name)
         call = {
             "index": delta.index,
@@ -130,15 +120,15 @@ class ChatRenderer(Renderer):
         }
         self._chunk({"tool_calls": [call]})
 
-    def on_tool_args(self, delta: ToolCallArgs) -> None:
+    def on_tool_args(self, delta: deltas.ToolCallArgs) -> None:
         self._chunk(
             {"tool_calls": [{"index": delta.index, "function": {"arguments": delta.fragment}}]}
         )
 
-    def on_search_result(self, delta: ServerToolResult) -> None:
+    def on_search_result(self, delta: deltas.ServerToolResult) -> None:
         self.hits.extend(delta.hits)
 
-    def on_stop(self, stop: Stop) -> None:
+    def on_stop(self, stop: deltas.Stop) -> None:
         out = self.out
         if self.said is not None and self.hits:
             notes = url_citations("".join(self.said), self.hits)
@@ -196,7 +186,9 @@ class ChatRenderer(Renderer):
                 for call in done.tool_calls
             ]
         message["refusal"] = None
-        hits = [h for s in done.server_tools if isinstance(s, ServerToolResult) for h in s.hits]
+        hits = [
+            h for s in done.server_tools if isinstance(s, deltas.ServerToolResult) for h in s.hits
+        ]
         if hits:
             message["annotations"] = url_citations(done.text, hits)
         return {

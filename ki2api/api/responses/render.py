@@ -33,19 +33,7 @@ from ki2api.api.renderer import Renderer
 from ki2api.api.responses.protocol import ResponsesWire
 from ki2api.api.responses.sealed import ReasoningSeal
 from ki2api.api.responses.tools import ToolKinds, custom_input, local_shell_action
-from ki2api.model.deltas import (
-    ReasoningDelta,
-    SearchHit,
-    ServerToolResult,
-    ServerToolUse,
-    Stop,
-    StopReason,
-    TextDelta,
-    ToolCallArgs,
-    ToolCallEnd,
-    ToolCallStart,
-    Usage,
-)
+from ki2api.model import deltas
 from ki2api.model.errors import GatewayError
 from ki2api.model.ids import hex_id
 from ki2api.model.request import ChatRequest
@@ -54,8 +42,8 @@ from ki2api.pipeline.gateway import Completion
 from ki2api.pipeline.websearch import citations
 
 INCOMPLETE_REASONS = {
-    StopReason.MAX_TOKENS: "max_output_tokens",
-    StopReason.CONTENT_FILTERED: "content_filter",
+    deltas.StopReason.MAX_TOKENS: "max_output_tokens",
+    deltas.StopReason.CONTENT_FILTERED: "content_filter",
 }
 _OUTPUT_TEXT = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
 
@@ -66,7 +54,7 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}_{hex_id()}"
 
 
-def usage_body(usage: Usage, reasoning: str) -> dict[str, Any]:
+def usage_body(usage: deltas.Usage, reasoning: str) -> dict[str, Any]:
     return {
         "input_tokens": usage.input_tokens,
         "input_tokens_details": {"cached_tokens": usage.cache_read_tokens, "cache_write_tokens": 0},
@@ -87,7 +75,7 @@ def error_code(error: GatewayError) -> str:
 WARNING_HEADER = "x-ki2api-warning"
 
 
-def _annotations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
+def _annotations(text: str, hits: list[deltas.SearchHit]) -> list[dict[str, Any]]:
     if not hits:
         return []
     return [
@@ -97,7 +85,7 @@ def _annotations(text: str, hits: list[SearchHit]) -> list[dict[str, Any]]:
 
 
 def _search_item(
-    item_id: str, use: ServerToolUse, result: ServerToolResult | None
+    item_id: str, use: deltas.ServerToolUse, result: deltas.ServerToolResult | None
 ) -> dict[str, Any]:
     action: dict[str, Any] = {"type": "search", "query": use.query}
     status = "in_progress"
@@ -108,7 +96,7 @@ def _search_item(
 
 
 def _message_item(
-    item_id: str, text: str, status: str, hits: list[SearchHit] | None = None
+    item_id: str, text: str, status: str, hits: list[deltas.SearchHit] | None = None
 ) -> dict[str, Any]:
     annotations = _annotations(text, hits) if hits else []
     part = {"type": "output_text", "text": text, "annotations": annotations, "logprobs": []}
@@ -181,7 +169,7 @@ class ResponseRenderer(Renderer):
         self.item: _Item | None = None  # the open one
         self.calls: dict[int, _Item] = {}  # tool call index → its item
         self.reasoning: list[str] = []
-        self.hits: list[SearchHit] = []  # of the searches the gateway ran, for citations
+        self.hits: list[deltas.SearchHit] = []  # of the searches the gateway ran, for citations
         self._start = b""
 
     def prepare(self) -> None:
@@ -353,7 +341,7 @@ class ResponseRenderer(Renderer):
 
     # --- deltas ---------------------------------------------------------------------------
 
-    def on_text(self, delta: TextDelta) -> None:
+    def on_text(self, delta: deltas.TextDelta) -> None:
         if not delta.text:
             return
         item = self.item
@@ -366,10 +354,12 @@ class ResponseRenderer(Renderer):
         extra = b',"content_index":0,"logprobs":[]'
         self._delta(b"response.output_text.delta", item, extra, delta.text)
 
-    def on_reasoning(self, delta: ReasoningDelta) -> None:
-        if not delta.text:
-            return
+    def on_reasoning(self, delta: deltas.ReasoningDelta) -> None:
         item = self.item
+        if not delta.text:  # the service's signature comes last, on its own
+            if item is not None and item.kind == "reasoning":
+                item.signature = delta.signature or item.signature
+            return
         if item is None or item.kind != "reasoning":
             item = self.open_item("reasoning", "rs", _reasoning_item("", ""))
             part = {"type": "summary_text", "text": ""}
@@ -381,14 +371,14 @@ class ResponseRenderer(Renderer):
         extra = b',"summary_index":0'
         self._delta(b"response.reasoning_summary_text.delta", item, extra, delta.text)
 
-    def on_tool_start(self, delta: ToolCallStart) -> None:
+    def on_tool_start(self, delta: deltas.ToolCallStart) -> None:
         call = self.call_item("", delta.id, delta.name, "", "in_progress")
         prefix = "ctc" if call["type"] == "custom_tool_call" else "fc"
         item = self.open_item(call["type"], prefix, call)
         item.call_id, item.name = delta.id, delta.name
         self.calls[delta.index] = item
 
-    def on_tool_args(self, delta: ToolCallArgs) -> None:
+    def on_tool_args(self, delta: deltas.ToolCallArgs) -> None:
         item = self.calls.get(delta.index)
         if item is not None and delta.fragment:
             item.pieces.append(delta.fragment)
@@ -396,31 +386,31 @@ class ResponseRenderer(Renderer):
                 kind = b"response.function_call_arguments.delta"
                 self._delta(kind, item, b"", delta.fragment)
 
-    def on_tool_end(self, delta: ToolCallEnd) -> None:
+    def on_tool_end(self, delta: deltas.ToolCallEnd) -> None:
         if self.item is not None and self.item is self.calls.get(delta.index):
             self.close_item("completed")
 
-    def on_search(self, delta: ServerToolUse) -> None:
+    def on_search(self, delta: deltas.ServerToolUse) -> None:
         added = _search_item("", delta, None)
         item = self.open_item("web_search_call", "ws", added)
         item.final = {**added, "id": item.id}
         self._emit("response.web_search_call.in_progress", item.where())
         self._emit("response.web_search_call.searching", item.where())
 
-    def on_search_result(self, delta: ServerToolResult) -> None:
+    def on_search_result(self, delta: deltas.ServerToolResult) -> None:
         item = self.item
         if item is not None and item.kind == "web_search_call" and item.final:
-            use = ServerToolUse(delta.id, item.final["action"]["query"])
+            use = deltas.ServerToolUse(delta.id, item.final["action"]["query"])
             item.final = _search_item(item.id, use, delta)
             self.hits.extend(delta.hits)
             self._emit("response.web_search_call.completed", item.where())
             self.close_item("completed")
 
-    def on_stop(self, stop: Stop) -> None:
+    def on_stop(self, stop: deltas.Stop) -> None:
         incomplete = INCOMPLETE_REASONS.get(stop.reason)
         status = "incomplete" if incomplete else "completed"
         self.close_item(status)
-        final = usage_body(self.usage or Usage(0, 0), "".join(self.reasoning))
+        final = usage_body(self.usage or deltas.Usage(0, 0), "".join(self.reasoning))
         body = self.body(status, self.output, final, incomplete=incomplete)
         self._emit(f"response.{status}", {"response": body})
 
@@ -438,10 +428,10 @@ class ResponseRenderer(Renderer):
         if done.reasoning:
             rs = self.reasoning_item(_new_id("rs"), done.reasoning, done.reasoning_signature)
             output.append(rs)
-        hits: list[SearchHit] = []
-        uses: dict[str, ServerToolUse] = {}
+        hits: list[deltas.SearchHit] = []
+        uses: dict[str, deltas.ServerToolUse] = {}
         for step in done.server_tools:
-            if isinstance(step, ServerToolUse):
+            if isinstance(step, deltas.ServerToolUse):
                 uses[step.id] = step
             elif step.id in uses:
                 output.append(_search_item(_new_id("ws"), uses[step.id], step))
