@@ -99,9 +99,11 @@ class Build:
 KINDS = ("stream", "whole")  # OpenAI streamed, OpenAI not streamed
 
 
-def builds(tricks: Sequence[str], against: Path | None = None) -> list[Build]:
-    """``on``, ``on-again``, ``before`` (another checkout) and one build per trick off."""
-    before = [Build("before", (), against)] if against is not None else []
+def builds(tricks: Sequence[str], against: Sequence[Path] = ()) -> list[Build]:
+    """``on``, ``on-again``, one build per other checkout (``before``, or ``before-<folder>``
+    when there are several) and one build per trick off."""
+    named = len(against) > 1
+    before = [Build(f"before-{tree.name}" if named else "before", (), tree) for tree in against]
     return [
         Build("on", ()),
         Build("on-again", ()),
@@ -140,7 +142,7 @@ def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
     wanted = [t for t in cfg.only.split(",") if t] if cfg.only else list(TRICKS)
     if unknown := set(wanted) - set(TRICKS):
         raise SystemExit(f"no such trick: {', '.join(sorted(unknown))} (known: {list(TRICKS)})")
-    chosen = builds(wanted, cfg.against)
+    chosen = builds(wanted, cfg.against or ())
     gateways: dict[tuple[str, str], Proc] = {}
     for setup in setups:
         for build in chosen:
@@ -409,7 +411,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help="the tricks to measure, comma-separated (default: all)")
     p.add_argument("--setups", default="loopback,wire", help="loopback, wire or both")
     p.add_argument("--log-dir", type=Path)
-    p.add_argument("--against", type=Path, help="another checkout to measure as the build 'before'")
+    p.add_argument(
+        "--against",
+        type=Path,
+        action="append",
+        help="another checkout to measure as the build 'before' (repeat for several)",
+    )
     return p.parse_args(argv)
 
 
