@@ -27,7 +27,7 @@ API_KEY = "page-keys-api-key-0123456789"
 ADMIN_KEY = "page-keys-admin-key-0123456789"
 NOW = calendar.timegm((2026, 3, 15, 12, 0, 0))  # noon UTC on the 15th
 ADMIN = PageKey("admin", ADMIN_KEY)
-FORM = ("", "", None, None, None, None, "", True)  # name, models, rpm, tpm, day, month, expiry, on
+FORM = ("", "", 0, 0, 0, 0, "", True)  # name, models, rpm, tpm, day, month, expiry, on
 
 
 def form(**values: Any) -> list[Any]:
@@ -171,6 +171,8 @@ async def test_bad_input_is_said_in_the_section_not_raised(runtime: Any) -> None
 
 def test_the_form_reads_an_expiry_as_a_date_or_a_number_of_days() -> None:
     assert key_fields("a", "", None, None, None, None, "", True)["expires_at"] is None
+    empty = key_fields("a", "", 0, 0, 0.0, 0.0, "", True)  # what empty number boxes send
+    assert [empty[f] for f in ("rpm", "tpm", "credits_per_day", "credits_per_month")] == [None] * 4
     assert key_fields("a", "", None, None, None, None, " 7 ", True)["expires_in_days"] == 7.0
     assert key_fields("a", "", None, None, None, None, "2026-12-31", True)["expires_at"] == (
         "2026-12-31"

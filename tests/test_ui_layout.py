@@ -113,6 +113,7 @@ ALLOWED_ENGLISH = {
     "get_time", "p50", "p95", "env", "Space", "JSON", "opus", "sonnet", "haiku",
     "Code", "Codex", "CLI", "opencode", "Responses",  # agents, and the API Codex speaks
     "export", "codex",  # the shell line that starts Codex
+    "tokens", "UTC",  # as Chinese AI tools write them (token counts; the keys' times)
 }  # fmt: skip
 # Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
 # their translated cause.
@@ -201,6 +202,14 @@ def sign_in_as_admin(page: Any, lang: str) -> None:
     expect(page.locator("#ki-admin-msg")).to_contain_text("2")
 
 
+def make_key(page: Any, name: str) -> None:
+    """A client key made in the admin section: its box, shown once, is open afterwards."""
+    page.locator("#ki-key-name textarea").fill(name)
+    page.locator("#ki-key-rpm input").fill("60")
+    page.locator("#ki-key-create").click()
+    expect(page.locator("#ki-key-secret textarea")).to_have_value(re.compile("^ki2-"))
+
+
 def show_tab(page: Any, tab: str) -> None:
     page.locator(f"button[role=tab][data-tab-id={tab}]").click()
     page.wait_for_timeout(700)  # let the tab's components draw (the plot, the editors)
@@ -217,6 +226,7 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
     page = open_page(browser, demo.url, size, lang)
     width = SIZES[size][0]
     sign_in_as_admin(page, lang)
+    make_key(page, f"layout-{size}-{lang}")  # the key section with a new key's box open
     for tab in TABS:
         show_tab(page, tab)
         shoot(page, f"{size}-{lang}-{tab}")
@@ -229,8 +239,16 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, tab
         inside = {
             "playground": ("#ki-send",),
-            "tokens": ("#ki-sign-in", "#ki-aliases", "#ki-save-aliases", "#ki-admin-msg"),
-            "status": ("#ki-accounts",),
+            "tokens": (
+                "#ki-sign-in",
+                "#ki-aliases",
+                "#ki-save-aliases",
+                "#ki-admin-msg",
+                "#ki-keys",
+                "#ki-key-create",
+                "#ki-key-secret",
+            ),
+            "status": ("#ki-accounts", "#ki-usage", "#ki-usage-plot"),
             "connect": ("#ki-code-claude-code",),
         }
         for part in inside[tab]:
@@ -270,6 +288,7 @@ def test_chinese_page_has_no_stray_english(
     """Chinese from the browser's language (phone) and from the switch (laptop)."""
     page = open_page(browser, demo.url, size, "zh", locale)
     sign_in_as_admin(page, "zh")  # the admin panel's words and the alias message too
+    make_key(page, f"layout-zh-{size}")  # the key section's words and its new key's box
     stray: dict[str, set[str]] = {}
     for tab in TABS:
         show_tab(page, tab)

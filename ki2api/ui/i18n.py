@@ -194,11 +194,11 @@ STRINGS: dict[str, tuple[str, str]] = {
     "keys_help": (
         "Give each person or app a key of its own, with its own limits: it is used like the API "
         "key (`Authorization: Bearer ki2-…`), counted on its own, and revoked without touching "
-        "anyone else's. The server keeps only a hash of each key. Times are UTC; an empty limit "
-        "means none.",
+        "anyone else's. The server keeps only a hash of each key. Times are UTC; a limit of 0 "
+        "(or empty) means none.",
         "为每个人或应用分配独立的密钥和限额：用法与 API 密钥相同（`Authorization: Bearer ki2-…`），"
         "用量单独统计，吊销时不影响其他人。服务器只保存每个密钥的哈希值。时间均为 UTC；"
-        "限额留空表示不限。",
+        "限额为 0（或留空）表示不限。",
     ),
     "credits_legend": (
         "Usage cells: requests · tokens (input + output) · Kiro credits. "
@@ -231,7 +231,10 @@ STRINGS: dict[str, tuple[str, str]] = {
         "{requests} 次 · {tokens} tokens · {credits} 额度",
     ),
     "no_keys": ("no client keys yet", "还没有客户端密钥"),
-    "key_pick": ("Key to change (empty: a new key)", "要修改的密钥（留空：新建）"),
+    "key_pick": (
+        "Key to change or revoke (picking one fills the form)",
+        "要修改或吊销的密钥（选中后会填入下方表单）",
+    ),
     "key_refresh": ("Refresh", "刷新"),
     "key_name": ("Name", "名称"),
     "key_models": (

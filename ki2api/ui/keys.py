@@ -3,9 +3,9 @@
 
 Every handler checks the caller's own session for the admin sign-in (:func:`is_admin`): these
 events can be called over raw HTTP by anyone who loads the page. A new key's secret is the
-create event's output and nothing else's: never in a table, a message, a session value or a
-log. It goes to the page as a plain value (not a component update, which Gradio would keep in
-the session's copy of the page), and the next action on keys, or signing out, clears it.
+create event's output and nothing else's: never in a table, a message, a ``gr.State`` or a
+log. Gradio keeps the last value of each output in its copy of the session's page, so the next
+action on keys, or signing out, writes an empty box over it.
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ if TYPE_CHECKING:
     from ki2api.runtime import Runtime
 
 STATUS_ICONS = {"active": "🟢", "disabled": "⏸", "expired": "⌛", "revoked": "⛔"}
-TABLE_COLUMNS = (
+TABLE_COLUMNS = (  # usage first: what an administrator looks for, before the table scrolls
     "key_col_name",
     "key_col_key",
     "key_col_status",
-    "key_col_created",
-    "key_col_last_used",
-    "key_col_expires",
-    "key_col_models",
-    "key_col_rpm",
-    "key_col_tpm",
-    "key_col_per_day",
-    "key_col_per_month",
     "key_col_today",
     "key_col_month",
+    "key_col_per_day",
+    "key_col_per_month",
+    "key_col_rpm",
+    "key_col_tpm",
+    "key_col_models",
+    "key_col_expires",
+    "key_col_last_used",
+    "key_col_created",
 )
 
 
@@ -91,16 +91,16 @@ def keys_table(keys: list[dict[str, Any]], lang: str) -> pd.DataFrame:
             key["name"],
             key["key"],  # masked: ki2-…abcd
             f"{STATUS_ICONS.get(key['status'], '')} {t('key_status_' + key['status'], lang)}",
-            shown_time(key["created_at"]),
-            shown_time(key["last_used_at"], t("key_never", lang)),
-            shown_time(key["expires_at"], t("key_no_expiry", lang)),
-            ", ".join(key["models"]) or t("key_all_models", lang),
-            _limit(key["rpm"]),
-            _limit(key["tpm"]),
-            _limit(key["credits_per_day"]),
-            _limit(key["credits_per_month"]),
             usage_cell(key["usage"]["today"], lang),
             usage_cell(key["usage"]["month"], lang),
+            _limit(key["credits_per_day"]),
+            _limit(key["credits_per_month"]),
+            _limit(key["rpm"]),
+            _limit(key["tpm"]),
+            ", ".join(key["models"]) or t("key_all_models", lang),
+            shown_time(key["expires_at"], t("key_no_expiry", lang)),
+            shown_time(key["last_used_at"], t("key_never", lang)),
+            shown_time(key["created_at"]),
         ]
         for key in keys
     ]
@@ -126,15 +126,16 @@ def key_fields(
     expires: str,
     enabled: bool,
 ) -> dict[str, Any]:
-    """The form's values as ``KeyAdmin``'s fields (it checks them). An empty limit is no
-    limit; the expiry is a date or time (ISO 8601), or a number of days from now."""
+    """The form's values as ``KeyAdmin``'s fields (it checks them). A limit of 0 (what an
+    empty number box sends) is no limit; the expiry is a date or time (ISO 8601), or a number
+    of days from now."""
     fields: dict[str, Any] = {
         "name": (name or "").strip(),
         "models": models or "",
-        "rpm": rpm,
-        "tpm": tpm,
-        "credits_per_day": per_day,
-        "credits_per_month": per_month,
+        "rpm": rpm or None,
+        "tpm": tpm or None,
+        "credits_per_day": per_day or None,
+        "credits_per_month": per_month or None,
         "enabled": bool(enabled),
     }
     text = (expires or "").strip()
@@ -203,7 +204,16 @@ def build_key_panel(texts: Texts) -> KeyPanel:
         )
         with gr.Row(elem_classes=["ki-bottom"]):
             pick = texts.add(
-                gr.Dropdown([], value=None, label=t("key_pick"), scale=3, elem_id="ki-key-pick"),
+                gr.Dropdown(
+                    [],
+                    value=None,
+                    label=t("key_pick"),
+                    scale=3,
+                    elem_id="ki-key-pick",
+                    # The handlers check the key (an id, or a name typed in); Gradio's own check
+                    # would print a traceback for each value a caller makes up.
+                    allow_custom_value=True,
+                ),
                 label="key_pick",
             )
             refresh = texts.add(

@@ -37,6 +37,9 @@ CSS = """
 #ki-summary table { display: block; overflow-x: auto; width: max-content; max-width: 100%; }
 #ki-summary th, #ki-summary td, #ki-accounts th { white-space: nowrap; }
 #ki-accounts th span { white-space: nowrap; word-break: keep-all; }
+/* The key and usage tables: short cells, one line each; the table scrolls in its box. */
+#ki-keys th, #ki-keys td, #ki-usage th, #ki-usage td { white-space: nowrap; }
+#ki-keys th span, #ki-usage th span { white-space: nowrap; word-break: keep-all; }
 /* A long block label (the Connect snippets' titles on a phone) wraps before the block's
    buttons (download, copy) instead of running under them. */
 .gradio-container .block:has(> .icon-button-wrapper) > label { max-width: calc(100% - 64px); }
