@@ -63,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
         api_key_is_default=False,
         admin_key=ADMIN_KEY,
         kiro_token_file=home / "kiro-auth-token.json",
+        data_dir=home / "data",  # its own: keys and accounts made here stay here
     )
     app = create_app(settings)
     with ServerThread(app) as srv:

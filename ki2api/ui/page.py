@@ -296,7 +296,9 @@ def build_page(
                 texts.add(gr.Markdown(t("status_title")), value="status_title")
                 table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)
                 texts.add(gr.Markdown(t("usage_title")), value="usage_title")
-                usage_note = gr.Markdown(t("usage_sign_in"), elem_id="ki-usage-note")
+                usage_note = texts.add(  # in the visitor's language until the tab renders
+                    gr.Markdown(t("usage_sign_in"), elem_id="ki-usage-note"), value="usage_sign_in"
+                )
                 usage_table = gr.Dataframe(
                     interactive=False, elem_id="ki-usage", wrap=True, visible=False
                 )
@@ -418,9 +420,12 @@ def build_page(
             *texts.components,
         ]
         page.load(render_all, [gr.State(""), own, signed], all_outputs, **PRIVATE)
+        # The usage by key (Status) and the keys' table (admin) follow, without a spinner.
+        usage_io = [usage_note, usage_table, usage_plot]
+        quiet: dict[str, Any] = {"show_progress": "hidden", **PRIVATE}
         language.input(render_all, [language, own, signed], all_outputs, **PRIVATE).then(
-            key_admin.relabel, [signed, lang], [keys.table, keys.pick], **PRIVATE
-        )
+            key_admin.relabel, [signed, lang], [keys.table, keys.pick], **quiet
+        ).then(key_usage.render, [signed, lang], usage_io, **quiet)
 
         # --- playground ------------------------------------------------------------------
 
@@ -488,15 +493,14 @@ def build_page(
         # --- status: refresh while the tab is open ---------------------------------------
 
         status_io = [summary, plot, table]
-        usage_io = [usage_note, usage_table, usage_plot]
         timer.tick(render_status, [lang], status_io, show_progress="hidden", **PRIVATE)
-        timer.tick(key_usage.render, [signed, lang], usage_io, show_progress="hidden", **PRIVATE)
+        timer.tick(key_usage.render, [signed, lang], usage_io, **quiet)
         status_tab.select(
             lambda code: (*render_status(code), gr.Timer(active=True)),
             [lang],
             [*status_io, timer],
-            **PRIVATE,
-        ).then(key_usage.render, [signed, lang], usage_io, **PRIVATE)
+            **quiet,  # the tab's values are replaced in place: no spinner over them
+        ).then(key_usage.render, [signed, lang], usage_io, **quiet)
         for other in (playground_tab, tokens_tab, connect_tab):
             other.select(lambda: gr.Timer(active=False), None, [timer], **PRIVATE)
     return page  # type: ignore[no-any-return]
