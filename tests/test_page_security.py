@@ -346,6 +346,21 @@ def test_the_key_events_refuse_strangers_api_key_and_client_key_sessions(stack: 
                 if name != "pick":
                     assert "Sign in as administrator first" in text, (name, text)
         assert live_keys(stack) == before  # nothing made, changed or revoked
+        # The Status tab's usage by key (its timer, the tab's select, the language switch):
+        # a stranger sees none, the API key the operator's, a client key its own only.
+        config = gradio_raw.page_config(stack.url)
+        table = gradio_raw.component_id(config, "ki-usage")
+        usage_events = [e for e in gradio_raw.events(config) if table in e.outputs]
+        assert len(usage_events) == 3
+        for event in usage_events:
+            values = [gradio_raw.hostile_value(c, STRANGER_TEXT) for c in event.inputs]
+            seen = [
+                gradio_raw.all_text(session.call(event.fn_index, values))
+                for session in (stranger, api_session, client_session)
+            ]
+            assert "kept-key" not in seen[0] and "operator (API_KEY)" not in seen[0]
+            assert "kept-key" not in seen[1] and "operator (API_KEY)" in seen[1]
+            assert "kept-key" in seen[2] and "operator (API_KEY)" not in seen[2]
     finally:
         httpx.delete(f"{stack.url}/admin/keys/{kept}", headers=admin, timeout=10)
 

@@ -83,7 +83,7 @@ async def test_create_shows_the_key_once_and_nowhere_else(runtime: Any, tmp_path
         await keys.revoke(ADMIN, made["id"], "en"),
     ):
         assert secret not in text_of(later)
-        if len(later) == 5:
+        if isinstance(later, tuple) and len(later) == 5:
             assert later[3] == {"__type__": "update", "visible": False} and later[4] == ""
     await runtime.teams.store.flush()
     assert secret.encode() not in (tmp_path / "keys.db").read_bytes()
@@ -112,7 +112,7 @@ async def test_only_an_administrators_session_may_manage_keys(runtime: Any) -> N
             assert table == {"__type__": "update"} and pick == {"__type__": "update"}
             assert panel["visible"] is False and secret == ""
         assert all(u == {"__type__": "update"} for u in await keys.pick(who, made["id"]))
-        assert await keys.relabel(who, "en") == ({"__type__": "update"},) * 2
+        assert await keys.relabel(who, "en") == {"__type__": "update"}
         section, _, table, pick, _, secret = await keys.show(who, "en")
         assert section["visible"] is False and table.empty and pick["choices"] == []
     listed = await runtime.keys.list_keys()

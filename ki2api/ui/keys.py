@@ -324,13 +324,12 @@ class KeyHandlers:
             return HIDDEN, "", empty, gr.update(choices=[], value=None), HIDDEN, ""
         return gr.update(visible=True), *await self._listing("", lang)
 
-    async def relabel(self, signed: PageKey | None, lang: str) -> tuple[Any, Any]:
-        """The table and picker in the visitor's language (a language switch: the new key's
-        box stays as it is). Returns (table, picker)."""
+    async def relabel(self, signed: PageKey | None, lang: str) -> Any:
+        """The table in the visitor's language (a language switch: the new key's box stays as
+        it is)."""
         if not is_admin(signed, self.settings):
-            return gr.update(), gr.update()
-        keys = await self.runtime.keys.list_keys()
-        return keys_table(keys, lang), gr.update(choices=key_choices(keys)["choices"])
+            return gr.update()
+        return keys_table(await self.runtime.keys.list_keys(), lang)
 
     async def refresh(self, signed: PageKey | None, ref: str | None, lang: str) -> tuple[Any, ...]:
         if not is_admin(signed, self.settings):

@@ -424,7 +424,7 @@ def build_page(
         usage_io = [usage_note, usage_table, usage_plot]
         quiet: dict[str, Any] = {"show_progress": "hidden", **PRIVATE}
         language.input(render_all, [language, own, signed], all_outputs, **PRIVATE).then(
-            key_admin.relabel, [signed, lang], [keys.table, keys.pick], **quiet
+            key_admin.relabel, [signed, lang], [keys.table], **quiet
         ).then(key_usage.render, [signed, lang], usage_io, **quiet)
 
         # --- playground ------------------------------------------------------------------

@@ -180,7 +180,8 @@ class UsageView:
         today = datetime.fromtimestamp(rt.teams.clock(), UTC).date()
         since = first_day(today).isoformat()
         if viewer.everyone:
-            names = {k["id"]: k["name"] for k in await rt.keys.list_keys()}
+            live = await rt.teams.store.list_keys()
+            names = {k.id: k.name for k in live if k.revoked_at is None}
             names[OPERATOR_KEY_ID] = "operator"
             rows = await rt.keys.usage(since=since)
         else:
