@@ -44,7 +44,7 @@ CSS = """
    buttons (download, copy) instead of running under them. */
 .gradio-container .block:has(> .icon-button-wrapper) > label { max-width: calc(100% - 64px); }
 /* A time label on the plot's last tick may reach past the chart's edge: show it whole. */
-#ki-plot svg.marks { overflow: visible; }
+#ki-plot svg.marks, #ki-usage-plot svg.marks { overflow: visible; }
 /* CodeMirror sizes the line numbers of an editor it has not seen on screen (a hidden tab, below
    the fold) from a guessed line height; give each number its line's real height instead (the
    snippets never wrap). The hidden first element only measures the gutter's width. */
