@@ -84,12 +84,26 @@ def chat_fn(stack: Stack) -> int:
     return gradio_raw.event_for(gradio_raw.page_config(stack.url), "ki-send", "click")
 
 
+def live_keys(stack: Stack) -> list[dict[str, Any]]:
+    """Every live client key, as the admin API lists it (with its limits and status)."""
+    listed = httpx.get(
+        f"{stack.url}/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10
+    )
+    assert listed.status_code == 200, listed.text
+    keys: list[dict[str, Any]] = listed.json()["data"]
+    for key in keys:
+        key.pop("usage")  # counts that other tests' chats change
+        key.pop("last_used_at")
+    return keys
+
+
 def test_no_page_event_reaches_the_pool_or_the_admin_functions_without_a_key(stack: Stack) -> None:
     sim = stack.state
     config = gradio_raw.page_config(stack.url)
     events = gradio_raw.events(config)
     assert len(events) >= 15  # load, language, chat x2, stop, clear, tokens x3, sign in x3, ...
     before = pool_state(stack)
+    keys_before = live_keys(stack)
     seen_refusal = False
     for event in events:
         for values in (
@@ -111,6 +125,7 @@ def test_no_page_event_reaches_the_pool_or_the_admin_functions_without_a_key(sta
     assert sim.requests == [], sim.requests  # nothing reached the upstream
     assert sim.refresh_calls == []
     assert pool_state(stack) == before  # no account added, removed, refreshed or used
+    assert live_keys(stack) == keys_before  # no client key made, changed or revoked
     assert stack.runtime.gateway.slots.in_use(before[0][0]) == 0
     assert seen_refusal  # the chat events ran, and said why they would not
 
@@ -273,6 +288,111 @@ def test_a_client_key_signs_in_and_its_page_chats_keep_its_limits_and_usage(
     assert secret not in httpx.get(f"{stack.url}/config", timeout=10).text
     httpx.delete(f"{stack.url}/admin/keys/page-user", headers=admin, timeout=10)
     assert "Wrong key" in sign_in(stack, Session(stack.url), secret)
+
+
+KEY_EVENTS = {  # the admin section's key actions: (trigger element, trigger)
+    "create": ("ki-key-create", "click"),
+    "save": ("ki-key-save", "click"),
+    "revoke": ("ki-key-revoke", "click"),
+    "refresh": ("ki-key-refresh", "click"),
+    "pick": ("ki-key-pick", "input"),
+}
+
+
+def key_events(stack: Stack) -> dict[str, gradio_raw.Event]:
+    config = gradio_raw.page_config(stack.url)
+    by_index = {e.fn_index: e for e in gradio_raw.events(config)}
+    return {
+        name: by_index[gradio_raw.event_for(config, elem_id, trigger)]
+        for name, (elem_id, trigger) in KEY_EVENTS.items()
+    }
+
+
+def test_the_key_events_refuse_strangers_api_key_and_client_key_sessions(stack: Stack) -> None:
+    """Create, save, revoke, refresh and pick, called by fn_index with a key's id and a new
+    name (valid ones: only the gate stands between them and the store), from a session that
+    never signed in, one signed in with the API key and one with a client key."""
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    made = httpx.post(
+        f"{stack.url}/admin/keys", headers=admin, json={"name": "kept-key", "rpm": 7}, timeout=10
+    )
+    assert made.status_code == 201, made.text
+    kept, secret = made.json()["id"], made.json()["secret"]
+    try:
+        before = live_keys(stack)
+        stranger, api_session, client_session = (Session(stack.url) for _ in range(3))
+        assert "Signed in with the API key" in sign_in(stack, api_session, stack.api_key)
+        assert "Signed in with the API key" in sign_in(stack, client_session, secret)
+        for session in (stranger, api_session, client_session):
+            for name, event in key_events(stack).items():
+                values: list[Any] = []
+                for component in event.inputs:
+                    kind = component.get("type")
+                    if kind == "dropdown":
+                        values.append(kept)  # the key to change, revoke or read
+                    elif kind == "textbox":
+                        values.append("stranger-made-key")  # a valid name, and an expiry
+                    elif kind == "number":
+                        values.append(1)
+                    else:
+                        values.append(gradio_raw.hostile_value(component, STRANGER_TEXT))
+                joined = session.join(event.fn_index, values)
+                assert joined.status_code < 500, (name, joined.text[:300])
+                if joined.status_code != 200:
+                    continue
+                text = gradio_raw.all_text(session.messages(timeout=30))
+                assert "kept-key" not in text and "stranger-made-key" not in text, (name, text)
+                assert secret not in text and f"…{secret[-4:]}" not in text, name
+                if name != "pick":
+                    assert "Sign in as administrator first" in text, (name, text)
+        assert live_keys(stack) == before  # nothing made, changed or revoked
+        # The Status tab's usage by key (its timer, the tab's select, the language switch):
+        # a stranger sees none, the API key the operator's, a client key its own only.
+        config = gradio_raw.page_config(stack.url)
+        table = gradio_raw.component_id(config, "ki-usage")
+        usage_events = [e for e in gradio_raw.events(config) if table in e.outputs]
+        assert len(usage_events) == 3
+        for event in usage_events:
+            values = [gradio_raw.hostile_value(c, STRANGER_TEXT) for c in event.inputs]
+            seen = [
+                gradio_raw.all_text(session.call(event.fn_index, values))
+                for session in (stranger, api_session, client_session)
+            ]
+            assert "kept-key" not in seen[0] and "operator (API_KEY)" not in seen[0]
+            assert "kept-key" not in seen[1] and "operator (API_KEY)" in seen[1]
+            assert "kept-key" in seen[2] and "operator (API_KEY)" not in seen[2]
+    finally:
+        httpx.delete(f"{stack.url}/admin/keys/{kept}", headers=admin, timeout=10)
+
+
+def test_an_admin_session_makes_a_key_shown_once_then_listed_masked(stack: Stack) -> None:
+    session = Session(stack.url)
+    assert "Signed in as administrator" in sign_in(stack, session, ADMIN_KEY)
+    events = key_events(stack)
+    create = events["create"]
+    # signed, name, models, rpm, tpm, credits/day, credits/month, expires, enabled, lang
+    values = [None, "raw-admin-key", "claude-haiku-*", 12, None, 5.5, None, "", True, None]
+    assert len(create.inputs) == len(values)
+    output = gradio_raw.final_output(session.call(create.fn_index, values))
+    assert output is not None
+    message, table, pick, panel, secret = output
+    assert isinstance(secret, str) and secret.startswith("ki2-")
+    assert panel["visible"] is True and secret not in message and secret not in str(table)
+    assert f"ki2-…{secret[-4:]}" in str(table) and "raw-admin-key" in str(table)
+    made = next(k for k in live_keys(stack) if k["name"] == "raw-admin-key")
+    assert (made["rpm"], made["credits_per_day"], made["models"]) == (12, 5.5, ["claude-haiku-*"])
+    # The key works, and the section never shows it again.
+    models = httpx.get(
+        f"{stack.url}/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=10
+    )
+    assert models.status_code == 200
+    refresh = events["refresh"]
+    again = gradio_raw.all_text(session.call(refresh.fn_index, [None, made["id"], None]))
+    assert "raw-admin-key" in again and secret not in again
+    revoke = events["revoke"]
+    gone = gradio_raw.all_text(session.call(revoke.fn_index, [None, made["id"], None]))
+    assert "Revoked key **raw-admin-key**" in gone and secret not in gone
+    assert all(k["name"] != "raw-admin-key" for k in live_keys(stack))
 
 
 # --- bodies, uploads, files ---------------------------------------------------------------

@@ -7,6 +7,7 @@ tracked); ``UPDATE_SCREENSHOTS=1`` writes the README's, in docs/screenshots/, in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -62,6 +63,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerThr
         api_key_is_default=False,
         admin_key=ADMIN_KEY,
         kiro_token_file=home / "kiro-auth-token.json",
+        data_dir=home / "data",  # its own: keys and accounts made here stay here
     )
     app = create_app(settings)
     with ServerThread(app) as srv:
@@ -242,6 +244,73 @@ def test_admin_adds_an_account_and_status_shows_it_masked(server, browser) -> No
     expect(page.locator("#ki-code-opencode")).to_contain_text(f'"baseURL": "{srv.url}/v1"')
     assert API_KEY not in page.content() and ADMIN_KEY not in page.content()
     page.screenshot(path=str(screenshot_path("connect.png")), full_page=True)
+    page.context.close()
+
+
+def test_admin_makes_a_client_key_sees_it_once_and_then_only_masked(server, browser) -> None:
+    srv, rt = server
+    page = open_page(browser, srv.url)
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    expect(page.locator("#ki-keys-panel")).to_be_hidden()  # not signed in: no key section
+    page.locator("#ki-admin-key input").fill(ADMIN_KEY)
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-keys-panel")).to_be_visible()
+    expect(page.locator("#ki-keys")).to_contain_text("no client keys yet")
+
+    page.locator("#ki-key-name textarea").fill("browser-alice")
+    page.locator("#ki-key-models textarea").fill("claude-sonnet-*")
+    page.locator("#ki-key-rpm input").fill("20")
+    page.locator("#ki-key-per-day input").fill("12.5")
+    page.locator("#ki-key-create").click()
+    new_key = page.locator("#ki-key-new")
+    expect(new_key).to_be_visible()
+    expect(new_key).to_contain_text("shown this once")
+    box = page.locator("#ki-key-secret textarea")
+    expect(box).to_have_value(re.compile(r"^ki2-[\w-]{43}$"))
+    secret = box.input_value()
+    expect(page.locator("#ki-key-secret button").first).to_be_visible()  # copy
+    expect(page.locator("#ki-keys-msg")).to_contain_text(f"ki2-…{secret[-4:]}")
+    table = page.locator("#ki-keys")
+    expect(table).to_contain_text("browser-alice")
+    expect(table).to_contain_text(f"ki2-…{secret[-4:]}")
+    expect(table).to_contain_text("claude-sonnet-*")
+    assert (
+        secret not in table.inner_text() and secret not in page.locator("#ki-keys-msg").inner_text()
+    )
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert digest not in page.content() and digest[:16] not in page.inner_text("body")
+    page.screenshot(path=str(screenshot_path("keys.png")), full_page=True)
+    models = httpx.get(
+        f"{srv.url}/v1/models", headers={"authorization": f"Bearer {secret}"}, timeout=10
+    )
+    assert models.status_code == 200  # the key works
+
+    page.locator("#ki-key-refresh").click()  # any later action: the key is gone for good
+    expect(new_key).to_be_hidden()
+    expect(table).to_contain_text("browser-alice")
+    assert secret not in page.content() and secret not in page.inner_text("body")
+
+    # Its holder signs in with it and sees its usage only; the admin sees every key's.
+    visitor = open_page(browser, srv.url)
+    visitor.get_by_role("tab", name=re.compile("Tokens")).click()
+    visitor.locator("#ki-admin-key input").fill(secret)
+    visitor.locator("#ki-sign-in").click()
+    expect(visitor.locator("#ki-admin-status")).to_contain_text("Signed in with the API key")
+    expect(visitor.locator("#ki-keys-panel")).to_be_hidden()
+    visitor.get_by_role("tab", name=re.compile("Playground")).click()
+    send(visitor, "Counted for browser-alice?")  # claude-sonnet-4-6: the key may use it
+    expect(visitor.locator("#ki-chat")).to_contain_text("simulated answer")
+    visitor.get_by_role("tab", name=re.compile("Status")).click()
+    usage = visitor.locator("#ki-usage")
+    expect(usage).to_contain_text("browser-alice")
+    assert visitor.locator("#ki-usage tbody tr").count() == 1
+    expect(usage.locator("tbody tr td").nth(1)).to_have_text("1")  # one request today
+    expect(visitor.locator("#ki-usage-plot")).to_be_visible()
+    expect(usage).not_to_contain_text("operator")
+    visitor.context.close()
+    page.get_by_role("tab", name=re.compile("Status")).click()
+    expect(page.locator("#ki-usage")).to_contain_text("browser-alice")
+    expect(page.locator("#ki-usage")).to_contain_text("operator (API_KEY)")
     page.context.close()
 
 

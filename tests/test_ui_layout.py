@@ -113,18 +113,25 @@ ALLOWED_ENGLISH = {
     "get_time", "p50", "p95", "env", "Space", "JSON", "opus", "sonnet", "haiku",
     "Code", "Codex", "CLI", "opencode", "Responses",  # agents, and the API Codex speaks
     "export", "codex",  # the shell line that starts Codex
+    "tokens", "UTC",  # as Chinese AI tools write them (token counts; the keys' times)
 }  # fmt: skip
 # Kiro's and the gateway's own messages in the Status table are quoted verbatim (“…”) next to
 # their translated cause.
 NOT_WORDS = re.compile(
     r"[~$][\w/.{}-]+|[\w./-]+\.(?:json|yaml|toml|md)|\bx-[\w-]+|\b[a-z]+_[a-z_]+\b"  # paths, ids
-    r"|\bki2api-key-\d+\b|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|…\w+|\bClaude Code\b|“[^”]*”?"
+    r"|\bki2api-key-\d+\b|\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b|\bClaude Code\b|“[^”]*”?"
+    r"|(?:\bki2-)?…[\w-]+"  # masked tokens and keys
 )
 MODEL_ID = re.compile(r"^(claude|auto)\b")
 
 
-def _home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("layout-home") / "kiro-auth-token.json"
+def _alone(tmp_path_factory: pytest.TempPathFactory, **values: Any) -> Settings:
+    """Settings for a server of its own: no login file, and a data folder no other module's
+    server shares (keys and accounts added there are kept)."""
+    folder = tmp_path_factory.mktemp("layout-home")
+    return Settings(
+        kiro_token_file=folder / "kiro-auth-token.json", data_dir=folder / "data", **values
+    )
 
 
 ADMIN_KEY = "layout-admin-key-0123456789"
@@ -134,7 +141,7 @@ ADMIN_KEY = "layout-admin-key-0123456789"
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     """A demo with an ADMIN_KEY (the alias editor can be shown), one answered request and one
     model cooling down (the Status tab's cooldown column has something to say)."""
-    settings = Settings(demo=True, admin_key=ADMIN_KEY, kiro_token_file=_home(tmp_path_factory))
+    settings = _alone(tmp_path_factory, demo=True, admin_key=ADMIN_KEY)
     app = create_app(settings)
     with ServerThread(app) as server:
         headers = {"authorization": f"Bearer {settings.api_key}"}
@@ -201,6 +208,14 @@ def sign_in_as_admin(page: Any, lang: str) -> None:
     expect(page.locator("#ki-admin-msg")).to_contain_text("2")
 
 
+def make_key(page: Any, name: str) -> None:
+    """A client key made in the admin section: its box, shown once, is open afterwards."""
+    page.locator("#ki-key-name textarea").fill(name)
+    page.locator("#ki-key-rpm input").fill("60")
+    page.locator("#ki-key-create").click()
+    expect(page.locator("#ki-key-secret textarea")).to_have_value(re.compile("^ki2-"))
+
+
 def show_tab(page: Any, tab: str) -> None:
     page.locator(f"button[role=tab][data-tab-id={tab}]").click()
     page.wait_for_timeout(700)  # let the tab's components draw (the plot, the editors)
@@ -217,6 +232,7 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
     page = open_page(browser, demo.url, size, lang)
     width = SIZES[size][0]
     sign_in_as_admin(page, lang)
+    make_key(page, f"key_{size}_{lang}")  # the key section with a new key's box open
     for tab in TABS:
         show_tab(page, tab)
         shoot(page, f"{size}-{lang}-{tab}")
@@ -229,8 +245,16 @@ def test_every_tab_fits_the_screen(demo: ServerThread, browser: Any, size: str, 
             assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, tab
         inside = {
             "playground": ("#ki-send",),
-            "tokens": ("#ki-sign-in", "#ki-aliases", "#ki-save-aliases", "#ki-admin-msg"),
-            "status": ("#ki-accounts",),
+            "tokens": (
+                "#ki-sign-in",
+                "#ki-aliases",
+                "#ki-save-aliases",
+                "#ki-admin-msg",
+                "#ki-keys",
+                "#ki-key-create",
+                "#ki-key-secret",
+            ),
+            "status": ("#ki-accounts", "#ki-usage", "#ki-usage-plot"),
             "connect": ("#ki-code-claude-code",),
         }
         for part in inside[tab]:
@@ -270,6 +294,7 @@ def test_chinese_page_has_no_stray_english(
     """Chinese from the browser's language (phone) and from the switch (laptop)."""
     page = open_page(browser, demo.url, size, "zh", locale)
     sign_in_as_admin(page, "zh")  # the admin panel's words and the alias message too
+    make_key(page, f"key_zh_{size}")  # the key section and its new key (a name like an id)
     stray: dict[str, set[str]] = {}
     for tab in TABS:
         show_tab(page, tab)
@@ -291,7 +316,7 @@ def test_chinese_page_has_no_stray_english(
 def test_status_plot_is_readable_from_one_point_to_a_thousand(
     browser: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    settings = Settings(demo=True, kiro_token_file=_home(tmp_path_factory))
+    settings = _alone(tmp_path_factory, demo=True)
     app = create_app(settings)
     with ServerThread(app) as server:
         page = open_page(browser, server.url, "phone")
@@ -342,7 +367,7 @@ def check_plot(page: Any, points: int) -> None:
 
 @pytest.fixture(scope="module")
 def no_login(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
-    settings = Settings(kiro_token_file=_home(tmp_path_factory))
+    settings = _alone(tmp_path_factory)
     with ServerThread(create_app(settings)) as server:
         yield server
 

@@ -189,6 +189,88 @@ STRINGS: dict[str, tuple[str, str]] = {
     "save_aliases": ("Save aliases", "保存别名"),
     "aliases_saved": ("{count} alias(es) in use.", "当前生效的别名：{count} 个。"),
     "failed": ("Failed: {why}", "失败：{why}"),
+    # client keys (the admin section)
+    "keys_title": ("### Client keys", "### 客户端密钥"),
+    "keys_help": (
+        "Give each person or app a key of its own, with its own limits: it is used like the API "
+        "key (`Authorization: Bearer ki2-…`), counted on its own, and revoked without touching "
+        "anyone else's. The server keeps only a hash of each key. Times are UTC; a limit of 0 "
+        "(or empty) means none.",
+        "为每个人或应用分配独立的密钥和限额：用法与 API 密钥相同（`Authorization: Bearer ki2-…`），"
+        "用量单独统计，吊销时不影响其他人。服务器只保存每个密钥的哈希值。时间均为 UTC；"
+        "限额为 0（或留空）表示不限。",
+    ),
+    "credits_legend": (
+        "Usage cells: requests · tokens (input + output) · Kiro credits. "
+        "≈ marks credits estimated from the tokens, where Kiro reported none.",
+        "用量格式：请求数 · tokens（输入 + 输出）· Kiro 额度。"
+        "带 ≈ 的额度是在 Kiro 未报告时根据 tokens 估算的。",
+    ),
+    "key_col_name": ("name", "名称"),
+    "key_col_key": ("key", "密钥"),
+    "key_col_status": ("status", "状态"),
+    "key_col_created": ("created (UTC)", "创建时间（UTC）"),
+    "key_col_last_used": ("last used (UTC)", "最近使用（UTC）"),
+    "key_col_expires": ("expires (UTC)", "过期时间（UTC）"),
+    "key_col_models": ("models", "模型"),
+    "key_col_rpm": ("RPM", "每分钟请求"),
+    "key_col_tpm": ("TPM", "每分钟 tokens"),
+    "key_col_per_day": ("credits / day", "额度 / 天"),
+    "key_col_per_month": ("credits / month", "额度 / 月"),
+    "key_col_today": ("today", "今日"),
+    "key_col_month": ("this month", "本月"),
+    "key_status_active": ("active", "启用"),
+    "key_status_disabled": ("disabled", "已停用"),
+    "key_status_expired": ("expired", "已过期"),
+    "key_status_revoked": ("revoked", "已吊销"),
+    "key_never": ("never", "从未"),
+    "key_no_expiry": ("never", "永不过期"),
+    "key_all_models": ("all", "全部"),
+    "usage_cell": (
+        "{requests} req · {tokens} tok · {credits} cr",
+        "{requests} 次 · {tokens} tokens · {credits} 额度",
+    ),
+    "no_keys": ("no client keys yet", "还没有客户端密钥"),
+    "key_pick": (
+        "Key to change or revoke (picking one fills the form)",
+        "要修改或吊销的密钥（选中后会填入下方表单）",
+    ),
+    "key_refresh": ("Refresh", "刷新"),
+    "key_name": ("Name", "名称"),
+    "key_models": (
+        "Models allowed (patterns, comma-separated; empty: all)",
+        "允许的模型（通配模式，逗号分隔；留空：全部）",
+    ),
+    "key_expires": ("Expires", "过期时间"),
+    "key_expires_placeholder": (
+        "2026-12-31, or days from now (30); empty: never",
+        "2026-12-31，或从现在起的天数（30）；留空：永不过期",
+    ),
+    "key_rpm": ("Requests / minute", "每分钟请求数"),
+    "key_tpm": ("Tokens / minute", "每分钟 tokens"),
+    "key_per_day": ("Credits / day", "每日额度"),
+    "key_per_month": ("Credits / month", "每月额度"),
+    "key_enabled": ("Enabled", "启用"),
+    "key_create": ("Create key", "创建密钥"),
+    "key_save": ("Save changes", "保存修改"),
+    "key_revoke": ("Revoke", "吊销"),
+    "key_shown_once": (
+        "**Copy this key now: it is shown this once.** The server keeps only its hash, so it "
+        "cannot be shown again; a lost key is revoked and replaced.",
+        "**请立即复制此密钥：它只显示这一次。** 服务器只保存其哈希值，无法再次显示；"
+        "密钥丢失时请吊销并重新创建。",
+    ),
+    "new_key_secret": ("New key (shown once)", "新密钥（仅显示一次）"),
+    "key_created": (
+        "Created key **{name}** (`{masked}`).",
+        "已创建密钥 **{name}**（`{masked}`）。",
+    ),
+    "key_pick_first": ("Pick a key first.", "请先选择一个密钥。"),
+    "key_saved": ("Saved key **{name}**.", "已保存密钥 **{name}**。"),
+    "key_revoked": (
+        "Revoked key **{name}**: it is refused from now on; its usage stays.",
+        "已吊销密钥 **{name}**：此后将被拒绝；其用量记录保留。",
+    ),
     # status
     "status_title": ("### Accounts", "### 账号"),
     "traffic_title": ("### Traffic (last 15 minutes)", "### 流量（最近 15 分钟）"),
@@ -270,6 +352,35 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "series_latency": ("total", "总耗时"),
     "series_ttft": ("first token", "首字"),
+    "usage_title": ("### Usage by key (UTC days)", "### 各密钥用量（按 UTC 日）"),
+    "usage_sign_in": (
+        "Sign in under **Tokens** with your key to see its usage here (the admin key: every "
+        "key's).",
+        "在 **令牌** 页用你的密钥登录后，这里会显示它的用量（管理员密钥：所有密钥的用量）。",
+    ),
+    "usage_note": (
+        "Every client key, and the operator's `API_KEY`. ≈ marks credits estimated from the "
+        "tokens, where Kiro reported none.",
+        "所有客户端密钥，以及部署者的 `API_KEY`。带 ≈ 的额度是在 Kiro 未报告时根据 tokens 估算的。",
+    ),
+    "usage_note_own": (
+        "The key you signed in with. ≈ marks credits estimated from the tokens, where Kiro "
+        "reported none.",
+        "你登录所用的密钥。带 ≈ 的额度是在 Kiro 未报告时根据 tokens 估算的。",
+    ),
+    "usage_none": ("No usage in the last 30 days.", "最近 30 天没有用量。"),
+    "usage_operator": ("operator (API_KEY)", "部署者（API_KEY）"),
+    "usage_col_key": ("key", "密钥"),
+    "usage_col_requests_today": ("requests today", "今日请求"),
+    "usage_col_tokens_today": ("tokens today", "今日 tokens"),
+    "usage_col_credits_today": ("credits today", "今日额度"),
+    "usage_col_requests_month": ("requests this month", "本月请求"),
+    "usage_col_tokens_month": ("tokens this month", "本月 tokens"),
+    "usage_col_credits_month": ("credits this month", "本月额度"),
+    "usage_plot_title": ("Kiro credits per day, last 30 days", "最近 30 天每日 Kiro 额度"),
+    "usage_plot_x": ("day (UTC)", "日期（UTC）"),
+    "usage_plot_y": ("credits", "额度"),
+    "usage_plot_legend": ("key", "密钥"),
     # connect
     "connect_intro": (
         "Base URL of this deployment: **`{base}`** — OpenAI clients use **`{base}/v1`**. "

@@ -18,10 +18,11 @@ from ki2api.kiro.accounts.credentials import AccountSpec
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.settings import Settings
 from ki2api.store.backup import storage_state
-from ki2api.ui import connect, status
+from ki2api.ui import connect, status, usage
 from ki2api.ui.access import Playground
 from ki2api.ui.guard import Readers
 from ki2api.ui.i18n import LANGUAGES, Texts, lang_from_header, t
+from ki2api.ui.keys import KeyHandlers, build_key_panel
 from ki2api.ui.playground import make_chat_handler
 from ki2api.ui.tokens import PageKey, TokenHandlers, describe_own, sign_in_key, using_line
 
@@ -48,6 +49,8 @@ def build_page(
 ) -> gr.Blocks:
     texts = Texts()
     tokens = TokenHandlers(settings, runtime)
+    key_admin = KeyHandlers(settings, runtime)
+    key_usage = usage.UsageView(settings, runtime)
     default_models = [m.id for m in ModelCatalog().list()]
     storage = storage_state(settings)  # a Space's disk: it does not change while running
 
@@ -262,6 +265,8 @@ def build_page(
                                 value="save_aliases",
                             )
                         admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
+            with tokens_tab:  # again: client keys, under both columns, at the tab's full width
+                keys = build_key_panel(texts)
 
             with gr.Tab("Status · 状态", id="status") as status_tab:
                 texts.add(gr.Markdown(t("traffic_title")), value="traffic_title")
@@ -290,6 +295,33 @@ def build_page(
                 )
                 texts.add(gr.Markdown(t("status_title")), value="status_title")
                 table = gr.Dataframe(interactive=False, elem_id="ki-accounts", wrap=True)
+                texts.add(gr.Markdown(t("usage_title")), value="usage_title")
+                usage_note = texts.add(  # in the visitor's language until the tab renders
+                    gr.Markdown(t("usage_sign_in"), elem_id="ki-usage-note"), value="usage_sign_in"
+                )
+                usage_table = gr.Dataframe(
+                    interactive=False, elem_id="ki-usage", wrap=True, visible=False
+                )
+                usage_plot = texts.add(
+                    gr.LinePlot(
+                        usage.usage_frame_empty(),
+                        x="day",
+                        y="credits",
+                        x_title=t("usage_plot_x"),
+                        y_title=t("usage_plot_y"),
+                        color="key",
+                        color_title=t("usage_plot_legend"),
+                        y_lim=[0, None],
+                        x_axis_format="%m-%d",
+                        label=t("usage_plot_title"),
+                        visible=False,  # until the session may see some usage
+                        elem_id="ki-usage-plot",
+                    ),
+                    label="usage_plot_title",
+                    x_title="usage_plot_x",
+                    y_title="usage_plot_y",
+                    color_title="usage_plot_legend",
+                )
                 timer = gr.Timer(STATUS_EVERY, active=False)
 
             with gr.Tab("Connect · 连接", id="connect") as connect_tab:
@@ -388,7 +420,12 @@ def build_page(
             *texts.components,
         ]
         page.load(render_all, [gr.State(""), own, signed], all_outputs, **PRIVATE)
-        language.input(render_all, [language, own, signed], all_outputs, **PRIVATE)
+        # The usage by key (Status) and the keys' table (admin) follow, without a spinner.
+        usage_io = [usage_note, usage_table, usage_plot]
+        quiet: dict[str, Any] = {"show_progress": "hidden", **PRIVATE}
+        language.input(render_all, [language, own, signed], all_outputs, **PRIVATE).then(
+            key_admin.relabel, [signed, lang], [keys.table], **quiet
+        ).then(key_usage.render, [signed, lang], usage_io, **quiet)
 
         # --- playground ------------------------------------------------------------------
 
@@ -417,10 +454,16 @@ def build_page(
 
         # One sign-in for the pool (API key) and the admin functions (admin key).
         sign_in_io = [signed, admin, admin_status, admin_box, admin_panel, account, using]
-        sign_in.click(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE)
-        admin_box.submit(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE)
+        # Then the client keys: shown to an administrator, hidden and emptied for anyone else.
+        keys_io = [keys.panel, *keys.results]
+        for signing_in in (sign_in.click, admin_box.submit):
+            signing_in(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE).then(
+                key_admin.show, [signed, lang], keys_io, **PRIVATE
+            )
         sign_out_io = [signed, admin, admin_status, admin_panel, using]
-        sign_out.click(tokens.sign_out, [own, lang], sign_out_io, **PRIVATE)
+        sign_out.click(tokens.sign_out, [own, lang], sign_out_io, **PRIVATE).then(
+            key_admin.show, [signed, lang], keys_io, **PRIVATE
+        )
         add_btn.click(
             tokens.add_account,
             [admin, new_account, new_label, lang],
@@ -437,16 +480,27 @@ def build_page(
             tokens.save_aliases, [admin, aliases_box, lang], [admin_msg, aliases_box], **PRIVATE
         )
 
+        # --- client keys (admin) ---------------------------------------------------------
+
+        keys.create.click(key_admin.create, [signed, *keys.form, lang], keys.results, **PRIVATE)
+        keys.save.click(
+            key_admin.save, [signed, keys.pick, *keys.form, lang], keys.results, **PRIVATE
+        )
+        keys.revoke.click(key_admin.revoke, [signed, keys.pick, lang], keys.results, **PRIVATE)
+        keys.refresh.click(key_admin.refresh, [signed, keys.pick, lang], keys.results, **PRIVATE)
+        keys.pick.input(key_admin.pick, [signed, keys.pick], keys.form, **PRIVATE)
+
         # --- status: refresh while the tab is open ---------------------------------------
 
         status_io = [summary, plot, table]
         timer.tick(render_status, [lang], status_io, show_progress="hidden", **PRIVATE)
+        timer.tick(key_usage.render, [signed, lang], usage_io, **quiet)
         status_tab.select(
             lambda code: (*render_status(code), gr.Timer(active=True)),
             [lang],
             [*status_io, timer],
-            **PRIVATE,
-        )
+            **quiet,  # the tab's values are replaced in place: no spinner over them
+        ).then(key_usage.render, [signed, lang], usage_io, **quiet)
         for other in (playground_tab, tokens_tab, connect_tab):
             other.select(lambda: gr.Timer(active=False), None, [timer], **PRIVATE)
     return page  # type: ignore[no-any-return]

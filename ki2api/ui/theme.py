@@ -37,11 +37,14 @@ CSS = """
 #ki-summary table { display: block; overflow-x: auto; width: max-content; max-width: 100%; }
 #ki-summary th, #ki-summary td, #ki-accounts th { white-space: nowrap; }
 #ki-accounts th span { white-space: nowrap; word-break: keep-all; }
+/* The key and usage tables: short cells, one line each; the table scrolls in its box. */
+#ki-keys th, #ki-keys td, #ki-usage th, #ki-usage td { white-space: nowrap; }
+#ki-keys th span, #ki-usage th span { white-space: nowrap; word-break: keep-all; }
 /* A long block label (the Connect snippets' titles on a phone) wraps before the block's
    buttons (download, copy) instead of running under them. */
 .gradio-container .block:has(> .icon-button-wrapper) > label { max-width: calc(100% - 64px); }
 /* A time label on the plot's last tick may reach past the chart's edge: show it whole. */
-#ki-plot svg.marks { overflow: visible; }
+#ki-plot svg.marks, #ki-usage-plot svg.marks { overflow: visible; }
 /* CodeMirror sizes the line numbers of an editor it has not seen on screen (a hidden tab, below
    the fold) from a guessed line height; give each number its line's real height instead (the
    snippets never wrap). The hidden first element only measures the gutter's width. */
