@@ -236,6 +236,33 @@ async def test_lists_are_cached_for_the_ttl_and_a_failure_keeps_the_last_one() -
     assert len(asked) == 3
 
 
+async def test_a_refusal_noted_while_the_list_is_on_its_way_outlives_that_list() -> None:
+    """The list asked at start-up may come back after a chat taught that the account lacks a
+    model (INVALID_MODEL_ID): the refusal is the newer news and stays until the next list."""
+    sonnet = ModelInfo("claude-sonnet-4-5", "claude-sonnet-4.5")
+    haiku = ModelInfo("claude-haiku-4-5", "claude-haiku-4.5")
+    answered = asyncio.Event()
+    calls = 0
+
+    async def fetch(credential: Credential) -> list[ModelInfo]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await answered.wait()
+        return [sonnet, haiku]
+
+    models = AvailableModels(FakeAccounts(["x", "y"]), ModelCatalog(), fetch, ttl=600)
+    on_its_way = asyncio.create_task(models.refresh(["x"]))
+    while calls == 0:  # the list has been asked for
+        await asyncio.sleep(0)
+    models.note_missing("x", "claude-sonnet-4.5")
+    answered.set()
+    await on_its_way
+    assert models.skip_for("claude-sonnet-4.5") == {"x"}
+    await models.refresh(["x"], force=True)  # the next list is asked after the refusal
+    assert models.skip_for("claude-sonnet-4.5") == frozenset()
+
+
 async def test_no_list_known_means_the_built_in_table() -> None:
     async def fetch(credential: Credential) -> list[ModelInfo]:
         raise UpstreamUnavailable("down")

@@ -284,7 +284,11 @@ class AvailableModels:
                     label, keep, self._clock() - self.ttl + RETRY_AFTER_FAILURE, why, missing
                 )
             return
-        self._lists[label] = AccountModels(label, tuple(rows), self._clock())
+        # A refusal Kiro sent while the list was on its way is newer than the list: it stays.
+        before = previous.missing if previous is not None else frozenset()
+        now_entry = self._lists.get(label)
+        meanwhile = now_entry.missing - before if now_entry is not None else frozenset()
+        self._lists[label] = AccountModels(label, tuple(rows), self._clock(), None, meanwhile)
         log.info("account %s offers %d model(s)", label, len(rows))
         if self.shared is not None:
             await self.shared.put(label, listed_rows(rows), self.ttl)
