@@ -68,12 +68,17 @@ def _die_with_parent() -> None:
 
 
 def spawn(
-    name: str, argv: Sequence[str], log_dir: Path, env: Mapping[str, str] | None = None
+    name: str,
+    argv: Sequence[str],
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> Proc:
     log = log_dir / f"{name}.log"
     with log.open("wb") as out:
         popen = subprocess.Popen(
             list(argv),
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -25,11 +25,17 @@ the trick saves that much) with a 95 % bootstrap interval, next to the A/A diffe
 gateway's CPU per request at concurrency 64, in alternating blocks. With no trick to switch
 (``TRICKS`` empty) it measures the A/A noise alone.
 
+``--against DIR`` adds a build served from another checkout (its own ``bench.gateway``, its
+own code): ``before``, the same A/B as a trick's, so a whole change is measured against the
+commit it started from in one run (the "gain" is then what the change saves; negative: what it
+costs).
+
 ``python -m bench.tricks micro`` times the removed code-level tricks against what replaced them,
 in this process: warm (a loop) and cold (one call after a sleep, as at concurrency 1).
 
     python -m bench.tricks --quick                # about 4 minutes
     python -m bench.tricks --rounds 100 --wire-ms 1 --only NAME,NAME
+    python -m bench.tricks --against /path/to/a/checkout/of/the/old/commit
     python -m bench.tricks micro
 """
 
@@ -87,14 +93,21 @@ def serve_gateway(port: int, upstream: str, off: Sequence[str]) -> None:
 class Build:
     name: str
     off: tuple[str, ...]
+    tree: Path | None = None  # another checkout, served by its own bench.gateway
 
 
 KINDS = ("stream", "whole")  # OpenAI streamed, OpenAI not streamed
 
 
-def builds(tricks: Sequence[str]) -> list[Build]:
-    """``on``, ``on-again`` and one build per trick with that trick off."""
-    return [Build("on", ()), Build("on-again", ()), *(Build(f"no-{t}", (t,)) for t in tricks)]
+def builds(tricks: Sequence[str], against: Path | None = None) -> list[Build]:
+    """``on``, ``on-again``, ``before`` (another checkout) and one build per trick off."""
+    before = [Build("before", (), against)] if against is not None else []
+    return [
+        Build("on", ()),
+        Build("on-again", ()),
+        *before,
+        *(Build(f"no-{t}", (t,)) for t in tricks),
+    ]
 
 
 @dataclass
@@ -127,14 +140,20 @@ def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
     wanted = [t for t in cfg.only.split(",") if t] if cfg.only else list(TRICKS)
     if unknown := set(wanted) - set(TRICKS):
         raise SystemExit(f"no such trick: {', '.join(sorted(unknown))} (known: {list(TRICKS)})")
-    chosen = builds(wanted)
+    chosen = builds(wanted, cfg.against)
     gateways: dict[tuple[str, str], Proc] = {}
     for setup in setups:
         for build in chosen:
             port = free_port()
-            argv = [python, "-m", "bench.tricks", "gateway", "--port", str(port)]
-            argv += ["--upstream", upstream_by_setup[setup], "--off", ",".join(build.off)]
-            proc = spawn(f"gw-{build.name}-{setup}", argv, log_dir, {"HOME": str(log_dir)})
+            env = {"HOME": str(log_dir)}
+            if build.tree is None:
+                argv = [python, "-m", "bench.tricks", "gateway", "--port", str(port)]
+                argv += ["--upstream", upstream_by_setup[setup], "--off", ",".join(build.off)]
+            else:  # the other checkout's own code and its own way to serve it
+                argv = [python, "-m", "bench.gateway", "--port", str(port)]
+                argv += ["--upstream", upstream_by_setup[setup], "--log-level", "warning"]
+                env["PYTHONPATH"] = str(build.tree)
+            proc = spawn(f"gw-{build.name}-{setup}", argv, log_dir, env, cwd=build.tree)
             stack.callback(proc.stop)
             proc.url = f"http://127.0.0.1:{port}"
             gateways[build.name, setup] = proc
@@ -237,7 +256,7 @@ def _fmt(g: Gain) -> str:
 
 def latency_table(lab: Lab, results: dict[str, list[Result]]) -> str:
     rows = [
-        "| trick off | set-up | request | metric | gain ms [95 % interval] (A/A) | verdict |",
+        "| build | set-up | request | metric | gain ms [95 % interval] (A/A) | verdict |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for build in lab.builds[1:]:  # on-again first: the noise itself, with its interval
@@ -390,6 +409,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--only", help="the tricks to measure, comma-separated (default: all)")
     p.add_argument("--setups", default="loopback,wire", help="loopback, wire or both")
     p.add_argument("--log-dir", type=Path)
+    p.add_argument("--against", type=Path, help="another checkout to measure as the build 'before'")
     return p.parse_args(argv)
 
 

@@ -63,24 +63,6 @@ def parse_wire_model(body: Any, model: type[WireT]) -> WireT:
         raise InvalidRequest(f"Invalid request: {param}: {first.get('msg')}", param=param) from None
 
 
-class LastPiece(bytes):
-    """A renderer's last piece of an answer: it goes out with the end of the HTTP body, before
-    the stream behind it is closed (that bookkeeping need not delay the client)."""
-
-
-class HeadedPiece(bytes):
-    """A renderer's first piece of a streamed answer that needs extra response headers (a
-    warning): the flow sends them with the head. Only the first piece is checked."""
-
-    headers: list[tuple[bytes, bytes]]
-
-    @classmethod
-    def with_headers(cls, data: bytes, headers: dict[str, str]) -> HeadedPiece:
-        piece = cls(data)
-        piece.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        return piece
-
-
 async def read_json_body(request: Request, limit: int) -> Any:
     """The request body as JSON; 413 past ``limit`` bytes, 400 when it is not JSON."""
     return await read_json(request.receive, request.headers.get("content-length"), limit)

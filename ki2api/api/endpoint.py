@@ -1,8 +1,11 @@
 """The HTTP flow every chat front door shares, as a bare ASGI app, and the lane that serves it.
 
 Every answer goes the same way: check the key, read the JSON body, then (cancelled at once if
-the client leaves) parse, open the upstream and either stream the rendered bytes or send one
-JSON body. A front door (:class:`ChatDoor`) only parses and renders.
+the client leaves) let the front door parse it and open the upstream answer (:class:`Opened`:
+the request, its delta stream, and the format's renderer), and either stream it through the
+renderer (:meth:`_Exchange.stream`, the one loop for every format) or collect it and send the
+renderer's whole answer as one JSON body. A front door (:class:`ChatDoor`) only parses; its
+renderer (:mod:`ki2api.api.renderer`) only renders.
 
 The chat routes are the hot path: the app (:class:`ki2api.app.Ki2API`) hands them to their
 endpoint through its API middleware only. They stay registered with FastAPI too
@@ -14,9 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, Request
@@ -25,14 +28,18 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ki2api.api.auth import authenticate, key_from
-from ki2api.api.common import CLIENT_CLOSED, HeadedPiece, LastPiece, read_json
+from ki2api.api.common import CLIENT_CLOSED, read_json
+from ki2api.api.renderer import Renderer
 from ki2api.model.context import current_request
 from ki2api.model.errors import GatewayError
 from ki2api.model.logsafe import printable
+from ki2api.model.request import ChatRequest
+from ki2api.pipeline.gateway import DeltaStream, Gateway, collect
+from ki2api.pipeline.websearch import open_answer
 from ki2api.settings import Settings
 from ki2api.teams.gate import Teams
 
-OpenT = TypeVar("OpenT")
+RendererT = TypeVar("RendererT", bound=Renderer)
 log = logging.getLogger("ki2api")
 
 _SSE_START: Message = {
@@ -44,34 +51,42 @@ _SSE_START: Message = {
         (b"x-accel-buffering", b"no"),
     ],
 }
-_END_OF_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
-class ChatDoor(Protocol[OpenT]):
-    """What a front door adds to the shared flow: its parsing, its rendering, its errors."""
+@dataclass(slots=True)
+class Opened(Generic[RendererT]):
+    """An answer a front door has opened: what the flow streams or collects."""
+
+    request: ChatRequest
+    stream: DeltaStream
+    renderer: RendererT
+
+
+async def open_rendered(
+    gateway: Gateway,
+    request: ChatRequest,
+    renderer: RendererT,
+    conversation_header: str | None,
+) -> Opened[RendererT]:
+    """Open the upstream answer for ``renderer``, which prepares while the upstream thinks."""
+    stream = await open_answer(
+        gateway,
+        request,
+        conversation_header=conversation_header,
+        while_waiting=renderer.prepare,
+    )
+    renderer.prepare()  # a no-op unless the gateway had no moment for it
+    return Opened(request, stream, renderer)
+
+
+class ChatDoor(Protocol):
+    """What a front door adds to the shared flow: its parsing and its errors."""
 
     def error_response(self, error: GatewayError) -> Response: ...
 
-    async def open(self, body: Any, conversation_header: str | None) -> OpenT:
+    async def open(self, body: Any, conversation_header: str | None) -> Opened[Any]:
         """Parse the body into the internal request and open the upstream answer
         (``conversation_header``: the client's ``X-Conversation-Id``, if it sent one)."""
-        ...
-
-    def streamed(self, opened: OpenT) -> bool: ...
-
-    def sse(self, opened: OpenT) -> AsyncIterator[bytes]:
-        """The answer as server-sent events; errors after the first byte travel inside."""
-        ...
-
-    async def complete(self, opened: OpenT) -> tuple[Any, Mapping[str, str] | None]:
-        """The whole answer as a JSON-ready body, and extra response headers. The upstream
-        answer may stay open: :meth:`finish` closes it."""
-        ...
-
-    async def finish(self, opened: OpenT) -> None:
-        """Close the upstream answer (again, harmlessly, if it is closed). The flow calls it
-        once the client has its answer, so the bookkeeping that goes with closing (the
-        connection back to the pool, the account's record, the stats) does not delay it."""
         ...
 
 
@@ -125,7 +140,7 @@ class CancelOnDisconnect:
 class ChatEndpoint:
     """The ASGI app for one chat route (``POST`` only; the app and the router see to that)."""
 
-    def __init__(self, door: ChatDoor[Any], settings: Settings, teams: Teams | None = None) -> None:
+    def __init__(self, door: ChatDoor, settings: Settings, teams: Teams | None = None) -> None:
         self.door = door
         self.settings = settings
         self.teams = teams  # client keys; None: API_KEY only
@@ -149,7 +164,7 @@ class _Exchange:
 
     __slots__ = ("door", "send", "started")
 
-    def __init__(self, door: ChatDoor[Any], send: Send) -> None:
+    def __init__(self, door: ChatDoor, send: Send) -> None:
         self.door = door
         self.send = send
         self.started = False
@@ -172,20 +187,16 @@ class _Exchange:
             await self.respond(Response(status_code=CLIENT_CLOSED), scope, receive)
             return
         response: Response | None = None
-        opened: Any = None
+        opened: Opened[Renderer] | None = None
         async with CancelOnDisconnect(receive) as watch:
             try:
                 opened = await door.open(body, conversation)
-                if door.streamed(opened):
-                    await self.stream(door.sse(opened))
+                if opened.request.stream:
+                    await self.stream(opened)
                     return
-                answer, headers = await door.complete(opened)
+                response = await self.whole(opened)
             except GatewayError as exc:
                 response = door.error_response(exc)
-            else:
-                response = Response(
-                    orjson.dumps(answer), media_type="application/json", headers=headers
-                )
         if watch.disconnected:
             response = Response(status_code=CLIENT_CLOSED)  # for the access log; nobody reads it
         assert response is not None
@@ -193,39 +204,61 @@ class _Exchange:
             await self.respond(response, scope, receive)
         finally:
             if opened is not None:
-                await door.finish(opened)
+                # Closing the upstream answer (the connection back to the pool, the account's
+                # record, the stats) comes after the client has its answer.
+                await opened.stream.aclose()
+
+    async def whole(self, opened: Opened[Renderer]) -> Response:
+        """The answer collected, as one JSON body (the stream stays open: see :meth:`serve`)."""
+        try:
+            done = await collect(opened.stream, close=False)
+        except GatewayError as exc:
+            raise opened.renderer.status_error(exc) from None
+        answer, headers = opened.renderer.whole(done)
+        return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
 
     async def respond(self, response: Response, scope: Scope, receive: Receive) -> None:
         self.started = True
         await response(scope, receive, self.send)
 
-    async def stream(self, body: AsyncIterator[bytes]) -> None:
-        # The head goes out with the first piece: on the way to the first token every write
-        # costs a wake-up of the client, and there is nothing to tell it before then.
-        send = self.send
-        ended = False  # a LastPiece went out with the end of the body
+    async def stream(self, opened: Opened[Renderer]) -> None:
+        """The one streaming loop: the renderer's bytes for each batch of deltas, one write
+        per batch; the stream closed once the last piece (sent with the end of the body) is
+        out. The renderer's preamble and the response head go out with the first batch: on
+        the way to the first token every write costs a wake-up of the client, and there is
+        nothing to tell it before then. Keep-alives are deltas like any other. Before the
+        first write a :class:`GatewayError` (the renderer's refusal of a first batch) is still
+        an HTTP error; after it, the renderer's in-stream error ends the answer."""
+        renderer, stream = opened.renderer, opened.stream
+        pending = renderer.start()
         with contextlib.suppress(OSError):  # the client went away mid-write (some servers raise)
             try:
-                async for piece in body:
-                    if not self.started:
-                        self.started = True
-                        if type(piece) is HeadedPiece:
-                            head = _SSE_START["headers"] + piece.headers
-                            await send({**_SSE_START, "headers": head})
-                        else:
-                            await send(_SSE_START)
-                    ended = type(piece) is LastPiece
-                    more = not ended
-                    await send({"type": "http.response.body", "body": piece, "more_body": more})
-                    if ended:
-                        break
+                async for batch in stream.batches():
+                    try:
+                        piece = renderer.feed(batch)
+                    except GatewayError as exc:
+                        if not self.started:
+                            raise
+                        piece = renderer.error(exc)
+                    if renderer.done:
+                        await self.write(renderer, pending + piece, more=False)
+                        return
+                    if pending or piece:
+                        await self.write(renderer, pending + piece, more=True)
+                        pending = b""
+                await self.write(renderer, pending + renderer.end(), more=False)
             finally:
-                await body.aclose()  # type: ignore[attr-defined]
-            if not self.started:
-                self.started = True
-                await send(_SSE_START)
-            if not ended:
-                await send(_END_OF_BODY)
+                await stream.aclose()
+
+    async def write(self, renderer: Renderer, piece: bytes, *, more: bool) -> None:
+        send = self.send
+        if not self.started:
+            self.started = True
+            extra = renderer.headers()
+            await send(
+                {**_SSE_START, "headers": _SSE_START["headers"] + extra} if extra else _SSE_START
+            )
+        await send({"type": "http.response.body", "body": piece, "more_body": more})
 
 
 _WANTED = {b"x-api-key": 0, b"authorization": 1, b"content-length": 2, b"x-conversation-id": 3}

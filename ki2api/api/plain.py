@@ -1,10 +1,24 @@
-"""Checks shared by the front doors' plain-request fast paths (``*/plain.py``): exact JSON types
-only, since anything pydantic would coerce is left to the full path."""
+"""What the front doors' plain-request fast paths (``*/plain.py``) share.
+
+A fast path names the wire-model fields it handles itself; every other field of the model
+(:func:`unhandled_fields`, read from the model, so it cannot fall behind it) must be absent or
+null, or the body takes the full path. A field added to a wire model therefore sends the bodies
+that set it down the full path until the fast path learns it. The checks accept exact JSON
+types only: anything pydantic would coerce is left to the full path.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
+
+from pydantic import BaseModel
+
+
+def unhandled_fields(model: type[BaseModel], handled: Iterable[str]) -> tuple[str, ...]:
+    """The fields of ``model`` not in ``handled``, in the model's order."""
+    known = frozenset(handled)
+    return tuple(name for name in model.model_fields if name not in known)
 
 
 def number_or_none(value: Any) -> bool:

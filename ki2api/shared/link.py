@@ -236,7 +236,8 @@ class RedisLink:
             self.lost(exc)
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                async with asyncio.timeout(max(1.0, self.timeout * 4)):
+                    await pubsub.aclose()
 
     async def _monitor(self) -> None:
         while True:
@@ -272,17 +273,22 @@ class RedisLink:
         if self._closed:
             return
         self._closed = True
-        for task in (self._task, self._listener):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        # Every step is bounded: a Redis that stalls must not hold the app's shutdown.
+        bound = max(1.0, self.timeout * 4)
+        tasks = [task for task in (self._task, self._listener) if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=bound)
         if self.up:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
-                await self.client.zrem(self.key("replicas"), self.replica)
+                async with asyncio.timeout(self.timeout):
+                    await self.client.zrem(self.key("replicas"), self.replica)
         self.up = False
-        await self.client.aclose()
-        await self._events.aclose()
+        for client in (self.client, self._events):
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(bound):
+                    await client.aclose()
 
     def status(self) -> dict[str, object]:
         """For /health and the page: connected or not, since when, why; never the password."""

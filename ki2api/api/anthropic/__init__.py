@@ -1,1 +1,2 @@
-"""Anthropic Messages: wire models (protocol), rendering (serving), routes (router)."""
+"""Anthropic Messages: wire models (protocol), rendering (render), opening the answer (serving),
+routes (router); server tools and token counting beside them."""

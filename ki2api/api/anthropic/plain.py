@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ki2api.api.plain import number_or_none, plain_basics, text_blocks
+from ki2api.api.anthropic.protocol import MessagesWire, MessageWire
+from ki2api.api.plain import number_or_none, plain_basics, text_blocks, unhandled_fields
 from ki2api.model.request import ChatRequest, Message, TextPart
 
-# The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
-# Unknown fields are ignored by both paths. A test keeps these lists in step with the model.
+# The wire model's fields this path handles; the others (RICH_FIELDS, read from the model) must
+# be absent or null. Unknown fields are ignored by both paths.
 HANDLED_FIELDS = frozenset(
     {
         "model",
@@ -30,7 +31,9 @@ HANDLED_FIELDS = frozenset(
         "context_management",
     }
 )
-RICH_FIELDS = ("tools", "tool_choice", "thinking", "output_config")
+RICH_FIELDS = unhandled_fields(MessagesWire, HANDLED_FIELDS)
+HANDLED_MESSAGE_FIELDS = frozenset({"role", "content"})
+RICH_MESSAGE_FIELDS = unhandled_fields(MessageWire, HANDLED_MESSAGE_FIELDS)  # none, today
 _ROLES = ("user", "assistant")
 
 
@@ -67,6 +70,9 @@ def parse_plain(body: Any) -> ChatRequest | None:
     for m in raw_messages:
         if type(m) is not dict:
             return None
+        for field in RICH_MESSAGE_FIELDS:
+            if m.get(field) is not None:
+                return None
         texts = text_blocks(m.get("content"))
         if texts is None:
             return None

@@ -7,7 +7,6 @@ Keys come as ``x-api-key`` or ``Authorization: Bearer``; the ``anthropic-version
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
@@ -16,10 +15,11 @@ from starlette.responses import Response
 
 from ki2api.api.anthropic.plain import parse_plain
 from ki2api.api.anthropic.protocol import parse_count_wire, parse_wire, to_chat_request
-from ki2api.api.anthropic.serving import MessagesService, OpenMessage
+from ki2api.api.anthropic.render import MessageRenderer
+from ki2api.api.anthropic.serving import MessagesService
 from ki2api.api.auth import authenticate_request
 from ki2api.api.common import read_json_body
-from ki2api.api.endpoint import ChatEndpoint, add_documented_route
+from ki2api.api.endpoint import ChatEndpoint, Opened, add_documented_route
 from ki2api.api.errors import anthropic_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.model.errors import GatewayError
@@ -45,7 +45,7 @@ class AnthropicMessagesDoor:
     def error_response(self, error: GatewayError) -> Response:
         return anthropic_error_response(error)
 
-    async def open(self, body: Any, conversation_header: str | None) -> OpenMessage:
+    async def open(self, body: Any, conversation_header: str | None) -> Opened[MessageRenderer]:
         chat_request = parse_plain(body)
         if chat_request is None:
             images = self.images.loader()
@@ -57,18 +57,6 @@ class AnthropicMessagesDoor:
             )
             await images.fill(chat_request)
         return await self.service.open(chat_request, conversation_header=conversation_header)
-
-    def streamed(self, opened: OpenMessage) -> bool:
-        return opened.request.stream
-
-    def sse(self, opened: OpenMessage) -> AsyncIterator[bytes]:
-        return self.service.sse(opened)
-
-    async def complete(self, opened: OpenMessage) -> tuple[Any, Mapping[str, str] | None]:
-        return await self.service.complete(opened), None
-
-    async def finish(self, opened: OpenMessage) -> None:
-        await opened.stream.aclose()
 
 
 def create_anthropic_router(

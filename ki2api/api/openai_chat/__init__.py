@@ -1,1 +1,2 @@
-"""OpenAI Chat Completions: wire models (protocol), rendering (serving), routes (router)."""
+"""OpenAI Chat Completions: wire models (protocol), rendering (render), opening the answer
+(serving), routes (router)."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ki2api.api.plain import number_or_none, plain_basics, text_blocks
+from ki2api.api.openai_chat.protocol import ChatCompletionWire, MessageWire
+from ki2api.api.plain import number_or_none, plain_basics, text_blocks, unhandled_fields
 from ki2api.model.request import ChatRequest, Message, TextPart
 
-# The wire model's fields this path handles; the others (RICH_FIELDS) must be absent or null.
-# Unknown fields are ignored by both paths. A test keeps these lists in step with the model.
+# The wire model's fields this path handles; the others (RICH_FIELDS, read from the model) must
+# be absent or null. Unknown fields are ignored by both paths.
 HANDLED_FIELDS = frozenset(
     {
         "model",
@@ -36,17 +37,9 @@ HANDLED_FIELDS = frozenset(
         "seed",
     }
 )
-RICH_FIELDS = (
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "reasoning_effort",
-    "response_format",
-    "web_search_options",
-)
+RICH_FIELDS = unhandled_fields(ChatCompletionWire, HANDLED_FIELDS)
 HANDLED_MESSAGE_FIELDS = frozenset({"role", "content", "name"})
-RICH_MESSAGE_FIELDS = ("tool_calls", "tool_call_id", "function_call")
+RICH_MESSAGE_FIELDS = unhandled_fields(MessageWire, HANDLED_MESSAGE_FIELDS)
 _SYSTEM_ROLES = ("system", "developer")
 
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from ki2api.api.endpoint import ChatEndpoint, add_documented_route
+from ki2api.api.endpoint import ChatEndpoint, Opened, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.openai_chat.plain import parse_plain
 from ki2api.api.openai_chat.protocol import parse_wire, to_chat_request
-from ki2api.api.openai_chat.serving import ChatCompletionsService, OpenChat
+from ki2api.api.openai_chat.render import ChatRenderer
+from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.kiro.wire.models import ModelCatalog
 from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
@@ -31,7 +31,7 @@ class OpenAIChatDoor:
     def error_response(self, error: GatewayError) -> Response:
         return openai_error_response(error)
 
-    async def open(self, body: Any, conversation_header: str | None) -> OpenChat:
+    async def open(self, body: Any, conversation_header: str | None) -> Opened[ChatRenderer]:
         plain = parse_plain(body)
         if plain is not None:
             chat_request, include_usage = plain
@@ -46,20 +46,6 @@ class OpenAIChatDoor:
             include_usage=include_usage,
             conversation_header=conversation_header,
         )
-
-    def streamed(self, opened: OpenChat) -> bool:
-        return opened.request.stream
-
-    def sse(self, opened: OpenChat) -> AsyncIterator[bytes]:
-        return self.service.sse(opened)
-
-    async def complete(self, opened: OpenChat) -> tuple[Any, Mapping[str, str] | None]:
-        body = await self.service.complete(opened)
-        warnings = opened.warnings
-        return body, {"x-ki2api-warning": "; ".join(warnings)} if warnings else None
-
-    async def finish(self, opened: OpenChat) -> None:
-        await opened.stream.aclose()
 
 
 def create_openai_router(

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from ki2api.api.endpoint import ChatEndpoint, add_documented_route
+from ki2api.api.endpoint import ChatEndpoint, Opened, add_documented_route
 from ki2api.api.errors import openai_error_response
 from ki2api.api.images import ImageLoaderFactory
 from ki2api.api.responses.protocol import parse_request, parse_wire
-from ki2api.api.responses.serving import OpenResponse, ResponsesService
+from ki2api.api.responses.render import ResponseRenderer
+from ki2api.api.responses.serving import ResponsesService
 from ki2api.model.errors import GatewayError
 
 RESPONSES_PATH = "/v1/responses"
@@ -28,7 +28,7 @@ class ResponsesDoor:
     def error_response(self, error: GatewayError) -> Response:
         return openai_error_response(error)
 
-    async def open(self, body: Any, conversation_header: str | None) -> OpenResponse:
+    async def open(self, body: Any, conversation_header: str | None) -> Opened[ResponseRenderer]:
         wire = parse_wire(body)
         images = self.images.loader()
         chat_request, kinds = await parse_request(wire, images.load, self.service.seal)
@@ -36,18 +36,6 @@ class ResponsesDoor:
         return await self.service.open(
             chat_request, wire, conversation_header=conversation_header, kinds=kinds
         )
-
-    def streamed(self, opened: OpenResponse) -> bool:
-        return opened.request.stream
-
-    def sse(self, opened: OpenResponse) -> AsyncIterator[bytes]:
-        return self.service.sse(opened)
-
-    async def complete(self, opened: OpenResponse) -> tuple[Any, Mapping[str, str] | None]:
-        return await self.service.complete(opened), opened.warning_headers()
-
-    async def finish(self, opened: OpenResponse) -> None:
-        await opened.stream.aclose()
 
 
 def create_responses_router(responses: ChatEndpoint) -> APIRouter:
