@@ -60,7 +60,7 @@ from redis.asyncio import Redis
 
 from ki2api.settings import Rate
 from ki2api.shared.link import RedisLink, SharedUnavailable, as_bytes, masked_url
-from ki2api.shared.usage import Increment, RedisUsage, UsageRow
+from ki2api.shared.usage import USAGE_TTL, Increment, RedisUsage, UsageRow
 from ki2api.store import (
     OPERATOR_KEY_ID,
     KeyNameTaken,
@@ -320,6 +320,7 @@ class RedisStore:
         self._clock = clock
         self._keys: dict[str, KeyRecord] = {}  # by id
         self._by_digest: dict[str, KeyRecord] = {}
+        self._in_file: list[KeyRecord] = []  # the copy in the SQLite file, by id
         self._version = -1  # of the keys held here; -1: none read from Redis yet
         self._reloading = asyncio.Lock()
         self._counters = Counters()  # this replica's own, while Redis is away
@@ -366,7 +367,8 @@ class RedisStore:
         if self._opened:
             return
         await self.local.open()
-        self._hold(await self.local.list_keys())  # the last known, until Redis answers
+        self._in_file = sorted(await self.local.list_keys(), key=lambda k: k.id)
+        self._hold(self._in_file)  # the last known, until Redis answers
         self._opened = True
         if self._owns_link and not await self.link.start():
             problem = self.link.problem or "no answer"
@@ -446,14 +448,13 @@ class RedisStore:
         """Every key from Redis; the copy in the SQLite file follows when it changed."""
         async with self._reloading:
             version, keys = await self.link.call(self._read_all)
-            changed = sorted(keys, key=lambda k: k.id) != sorted(
-                self._keys.values(), key=lambda k: k.id
-            )
             self._hold(keys)
             self._version = version
-            if changed:
+            ordered = sorted(keys, key=lambda k: k.id)
+            if ordered != self._in_file:
                 try:
-                    await self.local.replace_keys(keys)
+                    await self.local.replace_keys(ordered)
+                    self._in_file = ordered
                 except Exception:  # the copy is for a start without Redis: never fatal here
                     log.exception("could not keep the client keys in %s", self.local.location)
 
@@ -687,8 +688,8 @@ class RedisStore:
         await self.local.flush()
 
     async def usage(self, query: UsageQuery) -> list[UsageCounts]:
-        """The SQLite file's rows (drained, and from before Redis) plus the recent days in
-        Redis; the file's alone while Redis is away."""
+        """The SQLite file's rows (drained, and from before Redis) plus the days in Redis
+        (one pipeline); the file's alone while Redis is away."""
         rows = await self.local.usage(query)
         days = self._recent_days(query)
         if not days:
@@ -715,8 +716,8 @@ class RedisStore:
 
     def _recent_days(self, query: UsageQuery) -> list[str]:
         today = datetime.fromtimestamp(self._clock(), UTC).date()
-        # A little more than what stays: days waiting for the next drain.
-        first = today - timedelta(days=self.recent_days + 2)
+        # Every day Redis may still hold: the recent ones, and older ones not drained yet.
+        first = today - timedelta(seconds=USAGE_TTL)
         try:
             if query.since is not None:
                 first = max(first, date.fromisoformat(query.since))
