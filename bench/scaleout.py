@@ -101,7 +101,8 @@ def start(stack: ExitStack, log_dir: Path, sim: Proc) -> Fleet:
         argv += ["--cap", CAP, "--rate-limit", RATE]
         if shared:
             argv += ["--redis-url", redis_url]
-        proc = spawn(name, argv, log_dir, {"HOME": str(log_dir)})
+        env = {"HOME": str(log_dir), "DATA_DIR": str(log_dir / f"data-{name}")}
+        proc = spawn(name, argv, log_dir, env)
         stack.callback(proc.stop)
         proc.url = f"http://127.0.0.1:{port}"
         return proc

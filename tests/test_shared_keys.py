@@ -250,11 +250,13 @@ async def test_tokens_used_on_one_replica_count_against_the_tpm_everywhere(
     a, b = await replicas.add(2)
     limits = Limits(tpm=1000)
     now = time.time()
-    assert await b.admit("key_t", limits, now) is None
+    for store in (a, b):
+        assert await store.admit("key_t", limits, now) is None
+    spent = b.link.changed("spent", "key_t")
     a.record_usage(
         UsageCounts(day_of(now), "key_t", "main", input_tokens=900, output_tokens=400), tpm=1000
     )
-    await a.flush()
+    await asyncio.wait_for(spent.wait(), 2)  # past half the tokens: b asks Redis again
     refusal = await b.admit("key_t", limits, now)
     assert refusal is not None and refusal.limit == "tpm"
     assert refusal.retry_after == pytest.approx((1 + 300) / (1000 / 60), rel=0.05)
@@ -285,8 +287,42 @@ async def test_a_large_rate_is_lent_ahead_and_what_is_not_spent_goes_back(
     monkeypatch.setattr(a.link, "call", real)
     await asyncio.sleep(0.8)  # unspent for longer than LEASE_IDLE: back in the bucket
     with redis_server.client() as client:
-        left = float(client.hget("ki2api:lim:key_l", "r") or 0)
+        left = float(client.hget("ki2api:lim:key_l", "tokens") or 0)
     assert left >= 6000 - 21 - 1
+
+
+async def test_a_budget_far_from_spent_is_admitted_here_until_half_of_it_is_spent(
+    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = await replicas.add(2)
+    limits = Limits(tpm=100_000, credits_per_day=10.0)
+    now = time.time()
+    day = day_of(now)
+    for store in (a, b):
+        assert await store.admit("key_h", limits, now) is None  # asked: the view comes back
+    calls = 0
+    real = a.link.call
+
+    async def counting(fn: object) -> object:
+        nonlocal calls
+        calls += 1
+        return await real(fn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(a.link, "call", counting)
+    for _ in range(20):
+        assert await a.admit("key_h", limits, now) is None
+    assert calls == 0  # far from the budget and the tokens: admitted on the view
+    monkeypatch.setattr(a.link, "call", real)
+
+    a.record_usage(UsageCounts(day, "key_h", "main", requests=1, credits=6.0))  # past half
+    spent = b.link.changed("spent", "key_h")
+    await asyncio.wait_for(spent.wait(), 2)  # a said so, after its credits reached Redis
+    assert await b.admit("key_h", limits, now) is None  # asked Redis: 6 of 10
+    a.record_usage(UsageCounts(day, "key_h", "main", requests=1, credits=5.0))
+    await a.flush()
+    for store in (a, b):  # past half: every admission asks Redis, which says no
+        refusal = await store.admit("key_h", limits, now)
+        assert refusal is not None and refusal.limit == "credits_per_day"
 
 
 # --- usage ----------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ on SQLite. In Redis (``<p>`` is ``REDIS_PREFIX``):
 ``<p>:keys``                       the index: key id → digest
 ``<p>:keynames``                   live keys' names → key id (a name is one live key's)
 ``<p>:keys:version``               raised by every change, published as ``keys <version>``
-``<p>:lim:<key id>``               the key's request bucket (``r``, ``ra``), token bucket
-                                   (``t``, ``ta``) and the tokens answers used since (``debt``)
+``<p>:lim:<key id>``               the key's request bucket (``tokens``, ``at``: as
+                                   ``RATE_LIMIT``'s), token bucket (``t``, ``ta``) and the
+                                   tokens answers used since (``debt``)
 ``<p>:spent:<key id>:<YYYY-MM>``   credits spent that month (``m``) and each day (``01``..)
 ``<p>:usage:<day>``                usage rows (:mod:`ki2api.shared.usage`)
 =================================  ============================================================
@@ -59,8 +60,9 @@ import orjson
 from redis.asyncio import Redis
 
 from ki2api.settings import Rate
+from ki2api.shared.counters import REFUND
 from ki2api.shared.link import RedisLink, SharedUnavailable, as_bytes, masked_url
-from ki2api.shared.usage import USAGE_TTL, Increment, RedisUsage, UsageRow
+from ki2api.shared.usage import COUNTERS, USAGE_TTL, Increment, RedisUsage, UsageRow
 from ki2api.store import (
     OPERATOR_KEY_ID,
     KeyNameTaken,
@@ -85,6 +87,7 @@ DEBT_TTL = 300  # tokens used that no admission took into account, kept this lon
 LEASE_MIN = 100  # a request bucket this large lends each replica a little (1%) ...
 LEASE_MAX = 256  # ... at most this many requests
 LEASE_IDLE = 2.0  # seconds unspent requests wait before they go back
+LEASE_FRESH = 1.0  # seconds a replica's view of a key's credits and tokens admits without asking
 _DAY = re.compile(rb":usage:(\d{4}-\d\d-\d\d)(?::draining)?$")
 
 _NAMES = {f.name for f in fields(KeyRecord)}
@@ -121,27 +124,28 @@ return 1
 # KEYS: the key's buckets, its month of credits. ARGV: take (1, or 0: only lend), requests
 # per period (0: none), requests per second, tokens per minute (0: none), day budget, month
 # budget ('' : none), the day's field, requests to lend. Returns {code (0 admitted, 1 day
-# budget, 2 month, 3 tokens, 4 requests), wait, used, lent, day's credits, month's}; the
-# clock is Redis's own.
+# budget, 2 month, 3 tokens, 4 requests), wait, used, lent, day's credits, month's, the
+# token bucket's level}; the clock is Redis's own.
 ADMIT = """
 local take, cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local tpm, dayb, monthb = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local s = redis.call('HMGET', KEYS[2], ARGV[7], 'm')
 local day, month = tonumber(s[1]) or 0, tonumber(s[2]) or 0
 local function f(x) return string.format('%.6f', x) end
+local level = 0
 local function out(code, wait, used, lent)
-  return {code, f(wait), f(used), lent, f(day), f(month)}
+  return {code, f(wait), f(used), lent, f(day), f(month), f(level)}
 end
 if dayb and day >= dayb then return out(1, 0, day, 0) end
 if monthb and month >= monthb then return out(2, 0, month, 0) end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'r', 'ra', 't', 'ta', 'debt')
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'at', 't', 'ta', 'debt')
 local life = 60
 local code, wait, used, lent = 0, 0, 0, 0
 if tpm > 0 then
   local per = tpm / 60
-  local level = tonumber(b[3]) or tpm
+  level = tonumber(b[3]) or tpm
   level = math.min(tpm, level + math.max(0, now - (tonumber(b[4]) or now)) * per)
   level = level - (tonumber(b[5]) or 0)
   redis.call('HSET', KEYS[1], 't', f(level), 'ta', f(now), 'debt', 0)
@@ -149,41 +153,99 @@ if tpm > 0 then
   if level < 1 then code, wait, used = 3, (1 - level) / per, tpm - level end
 end
 if code == 0 and cap > 0 then
-  local level = tonumber(b[1]) or cap
-  level = math.min(cap, level + math.max(0, now - (tonumber(b[2]) or now)) * rate)
-  if level < take then
-    code, wait, used = 4, (take - level) / rate, cap - level
+  local left = tonumber(b[1]) or cap
+  left = math.min(cap, left + math.max(0, now - (tonumber(b[2]) or now)) * rate)
+  if left < take then
+    code, wait, used = 4, (take - left) / rate, cap - left
   else
-    level = level - take
+    left = left - take
     local extra = tonumber(ARGV[8])
-    if extra > 0 and level - extra >= cap / 2 then lent, level = extra, level - extra end
+    if extra > 0 and left - extra >= cap / 2 then lent, left = extra, left - extra end
   end
-  redis.call('HSET', KEYS[1], 'r', f(level), 'ra', f(now))
+  redis.call('HSET', KEYS[1], 'tokens', f(left), 'at', f(now))
   life = math.max(life, cap / rate)
 end
 redis.call('PEXPIRE', KEYS[1], math.ceil(life * 1000) + 1000)
 return out(code, wait, used, lent)
 """
-# KEYS: the key's buckets. ARGV: requests per period, requests lent and not spent.
-GIVE_BACK = """
-local level = tonumber(redis.call('HGET', KEYS[1], 'r'))
-if level then
-  redis.call('HSET', KEYS[1], 'r',
-    string.format('%.6f', math.min(tonumber(ARGV[1]), level + tonumber(ARGV[2]))))
-end
-return 1
-"""
 
 
 @dataclass(slots=True)
 class _Lease:
-    """Requests this replica took from a key's shared bucket ahead of need."""
+    """What this replica may admit for a key without asking Redis: requests lent from its
+    bucket, and its view of the key's credits and tokens (as last read, with what this
+    replica spent since). A request is admitted here while the view is under a second old
+    and under half of each budget and of the tokens per minute, and a request is lent;
+    otherwise Redis decides. So another replica can spend past a budget unseen only by
+    spending over half of it within a second; one that sees its own spend cross half says
+    so (the ``spent`` event) and every replica asks Redis from then on; the same for tokens."""
 
-    rate: Rate
-    batch: int
+    limits: Limits
+    batch: int  # requests lent at a time (0: the key has no rate)
     held: float = 0.0
-    spent_at: float = 0.0
-    topping: asyncio.Task[None] | None = None
+    spent_at: float = 0.0  # monotonic: the last request taken from ``held``
+    seen_at: float = -math.inf  # monotonic: when the view was read
+    day: float = 0.0  # credits spent today, this month (the view)
+    month: float = 0.0
+    tokens: float = 0.0  # the token bucket's level
+    asking: asyncio.Task[None] | None = None
+
+    def admits(self, now: float) -> bool:
+        """Whether a request may go on this view; takes a lent request if so."""
+        limits = self.limits
+        if now - self.seen_at > LEASE_FRESH:
+            return False
+        budget = limits.credits_per_day
+        if budget is not None and self.day >= budget / 2:
+            return False
+        budget = limits.credits_per_month
+        if budget is not None and self.month >= budget / 2:
+            return False
+        tpm = limits.tpm
+        if tpm is not None and self.tokens + (now - self.seen_at) * tpm / 60 < tpm / 2:
+            return False
+        if limits.rate is not None:
+            if self.held < 1:
+                return False
+            self.held -= 1
+            self.spent_at = now
+        return True
+
+    def saw(self, answer: list[Any], now: float) -> None:
+        """The view as the admission script answered (see ADMIT)."""
+        self.held += int(answer[3])
+        self.day, self.month, self.tokens = float(answer[4]), float(answer[5]), float(answer[6])
+        self.seen_at = now
+
+    def spend(self, credits: float, tokens: int) -> bool:
+        """Count what an answer used into the view; True when it crossed half a budget or
+        half the tokens per minute."""
+        limits = self.limits
+        crossed = False
+        for budget, spent in (
+            (limits.credits_per_day, self.day),
+            (limits.credits_per_month, self.month),
+        ):
+            if budget is not None and spent < budget / 2 <= spent + credits:
+                crossed = True
+        tpm = limits.tpm
+        if tpm is not None and self.tokens >= tpm / 2 > self.tokens - tokens:
+            crossed = True
+        self.day += credits
+        self.month += credits
+        self.tokens -= tokens
+        return crossed
+
+
+def _lendable(limits: Limits) -> int:
+    """Requests a key's bucket lends at a time: 0 when it has no rate, -1 when it lends none
+    (a small bucket: every request asks Redis, so its count is exact)."""
+    rate = limits.rate
+    if rate is None:
+        return 0
+    if rate.requests < LEASE_MIN:
+        return -1
+    return min(LEASE_MAX, rate.requests // LEASE_MIN)
 
 
 def _encode(key: KeyRecord) -> list[str]:
@@ -237,37 +299,12 @@ def _whole(text: str | None) -> int | None:
 
 
 def _counts(row: UsageRow) -> UsageCounts:
-    return UsageCounts(
-        row.day,
-        row.key,
-        row.account,
-        requests=row.requests,
-        errors=row.errors,
-        refused=row.refused,
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        cache_read_tokens=row.cache_read_tokens,
-        cache_write_tokens=row.cache_write_tokens,
-        credits=row.credits,
-        credits_estimated=row.credits_estimated,
-    )
+    return UsageCounts(row.day, row.key, row.account, **{c: getattr(row, c) for c in COUNTERS})
 
 
 def _row(counts: UsageCounts) -> UsageRow:
-    return UsageRow(
-        counts.day,
-        counts.key_id,
-        counts.account,
-        requests=counts.requests,
-        errors=counts.errors,
-        refused=counts.refused,
-        input_tokens=counts.input_tokens,
-        output_tokens=counts.output_tokens,
-        cache_read_tokens=counts.cache_read_tokens,
-        cache_write_tokens=counts.cache_write_tokens,
-        credits=counts.credits,
-        credits_estimated=counts.credits_estimated,
-    )
+    values = {c: getattr(counts, c) for c in COUNTERS}
+    return UsageRow(counts.day, counts.key_id, counts.account, **values)
 
 
 class _Archive:
@@ -325,6 +362,7 @@ class RedisStore:
         self._reloading = asyncio.Lock()
         self._counters = Counters()  # this replica's own, while Redis is away
         self._leases: dict[str, _Lease] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # news of budgets half spent, in flight
         self._touched: dict[str, float] = {}
         self._next_drain = 0.0
         self._draining: asyncio.Task[None] | None = None
@@ -333,7 +371,7 @@ class RedisStore:
         self._put = client.register_script(PUT)
         self._touch = client.register_script(TOUCH)
         self._admit = client.register_script(ADMIT)
-        self._give_back = client.register_script(GIVE_BACK)
+        self._give_back = client.register_script(REFUND)  # the same bucket fields
         self._index = link.key("keys")
         self._names = link.key("keynames")
         self._version_key = link.key("keys", "version")
@@ -341,6 +379,7 @@ class RedisStore:
         link.on_reconnect(self._reconnected)
         link.on_tick(self._tick)
         link.on_event("keys", self._keys_changed)
+        link.on_event("spent", self._spent_elsewhere)
 
     @property
     def file(self) -> Path | None:
@@ -387,8 +426,10 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._draining
         for lease in self._leases.values():
-            if lease.topping is not None:
-                lease.topping.cancel()
+            if lease.asking is not None:
+                lease.asking.cancel()
+        for task in self._tasks:
+            task.cancel()
         with contextlib.suppress(SharedUnavailable):
             await self._send_touches()
             if self._owns_link:
@@ -556,32 +597,23 @@ class RedisStore:
     async def admit(self, key_id: str, limits: Limits, now: float) -> Refusal | None:
         if not self.link.up:
             return self._admit_here(key_id, limits, now)
-        rate = limits.rate
-        lend = 0
-        if (
-            rate is not None
-            and rate.requests >= LEASE_MIN
-            and limits.tpm is None
-            and limits.credits_per_day is None
-            and limits.credits_per_month is None
-        ):
-            lend = min(LEASE_MAX, rate.requests // LEASE_MIN)
-            lease = self._leases.get(key_id)
-            if lease is not None and lease.rate == rate and lease.held >= 1:
-                lease.held -= 1
-                lease.spent_at = time.monotonic()
-                if lease.held < lease.batch / 2:
-                    self._top_up(key_id, lease)
+        lease = self._leases.get(key_id)
+        if lease is not None and lease.limits == limits:
+            moment = time.monotonic()
+            if lease.admits(moment):
+                if moment - lease.seen_at > LEASE_FRESH / 2 or lease.held < lease.batch / 2:
+                    self._ask_ahead(key_id, lease)
                 return None
+        lend = _lendable(limits)
         day = day_of(now)
         try:
-            answer = await self.link.call(partial(self._ask, key_id, limits, day, 1, lend))
+            answer = await self.link.call(partial(self._ask, key_id, limits, day, 1, max(0, lend)))
         except SharedUnavailable:
             return self._admit_here(key_id, limits, now)
-        code, wait, used, lent, spent_day, spent_month = answer
+        code, wait, used, _, spent_day, spent_month, _ = answer
         self._counters.seed(key_id, now, float(spent_day), float(spent_month))
-        if lend and int(lent) and rate is not None:
-            self._lent(key_id, rate, lend).held += int(lent)
+        if lend >= 0:
+            self._lease(key_id, limits, lend).saw(answer, time.monotonic())
         if not code:
             return None
         limit = _CODES[int(code)]
@@ -592,6 +624,7 @@ class RedisStore:
             assert limits.credits_per_month is not None
             allowed = limits.credits_per_month
             return Refusal(limit, seconds_to_next_month(now), allowed, float(used))
+        rate = limits.rate
         allowed = float(limits.tpm or 0) if limit == "tpm" else float(rate.requests if rate else 0)
         return Refusal(limit, float(wait), allowed, float(used))
 
@@ -618,37 +651,47 @@ class RedisStore:
     def _admit_here(self, key_id: str, limits: Limits, now: float) -> Refusal | None:
         return self._counters.admit(key_id, _per_replica(limits, self.link.replicas), now)
 
-    def _lent(self, key_id: str, rate: Rate, batch: int) -> _Lease:
+    def _lease(self, key_id: str, limits: Limits, batch: int) -> _Lease:
         lease = self._leases.get(key_id)
-        if lease is None or lease.rate != rate:
+        if lease is None or lease.limits != limits:
             if len(self._leases) > 4096:
                 self._leases.pop(next(iter(self._leases)))
-            lease = self._leases[key_id] = _Lease(rate, batch)
+            lease = self._leases[key_id] = _Lease(limits, batch)
         lease.spent_at = time.monotonic()
         return lease
 
-    def _top_up(self, key_id: str, lease: _Lease) -> None:
-        if lease.topping is not None and not lease.topping.done():
+    def _ask_ahead(self, key_id: str, lease: _Lease) -> None:
+        """In the background: more requests lent, and a fresh view, before they are needed."""
+        if lease.asking is not None and not lease.asking.done():
             return
 
         async def run() -> None:
-            want = lease.batch - int(lease.held)
-            if want <= 0:
-                return
-            limits = Limits(rate=lease.rate)
+            want = max(0, lease.batch - int(lease.held))
             day = day_of(self._clock())
+            call = partial(self._ask, key_id, lease.limits, day, 0, want)
             with contextlib.suppress(SharedUnavailable):
-                answer = await self.link.call(partial(self._ask, key_id, limits, day, 0, want))
-                lease.held += int(answer[3])
+                lease.saw(await self.link.call(call), time.monotonic())
 
-        lease.topping = asyncio.get_running_loop().create_task(run())
+        lease.asking = asyncio.get_running_loop().create_task(run())
 
     async def _return_idle(self) -> None:
         now = time.monotonic()
         for key_id, lease in list(self._leases.items()):
-            if lease.held >= 1 and now - lease.spent_at > LEASE_IDLE:
+            rate = lease.limits.rate
+            if rate is not None and lease.held >= 1 and now - lease.spent_at > LEASE_IDLE:
                 count, lease.held = int(lease.held), lease.held - int(lease.held)
-                await self.link.call(partial(self._return, key_id, lease.rate, count))
+                await self.link.call(partial(self._return, key_id, rate, count))
+
+    async def _spent_elsewhere(self, key_id: str) -> None:
+        """Another replica's answers took a key past half a budget: ask Redis from now on."""
+        lease = self._leases.get(key_id)
+        if lease is not None:
+            lease.seen_at = -math.inf
+
+    async def _say_spent(self, key_id: str) -> None:
+        with contextlib.suppress(SharedUnavailable):
+            await self.counted.flush()  # the credits first, then the news
+            await self.link.publish("spent", key_id)
 
     async def _return(self, key_id: str, rate: Rate, count: int, client: Redis) -> None:
         await self._give_back(
@@ -670,6 +713,11 @@ class RedisStore:
         if tpm and tokens:
             also.append((self._buckets(key_id), "debt", int(tokens), DEBT_TTL))
         self.counted.add(_row(usage), also)
+        lease = self._leases.get(key_id)
+        if lease is not None and lease.spend(float(credits), tokens) and self.link.up:
+            task = asyncio.get_running_loop().create_task(self._say_spent(key_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def spent(self, key_id: str, now: float) -> tuple[float, float]:
         day = day_of(now)

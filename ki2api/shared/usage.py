@@ -36,20 +36,11 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 
 from ki2api.shared.link import RedisLink, SharedUnavailable, as_bytes
+from ki2api.store.records import USAGE_COLUMNS
 
 log = logging.getLogger("ki2api.shared")
 
-COUNTERS = (
-    "requests",
-    "errors",
-    "refused",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "credits",
-    "credits_estimated",
-)
+COUNTERS = USAGE_COLUMNS  # the stored usage's columns (ki2api.store), in its order
 FRACTIONAL = frozenset({"credits", "credits_estimated"})  # the others are whole numbers
 _SEP = "\x1f"  # between key, account and counter in a hash field: in no name
 USAGE_TTL = 400 * 86400  # a day's counters not drained into a store are kept this long
