@@ -325,6 +325,20 @@ async def test_a_budget_far_from_spent_is_admitted_here_until_half_of_it_is_spen
         assert refusal is not None and refusal.limit == "credits_per_day"
 
 
+async def test_the_views_of_keys_in_use_are_read_again_every_tick(replicas: Replicas) -> None:
+    """No replica saw its own answers cross half the budget (a replica that restarted, say),
+    yet the others' views follow Redis within a tick."""
+    a, b = await replicas.add(2)
+    limits = Limits(credits_per_day=10.0)
+    now = time.time()
+    assert await b.admit("key_v", limits, now) is None  # b's view: nothing spent
+    a.record_usage(UsageCounts(day_of(now), "key_v", "main", requests=1, credits=10.5))
+    await a.flush()
+    await asyncio.sleep(0.4)  # a few ticks: b reads its view again
+    refusal = await b.admit("key_v", limits, now)
+    assert refusal is not None and refusal.limit == "credits_per_day"
+
+
 # --- usage ----------------------------------------------------------------------------------
 
 

@@ -23,10 +23,14 @@ On the request path:
   not in memory is looked up once in Redis (made a moment ago on another replica).
 - ``admit`` is one script, one round trip: the day's and the month's credits against the
   budgets, the token bucket, then the request bucket, as :mod:`ki2api.store.counters` does in
-  one process, exact across replicas. A key whose only limit is a large request rate (100 a
-  minute or more) takes a little ahead (1%, at most 256, while its bucket is over half full)
-  and admits most requests without a round trip, as ``RATE_LIMIT``'s buckets do
-  (:mod:`ki2api.shared.counters`); what it does not spend within two seconds goes back.
+  one process, exact across replicas. Its answer is also this replica's view of the key
+  (:class:`_Lease`): while the view is under 1.5 s old and shows the key under half of
+  each budget and of its tokens per minute, requests are admitted here without a round trip
+  (the views of the keys in use are read again every second, in one round trip); a large
+  request rate (100 a minute or more) lends a little ahead for that (1%, at most 256, while
+  its bucket is over half full; what is not spent within two seconds goes back), as
+  ``RATE_LIMIT``'s buckets do (:mod:`ki2api.shared.counters`); a smaller one is asked for
+  every time, exactly.
 - ``record_usage`` never waits: the usage row, the credits spent and the tokens used go to
   Redis in the usage batch (:class:`~ki2api.shared.usage.RedisUsage`), added exactly once.
 
@@ -87,7 +91,8 @@ DEBT_TTL = 300  # tokens used that no admission took into account, kept this lon
 LEASE_MIN = 100  # a request bucket this large lends each replica a little (1%) ...
 LEASE_MAX = 256  # ... at most this many requests
 LEASE_IDLE = 2.0  # seconds unspent requests wait before they go back
-LEASE_FRESH = 1.0  # seconds a replica's view of a key's credits and tokens admits without asking
+LEASE_FRESH = 1.5  # seconds a replica's view of a key's credits and tokens admits without asking
+# (refreshed every monitor tick, a second, for the keys in use: one round trip for all)
 _DAY = re.compile(rb":usage:(\d{4}-\d\d-\d\d)(?::draining)?$")
 
 _NAMES = {f.name for f in fields(KeyRecord)}
@@ -174,11 +179,12 @@ return out(code, wait, used, lent)
 class _Lease:
     """What this replica may admit for a key without asking Redis: requests lent from its
     bucket, and its view of the key's credits and tokens (as last read, with what this
-    replica spent since). A request is admitted here while the view is under a second old
-    and under half of each budget and of the tokens per minute, and a request is lent;
-    otherwise Redis decides. So another replica can spend past a budget unseen only by
-    spending over half of it within a second; one that sees its own spend cross half says
-    so (the ``spent`` event) and every replica asks Redis from then on; the same for tokens."""
+    replica spent since). A request is admitted here while the view is under 1.5 s old (the
+    keys in use are read again every second), under half of each budget and of the tokens
+    per minute, and a request is lent (if the key has a rate); otherwise Redis decides. So
+    another replica can spend past a budget unseen only by spending over half of it within
+    1.5 s; one that sees its own spend cross half says so (the ``spent`` event) and every
+    replica asks Redis from then on; the same for tokens."""
 
     limits: Limits
     batch: int  # requests lent at a time (0: the key has no rate)
@@ -460,6 +466,7 @@ class RedisStore:
         version = await self.link.call(lambda c: c.get(self._version_key))
         if version is not None and int(version) != self._version:
             await self._reload()
+        await self._refresh_views()
         await self._return_idle()
         if self._drain and time.monotonic() >= self._next_drain:
             self._next_drain = time.monotonic() + DRAIN_EVERY
@@ -601,8 +608,8 @@ class RedisStore:
         if lease is not None and lease.limits == limits:
             moment = time.monotonic()
             if lease.admits(moment):
-                if moment - lease.seen_at > LEASE_FRESH / 2 or lease.held < lease.batch / 2:
-                    self._ask_ahead(key_id, lease)
+                if lease.held < lease.batch / 2:
+                    self._ask_ahead(key_id, lease)  # more requests lent, before they run out
                 return None
         lend = _lendable(limits)
         day = day_of(now)
@@ -661,7 +668,7 @@ class RedisStore:
         return lease
 
     def _ask_ahead(self, key_id: str, lease: _Lease) -> None:
-        """In the background: more requests lent, and a fresh view, before they are needed."""
+        """In the background: more requests lent (and a fresh view) before they are needed."""
         if lease.asking is not None and not lease.asking.done():
             return
 
@@ -673,6 +680,31 @@ class RedisStore:
                 lease.saw(await self.link.call(call), time.monotonic())
 
         lease.asking = asyncio.get_running_loop().create_task(run())
+
+    async def _refresh_views(self) -> None:
+        """Every tick: the views of the keys in use, read again in one round trip (each its
+        admission script, taking nothing, lending what it may)."""
+        now = time.monotonic()
+        active = [
+            (key_id, lease)
+            for key_id, lease in self._leases.items()
+            if now - lease.spent_at < LEASE_FRESH * 2
+        ]
+        if not active:
+            return
+        day = day_of(self._clock())
+
+        async def ask(client: Redis) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key_id, lease in active:
+                    want = max(0, lease.batch - int(lease.held))
+                    await self._ask(key_id, lease.limits, day, 0, want, pipe)
+                return list(await pipe.execute())
+
+        answers = await self.link.call(ask)
+        seen = time.monotonic()
+        for (_, lease), answer in zip(active, answers, strict=True):
+            lease.saw(answer, seen)
 
     async def _return_idle(self) -> None:
         now = time.monotonic()
