@@ -44,6 +44,9 @@ COUNTERS = USAGE_COLUMNS  # the stored usage's columns (ki2api.store), in its or
 FRACTIONAL = frozenset({"credits", "credits_estimated"})  # the others are whole numbers
 _SEP = "\x1f"  # between key, account and counter in a hash field: in no name
 USAGE_TTL = 400 * 86400  # a day's counters not drained into a store are kept this long
+# Seconds between an answer's end and its batch's sending: the next request's wait for Kiro,
+# where the event loop is idle, rather than the moment it arrives (and more rows a batch).
+SEND_DELAY = 0.005
 SENDER_TTL = 30 * 86400  # a sender's last batch number: longer than any outage it survives
 
 # KEYS: the sender's last batch number. ARGV: the batch's number, then (hash, field, amount,
@@ -167,6 +170,7 @@ class RedisUsage:
         self._sending: asyncio.Task[None] | None = None
         self._one_at_a_time = asyncio.Lock()  # the sender and the reconnect hook
         self._add = link.client.register_script(ADD)
+        self.send_delay = SEND_DELAY
         link.on_reconnect(self.flush)
 
     def add(self, row: UsageRow, also: Iterable[Increment] = ()) -> None:
@@ -183,6 +187,8 @@ class RedisUsage:
             self._sending = asyncio.get_running_loop().create_task(self._send())
 
     async def _send(self) -> None:
+        if self.send_delay:
+            await asyncio.sleep(self.send_delay)
         while (self._pending or self._also or self._unsent) and self.link.up:
             try:
                 await self.flush()
