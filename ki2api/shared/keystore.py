@@ -28,7 +28,7 @@ On the request path:
   each budget and of its tokens per minute, requests are admitted here without a round trip
   (the views of the keys in use are read again every second, in one round trip); a large
   request rate (100 a minute or more) lends a little ahead for that (1%, at most 256, while
-  its bucket is over half full; what is not spent within two seconds goes back), as
+  its bucket is over half full; what a key not used for ten seconds holds goes back), as
   ``RATE_LIMIT``'s buckets do (:mod:`ki2api.shared.counters`); a smaller one is asked for
   every time, exactly.
 - ``record_usage`` never waits: the usage row, the credits spent and the tokens used go to
@@ -90,7 +90,9 @@ SPENT_TTL = 40 * 86400  # a month's credits outlive it by a few days
 DEBT_TTL = 300  # tokens used that no admission took into account, kept this long at least
 LEASE_MIN = 100  # a request bucket this large lends each replica a little (1%) ...
 LEASE_MAX = 256  # ... at most this many requests
-LEASE_IDLE = 2.0  # seconds unspent requests wait before they go back
+# A key not admitted for this long is no longer in use here: what it was lent goes back, its
+# view is no longer read again (the next request asks Redis). In use, both are kept up.
+LEASE_IDLE = 10.0
 LEASE_FRESH = 1.5  # seconds a replica's view of a key's credits and tokens admits without asking
 # (refreshed every monitor tick, a second, for the keys in use: one round trip for all)
 _DAY = re.compile(rb":usage:(\d{4}-\d\d-\d\d)(?::draining)?$")
@@ -688,7 +690,7 @@ class RedisStore:
         active = [
             (key_id, lease)
             for key_id, lease in self._leases.items()
-            if now - lease.spent_at < LEASE_FRESH * 2
+            if now - lease.spent_at < LEASE_IDLE
         ]
         if not active:
             return
