@@ -361,6 +361,7 @@ def _spawn(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]
         **env,
         "PORT": str(port),
         "HOST": "127.0.0.1",
+        "DATA_DIR": str(log.parent / f"data-{port}"),  # its own disk, as on its own machine
         "PYTHONPATH": str(ROOT),
         "LOG_LEVEL": "warning",
     }

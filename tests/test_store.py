@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,29 @@ async def test_a_version_2_database_keeps_its_accounts_in_a_secret_table(
         conn.close()
     # The backup drops every secret_* table (ki2api/store/backup.py): the tokens live in one.
     assert "accounts" not in tables and {"keys", "usage", "secret_accounts"} <= tables
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
+    """Replicas (or the CLI and the server) starting together on one file: each migration runs
+    once, inside the lock; the others find it done."""
+    failures: list[BaseException] = []
+
+    def open_it(path: Path, start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            connect(path).close()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    for attempt in range(5):  # a race: several tries make a lost one show
+        path = tmp_path / f"{attempt}" / DB_NAME
+        start = threading.Barrier(8)
+        threads = [threading.Thread(target=open_it, args=(path, start)) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == [] and _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
 
 
 def test_a_copy_without_its_secret_tables_gets_them_back_as_the_migrations_made_them(

@@ -8,6 +8,7 @@ from ki2api.settings import Rate  # RATE_LIMIT's syntax; a key's RPM is one too
 from ki2api.store.base import KeyNameTaken, Store, StoreError
 from ki2api.store.records import (
     OPERATOR_KEY_ID,
+    USAGE_COLUMNS,
     KeyRecord,
     Limits,
     Refusal,
@@ -21,6 +22,7 @@ from ki2api.store.sqlite import DB_NAME, SqliteStore
 __all__ = [
     "DB_NAME",
     "OPERATOR_KEY_ID",
+    "USAGE_COLUMNS",
     "KeyNameTaken",
     "KeyRecord",
     "Limits",

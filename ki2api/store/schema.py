@@ -150,10 +150,14 @@ def _damaged(where: str, detail: str) -> StoreError:
 
 def _check(conn: sqlite3.Connection, where: str) -> None:
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
+        conn.execute("BEGIN")  # one snapshot: another process may be migrating the file now
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(1)")]
+        finally:
+            conn.execute("COMMIT")
     except sqlite3.DatabaseError as exc:
         raise _damaged(where, str(exc)) from None
     if problems != ["ok"]:
@@ -180,6 +184,9 @@ def _migrate(conn: sqlite3.Connection, where: str) -> None:
     for number in range(version + 1, SCHEMA_VERSION + 1):
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if schema_version(conn) >= number:  # another process (the CLI) ran it meanwhile
+                conn.execute("COMMIT")
+                continue
             for statement in MIGRATIONS[number - 1].split(";"):
                 if statement.strip():
                     conn.execute(statement)

@@ -27,6 +27,7 @@ from typing import Any
 from ki2api.model.errors import GatewayError, InvalidRequest, NotFound
 from ki2api.store import (
     OPERATOR_KEY_ID,
+    USAGE_COLUMNS,
     KeyNameTaken,
     KeyRecord,
     StoreError,
@@ -59,21 +60,7 @@ FIELDS = frozenset(
     }
 )
 LATEST = 253402300799.0  # 9999-12-31T23:59:59Z: the last time a datetime can show
-USAGE_FIELDS = (
-    "day",
-    "key",
-    "key_id",
-    "account",
-    "requests",
-    "errors",
-    "refused",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "credits",
-    "credits_estimated",
-)
+USAGE_FIELDS = ("day", "key", "key_id", "account", *USAGE_COLUMNS)  # a usage row, as shown
 
 
 def iso(ts: float | None) -> str | None:
