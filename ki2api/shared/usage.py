@@ -6,9 +6,9 @@
 
 :class:`MemoryUsage` counts in this process (the single-machine default). :class:`RedisUsage`
 counts in Redis (one hash per day, ``<prefix>:usage:<day>``, a field per key, account and
-counter), so the counts outlive any replica: the rows a request adds are sent right after it
-ends, together with those of other requests that ended in the same turn of the event loop
-(one round trip, one script); while Redis is away they wait in memory and go when it returns.
+counter), so the counts outlive any replica: the rows a request adds are sent 5 ms after it
+ends, together with those of other requests that ended meanwhile (one round trip, one
+script); while Redis is away they wait in memory and go when it returns.
 A batch whose answer was lost is sent again under its number, and Redis adds it only once
 (it keeps the last number it took from each sender: one key per replica, not one per batch).
 A row may carry increments of other counters (a client key's credits spent this day and
