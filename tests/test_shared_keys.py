@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -95,6 +96,21 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 2.0)
             raise AssertionError("did not hold in time")
         await asyncio.sleep(0.01)
     return time.monotonic() - started
+
+
+@contextlib.contextmanager
+def calls_to_redis(store: RedisStore) -> Iterator[list[object]]:
+    """The calls ``store`` makes to Redis inside the block."""
+    calls: list[object] = []
+    real = store.link.call
+
+    async def counting(fn: object) -> object:
+        calls.append(fn)
+        return await real(fn)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store.link, "call", counting)
+        yield calls
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -272,19 +288,10 @@ async def test_a_large_rate_is_lent_ahead_and_what_is_not_spent_goes_back(
     limits = Limits(rate=Rate(6000, 60.0))
     now = time.time()
     assert await a.admit("key_l", limits, now) is None  # asked; 60 lent with it
-    calls = 0
-    real = a.link.call
-
-    async def counting(fn: object) -> object:
-        nonlocal calls
-        calls += 1
-        return await real(fn)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(a.link, "call", counting)
-    for _ in range(20):
-        assert await a.admit("key_l", limits, now) is None
-    assert calls == 0  # spent from what was lent
-    monkeypatch.setattr(a.link, "call", real)
+    with calls_to_redis(a) as calls:
+        for _ in range(20):
+            assert await a.admit("key_l", limits, now) is None
+    assert calls == []  # spent from what was lent
     await asyncio.sleep(0.8)  # unspent for longer than LEASE_IDLE: back in the bucket
     with redis_server.client() as client:
         left = float(client.hget("ki2api:lim:key_l", "tokens") or 0)
@@ -292,7 +299,7 @@ async def test_a_large_rate_is_lent_ahead_and_what_is_not_spent_goes_back(
 
 
 async def test_a_budget_far_from_spent_is_admitted_here_until_half_of_it_is_spent(
-    replicas: Replicas, monkeypatch: pytest.MonkeyPatch
+    replicas: Replicas,
 ) -> None:
     a, b = await replicas.add(2)
     limits = Limits(tpm=100_000, credits_per_day=10.0)
@@ -300,19 +307,10 @@ async def test_a_budget_far_from_spent_is_admitted_here_until_half_of_it_is_spen
     day = day_of(now)
     for store in (a, b):
         assert await store.admit("key_h", limits, now) is None  # asked: the view comes back
-    calls = 0
-    real = a.link.call
-
-    async def counting(fn: object) -> object:
-        nonlocal calls
-        calls += 1
-        return await real(fn)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(a.link, "call", counting)
-    for _ in range(20):
-        assert await a.admit("key_h", limits, now) is None
-    assert calls == 0  # far from the budget and the tokens: admitted on the view
-    monkeypatch.setattr(a.link, "call", real)
+    with calls_to_redis(a) as calls:
+        for _ in range(20):
+            assert await a.admit("key_h", limits, now) is None
+    assert calls == []  # far from the budget and the tokens: admitted on the view
 
     a.record_usage(UsageCounts(day, "key_h", "main", requests=1, credits=6.0))  # past half
     spent = b.link.changed("spent", "key_h")
