@@ -16,6 +16,7 @@ shared state changes (a place in the account's cap, a token from the key's bucke
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 import orjson
@@ -63,6 +64,8 @@ def settings_for(
         ).decode()
     if admin_key:
         env["ADMIN_KEY"] = admin_key
+    if "DATA_DIR" in os.environ:  # each gateway its own store (bench/teams.py runs three)
+        env["DATA_DIR"] = os.environ["DATA_DIR"]
     return Settings.from_env(env)
 
 

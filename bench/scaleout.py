@@ -74,8 +74,9 @@ def missing() -> str | None:
     return None
 
 
-def start(stack: ExitStack, log_dir: Path, sim: Proc) -> Fleet:
-    python = sys.executable
+def start_redis(stack: ExitStack, log_dir: Path) -> tuple[Proc, str]:
+    """A ``redis-server`` as compose runs it (append-only file, fsync every second), stopped
+    with ``stack``; and its URL."""
     redis_port = free_port()
     folder = log_dir / "redis"
     folder.mkdir(exist_ok=True)
@@ -87,7 +88,12 @@ def start(stack: ExitStack, log_dir: Path, sim: Proc) -> Fleet:
     )  # fmt: skip
     stack.callback(redis.stop)
     _wait_redis(redis_port)
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    return redis, f"redis://127.0.0.1:{redis_port}/0"
+
+
+def start(stack: ExitStack, log_dir: Path, sim: Proc) -> Fleet:
+    python = sys.executable
+    redis, redis_url = start_redis(stack, log_dir)
 
     def gateway(name: str, shared: bool) -> Proc:
         port = free_port()
@@ -95,7 +101,8 @@ def start(stack: ExitStack, log_dir: Path, sim: Proc) -> Fleet:
         argv += ["--cap", CAP, "--rate-limit", RATE]
         if shared:
             argv += ["--redis-url", redis_url]
-        proc = spawn(name, argv, log_dir, {"HOME": str(log_dir)})
+        env = {"HOME": str(log_dir), "DATA_DIR": str(log_dir / f"data-{name}")}
+        proc = spawn(name, argv, log_dir, env)
         stack.callback(proc.stop)
         proc.url = f"http://127.0.0.1:{port}"
         return proc

@@ -15,6 +15,13 @@ same store, timed over many requests (what the medians above cannot resolve).
 
     python -m bench.teams                    # about a minute
     python -m bench.teams --requests 600     # tighter medians
+    python -m bench.teams --redis            # and the same gateway with REDIS_URL
+
+With ``--redis`` a ``redis-server`` and a third gateway sharing its keys, limits and usage
+through it (``REDIS_URL``) join the rounds: its 20 keys (each admission one script in
+Redis), 20 keys whose only limit is a large rate (lent ahead: most admissions without a
+round trip) and ``API_KEY``, against the keyed gateway on SQLite alone; the in-process timing
+runs on both stores.
 """
 
 from __future__ import annotations
@@ -79,16 +86,18 @@ def _call(url: str, method: str = "GET", body: Any = None) -> Any:
         return orjson.loads(answer.read())
 
 
-def make_keys(url: str) -> list[str]:
-    fields = {
-        "rpm": BUDGET,
-        "tpm": BUDGET,
-        "credits_per_day": BUDGET,
-        "credits_per_month": BUDGET,
-        "models": ["claude-sonnet-*", "claude-opus-*"],
-    }
+FIELDS = {
+    "rpm": BUDGET,
+    "tpm": BUDGET,
+    "credits_per_day": BUDGET,
+    "credits_per_month": BUDGET,
+    "models": ["claude-sonnet-*", "claude-opus-*"],
+}
+
+
+def make_keys(url: str, prefix: str = "user", fields: dict[str, Any] = FIELDS) -> list[str]:
     return [
-        _call(f"{url}/admin/keys", "POST", {"name": f"user-{i:02d}", **fields})["secret"]
+        _call(f"{url}/admin/keys", "POST", {"name": f"{prefix}-{i:02d}", **fields})["secret"]
         for i in range(KEYS)
     ]
 
@@ -179,21 +188,32 @@ async def load(clients: Clients, keyed: list[Target], concurrency: int, count: i
     return sum(1 for results in runs for r in results if r.ok)
 
 
-async def accounting_cost(iterations: int) -> tuple[float, float]:
+async def accounting_cost(iterations: int, redis_url: str | None = None) -> tuple[float, float]:
     """Microseconds per request of the accounting on the request path, in this process: a
     client key's lookup, its admission (allowlist, RPM, TPM, credit budgets) and the
-    settlement of its usage; and the same for ``API_KEY`` (the settlement alone)."""
+    settlement of its usage; and the same for ``API_KEY`` (the settlement alone). With
+    ``redis_url``: on the Redis store (the admission's round trip included; the usage sent
+    in the background, as it ends)."""
     from ki2api.kiro.wire.models import ModelCatalog
     from ki2api.model.context import RequestContext
     from ki2api.model.deltas import Usage
     from ki2api.settings import Settings
-    from ki2api.store import SqliteStore
+    from ki2api.shared.keystore import RedisStore
+    from ki2api.shared.link import RedisLink
+    from ki2api.store import SqliteStore, Store
     from ki2api.teams.gate import OPERATOR, Teams
     from ki2api.teams.manage import KeyAdmin
 
     settings = Settings()
-    teams = Teams(settings, SqliteStore(":memory:", flush_interval=3600))
+    store: Store = SqliteStore(":memory:", flush_interval=3600)
+    link = None
+    if redis_url is not None:
+        link = RedisLink(redis_url, prefix=f"bench-{time.monotonic_ns()}")
+        store = RedisStore(link, SqliteStore(":memory:", flush_interval=3600), drain=False)
+    teams = Teams(settings, store)
     await teams.open()
+    if link is not None:
+        await link.start()
     try:
         admin = KeyAdmin(teams)
         secrets = [
@@ -220,22 +240,33 @@ async def accounting_cost(iterations: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             for i in range(iterations):
                 await one(pick(i))
+            await teams.store.flush()  # the usage sent meanwhile is part of the cost
             out.append((time.perf_counter() - t0) / iterations * 1e6)
         return out[0], out[1]
     finally:
         await teams.aclose()
+        if link is not None:
+            await link.aclose()
 
 
 async def measure(
-    sim_url: str, base: tuple[str, int], keyed: tuple[str, int], args: argparse.Namespace
+    sim_url: str,
+    base: tuple[str, int],
+    keyed: tuple[str, int],
+    args: argparse.Namespace,
+    shared: tuple[str, int, str] | None = None,
 ) -> int:
     base_url, keyed_url = base[0], keyed[0]
-    keyed_us, operator_us = await accounting_cost(args.iterations)
-    print(
-        f"accounting on the request path, in-process: {keyed_us:.1f} µs per request with a "
-        f"client key (lookup, limits, usage), {operator_us:.1f} µs with API_KEY (usage)\n",
-        flush=True,
-    )
+    stores = {"SQLite": None} if shared is None else {"SQLite": None, "Redis": shared[2]}
+    for store, redis_url in stores.items():
+        keyed_us, operator_us = await accounting_cost(args.iterations, redis_url)
+        print(
+            f"accounting on the request path, in-process, {store}: {keyed_us:.1f} µs per "
+            f"request with a client key (lookup, limits, usage), {operator_us:.1f} µs with "
+            "API_KEY (usage)",
+            flush=True,
+        )
+    print()
     clients = Clients()
     keys = make_keys(keyed_url)
     groups = {
@@ -244,6 +275,14 @@ async def measure(
         "operator": [targets.ki2api_openai(keyed_url, True)],
         "20 keys": [keyed_target(keyed_url, k, f"key-{i}") for i, k in enumerate(keys)],
     }
+    if shared is not None:
+        url = shared[0]
+        lent = make_keys(url, "rate", {"rpm": BUDGET})
+        groups["redis operator"] = [targets.ki2api_openai(url, True)]
+        groups["redis 20 keys"] = [
+            keyed_target(url, k, f"rk-{i}") for i, k in enumerate(make_keys(url))
+        ]
+        groups["redis 20 lent"] = [keyed_target(url, k, f"rl-{i}") for i, k in enumerate(lent)]
     for name, group in groups.items():
         result = await clients.request(group[0])
         if not result.ok or not result.tokens:
@@ -262,28 +301,37 @@ async def measure(
     over = added["20 keys"] - added["unaccounted"]
     print(f"\naccounting + limits with 20 keys add {over:+.3f} ms at concurrency 1 (median)")
     print(f"accounting alone (API_KEY) adds {added['operator'] - added['unaccounted']:+.3f} ms")
-    for name in ("operator", "20 keys"):
-        median, low, high = paired_ms(results, "unaccounted", name)
+    pairs = [("unaccounted", "operator"), ("unaccounted", "20 keys")]
+    if shared is not None:
+        pairs += [
+            ("operator", "redis operator"),
+            ("20 keys", "redis 20 keys"),
+            ("20 keys", "redis 20 lent"),
+        ]
+    for a, b in pairs:
+        median, low, high = paired_ms(results, a, b)
         print(
-            f"paired by round, {name} minus unaccounted: median {median:+.3f} ms "
+            f"paired by round, {b} minus {a}: median {median:+.3f} ms "
             f"(IQR {low:+.2f} .. {high:+.2f})"
         )
     print(f"\nCPU per request, {args.requests} requests each, in turns ...", flush=True)
-    cpu = await cpu_per_request(
-        clients,
-        {
-            "unaccounted": (groups["unaccounted"], base[1]),
-            "operator": (groups["operator"], keyed[1]),
-            "20 keys": (groups["20 keys"], keyed[1]),
-        },
-        args.requests,
-    )
+    measured = {
+        "unaccounted": (groups["unaccounted"], base[1]),
+        "operator": (groups["operator"], keyed[1]),
+        "20 keys": (groups["20 keys"], keyed[1]),
+    }
+    if shared is not None:
+        for name in ("redis operator", "redis 20 keys", "redis 20 lent"):
+            measured[name] = (groups[name], shared[1])
+    cpu = await cpu_per_request(clients, measured, args.requests)
     for name, micros in cpu.items():
         print(f"  {name:12} {micros:8.0f} µs of gateway CPU per request")
     print(f"  20 keys minus unaccounted: {cpu['20 keys'] - cpu['unaccounted']:+.0f} µs")
     print(
         f"  20 keys minus operator (the same process): {cpu['20 keys'] - cpu['operator']:+.0f} µs"
     )
+    if shared is not None:
+        print(f"  redis 20 keys minus 20 keys: {cpu['redis 20 keys'] - cpu['20 keys']:+.0f} µs")
 
     await asyncio.sleep(0.5)  # every answer so far settled
     usage_before, upstream_before = usage_requests(keyed_url), upstream_count(sim_url)
@@ -311,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--load", type=int, default=2000, help="requests in the concurrent phase")
     p.add_argument("--concurrency", type=int, default=40)
     p.add_argument("--iterations", type=int, default=20000, help="of the in-process timing")
+    p.add_argument("--redis", action="store_true", help="a third gateway with REDIS_URL")
     args = p.parse_args(argv)
     log_dir = Path(tempfile.mkdtemp(prefix="ki2api-bench-teams-"))
     print(f"ki2api bench: client keys ({KEYS}) on {ACCOUNTS} accounts; logs in {log_dir}")
@@ -322,12 +371,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         sim_url = wait_ready_line(sim, 30)
         base = _gateway(stack, log_dir, "unaccounted", sim_url, "--unaccounted")
         keyed = _gateway(stack, log_dir, "keyed", sim_url)
+        shared = None
+        if args.redis:
+            from bench.scaleout import start_redis
+
+            _, redis_url = start_redis(stack, log_dir)
+            url, pid = _gateway(stack, log_dir, "keyed-redis", sim_url, "--redis-url", redis_url)
+            shared = (url, pid, redis_url)
         try:
             import uvloop
 
-            code = uvloop.run(measure(sim_url, base, keyed, args))
+            code = uvloop.run(measure(sim_url, base, keyed, args, shared))
         except ImportError:
-            code = asyncio.run(measure(sim_url, base, keyed, args))
+            code = asyncio.run(measure(sim_url, base, keyed, args, shared))
     sys.exit(code)
 
 

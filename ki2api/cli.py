@@ -197,10 +197,11 @@ def _key_options(parser: argparse.ArgumentParser, *, creating: bool) -> None:
 def _key_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     keys = sub.add_parser(
         "keys",
-        help="make, list, change and revoke client keys (stored in DATA_DIR)",
+        help="make, list, change and revoke client keys (in DATA_DIR; with REDIS_URL, Redis)",
         description="Client keys for the people sharing this gateway, each with its own limits "
         "and usage. Works on the database in DATA_DIR, the one the server uses (a running "
-        "server sees the change within a few seconds). A new key is printed once.",
+        "server sees the change within a few seconds), or with REDIS_URL on the replicas' "
+        "Redis (every replica sees it within a second). A new key is printed once.",
     )
     actions = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = actions.add_parser("create", help="make a key (printed once)")

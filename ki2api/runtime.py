@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -27,12 +26,11 @@ from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.pipeline.gateway import Gateway
-from ki2api.pipeline.stats import RequestRecord, RequestStats
+from ki2api.pipeline.stats import RequestStats
 from ki2api.settings import Settings
 from ki2api.shared import SharedState
-from ki2api.shared.usage import UsageRow, UsageSink
 from ki2api.store.backup import DatabaseBackup, restore, start_backup
-from ki2api.teams.gate import Teams
+from ki2api.teams.gate import Teams, store_for
 from ki2api.teams.manage import KeyAdmin
 
 if TYPE_CHECKING:
@@ -95,7 +93,10 @@ class Runtime:
             ),
             ttl=settings.kiro_models_ttl,
         )
-        teams = teams or Teams(settings)  # opened by run(): a damaged database stops the start
+        shared = SharedState.from_settings(settings)
+        # Opened by run(): a damaged database stops the start. With REDIS_URL the keys, their
+        # limits and usage go through the replica's link (one connection, one usage batch).
+        teams = teams or Teams(settings, store_for(settings, link=shared.link, usage=shared.usage))
         gateway = Gateway(
             settings,
             KiroClient(client, settings),
@@ -105,15 +106,12 @@ class Runtime:
             models,
             admission=teams,  # client keys' limits, before any account is spent
         )
-        shared = SharedState.from_settings(settings)
         if shared.enabled:
             shared.attach(accounts)
             gateway.slots.shared = shared.slots
             models.shared = shared.models
             if gateway.sticky is not None:  # conversations stick across replicas too
                 gateway.sticky = shared.sticky(gateway.sticky)
-            if shared.usage is not None:
-                stats.listeners.append(count_usage(shared.usage))
         return cls(
             settings=settings,
             upstream=client,
@@ -166,6 +164,11 @@ class Runtime:
         finally:
             await self.models.aclose()
             await self.pool.aclose()
+            if self.teams.opened:  # usage and last-use times still here go before the link
+                try:
+                    await self.teams.store.flush()
+                except Exception:
+                    log.exception("could not write the last usage to %s", self.teams.store.location)
             await self.shared.aclose()
             if self.owns_upstream:
                 await self.upstream.aclose()
@@ -181,25 +184,6 @@ class Runtime:
         """Every secret the gateway knows, for the backup's leak check: none may be in a copy."""
         settings = self.settings
         return [settings.api_key, settings.admin_key, settings.hf_token, *self.pool.secrets()]
-
-
-def count_usage(sink: UsageSink) -> Callable[[RequestRecord], None]:
-    """What each finished request spent, counted by day, client key and account."""
-
-    def listener(record: RequestRecord) -> None:
-        sink.add(
-            UsageRow(
-                day=datetime.fromtimestamp(record.finished_at, UTC).strftime("%Y-%m-%d"),
-                key=record.key,  # the client key's name; "" for API_KEY
-                account=record.account,
-                requests=1,
-                errors=1 if record.error else 0,
-                input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens,
-            )
-        )
-
-    return listener
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:

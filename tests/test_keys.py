@@ -19,9 +19,7 @@ import orjson
 import pytest
 
 from ki2api.cli import main as cli
-from ki2api.runtime import count_usage
 from ki2api.settings import Settings
-from ki2api.shared.usage import UsageRow
 from ki2api.simulator import Script, context_usage_event
 from ki2api.simulator.mcp import SearchResult
 from ki2api.simulator.scripts import text_answer, text_events, tool_use_answer
@@ -343,26 +341,6 @@ def test_api_key_stays_the_operators_unlimited_key_and_its_usage_is_counted(
         assert chat(stack, stack.api_key)
     (row,) = usage_rows(stack, requests=3, key="operator")
     assert (row["key"], row["requests"], row["refused"]) == ("operator", 3, 0)
-
-
-def test_the_replicas_usage_counters_name_the_client_key(gateway: Callable[..., Stack]) -> None:
-    """With REDIS_URL each finished request is counted by key too (ki2api/shared/usage.py):
-    the row names the client key, and "" for API_KEY."""
-    stack = gateway()
-    rows: list[UsageRow] = []
-
-    class Sink:
-        def add(self, row: UsageRow) -> None:
-            rows.append(row)
-
-    stack.app.runtime.stats.listeners.append(count_usage(Sink()))
-    alice = make_key(stack)["secret"]
-    assert chat(stack, alice) and message(stack, stack.api_key)
-    for _ in range(100):  # counted just after the answer's last byte
-        if len(rows) == 2:
-            break
-        time.sleep(0.02)
-    assert sorted((row.key, row.requests) for row in rows) == [("", 1), ("alice", 1)]
 
 
 def test_on_a_space_without_api_key_client_keys_work_and_the_default_key_does_not(

@@ -248,6 +248,27 @@ class SqliteStore:
     def touch_key(self, key_id: str, when: float) -> None:
         self._touched[key_id] = when
 
+    async def replace_keys(self, keys: list[KeyRecord]) -> None:
+        """Make the stored keys exactly ``keys`` (a copy of another store's, kept here as
+        the last known ones), in one transaction."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM keys")
+                conn.executemany(
+                    f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 14)})",
+                    [_key_row(k) for k in keys],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
+        self._keys = {k.id: k for k in keys}
+        self._by_digest = {k.digest: k for k in keys}
+
     # --- limits and usage ----------------------------------------------------------------
 
     async def _seed_counters(self) -> None:
@@ -293,13 +314,7 @@ class SqliteStore:
         def write(conn: sqlite3.Connection) -> None:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    _UPSERT_USAGE,
-                    [
-                        (u.day, u.key_id, u.account, *(getattr(u, c) for c in USAGE_COLUMNS))
-                        for u in pending.values()
-                    ],
-                )
+                conn.executemany(_UPSERT_USAGE, [_usage_row(u) for u in pending.values()])
                 conn.executemany(
                     "UPDATE keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
                     [(when, key_id) for key_id, when in touched.items()],
@@ -322,6 +337,21 @@ class SqliteStore:
             key = self._keys.get(key_id)
             if key is not None and (key.last_used_at or 0) < when:
                 self._cache(replace(key, last_used_at=when))
+
+    async def write_usage(self, rows: list[UsageCounts]) -> None:
+        """Add ``rows`` to the stored usage now, in one transaction, or raise: nothing kept
+        for a later try (the caller still holds them), nothing counted against the limits."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_UPSERT_USAGE, [_usage_row(u) for u in rows])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(write)
 
     async def usage(self, query: UsageQuery) -> list[UsageCounts]:
         await self.flush()
@@ -382,6 +412,10 @@ class SqliteStore:
         await self._run(
             lambda conn: conn.execute("DELETE FROM secret_accounts WHERE label = ?", (label,))
         )
+
+
+def _usage_row(u: UsageCounts) -> tuple[Any, ...]:
+    return (u.day, u.key_id, u.account, *(getattr(u, c) for c in USAGE_COLUMNS))
 
 
 def _data_version(conn: sqlite3.Connection) -> int:

@@ -35,6 +35,9 @@ from ki2api.model.errors import (
     RateLimited,
 )
 from ki2api.settings import Settings, parse_rate
+from ki2api.shared.keystore import RedisStore
+from ki2api.shared.link import RedisLink
+from ki2api.shared.usage import RedisUsage
 from ki2api.store import (
     OPERATOR_KEY_ID,
     KeyRecord,
@@ -116,10 +119,9 @@ def refusal_error(refusal: Refusal, name: str) -> GatewayError:
     )
 
 
-def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Store:
-    """The store the settings ask for: the one place that picks a backend. Today that is
-    SQLite in ``DATA_DIR``, also with ``REDIS_URL`` (each replica its own file: the keys a
-    replica's admin API makes are its own until a shared backend is picked here)."""
+def local_store(settings: Settings, clock: Callable[[], float] = time.time) -> SqliteStore:
+    """The SQLite file in ``DATA_DIR``: the whole store on one machine; with ``REDIS_URL``
+    the long-term record of usage, the accounts added at run time and the keys last known."""
     return SqliteStore.in_folder(
         settings.data_dir,
         persistent=settings.data_dir_persistent,
@@ -128,11 +130,39 @@ def store_for(settings: Settings, clock: Callable[[], float] = time.time) -> Sto
     )
 
 
+def store_for(
+    settings: Settings,
+    clock: Callable[[], float] = time.time,
+    *,
+    link: RedisLink | None = None,
+    usage: RedisUsage | None = None,
+) -> Store:
+    """The store the settings ask for: the one place that picks a backend. SQLite in
+    ``DATA_DIR``; with ``REDIS_URL``, Redis in front of it (the keys, their limits and the
+    recent usage shared by the replicas). ``link`` and ``usage``: a replica's own (its
+    runtime starts and closes them); without, the store makes its own and connects when it
+    opens (the CLI)."""
+    local = local_store(settings, clock)
+    if not settings.redis_url:
+        return local
+    if link is None:
+        link = RedisLink(
+            settings.redis_url, timeout=settings.redis_timeout, prefix=settings.redis_prefix
+        )
+        return RedisStore(link, local, owns_link=True, drain=False, clock=clock)
+    return RedisStore(link, local, usage, clock=clock)
+
+
+def _file_of(store: Store) -> Path | None:
+    if isinstance(store, SqliteStore | RedisStore):
+        return store.file
+    return None
+
+
 def check_store(settings: Settings) -> None:
     """Check (and migrate) the store, then let go: run before the server starts, so that
     a damaged or newer database stops it with one clear sentence (:class:`StoreError`)."""
-    store = store_for(settings)
-    database = store.file if isinstance(store, SqliteStore) else None
+    database = local_store(settings).file
     if database is not None:
         check(database)
 
@@ -159,7 +189,7 @@ class Teams:
     @property
     def database(self) -> Path | None:
         """The database file a backup copies (``BACKUP_DATASET``), when the store has one."""
-        return self.store.file if isinstance(self.store, SqliteStore) else None
+        return _file_of(self.store)
 
     async def open(self) -> None:
         await self.store.open()

@@ -24,12 +24,13 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from ki2api.model.errors import InvalidRequest, NotFound
+from ki2api.model.errors import GatewayError, InvalidRequest, NotFound
 from ki2api.store import (
     OPERATOR_KEY_ID,
     USAGE_COLUMNS,
     KeyNameTaken,
     KeyRecord,
+    StoreError,
     UsageCounts,
     UsageQuery,
     day_of,
@@ -74,6 +75,11 @@ def status_of(key: KeyRecord, now: float) -> str:
     if key.expires_at is not None and key.expires_at <= now:
         return "expired"
     return "active" if key.enabled else "disabled"
+
+
+def _unavailable(exc: StoreError) -> GatewayError:
+    """The store cannot take a change now (the replicas' Redis is away): 503, its sentence."""
+    return GatewayError(str(exc), code="store_unavailable", status=503)
 
 
 def _bad(field: str, why: str) -> InvalidRequest:
@@ -275,6 +281,8 @@ class KeyAdmin:
             await self.store.add_key(key)
         except KeyNameTaken as exc:
             raise InvalidRequest(str(exc), param="name", code="key_exists", status=409) from None
+        except StoreError as exc:
+            raise _unavailable(exc) from None
         (view,) = await self._views([key])
         return {"secret": secret, **view}
 
@@ -298,6 +306,8 @@ class KeyAdmin:
             await self.store.put_key(changed)
         except KeyNameTaken as exc:
             raise InvalidRequest(str(exc), param="name", code="key_exists", status=409) from None
+        except StoreError as exc:
+            raise _unavailable(exc) from None
         (view,) = await self._views([changed])
         return view
 
@@ -306,7 +316,10 @@ class KeyAdmin:
         key = await self.find(ref)
         if key.revoked_at is None:
             key = replace(key, revoked_at=self._now())
-            await self.store.put_key(key)
+            try:
+                await self.store.put_key(key)
+            except StoreError as exc:
+                raise _unavailable(exc) from None
         (view,) = await self._views([key])
         return view
 
