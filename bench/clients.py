@@ -129,7 +129,7 @@ def table(report: ClientsReport, reference: str = CONTENDERS[0]) -> str:
 
 
 def run(upstream: str, gateways: dict[str, Proc], *, quick: bool) -> ClientsReport:
-    from bench.run import run_loop
+    from bench.loop import run_loop
 
     clients = Clients()
     done: list[ClientsReport] = []

@@ -27,7 +27,6 @@ section of docs/benchmarks.md and docs/benchmark-latency.png.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import sys
@@ -40,6 +39,7 @@ from bench import decoder, scaleout, targets
 from bench.client import Target
 from bench.document import section
 from bench.load import Clients
+from bench.loop import run_loop
 from bench.phases import CpuMeter, check, concurrent, frontier, memory, sequential, touched
 from bench.plot import plot
 from bench.procs import Proc, can_track_references, process_tree, rss_bytes
@@ -281,15 +281,6 @@ def scale_out_phase(stack: ExitStack, cfg: RunConfig, log_dir: Path, sim: Proc) 
 
     run_loop(run())
     _print("Scale-out (streamed OpenAI requests):", scaleout.table(result[0]))
-
-
-def run_loop(coro: object) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)  # type: ignore[arg-type]
-    else:
-        uvloop.run(coro)  # type: ignore[arg-type]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -459,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"speed tricks, loopback vs a {args.wire_ms:g} ms wire each way; logs in {log_dir}")
     with ExitStack() as stack:
         lab = start_lab(stack, log_dir, args)
-        from bench.run import run_loop
+        from bench.loop import run_loop
 
         run_loop(measure(lab, args))
 
