@@ -28,7 +28,8 @@ gateway's CPU per request at concurrency 64, in alternating blocks. With no tric
 ``--against DIR`` adds a build served from another checkout (its own ``bench.gateway``, its
 own code): ``before``, the same A/B as a trick's, so a whole change is measured against the
 commit it started from in one run (the "gain" is then what the change saves; negative: what it
-costs).
+costs). ``--against DIR:off=NAME,NAME`` serves that checkout through its own ``bench.tricks
+gateway`` with those of its tricks off (a checkout from before a trick was removed).
 
 ``python -m bench.tricks micro`` times the removed code-level tricks against what replaced them,
 in this process: warm (a loop) and cold (one call after a sleep, as at concurrency 1).
@@ -36,6 +37,7 @@ in this process: warm (a loop) and cold (one call after a sleep, as at concurren
     python -m bench.tricks --quick                # about 4 minutes
     python -m bench.tricks --rounds 100 --wire-ms 1 --only NAME,NAME
     python -m bench.tricks --against /path/to/a/checkout/of/the/old/commit
+    python -m bench.tricks --against OLD --against WITH_TRICKS --against WITH_TRICKS:off=yield,head
     python -m bench.tricks micro
 """
 
@@ -99,11 +101,22 @@ class Build:
 KINDS = ("stream", "whole")  # OpenAI streamed, OpenAI not streamed
 
 
-def builds(tricks: Sequence[str], against: Sequence[Path] = ()) -> list[Build]:
+def other_checkout(text: str) -> tuple[Path, tuple[str, ...]]:
+    """``DIR`` or ``DIR:off=NAME,NAME``: a checkout and the tricks to switch off in it."""
+    folder, _, off = text.partition(":off=")
+    return Path(folder), tuple(t for t in off.split(",") if t)
+
+
+def builds(tricks: Sequence[str], against: Sequence[str] = ()) -> list[Build]:
     """``on``, ``on-again``, one build per other checkout (``before``, or ``before-<folder>``
-    when there are several) and one build per trick off."""
+    when there are several, ``-off-<tricks>`` added when some are off) and one build per trick
+    off."""
     named = len(against) > 1
-    before = [Build(f"before-{tree.name}" if named else "before", (), tree) for tree in against]
+    before = []
+    for text in against:
+        tree, off = other_checkout(text)
+        name = f"before-{tree.name}" if named else "before"
+        before.append(Build(name + (f"-off-{'+'.join(off)}" if off else ""), off, tree))
     return [
         Build("on", ()),
         Build("on-again", ()),
@@ -151,6 +164,10 @@ def start_lab(stack: ExitStack, log_dir: Path, cfg: argparse.Namespace) -> Lab:
             if build.tree is None:
                 argv = [python, "-m", "bench.tricks", "gateway", "--port", str(port)]
                 argv += ["--upstream", upstream_by_setup[setup], "--off", ",".join(build.off)]
+            elif build.off:  # the other checkout's own tricks switched off by its own code
+                argv = [python, "-m", "bench.tricks", "gateway", "--port", str(port)]
+                argv += ["--upstream", upstream_by_setup[setup], "--off", ",".join(build.off)]
+                env["PYTHONPATH"] = str(build.tree)
             else:  # the other checkout's own code and its own way to serve it
                 argv = [python, "-m", "bench.gateway", "--port", str(port)]
                 argv += ["--upstream", upstream_by_setup[setup], "--log-level", "warning"]
@@ -413,9 +430,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--log-dir", type=Path)
     p.add_argument(
         "--against",
-        type=Path,
         action="append",
-        help="another checkout to measure as the build 'before' (repeat for several)",
+        metavar="DIR[:off=NAME,...]",
+        help="another checkout to measure as the build 'before' (repeat for several); "
+        ":off= switches those of its own tricks off",
     )
     return p.parse_args(argv)
 

@@ -226,6 +226,9 @@ class Account:
         on_change: Callable[[Account, StateChange], None] | None = None,
     ) -> None:
         self.spec = spec
+        # The proxy the account's configuration names; ``spec.proxy`` differs from it while a
+        # proxy set at run time (the admin API, the page, the CLI) holds.
+        self.configured_proxy = spec.proxy
         self.on_change = on_change  # told of every change of state (replicas share them)
         self.generation = 0  # the last shared ``set`` change this account took or made
         self._settings = settings

@@ -39,6 +39,12 @@ class StoredAccounts:
     def forget(self, label: str) -> None:
         self._put(label, None)
 
+    def keep_proxy(self, label: str, proxy: str | None) -> None:
+        pass  # not stored yet: held in memory until the next start
+
+    def forget_proxy(self, label: str) -> None:
+        pass
+
     def _put(self, label: str, spec: AccountSpec | None) -> None:
         try:
             here = asyncio.get_running_loop()

@@ -76,6 +76,7 @@ from ki2api.kiro.accounts.credentials import (
     parse_pasted_token,
 )
 from ki2api.kiro.accounts.credits import CreditsRefresher
+from ki2api.kiro.accounts.proxy import CONFIGURED_PROXY, check_account_proxy, mask_proxy
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult, refresh_tokens
 from ki2api.kiro.accounts.sources import (
     Source,
@@ -286,6 +287,14 @@ class AccountKeeper(Protocol):
 
     def forget(self, label: str) -> None: ...
 
+    def keep_proxy(self, label: str, proxy: str | None) -> None:
+        """Store the proxy set at run time for this account (None: ``KIRO_PROXY``)."""
+        ...
+
+    def forget_proxy(self, label: str) -> None:
+        """The account is back on the proxy its configuration names."""
+        ...
+
 
 class AccountPool:
     def __init__(
@@ -457,6 +466,32 @@ class AccountPool:
             self._closing.add(closing)
             closing.add_done_callback(self._closing.discard)
         log.info("account %s removed", label)
+
+    def set_proxy(self, label: str, proxy: str | None) -> AccountStatus:
+        """Route the account's calls (chats, refreshes, credits) through ``proxy`` from the next
+        call on: a proxy URL, ``direct``, None for ``KIRO_PROXY``, or ``configured`` for the one
+        its configuration names. Kept by the keeper across restarts."""
+        account = self._get(label)
+        if proxy is not None and proxy.strip().lower() == CONFIGURED_PROXY:
+            self.use_proxy(label, account.configured_proxy)
+            if self.keeper is not None:
+                self.keeper.forget_proxy(label)
+        else:
+            try:
+                value = None if proxy is None or not proxy.strip() else check_account_proxy(proxy)
+            except ValueError as exc:
+                raise InvalidRequest(f"proxy: {exc}", param="proxy") from None
+            self.use_proxy(label, value)
+            if self.keeper is not None:
+                self.keeper.keep_proxy(label, value)
+        return account.status()
+
+    def use_proxy(self, label: str, proxy: str | None) -> None:
+        """``set_proxy`` without telling the keeper (the value came from the store)."""
+        account = self._get(label)
+        if account.spec.proxy != proxy:
+            account.spec = replace(account.spec, proxy=proxy)
+            log.info("account %s now goes through %s", label, mask_proxy(proxy) or "KIRO_PROXY")
 
     def _get(self, label: str) -> Account:
         account = self._accounts.get(label)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 DIRECT = "direct"
+CONFIGURED_PROXY = "configured"  # setting an account's proxy to this undoes a run-time change
 DEFAULT_PORTS = {"http": 80, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
 
