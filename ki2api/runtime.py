@@ -21,7 +21,6 @@ from ki2api.api.openai_chat.serving import ChatCompletionsService
 from ki2api.api.responses.serving import ResponsesService
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.accounts.kept import StoredAccounts
-from ki2api.kiro.accounts.kept import restore as restore_accounts
 from ki2api.kiro.accounts.pool import AccountPool
 from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
@@ -151,10 +150,12 @@ class Runtime:
             restored = await restore(self.settings, database) if database is not None else False
             await self.teams.open()  # a damaged or newer database stops the start (StoreError)
             await self.shared.start()  # before the pool: its accounts take the shared tokens
-            # Accounts added at run time come back from the store, and are kept there.
-            kept = StoredAccounts(self.teams.store)
+            # Accounts added at run time and proxies set at run time come back from the store,
+            # are kept there, and follow what the CLI changes there.
+            kept = StoredAccounts(self.teams.store, self.pool)
             if not self.settings.demo:  # the demo's pool is the simulator's
-                await restore_accounts(self.pool, self.teams.store)
+                await kept.restore()
+                kept.follow()
             self.pool.keeper = kept
             await self.pool.start()
             self.models.start()  # asks every account for its models, in the background
@@ -162,6 +163,8 @@ class Runtime:
                 self.backup = await start_backup(self.settings, database, secrets=self.secrets)
             yield self
         finally:
+            if kept is not None:
+                kept.stop_following()  # no catch-up on a pool being closed
             await self.models.aclose()
             await self.pool.aclose()
             if self.teams.opened:  # usage and last-use times still here go before the link

@@ -35,6 +35,7 @@ V1_FIXTURE = Path(__file__).parent / "fixtures" / "store-v1.sql"
 V1_KEY = "ki2-v1-fixture-key-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
 V2_FIXTURE = Path(__file__).parent / "fixtures" / "store-v2.sql"
 V2_REFRESH_TOKEN = "aorV2FixtureRefreshToken0123456789"
+V3_FIXTURE = Path(__file__).parent / "fixtures" / "store-v3.sql"
 NOON = calendar.timegm((2026, 3, 15, 12, 0, 0))  # a Sunday in March, UTC
 
 
@@ -130,6 +131,96 @@ async def test_a_version_2_database_keeps_its_accounts_in_a_secret_table(
     assert "accounts" not in tables and {"keys", "usage", "secret_accounts"} <= tables
 
 
+async def test_a_version_3_database_gets_a_secret_table_for_the_proxies_set_at_run_time(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / DB_NAME
+    store = await _opened_from(V3_FIXTURE, path, 3)
+    try:
+        (account,) = await store.load_accounts()  # its own proxy is one of its fields
+        assert account.data["proxy"] == "socks5h://u:v3-fixture-pass@10.0.0.3:1080"
+        assert await store.load_account_proxies() == {}
+        await store.put_account_proxy("added", "direct")
+        await store.put_account_proxy("env", None)  # a configured account, on KIRO_PROXY
+        await store.put_account_proxy("added", "socks5://10.0.0.4:1080")
+        assert await store.load_account_proxies() == {
+            "added": "socks5://10.0.0.4:1080",
+            "env": None,
+        }
+        await store.delete_account("added")  # the proxy set on it goes with it
+        assert await store.load_accounts() == []
+        assert await store.load_account_proxies() == {"env": None}
+        await store.delete_account_proxy("env")
+        assert await store.load_account_proxies() == {}
+        key = await store.find_key(key_digest(V1_KEY))
+        assert key is not None and key.name == "alice"
+    finally:
+        await store.aclose()
+    assert _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
+    conn = sqlite3.connect(path)
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+    # A proxy URL may hold a password: its table is one the backup drops.
+    assert {"secret_accounts", "secret_account_proxies"} <= tables
+
+
+async def test_a_refreshs_write_never_brings_back_an_account_another_process_deleted(
+    tmp_path: Path,
+) -> None:
+    server = SqliteStore.in_folder(tmp_path)
+    cli = SqliteStore.in_folder(tmp_path)
+    await server.open()
+    await cli.open()
+    try:
+        await server.put_account(StoredAccount("a", {"accessToken": "one"}, 1.0))
+        await cli.delete_account("a")
+        await server.put_account(
+            StoredAccount("a", {"accessToken": "two"}, 2.0), existing_only=True
+        )
+        assert await server.load_accounts() == []
+        await server.put_account(StoredAccount("a", {"accessToken": "three"}, 3.0))
+        await server.put_account(
+            StoredAccount("a", {"accessToken": "four"}, 4.0), existing_only=True
+        )
+        assert await cli.load_accounts() == [StoredAccount("a", {"accessToken": "four"}, 4.0)]
+    finally:
+        await cli.aclose()
+        await server.aclose()
+
+
+async def test_a_running_store_tells_its_listeners_what_another_process_wrote(
+    tmp_path: Path,
+) -> None:
+    server = SqliteStore.in_folder(tmp_path, flush_interval=0.05)
+    cli = SqliteStore.in_folder(tmp_path)
+    told = asyncio.Event()
+
+    async def failing() -> None:
+        raise RuntimeError("a listener that fails does not stop the others")
+
+    async def listener() -> None:
+        told.set()
+
+    await server.open()
+    await cli.open()
+    try:
+        server.add_change_listener(failing)
+        server.add_change_listener(listener)
+        await server.put_account_proxy("a", "direct")  # its own write: nothing to tell
+        await asyncio.sleep(0.3)
+        assert not told.is_set()
+        await cli.put_account_proxy("a", None)
+        await asyncio.wait_for(told.wait(), 5)
+        told.clear()
+        await cli.delete_account_proxy("a")
+        await asyncio.wait_for(told.wait(), 5)  # and again, for each change
+    finally:
+        await cli.aclose()
+        await server.aclose()
+
+
 def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path: Path) -> None:
     """Replicas (or the CLI and the server) starting together on one file: each migration runs
     once, inside the lock; the others find it done."""
@@ -163,18 +254,20 @@ def test_a_copy_without_its_secret_tables_gets_them_back_as_the_migrations_made_
     source.backup(copy)
     source.close()
     copy.execute("DROP TABLE secret_accounts")
+    copy.execute("DROP TABLE secret_account_proxies")
     copy.commit()
     copy.close()
     connect(restored).close()
 
-    def columns(path: Path) -> list[tuple[object, ...]]:
+    def columns(path: Path, table: str) -> list[tuple[object, ...]]:
         conn = sqlite3.connect(path)
         try:
-            return conn.execute("PRAGMA table_info(secret_accounts)").fetchall()
+            return conn.execute(f"PRAGMA table_info({table})").fetchall()
         finally:
             conn.close()
 
-    assert columns(restored) == columns(made) != []
+    for table in ("secret_accounts", "secret_account_proxies"):
+        assert columns(restored, table) == columns(made, table) != []
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,10 @@
                                             (``min_interval_ms``, ``waiting``), cooldowns
     POST   /admin/accounts[?replace=true]   one account's fields, a kiro-auth-token.json's
                                             contents, or a JSON string (a pasted key / token)
+    PATCH  /admin/accounts/{label}          ``{"proxy": URL | "direct" | null | "configured"}``:
+                                            the account's outbound proxy from now on (null:
+                                            ``KIRO_PROXY``; ``configured``: back to the one its
+                                            configuration names); kept across restarts
     DELETE /admin/accounts/{label}
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
@@ -13,10 +17,11 @@
 An account's fields may name its own outbound ``proxy`` (``http://``, ``socks5://``,
 ``socks5h://``, with credentials; or ``direct``); listings show it masked, never its credentials.
 Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here are kept in the store
-(``DATA_DIR``) with their tokens (and proxy) as they rotate, and come back after a restart
-(:mod:`ki2api.kiro.accounts.kept`). A ``tokenFile`` must lie in the Kiro login folder or a
-folder of ``KIRO_TOKEN_DIRS``, and every refusal of one reads the same (nothing tells whether
-some other path exists). Errors use OpenAI's format; no answer ever contains a full token.
+(``DATA_DIR``) with their tokens (and proxy) as they rotate, and come back after a restart; so
+does a proxy set with ``PATCH``, on any account (:mod:`ki2api.kiro.accounts.kept`). A
+``tokenFile`` must lie in the Kiro login folder or a folder of ``KIRO_TOKEN_DIRS``, and every
+refusal of one reads the same (nothing tells whether some other path exists). Errors use
+OpenAI's format; no answer ever contains a proxy's credentials or a full token.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from ki2api.model.errors import GatewayError, InvalidRequest
 from ki2api.settings import Settings
 
 MAX_ADMIN_BODY = 256 * 1024  # a login file is a few KB
+CHANGEABLE = ("proxy",)  # what PATCH /admin/accounts/{label} changes
 
 
 TOKEN_FILE_REFUSED = (
@@ -131,6 +137,30 @@ def create_admin_router(pool: AccountPool, settings: Settings) -> APIRouter:
                     "kiro-auth-token.json), or a pasted key / token as a JSON string"
                 )
             return _json({"account": status.to_dict()}, status=201)
+
+        return await guarded(request, work)
+
+    @router.patch("/accounts/{label}")
+    async def change_account(request: Request, label: str) -> Response:
+        async def work() -> Response:
+            body = await read_json_body(request, MAX_ADMIN_BODY)
+            if not isinstance(body, dict) or not body:
+                raise InvalidRequest(
+                    'send the fields to change as a JSON object: {"proxy": "socks5://host:1080"}'
+                )
+            unknown = sorted(str(name)[:64] for name in body if name not in CHANGEABLE)
+            if unknown:
+                raise InvalidRequest(
+                    f"cannot change {', '.join(map(repr, unknown))}: only " + ", ".join(CHANGEABLE),
+                    param=unknown[0],
+                )
+            proxy = body["proxy"]
+            if proxy is not None and not isinstance(proxy, str):
+                raise InvalidRequest(
+                    'proxy is a URL, "direct", "configured" or null (KIRO_PROXY)', param="proxy"
+                )
+            status = pool.set_proxy(label, proxy)
+            return _json({"account": status.to_dict()})
 
         return await guarded(request, work)
 

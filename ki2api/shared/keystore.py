@@ -69,6 +69,7 @@ from ki2api.shared.link import RedisLink, SharedUnavailable, as_bytes, masked_ur
 from ki2api.shared.usage import COUNTERS, USAGE_TTL, Increment, RedisUsage, UsageRow
 from ki2api.store import (
     OPERATOR_KEY_ID,
+    ChangeListener,
     KeyNameTaken,
     KeyRecord,
     Limits,
@@ -843,8 +844,21 @@ class RedisStore:
     async def load_accounts(self) -> list[StoredAccount]:
         return await self.local.load_accounts()
 
-    async def put_account(self, account: StoredAccount) -> None:
-        await self.local.put_account(account)
+    async def put_account(self, account: StoredAccount, *, existing_only: bool = False) -> None:
+        await self.local.put_account(account, existing_only=existing_only)
 
     async def delete_account(self, label: str) -> None:
         await self.local.delete_account(label)
+
+    async def load_account_proxies(self) -> dict[str, str | None]:
+        return await self.local.load_account_proxies()
+
+    async def put_account_proxy(self, label: str, proxy: str | None) -> None:
+        await self.local.put_account_proxy(label, proxy)
+
+    async def delete_account_proxy(self, label: str) -> None:
+        await self.local.delete_account_proxy(label)
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """The CLI's changes to this replica's accounts and proxies (its local file's)."""
+        self.local.add_change_listener(listener)

@@ -5,7 +5,7 @@ Layer: with ``model`` and ``settings``, below ``kiro``; of ours it imports only 
 """
 
 from ki2api.settings import Rate  # RATE_LIMIT's syntax; a key's RPM is one too
-from ki2api.store.base import KeyNameTaken, Store, StoreError
+from ki2api.store.base import ChangeListener, KeyNameTaken, Store, StoreError
 from ki2api.store.records import (
     OPERATOR_KEY_ID,
     USAGE_COLUMNS,
@@ -21,6 +21,7 @@ from ki2api.store.sqlite import DB_NAME, SqliteStore
 
 __all__ = [
     "DB_NAME",
+    "ChangeListener",
     "OPERATOR_KEY_ID",
     "USAGE_COLUMNS",
     "KeyNameTaken",

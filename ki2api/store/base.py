@@ -11,11 +11,15 @@ replicas (issue 21) are interchangeable. The operations are the units that must 
 - ``record_usage``: what an answer used, counted at once against the key's limits (the next
   ``admit`` sees it) and persisted soon after, in batches (it never blocks);
 - ``usage``: the stored rows, with what is still waiting in the batch included;
-- accounts added at run time, and tokens that rotated: put, load, delete.
+- accounts added at run time, and tokens that rotated: put, load, delete; the proxy an
+  account was given at run time (any account, configured or not): put, load, delete;
+- changes another process (the CLI) made: ``add_change_listener``'s callbacks are awaited
+  within a few seconds of one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ki2api.store.records import (
@@ -26,6 +30,8 @@ from ki2api.store.records import (
     UsageCounts,
     UsageQuery,
 )
+
+ChangeListener = Callable[[], Awaitable[None]]
 
 
 class StoreError(Exception):
@@ -83,9 +89,29 @@ class Store(Protocol):
         """Persist what is waiting in the batch now."""
         ...
 
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        """Await ``listener`` after another process changed the stored data (keys, accounts,
+        proxies: reload what you hold). A listener that raises is logged and kept."""
+        ...
+
     # --- accounts ---
     async def load_accounts(self) -> list[StoredAccount]: ...
 
-    async def put_account(self, account: StoredAccount) -> None: ...
+    async def put_account(self, account: StoredAccount, *, existing_only: bool = False) -> None:
+        """Insert or replace the account; ``existing_only``: replace only a row still there (a
+        token refresh must not bring back an account another process deleted)."""
+        ...
 
-    async def delete_account(self, label: str) -> None: ...
+    async def delete_account(self, label: str) -> None:
+        """Forget the account and the proxy it was given at run time."""
+        ...
+
+    async def load_account_proxies(self) -> dict[str, str | None]:
+        """The proxies accounts were given at run time, by label (None: ``KIRO_PROXY``)."""
+        ...
+
+    async def put_account_proxy(self, label: str, proxy: str | None) -> None: ...
+
+    async def delete_account_proxy(self, label: str) -> None:
+        """The account is back on the proxy its configuration names."""
+        ...

@@ -6,9 +6,10 @@ that is not a SQLite database, fails SQLite's own check, belongs to another prog
 written by a newer Ki2API is refused with :class:`StoreError` — never emptied or recreated.
 
 To change the schema, append a migration; never edit one that has shipped (a database made by
-it has already run it). ``tests/fixtures/store-v1.sql`` and ``store-v2.sql`` are databases as
-versions 1 and 2 left them. A table holding a secret in clear (an account's tokens) is named
-``secret_*``: the backup drops every such table (:data:`ki2api.store.backup.SECRET_PREFIX`).
+it has already run it). ``tests/fixtures/store-v1.sql`` .. ``store-v3.sql`` are databases as
+versions 1 to 3 left them. A table holding a secret in clear (an account's tokens, a proxy URL
+with its password) is named ``secret_*``: the backup drops every such table
+(:data:`ki2api.store.backup.SECRET_PREFIX`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE accounts RENAME TO secret_accounts;
     """,
+    # 4: an account's proxy set at run time (admin API, page, CLI), which holds over the one its
+    # configuration names; NULL: KIRO_PROXY. A proxy URL may carry a password: secret_*
+    """
+    CREATE TABLE secret_account_proxies (
+        label TEXT PRIMARY KEY,
+        proxy TEXT,
+        updated_at REAL NOT NULL
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 # The secret_* tables as the migrations leave them. A copy from the backup has none of them (it
@@ -80,6 +90,13 @@ SECRET_TABLES: tuple[str, ...] = (
     CREATE TABLE IF NOT EXISTS secret_accounts (
         label TEXT PRIMARY KEY,
         data TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS secret_account_proxies (
+        label TEXT PRIMARY KEY,
+        proxy TEXT,
         updated_at REAL NOT NULL
     )
     """,

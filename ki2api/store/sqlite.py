@@ -9,6 +9,9 @@ usage is summed in memory and written in one transaction every ``flush_interval`
 What a crash can lose: the usage and last-used times of the last ``flush_interval`` seconds
 (a clean shutdown writes them), and the request and token buckets (they refill within a
 minute anyway). A key created, changed or revoked is written before the call returns.
+
+Another process's writes (the CLI's keys, accounts and proxies) are noticed by the flush loop
+(``PRAGMA data_version``): the keys are reloaded and the change listeners told.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from ki2api.store.base import KeyNameTaken, StoreError
+from ki2api.store.base import ChangeListener, KeyNameTaken, StoreError
 from ki2api.store.counters import Counters
 from ki2api.store.records import (
     USAGE_COLUMNS,
@@ -122,6 +125,7 @@ class SqliteStore:
         self._touched: dict[str, float] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._data_version = 0
+        self._listeners: list[ChangeListener] = []
 
     @property
     def file(self) -> Path | None:
@@ -179,7 +183,8 @@ class SqliteStore:
             try:
                 await self.flush()
                 if await self._run(_data_version) != self._data_version:
-                    await self._reload_keys()  # another process (the CLI) changed the keys
+                    await self._reload_keys()  # another process (the CLI) changed the file
+                    await self._tell_listeners()
             except Exception as exc:  # a full disk must not end the loop: the batch waits
                 if failing_since is None:
                     failing_since = time.monotonic()
@@ -191,6 +196,16 @@ class SqliteStore:
                 if failing_since is not None:
                     log.info("usage written to %s again", self.location)
                 failing_since = None
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self._listeners.append(listener)
+
+    async def _tell_listeners(self) -> None:
+        for listener in list(self._listeners):
+            try:
+                await listener()
+            except Exception:  # one listener's failure is no reason to stop telling the others
+                log.exception("a listener of %s failed", self.location)
 
     # --- keys ----------------------------------------------------------------------------
 
@@ -394,23 +409,56 @@ class SqliteStore:
                 accounts.append(StoredAccount(label, fields, updated))
         return accounts
 
-    async def put_account(self, account: StoredAccount) -> None:
+    async def put_account(self, account: StoredAccount, *, existing_only: bool = False) -> None:
         data = orjson.dumps(account.data).decode()
         updated = account.updated_at or self._clock()
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO secret_accounts (label, data, updated_at) VALUES (?, ?, ?) "
+        if existing_only:
+            sql = "UPDATE secret_accounts SET data = ?2, updated_at = ?3 WHERE label = ?1"
+        else:
+            sql = (
+                "INSERT INTO secret_accounts (label, data, updated_at) VALUES (?1, ?2, ?3) "
                 "ON CONFLICT (label) DO UPDATE SET data = excluded.data, "
-                "updated_at = excluded.updated_at",
-                (account.label, data, updated),
+                "updated_at = excluded.updated_at"
             )
-
-        await self._run(write)
+        await self._run(lambda conn: conn.execute(sql, (account.label, data, updated)))
 
     async def delete_account(self, label: str) -> None:
+        def delete(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM secret_accounts WHERE label = ?", (label,))
+                conn.execute("DELETE FROM secret_account_proxies WHERE label = ?", (label,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        await self._run(delete)
+
+    async def load_account_proxies(self) -> dict[str, str | None]:
+        def read(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(
+                "SELECT label, proxy FROM secret_account_proxies ORDER BY rowid"
+            ).fetchall()
+
+        return {str(label): proxy for label, proxy in await self._run(read)}
+
+    async def put_account_proxy(self, label: str, proxy: str | None) -> None:
+        updated = self._clock()
         await self._run(
-            lambda conn: conn.execute("DELETE FROM secret_accounts WHERE label = ?", (label,))
+            lambda conn: conn.execute(
+                "INSERT INTO secret_account_proxies (label, proxy, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (label) DO UPDATE SET proxy = excluded.proxy, "
+                "updated_at = excluded.updated_at",
+                (label, proxy, updated),
+            )
+        )
+
+    async def delete_account_proxy(self, label: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "DELETE FROM secret_account_proxies WHERE label = ?", (label,)
+            )
         )
 
 

@@ -277,12 +277,14 @@ def _quota_cooldown(account: Account, error: QuotaExceeded) -> float:
 
 # Accounts added while the gateway runs (the admin API, the page): kept in the store, with
 # their tokens as they rotate, and added back at the next start (ki2api/kiro/accounts/kept.py).
-RUNTIME_SOURCES = ("admin", "ui")
+RUNTIME_SOURCES = ("admin", "ui", "cli")  # added at run time: the keeper keeps them
 
 
 class AccountKeeper(Protocol):
-    def keep(self, spec: AccountSpec) -> None:
-        """Store this account (added at run time, or its tokens changed); never blocks."""
+    def keep(self, spec: AccountSpec, *, existing_only: bool = False) -> None:
+        """Store this account (added at run time, or its tokens changed); never blocks.
+        ``existing_only``: its tokens changed; store them only if it is still stored (another
+        process may have removed it)."""
         ...
 
     def forget(self, label: str) -> None: ...
@@ -398,11 +400,14 @@ class AccountPool:
         label: str | None = None,
         replace_existing: bool = False,
         source: str = "admin",
+        from_store: bool = False,
     ) -> AccountStatus:
         """Add an account given as fields / a login file's contents, or as a spec.
 
         Raises ``InvalidRequest`` for unusable input or a label / account already in the pool
-        (unless ``replace_existing``).
+        (unless ``replace_existing``). ``from_store``: it comes from the keeper's store (kept
+        there already: not written again). A proxy set at run time on the account it replaces
+        holds on the new one, as it would after a restart.
         """
         wanted = label if label is not None else getattr(data, "label", None)
         if wanted is not None and not LABEL_PATTERN.match(wanted):
@@ -434,32 +439,43 @@ class AccountPool:
         if old is not None:
             log.info("account %s replaced", new_label)
         account = self._add_source(src)
+        if old is not None and old.spec.proxy != old.configured_proxy:
+            account.spec = replace(account.spec, proxy=old.spec.proxy)
         log.info("account %s added (%s, %s)", account.label, src.spec.source, src.spec.auth_method)
+        self._kept.discard(new_label)
         if source in RUNTIME_SOURCES:
-            self._keep(account)
+            self._keep(account, write=not from_store)
         return account.status()
 
-    def _keep(self, account: Account) -> None:
+    def _keep(self, account: Account, *, write: bool = True) -> None:
         self._kept.add(account.label)
         account.on_refreshed = self._refreshed
-        if self.keeper is not None:
-            self.keeper.keep(account.spec)
+        if self.keeper is not None and write:
+            self.keeper.keep(_as_configured(account))
 
     def _refreshed(self, spec: AccountSpec) -> None:
+        account = self._accounts.get(spec.label)
+        if account is None or account.spec is not spec:
+            return  # a replaced or removed account's refresh ending late: not the stored one
         if self.keeper is not None and spec.label in self._kept:
-            self.keeper.keep(spec)
+            self.keeper.keep(_as_configured(account), existing_only=True)
+
+    def kept(self, label: str) -> bool:
+        """Whether the account was added at run time (the keeper stores it)."""
+        return label in self._kept
 
     def free_label(self, base: str) -> str:
         """``base`` if no account has it, else ``base-2``, ``base-3``, ..."""
         return unique_label(base, set(self._accounts))
 
-    def remove_account(self, label: str) -> None:
+    def remove_account(self, label: str, *, from_store: bool = False) -> None:
+        """``from_store``: the keeper's store no longer has it (another process removed it)."""
         account = self._get(label)
         del self._accounts[account.label]
         if account.label in self._kept:
             self._kept.discard(account.label)
             account.on_refreshed = None
-            if self.keeper is not None:
+            if self.keeper is not None and not from_store:
                 self.keeper.forget(account.label)
         if account.refreshing():  # let it finish in the background (it has a loop, then)
             closing = asyncio.ensure_future(account.aclose())
@@ -821,6 +837,12 @@ class AccountPool:
             raise
         account.usage, account.usage_error = usage, None
         return usage
+
+
+def _as_configured(account: Account) -> AccountSpec:
+    """The account's spec to store: its tokens now, the proxy its fields name (a proxy set at
+    run time is stored apart, :meth:`AccountKeeper.keep_proxy`)."""
+    return replace(account.spec, proxy=account.configured_proxy)
 
 
 def _cooldown_text(cooldown: Cooldown, now: float) -> str:
