@@ -161,6 +161,7 @@ def _account_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     actions = accounts.add_subparsers(dest="action", metavar="ACTION")
     add = actions.add_parser(
         "add",
+        allow_abbrev=False,  # "--token TOKEN" must not pass for --token-file
         help="add an account (kept in DATA_DIR)",
         description="Add a Kiro account, kept in DATA_DIR with its tokens as Kiro rotates "
         "them. Tokens are read from a file or stdin, never from the command line.",
@@ -169,8 +170,8 @@ def _account_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     add.add_argument(
         "--proxy",
         metavar="URL",
-        help="its own outbound proxy (http://, socks5://, socks5h://, with credentials), or "
-        "direct (default: KIRO_PROXY)",
+        help="its own outbound proxy: a URL as KIRO_PROXY takes (with credentials if needed), "
+        "or direct (default: KIRO_PROXY)",
     )
     given = add.add_mutually_exclusive_group(required=True)
     given.add_argument(

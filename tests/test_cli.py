@@ -1,7 +1,9 @@
-"""The ``ki2api`` command as a user runs it: help, serve, accounts (list and refresh)."""
+"""The ``ki2api`` command as a user runs it: help, serve, accounts (list, refresh, add, remove,
+proxy; the last three followed by a running server)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -21,7 +23,11 @@ from starlette.routing import Route
 
 from ki2api import cli
 from ki2api.settings import Settings
+from ki2api.simulator import text_answer
+from tests.proxies import HttpConnectProxy, Socks5Proxy
 from tests.servers import ServerThread
+from tests.stack import Stack, StackFactory
+from tests.test_account_hygiene import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCESS = "aoaAAAAAGold-access-token-91ab"
@@ -262,9 +268,13 @@ def test_simulate_on_a_busy_port_says_so_once() -> None:
 
 def test_other_commands_reject_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["accounts", "--latency-ms", "1"])
+        cli.main(["settings", "--latency-ms", "1"])
     assert exited.value.code == 2
     assert "unrecognized arguments: --latency-ms 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["accounts", "--latency-ms"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --latency-ms" in capsys.readouterr().err
 
 
 # --- accounts -----------------------------------------------------------------------------------
@@ -371,3 +381,153 @@ def test_accounts_refresh_with_a_dead_login_exits_1(
     assert captured.err.startswith("could not refresh kiro-login:")
     assert "needs login" in captured.out
     assert REFRESH not in captured.out + captured.err
+
+
+# --- accounts added, removed and given a proxy from the CLI ---------------------------------------
+
+CLI_ACCESS = "tok-cli-added-000000001"
+CLI_REFRESH = "aorCliAdded-refresh-000001"
+PROXY_SECRET = "cli-pr0xy-s3cret"
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "data"
+    monkeypatch.setenv("DATA_DIR", str(folder))
+    return folder
+
+
+def _account_json(tmp_path: Path, **fields: Any) -> Path:
+    path = tmp_path / "account.json"
+    path.write_text(json.dumps({"accessToken": CLI_ACCESS, "refreshToken": CLI_REFRESH, **fields}))
+    return path
+
+
+def _served(stack: Stack) -> dict[str, Any]:
+    listing = httpx.get(
+        f"{stack.url}/admin/accounts", headers={"authorization": f"Bearer {CLI_ADMIN}"}, timeout=10
+    )
+    return {row["label"]: row for row in listing.json()["data"]}
+
+
+def _chat(stack: Stack, text: str) -> httpx.Response:
+    stack.state.enqueue(text_answer(f"answer to {text}"))
+    return httpx.post(
+        f"{stack.base_url}/chat/completions",
+        headers=stack.headers(),
+        json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": text}]},
+        timeout=20,
+    )
+
+
+CLI_ADMIN = "admin-key-cli-accounts-01"
+
+
+def test_accounts_added_given_a_proxy_and_removed_by_the_cli_reach_a_running_server(
+    stack_factory: StackFactory,
+    data_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    env = {
+        "ADMIN_KEY": CLI_ADMIN,
+        "DATA_DIR": str(data_dir),
+        "KIRO_ACCESS_TOKEN": "",
+        "USAGE_FLUSH_SECONDS": "0.05",  # how often the server looks at the file
+    }
+    stack = stack_factory(env)
+    assert _served(stack) == {}
+    with (
+        Socks5Proxy(username="bob", password=PROXY_SECRET) as socks,
+        HttpConnectProxy(username="alice", password=PROXY_SECRET) as http,
+    ):
+        added = ["accounts", "add", "--label", "c1", "--proxy", socks.url]
+        assert cli.main([*added, "--json", str(_account_json(tmp_path))]) == 0
+        out = capsys.readouterr().out
+        masked_socks = f"socks5h://***@127.0.0.1:{socks.port}"
+        assert "c1" in out and "cli" in out and masked_socks in out and "…0001" in out
+        eventually(lambda: "c1" in _served(stack))  # no restart
+        assert _served(stack)["c1"]["proxy"] == masked_socks
+        assert _chat(stack, "through-socks").status_code == 200
+        assert any(b"Bearer " + CLI_ACCESS.encode() in t.sent for t in socks.tunnels)
+
+        assert cli.main(["accounts", "proxy", "c1", http.url]) == 0
+        masked_http = f"http://***@127.0.0.1:{http.port}"
+        assert masked_http in capsys.readouterr().out
+        eventually(lambda: _served(stack)["c1"]["proxy"] == masked_http)
+        assert _chat(stack, "through-http").status_code == 200
+        assert any(b"through-http" in t.sent for t in http.tunnels)
+        assert not any(b"through-http" in t.sent for t in socks.tunnels)
+
+        assert cli.main(["accounts"]) == 0  # the listing shows both, masked
+        listing = capsys.readouterr().out
+        (row,) = [line for line in listing.splitlines() if line.startswith("c1 ")]
+        assert f"{masked_http} (set at run time)" in row and "cli" in row
+
+        assert cli.main(["accounts", "proxy", "c1", "configured"]) == 0
+        eventually(lambda: _served(stack)["c1"]["proxy"] == masked_socks)
+        assert cli.main(["accounts", "proxy", "c1", "default"]) == 0  # KIRO_PROXY: none here
+        eventually(lambda: _served(stack)["c1"]["proxy"] is None)
+
+        assert cli.main(["accounts", "remove", "c1"]) == 0
+        assert "removed c1" in capsys.readouterr().out
+        eventually(lambda: _served(stack) == {})
+        assert _chat(stack, "nobody-left").status_code == 503
+    everything = capsys.readouterr()
+    for shown in (out, listing, everything.out, everything.err):
+        assert CLI_ACCESS not in shown and CLI_REFRESH not in shown and PROXY_SECRET not in shown
+
+
+def test_accounts_add_takes_a_login_file_or_stdin_never_a_token_argument(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    login = _login_file(tmp_path / "elsewhere")
+    assert cli.main(["accounts", "add", "--label", "f", "--token-file", str(login)]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("ksk_cli_pasted_key_000000042\n"))
+    assert cli.main(["accounts", "add", "--json", "-", "--proxy", "direct"]) == 0
+    out = capsys.readouterr().out
+    assert "f " in out and "…91ab" in out and "api_key" in out and "direct" in out
+    assert cli.main(["accounts"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert set(rows) == {"f", "added"} and f"file:{login}" in rows["f"]
+    assert "ksk_cli_pasted_key_000000042" not in str(rows) and ACCESS not in str(rows)
+
+    with pytest.raises(SystemExit):  # no such option: tokens stay off the command line
+        cli.main(["accounts", "add", "--token", ACCESS])
+    with pytest.raises(SystemExit):  # a login file or JSON is required
+        cli.main(["accounts", "add", "--label", "x"])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"accessToken": "tok-bad-0000000001", "proxy": "ftp://u:pw@h:21"}))
+    assert cli.main(["accounts", "add", "--json", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "proxy" in err and "tok-bad-0000000001" not in err and "pw@" not in err
+    bad.write_text("[1, 2]")
+    assert cli.main(["accounts", "add", "--json", str(bad)]) == 1
+    assert "an account's fields" in capsys.readouterr().err
+    assert cli.main(["accounts", "add", "--json", str(tmp_path / "missing.json")]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    again = ["accounts", "add", "--label", "f", "--json", str(_account_json(tmp_path))]
+    assert cli.main(again) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+def test_accounts_remove_refuses_a_configured_account_and_says_where_it_is(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KIRO_ACCOUNTS", json.dumps([{"label": "k", "accessToken": ACCESS}]))
+    assert cli.main(["accounts", "remove", "k"]) == 1
+    err = capsys.readouterr().err
+    assert "configured in KIRO_ACCOUNTS[0]" in err and "remove it there" in err
+    assert cli.main(["accounts", "remove", "nobody"]) == 1
+    assert "no account labelled 'nobody'" in capsys.readouterr().err
+    # A configured account's proxy may be set, kept, and set back.
+    assert cli.main(["accounts", "proxy", "k", "socks5://10.0.0.9:1080"]) == 0
+    assert cli.main(["accounts"]) == 0
+    assert "socks5://10.0.0.9:1080 (set at run time)" in capsys.readouterr().out
+    assert cli.main(["accounts", "proxy", "k", "configured"]) == 0
+    assert cli.main(["accounts"]) == 0
+    assert "(set at run time)" not in capsys.readouterr().out
+    assert cli.main(["accounts", "--refresh", "remove", "k"]) == 2

@@ -23,6 +23,7 @@ from ki2api.store import (
     KeyRecord,
     Limits,
     SqliteStore,
+    StoredAccount,
     StoreError,
     UsageCounts,
     UsageQuery,
@@ -111,6 +112,41 @@ def calls_to_redis(store: RedisStore) -> Iterator[list[object]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store.link, "call", counting)
         yield calls
+
+
+# --- accounts: each replica's own, in its file ---------------------------------------------
+
+
+async def test_accounts_and_their_proxies_stay_in_the_replicas_file_and_its_cli_is_heard(
+    replicas: Replicas,
+) -> None:
+    (store, other) = await replicas.add(2)
+    told = asyncio.Event()
+
+    async def listener() -> None:
+        told.set()
+
+    store.add_change_listener(listener)
+    with calls_to_redis(store) as calls:
+        await store.put_account(StoredAccount("a", {"accessToken": "tok-a-1"}, 1.0))
+        await store.put_account(
+            StoredAccount("a", {"accessToken": "tok-a-2"}, 2.0), existing_only=True
+        )
+        await store.put_account_proxy("a", "direct")
+        await store.put_account_proxy("env", None)
+        await store.delete_account_proxy("env")
+        assert [a.data for a in await store.load_accounts()] == [{"accessToken": "tok-a-2"}]
+        assert await store.load_account_proxies() == {"a": "direct"}
+    assert calls == []  # nothing of it in Redis
+    assert await other.load_accounts() == [] and await other.load_account_proxies() == {}
+    cli = SqliteStore(replicas.folder / "replica-0.db")  # the CLI on this replica's file
+    await cli.open()
+    try:
+        await cli.delete_account("a")  # and the proxy set on it
+    finally:
+        await cli.aclose()
+    await asyncio.wait_for(told.wait(), 5)
+    assert await store.load_accounts() == [] and await store.load_account_proxies() == {}
 
 
 # --- keys -----------------------------------------------------------------------------------
