@@ -65,8 +65,8 @@ def quick_reader_grace(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ki2api.ui.playground.READER_GRACE", 1.5, raising=False)
 
 
-def pool_state(stack: Stack) -> list[tuple[str, str, int]]:
-    return [(a.label, a.state, a.requests) for a in stack.runtime.pool.snapshot()]
+def pool_state(stack: Stack) -> list[tuple[str, str, int, str | None]]:
+    return [(a.label, a.state, a.requests, a.proxy) for a in stack.runtime.pool.snapshot()]
 
 
 def chat_data(message: str) -> list[Any]:
@@ -299,13 +299,25 @@ KEY_EVENTS = {  # the admin section's key actions: (trigger element, trigger)
 }
 
 
-def key_events(stack: Stack) -> dict[str, gradio_raw.Event]:
+def named_events(stack: Stack, triggers: dict[str, tuple[str, str]]) -> dict[str, gradio_raw.Event]:
+    """The page's events by name, from their (trigger element, trigger)."""
     config = gradio_raw.page_config(stack.url)
     by_index = {e.fn_index: e for e in gradio_raw.events(config)}
     return {
         name: by_index[gradio_raw.event_for(config, elem_id, trigger)]
-        for name, (elem_id, trigger) in KEY_EVENTS.items()
+        for name, (elem_id, trigger) in triggers.items()
     }
+
+
+def events_writing(stack: Stack, elem_id: str) -> list[gradio_raw.Event]:
+    """The page's events that write into the component ``elem_id``."""
+    config = gradio_raw.page_config(stack.url)
+    target = gradio_raw.component_id(config, elem_id)
+    return [e for e in gradio_raw.events(config) if target in e.outputs]
+
+
+def key_events(stack: Stack) -> dict[str, gradio_raw.Event]:
+    return named_events(stack, KEY_EVENTS)
 
 
 def test_the_key_events_refuse_strangers_api_key_and_client_key_sessions(stack: Stack) -> None:
@@ -348,9 +360,7 @@ def test_the_key_events_refuse_strangers_api_key_and_client_key_sessions(stack: 
         assert live_keys(stack) == before  # nothing made, changed or revoked
         # The Status tab's usage by key (its timer, the tab's select, the language switch):
         # a stranger sees none, the API key the operator's, a client key its own only.
-        config = gradio_raw.page_config(stack.url)
-        table = gradio_raw.component_id(config, "ki-usage")
-        usage_events = [e for e in gradio_raw.events(config) if table in e.outputs]
+        usage_events = events_writing(stack, "ki-usage")
         assert len(usage_events) == 3
         for event in usage_events:
             values = [gradio_raw.hostile_value(c, STRANGER_TEXT) for c in event.inputs]
@@ -393,6 +403,105 @@ def test_an_admin_session_makes_a_key_shown_once_then_listed_masked(stack: Stack
     gone = gradio_raw.all_text(session.call(revoke.fn_index, [None, made["id"], None]))
     assert "Revoked key **raw-admin-key**" in gone and secret not in gone
     assert all(k["name"] != "raw-admin-key" for k in live_keys(stack))
+
+
+PROXY_EVENTS = {  # the admin section's account proxy actions: (trigger element, trigger)
+    "add": ("ki-add", "click"),
+    "set": ("ki-set-proxy", "click"),
+    "set_by_enter": ("ki-account-proxy", "submit"),
+    "configured": ("ki-proxy-configured", "click"),
+}
+PROXY_SECRET = "pr0xy-passw0rd-0123"
+KEPT_PROXY = f"socks5://keeper:{PROXY_SECRET}@10.1.2.3:1080"  # masked: socks5://***@10.1.2.3:1080
+
+
+def proxy_events(stack: Stack) -> dict[str, gradio_raw.Event]:
+    return named_events(stack, PROXY_EVENTS)
+
+
+def proxy_event_values(event: gradio_raw.Event, label: str) -> list[Any]:
+    """Valid values (only the gate stands between them and the pool): the account to change,
+    a new account's token and label, a proxy of the caller's."""
+    values: list[Any] = []
+    for component in event.inputs:
+        elem_id = component.get("props", {}).get("elem_id")
+        if component.get("type") == "dropdown":
+            values.append(label)
+        elif elem_id == "ki-new-account":
+            values.append("aoaAAAAAGstranger-made-account-5555")
+        elif elem_id == "ki-new-label":
+            values.append("stranger-account")
+        elif component.get("type") == "textbox":
+            values.append(f"socks5://mallory:{PROXY_SECRET}@evil.example:1080")
+        else:
+            values.append(gradio_raw.hostile_value(component, STRANGER_TEXT))
+    return values
+
+
+def full_proxies(stack: Stack) -> dict[str, str | None]:
+    return {a.label: a.spec.proxy for a in stack.runtime.pool.accounts()}
+
+
+def test_the_proxy_events_refuse_strangers_and_api_key_sessions(stack: Stack) -> None:
+    """Add (with a proxy), Set proxy (click and Enter) and Back to configured, called by
+    fn_index with valid values from a session that never signed in and one signed in with the
+    API key: refused, the pool unchanged, and the account's proxy never shown to them (nor on
+    the Status tab, whose proxy column is an administrator's)."""
+    pool = stack.runtime.pool
+    label = pool_state(stack)[0][0]
+    pool.set_proxy(label, KEPT_PROXY)  # a change "Back to configured" would undo
+    try:
+        before, proxies_before = pool_state(stack), full_proxies(stack)
+        stranger, api_session = Session(stack.url), Session(stack.url)
+        assert "Signed in with the API key" in sign_in(stack, api_session, stack.api_key)
+        for session in (stranger, api_session):
+            for name, event in proxy_events(stack).items():
+                values = proxy_event_values(event, label)
+                text = gradio_raw.all_text(session.call(event.fn_index, values))
+                assert "Sign in as administrator first" in text, (name, text)
+                assert "10.1.2.3" not in text and "evil.example" not in text, (name, text)
+                assert PROXY_SECRET not in text, name
+        assert pool_state(stack) == before and full_proxies(stack) == proxies_before
+        # The Status tab's accounts table (page load, language switch, its timer, the tab's
+        # select): the proxy column for an administrator only, masked.
+        admin_session = Session(stack.url)
+        assert "Signed in as administrator" in sign_in(stack, admin_session, ADMIN_KEY)
+        status_events = events_writing(stack, "ki-accounts")
+        assert len(status_events) == 4
+        for event in status_events:
+            values = [gradio_raw.hostile_value(c, STRANGER_TEXT) for c in event.inputs]
+            for session in (stranger, api_session):
+                text = gradio_raw.all_text(session.call(event.fn_index, values))
+                assert "10.1.2.3" not in text and PROXY_SECRET not in text, event.fn_index
+            text = gradio_raw.all_text(admin_session.call(event.fn_index, values))
+            assert "socks5://***@10.1.2.3:1080" in text and PROXY_SECRET not in text
+    finally:
+        pool.set_proxy(label, "configured")
+
+
+def test_an_admin_session_sets_a_proxy_and_gets_it_back_masked_only(stack: Stack) -> None:
+    pool = stack.runtime.pool
+    label = pool_state(stack)[0][0]
+    session = Session(stack.url)
+    assert "Signed in as administrator" in sign_in(stack, session, ADMIN_KEY)
+    events = proxy_events(stack)
+    try:
+        # admin flag, account, proxy box, lang (the session's own values stand for the states)
+        values = [None, label, KEPT_PROXY, None]
+        assert len(events["set"].inputs) == len(values)
+        messages = session.call(events["set"].fn_index, values)
+        output = gradio_raw.final_output(messages)
+        assert output is not None
+        message, box, _, table = output
+        assert message == f"Proxy of {label}: socks5://***@10.1.2.3:1080."
+        assert box == "" and "socks5://***@10.1.2.3:1080" in str(table)
+        assert PROXY_SECRET not in gradio_raw.all_text(messages)
+        assert full_proxies(stack)[label] == KEPT_PROXY
+        back = session.call(events["configured"].fn_index, [None, label, None])
+        assert f"{label} is back on its configured proxy" in gradio_raw.all_text(back)
+        assert full_proxies(stack)[label] is None  # the stack's account names none
+    finally:
+        pool.set_proxy(label, "configured")
 
 
 # --- bodies, uploads, files ---------------------------------------------------------------

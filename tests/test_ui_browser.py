@@ -314,6 +314,75 @@ def test_admin_makes_a_client_key_sees_it_once_and_then_only_masked(server, brow
     page.context.close()
 
 
+PROXY_PASSWORD = "pr0xy-passw0rd-4242"
+
+
+def test_admin_gives_an_account_a_proxy_changes_it_and_sets_it_back(server, browser) -> None:
+    """A proxy given with a new account, shown masked in the section's table and the Status
+    tab (an administrator's), changed to direct, then back to the configured one; the
+    password never reaches the page after it was typed."""
+    srv, rt = server
+    page = open_page(browser, srv.url)
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    expect(page.locator("#ki-new-proxy")).to_be_hidden()  # not signed in: no proxy field
+    key_box = page.locator("#ki-admin-key input")
+    key_box.fill(ADMIN_KEY)
+    key_box.press("Tab")
+    page.locator("#ki-sign-in").click()
+    expect(page.locator("#ki-admin-status")).to_contain_text("Signed in as administrator")
+    table = page.locator("#ki-admin-accounts")
+    expect(table).to_contain_text("default (KIRO_PROXY unset): no proxy")
+
+    url = f"socks5://alice:{PROXY_PASSWORD}@proxy.example:1080"
+    page.locator("#ki-new-account input").fill("added-proxy-token-uvwxyz-8765")
+    page.locator("#ki-new-label textarea").fill("via-socks")
+    page.locator("#ki-new-proxy textarea").fill(url)
+    page.locator("#ki-add").click()
+    message = page.locator("#ki-admin-msg")
+    expect(message).to_contain_text("Added account via-socks; proxy: socks5://***@proxy.example")
+    expect(page.locator("#ki-new-proxy textarea")).to_have_value("")
+    expect(table).to_contain_text("socks5://***@proxy.example:1080")
+    assert rt.pool.account("via-socks").spec.proxy == url
+    assert PROXY_PASSWORD not in page.content() and PROXY_PASSWORD not in page.inner_text("body")
+
+    bad = f"ftp://alice:{PROXY_PASSWORD}@proxy.example:21"
+    box = page.locator("#ki-account-proxy textarea")
+    box.fill(bad)
+    page.locator("#ki-set-proxy").click()
+    expect(message).to_contain_text("Failed: proxy: unsupported proxy scheme 'ftp'")
+    assert PROXY_PASSWORD not in message.inner_text()
+    assert rt.pool.account("via-socks").spec.proxy == url
+
+    box.fill("direct")
+    page.locator("#ki-set-proxy").click()
+    expect(message).to_contain_text("Proxy of via-socks: direct (no proxy).")
+    expect(box).to_have_value("")
+    expect(table).to_contain_text("direct (no proxy)")
+    page.get_by_role("tab", name=re.compile("Status")).click()
+    status = page.locator("#ki-accounts")
+    expect(status).to_contain_text("via-socks")
+    expect(status).to_contain_text("direct (no proxy)")  # the admin's own view
+
+    page.get_by_role("tab", name=re.compile("Tokens")).click()
+    page.locator("#ki-proxy-configured").click()
+    expect(message).to_contain_text(
+        "via-socks is back on its configured proxy: socks5://***@proxy.example:1080."
+    )
+    expect(table).to_contain_text("socks5://***@proxy.example:1080")
+    assert rt.pool.account("via-socks").spec.proxy == url
+    assert PROXY_PASSWORD not in page.content() and PROXY_PASSWORD not in page.inner_text("body")
+    page.screenshot(path=str(ARTIFACTS / "account-proxy.png"), full_page=True)
+
+    # A visitor who did not sign in sees the account, not where its calls go.
+    visitor = open_page(browser, srv.url)
+    visitor.get_by_role("tab", name=re.compile("Status")).click()
+    expect(visitor.locator("#ki-accounts")).to_contain_text("via-socks")
+    assert "proxy.example" not in visitor.content()
+    visitor.context.close()
+    rt.pool.remove_account("via-socks")  # the other tests' pool as it was
+    page.context.close()
+
+
 def test_language_follows_the_browser_and_the_switch(server, browser) -> None:
     srv, _ = server
     page = open_page(browser, srv.url, locale="zh-CN")

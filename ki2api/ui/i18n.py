@@ -179,6 +179,36 @@ STRINGS: dict[str, tuple[str, str]] = {
     "refresh_account": ("Refresh token", "刷新令牌"),
     "remove_account": ("Remove", "删除"),
     "added": ("Added account {label}.", "已添加账号 {label}。"),
+    "added_proxy": (
+        "Added account {label}; proxy: {proxy}.",
+        "已添加账号 {label}；代理：{proxy}。",
+    ),
+    "new_proxy": ("Proxy (optional)", "代理（可选）"),
+    "new_proxy_placeholder": (
+        "socks5://user:password@host:1080, or direct",
+        "socks5://user:password@host:1080，或 direct",
+    ),
+    "accounts_proxies": ("Accounts and their proxies", "账号及其代理"),
+    "account_proxy": ("Proxy for this account", "此账号的代理"),
+    "account_proxy_placeholder": (
+        "a proxy URL, direct, or empty for the default (KIRO_PROXY)",
+        "代理地址、direct，或留空使用默认代理（KIRO_PROXY）",
+    ),
+    "set_proxy": ("Set proxy", "设置代理"),
+    "proxy_configured": ("Back to configured", "恢复配置"),
+    "proxy_help": (
+        "Proxy: a URL such as `socks5://user:password@host:1080` or `http://host:3128`; "
+        "`direct` for none; empty for the default of all accounts (`KIRO_PROXY`). "
+        "**Back to configured** undoes a change made here. The password is never shown again.",
+        "代理：例如 `socks5://user:password@host:1080` 或 `http://host:3128`；"
+        "`direct` 表示不使用代理；留空则使用所有账号的默认代理（`KIRO_PROXY`）。"
+        "**恢复配置** 会撤销在这里做的修改。密码不会再次显示。",
+    ),
+    "proxy_set": ("Proxy of {label}: {proxy}.", "{label} 的代理：{proxy}。"),
+    "proxy_back": (
+        "{label} is back on its configured proxy: {proxy}.",
+        "{label} 已恢复为配置中的代理：{proxy}。",
+    ),
     "refreshed": ("Refreshed {label}: {state}.", "已刷新 {label}：{state}。"),
     "removed": ("Removed {label}.", "已删除 {label}。"),
     "need_admin": ("Sign in as administrator first.", "请先以管理员身份登录。"),
@@ -283,6 +313,13 @@ STRINGS: dict[str, tuple[str, str]] = {
     "col_credits": ("credits (left · reset)", "额度（剩余 · 重置）"),
     "col_note": ("note", "备注"),
     "col_cooldowns": ("cooldowns (what · why · for how long)", "冷却（对象 · 原因 · 剩余）"),
+    "col_proxy": ("proxy", "代理"),
+    "proxy_direct": ("direct (no proxy)", "直连（不使用代理）"),
+    "proxy_default": ("default (KIRO_PROXY): {proxy}", "默认（KIRO_PROXY）：{proxy}"),
+    "proxy_default_none": (
+        "default (KIRO_PROXY unset): no proxy",
+        "默认（未设置 KIRO_PROXY）：不使用代理",
+    ),
     "all_models": ("all models", "所有模型"),
     "cause_rate_limit": ("rate limit", "限流"),
     "cause_capacity": ("model capacity", "模型容量不足"),
@@ -443,6 +480,15 @@ class Texts:
     def add(self, component: Any, **props: str) -> Any:
         self.entries.append((component, props))
         return component
+
+    def button(self, key: str, **options: Any) -> Any:
+        """A button whose words follow the language: ``button("send", variant="primary")``."""
+        return self.add(gr.Button(t(key), **options), value=key)
+
+    def textbox(self, label: str, placeholder: str, **options: Any) -> Any:
+        """A text box whose label and placeholder (keys of :data:`STRINGS`) follow the language."""
+        box = gr.Textbox(label=t(label), placeholder=t(placeholder), **options)
+        return self.add(box, label=label, placeholder=placeholder)
 
     @property
     def components(self) -> list[Any]:

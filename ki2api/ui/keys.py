@@ -19,7 +19,7 @@ import pandas as pd
 from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
 from ki2api.ui.i18n import Texts, t
-from ki2api.ui.tokens import PageKey, admin_key_ok
+from ki2api.ui.tokens import PageKey, is_admin
 
 if TYPE_CHECKING:
     from ki2api.runtime import Runtime
@@ -40,11 +40,6 @@ TABLE_COLUMNS = (  # usage first: what an administrator looks for, before the ta
     "key_col_last_used",
     "key_col_created",
 )
-
-
-def is_admin(signed: PageKey | None, settings: Settings) -> bool:
-    """The session signed in with ``ADMIN_KEY`` (checked again, in constant time)."""
-    return signed is not None and signed.role == "admin" and admin_key_ok(signed.key, settings)
 
 
 def amount(value: float) -> str:

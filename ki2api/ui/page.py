@@ -24,7 +24,14 @@ from ki2api.ui.guard import Readers
 from ki2api.ui.i18n import LANGUAGES, Texts, lang_from_header, t
 from ki2api.ui.keys import KeyHandlers, build_key_panel
 from ki2api.ui.playground import make_chat_handler
-from ki2api.ui.tokens import PageKey, TokenHandlers, describe_own, sign_in_key, using_line
+from ki2api.ui.tokens import (
+    PageKey,
+    TokenHandlers,
+    describe_own,
+    is_admin,
+    sign_in_key,
+    using_line,
+)
 
 if TYPE_CHECKING:
     from ki2api.runtime import Runtime
@@ -220,6 +227,12 @@ def build_page(
                                 gr.Textbox(label=t("new_label"), scale=2, elem_id="ki-new-label"),
                                 label="new_label",
                             )
+                            new_proxy = texts.textbox(
+                                "new_proxy",
+                                "new_proxy_placeholder",
+                                scale=3,
+                                elem_id="ki-new-proxy",
+                            )
                             add_btn = texts.add(
                                 gr.Button(
                                     t("add_account"),
@@ -230,9 +243,24 @@ def build_page(
                                 ),
                                 value="add_account",
                             )
+                        admin_accounts = gr.Dataframe(  # relabelled with its rows
+                            label=t("accounts_proxies"),
+                            interactive=False,
+                            wrap=True,
+                            column_widths=["28%", "27%", "45%"],  # a proxy wraps in its cell
+                            elem_id="ki-admin-accounts",
+                        )
                         with gr.Row(elem_classes=["ki-bottom"]):
                             account = texts.add(
-                                gr.Dropdown([], label=t("account"), scale=3, elem_id="ki-account"),
+                                gr.Dropdown(
+                                    [],
+                                    label=t("account"),
+                                    scale=3,
+                                    elem_id="ki-account",
+                                    # The handlers check the label; Gradio's own check would
+                                    # print a traceback for each label a caller makes up.
+                                    allow_custom_value=True,
+                                ),
                                 label="account",
                             )
                             refresh_btn = texts.add(
@@ -246,6 +274,26 @@ def build_page(
                                 value="remove_account",
                             )
                         with gr.Row(elem_classes=["ki-bottom"]):
+                            account_proxy = texts.textbox(
+                                "account_proxy",
+                                "account_proxy_placeholder",
+                                scale=3,
+                                elem_id="ki-account-proxy",
+                            )
+                            set_proxy_btn = texts.button(
+                                "set_proxy", scale=0, min_width=110, elem_id="ki-set-proxy"
+                            )
+                            configured_btn = texts.button(
+                                "proxy_configured",
+                                scale=0,
+                                min_width=110,
+                                elem_id="ki-proxy-configured",
+                            )
+                        texts.add(
+                            gr.Markdown(t("proxy_help"), elem_classes=["ki-muted"]),
+                            value="proxy_help",
+                        )
+                        with gr.Row(elem_classes=["ki-bottom"]):
                             aliases_box = texts.add(
                                 gr.Textbox(
                                     label=t("aliases"),
@@ -255,14 +303,8 @@ def build_page(
                                 ),
                                 label="aliases",
                             )
-                            aliases_btn = texts.add(
-                                gr.Button(
-                                    t("save_aliases"),
-                                    scale=0,
-                                    min_width=130,
-                                    elem_id="ki-save-aliases",
-                                ),
-                                value="save_aliases",
+                            aliases_btn = texts.button(
+                                "save_aliases", scale=0, min_width=130, elem_id="ki-save-aliases"
                             )
                         admin_msg = gr.Markdown("", elem_id="ki-admin-msg")
             with tokens_tab:  # again: client keys, under both columns, at the tab's full width
@@ -352,14 +394,15 @@ def build_page(
 
         # --- rendering that depends on the language / the request ------------------------
 
-        def render_status(lang_code: str) -> tuple[str, Any, Any]:
+        def render_status(lang_code: str, who: PageKey | None) -> tuple[str, Any, Any]:
             rt = runtime
             frame = status.latency_frame(rt, lang_code)
             return (
                 status.traffic_summary(rt, lang_code),
                 # No requests: the summary says so, rather than an empty chart.
                 gr.update(value=frame, x_lim=status.plot_window(), visible=not frame.empty),
-                status.accounts_table(rt, lang_code),
+                # The accounts' proxies: an administrator's to see.
+                status.accounts_table(rt, lang_code, proxies=is_admin(who, settings)),
             )
 
         def render_connect(lang_code: str, request: gr.Request | None) -> list[Any]:
@@ -396,7 +439,8 @@ def build_page(
                 describe_own(spec, lang_code),
                 t(sign_in_key(who), lang_code),
                 gr.update(choices=models),
-                *render_status(lang_code),
+                tokens.relabel_accounts(who, lang_code),
+                *render_status(lang_code, who),
                 *render_connect(lang_code, request),
                 *texts.updates(lang_code),
             ]
@@ -412,6 +456,7 @@ def build_page(
             own_status,
             admin_status,
             model,
+            admin_accounts,
             summary,
             plot,
             table,
@@ -453,29 +498,36 @@ def build_page(
         forget_btn.click(tokens.forget_token, [signed, lang], [own, own_status, using], **PRIVATE)
 
         # One sign-in for the pool (API key) and the admin functions (admin key).
-        sign_in_io = [signed, admin, admin_status, admin_box, admin_panel, account, using]
+        sign_in_io = [
+            signed, admin, admin_status, admin_box, admin_panel, account, using, admin_accounts
+        ]  # fmt: skip
         # Then the client keys: shown to an administrator, hidden and emptied for anyone else.
         keys_io = [keys.panel, *keys.results]
         for signing_in in (sign_in.click, admin_box.submit):
             signing_in(tokens.sign_in, [admin_box, own, lang], sign_in_io, **PRIVATE).then(
                 key_admin.show, [signed, lang], keys_io, **PRIVATE
             )
-        sign_out_io = [signed, admin, admin_status, admin_panel, using]
+        sign_out_io = [signed, admin, admin_status, admin_panel, using, admin_accounts]
         sign_out.click(tokens.sign_out, [own, lang], sign_out_io, **PRIVATE).then(
             key_admin.show, [signed, lang], keys_io, **PRIVATE
         )
         add_btn.click(
             tokens.add_account,
-            [admin, new_account, new_label, lang],
-            [admin_msg, new_account, account],
+            [admin, new_account, new_label, new_proxy, lang],
+            [admin_msg, new_account, new_proxy, account, admin_accounts],
             **PRIVATE,
         )
-        refresh_btn.click(
-            tokens.refresh_account, [admin, account, lang], [admin_msg, account], **PRIVATE
+        account_io = [admin_msg, account, admin_accounts]
+        refresh_btn.click(tokens.refresh_account, [admin, account, lang], account_io, **PRIVATE)
+        remove_btn.click(tokens.remove_account, [admin, account, lang], account_io, **PRIVATE)
+        proxy_io = [admin_msg, account_proxy, account, admin_accounts]
+        set_proxy_btn.click(
+            tokens.set_proxy, [admin, account, account_proxy, lang], proxy_io, **PRIVATE
         )
-        remove_btn.click(
-            tokens.remove_account, [admin, account, lang], [admin_msg, account], **PRIVATE
+        account_proxy.submit(
+            tokens.set_proxy, [admin, account, account_proxy, lang], proxy_io, **PRIVATE
         )
+        configured_btn.click(tokens.configured_proxy, [admin, account, lang], proxy_io, **PRIVATE)
         aliases_btn.click(
             tokens.save_aliases, [admin, aliases_box, lang], [admin_msg, aliases_box], **PRIVATE
         )
@@ -493,11 +545,11 @@ def build_page(
         # --- status: refresh while the tab is open ---------------------------------------
 
         status_io = [summary, plot, table]
-        timer.tick(render_status, [lang], status_io, show_progress="hidden", **PRIVATE)
+        timer.tick(render_status, [lang, signed], status_io, show_progress="hidden", **PRIVATE)
         timer.tick(key_usage.render, [signed, lang], usage_io, **quiet)
         status_tab.select(
-            lambda code: (*render_status(code), gr.Timer(active=True)),
-            [lang],
+            lambda code, who: (*render_status(code, who), gr.Timer(active=True)),
+            [lang, signed],
             [*status_io, timer],
             **quiet,  # the tab's values are replaced in place: no spinner over them
         ).then(key_usage.render, [signed, lang], usage_io, **quiet)

@@ -1,5 +1,8 @@
 """Status: accounts (masked) with state, credits and expiry countdown, recent traffic, a latency
-plot, and a warning when a Space keeps its stored state on a disk that a restart wipes."""
+plot, and a warning when a Space keeps its stored state on a disk that a restart wipes.
+
+Each account's outbound proxy (masked) is shown to an administrator only: where a proxy is is
+the operator's business, not a visitor's."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from ki2api.kiro.accounts.account import AccountStatus, CooldownStatus
+from ki2api.kiro.accounts.proxy import DIRECT, mask_proxy
 from ki2api.model.logsafe import hide_paths
 from ki2api.store.backup import StorageState
 from ki2api.ui.i18n import STRINGS, t
@@ -50,23 +54,55 @@ def countdown(when: datetime, now: datetime, lang: str) -> str:
     return t("in", lang, d=span)
 
 
-def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
-    now = datetime.now(UTC)
-    columns = [
-        t(k, lang)
-        for k in (
-            "col_label",
-            "col_state",
-            "col_token",
-            "col_expires",
-            "col_requests",
-            "col_errors",
-            "col_credits",
-            "col_note",
-            "col_cooldowns",
-        )
+ACCOUNT_COLUMNS = (
+    "col_label",
+    "col_state",
+    "col_token",
+    "col_expires",
+    "col_requests",
+    "col_errors",
+    "col_credits",
+    "col_note",
+    "col_cooldowns",
+)
+
+
+def proxy_text(proxy: str | None, default: str | None, lang: str) -> str:
+    """An account's proxy as shown (``AccountStatus.proxy``, already masked): its own URL,
+    direct, or the default for all (``KIRO_PROXY``, masked here, or none)."""
+    if proxy == DIRECT:
+        return t("proxy_direct", lang)
+    if proxy is not None:
+        return proxy
+    if default:
+        return t("proxy_default", lang, proxy=mask_proxy(default))
+    return t("proxy_default_none", lang)
+
+
+def shown_state_text(account: AccountStatus, lang: str) -> str:
+    shown = account.shown_state
+    return f"{STATE_ICONS.get(shown, '')} {state_name(shown, lang)}"
+
+
+def account_proxies(rt: Runtime, lang: str) -> pd.DataFrame:
+    """The admin section's table: each account's state and proxy."""
+    default = rt.settings.kiro_proxy
+    rows = [
+        [a.label, shown_state_text(a, lang), proxy_text(a.proxy, default, lang)]
+        for a in rt.pool.snapshot()
     ]
-    rows = []
+    if not rows:
+        rows.append([t("no_accounts", lang), "", ""])
+    return pd.DataFrame(rows, columns=[t(k, lang) for k in ("col_label", "col_state", "col_proxy")])
+
+
+def accounts_table(rt: Runtime, lang: str, *, proxies: bool = False) -> pd.DataFrame:
+    """Every account; with ``proxies`` (an administrator's session) its proxy too."""
+    now = datetime.now(UTC)
+    columns = [t(k, lang) for k in ACCOUNT_COLUMNS]
+    if proxies:
+        columns.append(t("col_proxy", lang))
+    rows: list[list[object]] = []
     for account in rt.pool.snapshot():
         expires = countdown(account.expires_at, now, lang) if account.expires_at else "—"
         note = quoted(hide_paths(account.reason or account.last_error or ""))
@@ -75,22 +111,24 @@ def accounts_table(rt: Runtime, lang: str) -> pd.DataFrame:
         if account.min_interval_ms:
             pacing = t("pacing", lang, ms=f"{account.min_interval_ms:g}", n=account.waiting)
             note = f"{pacing} · {note}" if note else pacing
-        shown = account.shown_state
-        rows.append(
-            [
-                account.label,
-                f"{STATE_ICONS.get(shown, '')} {state_name(shown, lang)}",
-                account.token,  # already masked by the pool
-                expires,
-                account.requests,
-                account.errors,
-                credits_text(account, now, lang),
-                note[:162],
-                cooldowns_text(account.cooldowns, now, lang),
-            ]
-        )
+        row: list[object] = [
+            account.label,
+            shown_state_text(account, lang),
+            account.token,  # already masked by the pool
+            expires,
+            account.requests,
+            account.errors,
+            credits_text(account, now, lang),
+            note[:162],
+            cooldowns_text(account.cooldowns, now, lang),
+        ]
+        if proxies:
+            row.append(proxy_text(account.proxy, rt.settings.kiro_proxy, lang))
+        rows.append(row)
     if not rows:
-        rows.append([t("no_accounts", lang), "", "", "", 0, 0, "", "", ""])
+        rows.append(
+            [t("no_accounts", lang), "", "", "", 0, 0, "", "", ""] + ([""] if proxies else [])
+        )
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -21,8 +21,8 @@ from ki2api.model.errors import GatewayError
 from ki2api.settings import Settings
 from ki2api.store import OPERATOR_KEY_ID
 from ki2api.ui.i18n import t
-from ki2api.ui.keys import amount, credits_text, is_admin
-from ki2api.ui.tokens import PageKey
+from ki2api.ui.keys import amount, credits_text
+from ki2api.ui.tokens import PageKey, is_admin
 
 if TYPE_CHECKING:
     from ki2api.runtime import Runtime
