@@ -22,6 +22,7 @@ from ki2api.api.responses.serving import ResponsesService
 from ki2api.kiro.accounts.available_models import AvailableModels, fetch_model_list
 from ki2api.kiro.accounts.kept import StoredAccounts
 from ki2api.kiro.accounts.pool import AccountPool
+from ki2api.kiro.accounts.proxy import proxy_password
 from ki2api.kiro.http.client import KiroClient, UpstreamHttp
 from ki2api.kiro.wire.models import ModelCatalog, parse_aliases
 from ki2api.pipeline.gateway import Gateway
@@ -186,7 +187,13 @@ class Runtime:
     def secrets(self) -> list[str | None]:
         """Every secret the gateway knows, for the backup's leak check: none may be in a copy."""
         settings = self.settings
-        return [settings.api_key, settings.admin_key, settings.hf_token, *self.pool.secrets()]
+        return [
+            settings.api_key,
+            settings.admin_key,
+            settings.hf_token,
+            proxy_password(settings.kiro_proxy),
+            *self.pool.secrets(),
+        ]
 
 
 def demo_settings(settings: Settings, simulator_url: str) -> Settings:

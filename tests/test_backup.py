@@ -117,11 +117,20 @@ def test_a_copy_holding_a_known_secret_is_refused(tmp_path: Path) -> None:
 
 
 async def test_the_pool_names_every_token_it_holds_for_the_leak_check(tmp_path: Path) -> None:
-    accounts = [{"label": "added", "refreshToken": REFRESH_TOKEN, "accessToken": "aoa-0123456789"}]
+    accounts = [
+        {
+            "label": "added",
+            "refreshToken": REFRESH_TOKEN,
+            "accessToken": "aoa-0123456789",
+            "proxy": "socks5://who:proxy-password-1@127.0.0.1:1080",
+        }
+    ]
     settings = Settings(kiro_accounts=json.dumps(accounts), kiro_token_file=tmp_path / "x.json")
     async with httpx.AsyncClient() as http:
         pool = AccountPool.from_settings(settings, http)
-    assert set(pool.secrets()) == {REFRESH_TOKEN, "aoa-0123456789"}
+    assert set(pool.secrets()) == {REFRESH_TOKEN, "aoa-0123456789", "proxy-password-1"}
+    pool.set_proxy("added", "http://who:proxy-password-2@127.0.0.1:3128")  # the configured stays
+    assert set(pool.secrets()) >= {"proxy-password-1", "proxy-password-2"}
     database = make_database(tmp_path / "ki2api.sqlite3")
     write(database, "INSERT INTO usage VALUES (?, 'leak', 1)", REFRESH_TOKEN)
     with pytest.raises(BackupRefused):

@@ -76,7 +76,12 @@ from ki2api.kiro.accounts.credentials import (
     parse_pasted_token,
 )
 from ki2api.kiro.accounts.credits import CreditsRefresher
-from ki2api.kiro.accounts.proxy import CONFIGURED_PROXY, check_account_proxy, mask_proxy
+from ki2api.kiro.accounts.proxy import (
+    CONFIGURED_PROXY,
+    check_account_proxy,
+    mask_proxy,
+    proxy_password,
+)
 from ki2api.kiro.accounts.refresh import NeedsLogin, RefreshResult, refresh_tokens
 from ki2api.kiro.accounts.sources import (
     Source,
@@ -802,12 +807,14 @@ class AccountPool:
         return list(self._accounts.values())
 
     def secrets(self) -> list[str]:
-        """Every secret the accounts hold now (tokens, OIDC client secrets), for leak checks
-        such as the backup's (:mod:`ki2api.store.backup`). Never log, show or send these."""
+        """Every secret the accounts hold now (tokens, OIDC client secrets, proxy passwords), for
+        leak checks such as the backup's (:mod:`ki2api.store.backup`). Never log, show or send
+        these."""
         found: list[str] = []
         for account in list(self._accounts.values()):  # the backup asks from its own thread
             spec = account.spec
             found += [s for s in (spec.access_token, spec.refresh_token, spec.client_secret) if s]
+            found += [p for p in map(proxy_password, (spec.proxy, account.configured_proxy)) if p]
         return found
 
     def usable_labels(self) -> list[str]:

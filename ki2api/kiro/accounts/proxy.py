@@ -91,3 +91,13 @@ def mask_proxy(value: str | None) -> str | None:
         return parse_proxy(value).masked()
     except ValueError:
         return "(invalid)"
+
+
+def proxy_password(value: str | None) -> str | None:
+    """The password in a configured proxy URL, if any (for leak checks; never shown)."""
+    if value is None or value == DIRECT:
+        return None
+    try:
+        return parse_proxy(value).password
+    except ValueError:
+        return None
