@@ -400,7 +400,11 @@ def test_an_admin_session_makes_a_key_shown_once_then_listed_masked(stack: Stack
     again = gradio_raw.all_text(session.call(refresh.fn_index, [None, made["id"], None]))
     assert "raw-admin-key" in again and secret not in again
     revoke = events["revoke"]
-    gone = gradio_raw.all_text(session.call(revoke.fn_index, [None, made["id"], None]))
+    asked = gradio_raw.all_text(session.call(revoke.fn_index, [None, made["id"], None, None]))
+    assert "Click **Revoke** again" in asked and any(
+        k["name"] == "raw-admin-key" for k in live_keys(stack)
+    )
+    gone = gradio_raw.all_text(session.call(revoke.fn_index, [None, made["id"], None, None]))
     assert "Revoked key **raw-admin-key**" in gone and secret not in gone
     assert all(k["name"] != "raw-admin-key" for k in live_keys(stack))
 

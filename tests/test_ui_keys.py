@@ -80,7 +80,7 @@ async def test_create_shows_the_key_once_and_nowhere_else(runtime: Any, tmp_path
         await keys.pick(ADMIN, made["id"]),
         await keys.relabel(ADMIN, "zh"),
         await UsageView(runtime.settings, runtime).render(ADMIN, "en"),
-        await keys.revoke(ADMIN, made["id"], "en"),
+        (await keys.revoke(ADMIN, made["id"], "en"))[:5],
     ):
         assert secret not in text_of(later)
         if isinstance(later, tuple) and len(later) == 5:
@@ -104,7 +104,8 @@ async def test_only_an_administrators_session_may_manage_keys(runtime: Any) -> N
         for answer in (
             await keys.create(who, *form(name="mallory"), "en"),
             await keys.save(who, made["id"], *form(name="bob", enabled=False), "en"),
-            await keys.revoke(who, made["id"], "en"),
+            (await keys.revoke(who, made["id"], "en", (made["id"], 0.0)))[:5],
+            (await keys.revoke(who, made["id"], "en"))[:5],
             await keys.refresh(who, made["id"], "en"),
         ):
             message, table, pick, panel, secret = answer
@@ -141,11 +142,37 @@ async def test_an_administrator_updates_disables_and_revokes_a_key(runtime: Any)
     await keys.save(ADMIN, key_id, *form(name="carol", enabled=False), "en")
     with pytest.raises(AuthenticationFailed, match="disabled"):
         await runtime.teams.find(secret)
-    message, table, pick, *_ = await keys.revoke(ADMIN, key_id, "en")
+    *_, armed = await keys.revoke(ADMIN, key_id, "en")  # the first click only asks
+    message, table, pick, *_ = await keys.revoke(ADMIN, key_id, "en", armed)
     assert "Revoked key **carol**" in message
     assert table.iloc[0, 0] == t("no_keys", "en") and pick["choices"] == []
     with pytest.raises(AuthenticationFailed, match="revoked"):
         await runtime.teams.find(secret)
+
+
+async def test_revoking_asks_for_a_second_click_on_the_same_key_in_time(runtime: Any) -> None:
+    now = [100.0]
+    keys = KeyHandlers(runtime.settings, runtime, clock=lambda: now[0])
+    alice = await runtime.keys.create({"name": "alice"})
+    bob = await runtime.keys.create({"name": "bob"})
+    message, *_, armed = await keys.revoke(ADMIN, alice["id"], "en")
+    assert "Revoke **alice** for good?" in message and "again within 10 s" in message
+    assert armed == (alice["id"], 100.0)
+    await runtime.teams.find(alice["secret"])  # not revoked by the first click
+    # A second click on another key only asks again, for that key.
+    message, *_, armed_bob = await keys.revoke(ADMIN, bob["id"], "zh", armed)
+    assert "bob" in message and "再次点击" in message and armed_bob == (bob["id"], 100.0)
+    await runtime.teams.find(bob["secret"])
+    # Too late: it asks again.
+    now[0] += 10.5
+    *_, armed = await keys.revoke(ADMIN, bob["id"], "en", armed_bob)
+    await runtime.teams.find(bob["secret"])
+    now[0] += 9.0
+    message, *_, armed = await keys.revoke(ADMIN, bob["id"], "en", armed)
+    assert "Revoked key **bob**" in message and armed is None
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await runtime.teams.find(bob["secret"])
+    await runtime.teams.find(alice["secret"])
 
 
 async def test_bad_input_is_said_in_the_section_not_raised(runtime: Any) -> None:

@@ -297,6 +297,12 @@ STRINGS: dict[str, tuple[str, str]] = {
     ),
     "key_pick_first": ("Pick a key first.", "请先选择一个密钥。"),
     "key_saved": ("Saved key **{name}**.", "已保存密钥 **{name}**。"),
+    "key_revoke_confirm": (
+        "Revoke **{name}** for good? Its holder is refused from then on, and a revoked key "
+        "cannot come back. Click **Revoke** again within {seconds} s to confirm.",
+        "确定永久吊销 **{name}**？吊销后持有者的请求将被拒绝，且无法恢复。请在 {seconds} 秒内"
+        "再次点击 **吊销** 以确认。",
+    ),
     "key_revoked": (
         "Revoked key **{name}**: it is refused from now on; its usage stays.",
         "已吊销密钥 **{name}**：此后将被拒绝；其用量记录保留。",

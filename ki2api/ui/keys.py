@@ -10,6 +10,8 @@ action on keys, or signing out, writes an empty box over it.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from ki2api.ui.tokens import PageKey, is_admin
 if TYPE_CHECKING:
     from ki2api.runtime import Runtime
 
+REVOKE_CONFIRM_SECONDS = 10.0  # a second click on Revoke within this, on the same key, revokes
 STATUS_ICONS = {"active": "🟢", "disabled": "⏸", "expired": "⌛", "revoked": "⛔"}
 TABLE_COLUMNS = (  # usage first: what an administrator looks for, before the table scrolls
     "key_col_name",
@@ -159,6 +162,7 @@ class KeyPanel:
     create: gr.Button
     save: gr.Button
     revoke: gr.Button
+    revoke_armed: gr.State  # (key, when) of a first click on Revoke, awaiting the second
     refresh: gr.Button
     message: gr.Markdown
     secret_panel: gr.Column
@@ -256,6 +260,7 @@ def build_key_panel(texts: Texts) -> KeyPanel:
                 gr.Button(t("key_revoke"), variant="stop", elem_id="ki-key-revoke"),
                 value="key_revoke",
             )
+        revoke_armed = gr.State(None)
         message = gr.Markdown("", elem_id="ki-keys-msg")
         with gr.Column(visible=False, elem_id="ki-key-new") as secret_panel:
             texts.add(gr.Markdown(t("key_shown_once")), value="key_shown_once")
@@ -283,6 +288,7 @@ def build_key_panel(texts: Texts) -> KeyPanel:
         create=create,
         save=save,
         revoke=revoke,
+        revoke_armed=revoke_armed,
         refresh=refresh,
         message=message,
         secret_panel=secret_panel,
@@ -297,9 +303,12 @@ class KeyHandlers:
     """The admin section's actions on client keys; each answers (message, table, picker, the
     new key's panel, the new key) unless it says otherwise."""
 
-    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+    def __init__(
+        self, settings: Settings, runtime: Runtime, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.runtime = runtime
+        self._clock = clock
 
     def _refused(self, lang: str) -> tuple[Any, ...]:
         return t("need_admin", lang), gr.update(), gr.update(), HIDDEN, ""
@@ -399,13 +408,27 @@ class KeyHandlers:
             return await self._listing(t("failed", lang, why=exc.message), lang, ref)
         return await self._listing(t("key_saved", lang, name=saved["name"]), lang, ref)
 
-    async def revoke(self, signed: PageKey | None, ref: str | None, lang: str) -> tuple[Any, ...]:
+    async def revoke(
+        self,
+        signed: PageKey | None,
+        ref: str | None,
+        lang: str,
+        armed: tuple[str, float] | None = None,
+    ) -> tuple[Any, ...]:
+        """Revoking cannot be undone: the first click only asks for a second one on the same
+        key within :data:`REVOKE_CONFIRM_SECONDS`. Answers the results, then the armed state."""
         if not is_admin(signed, self.settings):
-            return self._refused(lang)
+            return *self._refused(lang), None
         if not ref:
-            return await self._listing(t("key_pick_first", lang), lang)
+            return *await self._listing(t("key_pick_first", lang), lang), None
+        now = self._clock()
         try:
+            if armed is None or armed[0] != ref or now - armed[1] > REVOKE_CONFIRM_SECONDS:
+                key = await self.runtime.keys.find(ref)
+                seconds = int(REVOKE_CONFIRM_SECONDS)
+                ask = t("key_revoke_confirm", lang, name=key.name, seconds=seconds)
+                return *await self._listing(ask, lang, ref), (ref, now)
             revoked = await self.runtime.keys.revoke(ref)
         except GatewayError as exc:
-            return await self._listing(t("failed", lang, why=exc.message), lang, ref)
-        return await self._listing(t("key_revoked", lang, name=revoked["name"]), lang)
+            return *await self._listing(t("failed", lang, why=exc.message), lang, ref), None
+        return *await self._listing(t("key_revoked", lang, name=revoked["name"]), lang), None

@@ -538,7 +538,12 @@ def build_page(
         keys.save.click(
             key_admin.save, [signed, keys.pick, *keys.form, lang], keys.results, **PRIVATE
         )
-        keys.revoke.click(key_admin.revoke, [signed, keys.pick, lang], keys.results, **PRIVATE)
+        keys.revoke.click(
+            key_admin.revoke,
+            [signed, keys.pick, lang, keys.revoke_armed],
+            [*keys.results, keys.revoke_armed],
+            **PRIVATE,
+        )
         keys.refresh.click(key_admin.refresh, [signed, keys.pick, lang], keys.results, **PRIVATE)
         keys.pick.input(key_admin.pick, [signed, keys.pick], keys.form, **PRIVATE)
 
