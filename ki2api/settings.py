@@ -385,10 +385,12 @@ class Settings(BaseSettings):
         "KIRO_ACCOUNTS",
         'a JSON list of accounts (`[{"label", "refreshToken", "accessToken", "authMethod", '
         '"clientId", "clientSecret", "region", "minIntervalMs", "proxy"}, …]`), or a path to '
-        "a file holding it; an account's `proxy` (or `direct`) overrides `KIRO_PROXY`",
+        "a file holding it; an account's `proxy` (a URL as in `KIRO_PROXY`: `http://`, "
+        "`https://`, `socks4://`, `socks5://`, `socks5h://`; or `direct`) overrides `KIRO_PROXY`",
         secret=True,
         zh="多账号 JSON 列表（或其文件路径），账号池自动轮换与故障切换；"
-        "每个账号可设 `minIntervalMs` 和自己的 `proxy`（或 `direct`）",
+        "每个账号可设 `minIntervalMs` 和自己的 `proxy`（同 `KIRO_PROXY`：`http://`、`https://`、"
+        "`socks4://`、`socks5://`、`socks5h://`；或 `direct`）",
     )
     kiro_region: str = setting(
         DEFAULT_REGION,
@@ -443,19 +445,22 @@ class Settings(BaseSettings):
         None,
         "KIRO_PROXY",
         "the default proxy for the calls to Kiro (an account's own `proxy` wins): "
-        "`http://`, `socks4://`, `socks5://` or `socks5h://`, with credentials if needed",
+        "`http://`, `https://` (TLS to the proxy, its certificate checked as Kiro's), "
+        "`socks4://`, `socks5://` or `socks5h://`, with credentials if needed",
         must="a proxy URL such as http://127.0.0.1:7890 or socks5h://user:pass@host:1080",
         secret=True,  # it may hold the proxy's password
-        zh="访问 AWS 所用的默认代理（账号自己的 `proxy` 优先）：`http://`、`socks4://`、"
-        "`socks5://` 或 `socks5h://`，可带用户名密码",
+        zh="访问 AWS 所用的默认代理（账号自己的 `proxy` 优先）：`http://`、`https://`（到代理本身"
+        "也用 TLS，其证书与 Kiro 的一样校验）、`socks4://`、`socks5://` 或 `socks5h://`，"
+        "可带用户名密码",
     )
     kiro_ca_bundle: Path | None = setting(
         None,
         "KIRO_CA_BUNDLE",
-        "a PEM file of certificate authorities trusted for Kiro on top of the public roots "
-        "(a corporate TLS proxy, a private endpoint)",
+        "a PEM file of certificate authorities trusted for Kiro and for an `https://` proxy "
+        "on top of the public roots (a corporate TLS proxy, a private endpoint)",
         must="the path of a PEM file",
-        zh="额外信任的证书颁发机构（PEM 文件），与公共根证书一起使用（企业 TLS 代理、私有端点）",
+        zh="额外信任的证书颁发机构（PEM 文件），与公共根证书一起用于 Kiro 和 `https://` 代理"
+        "（企业 TLS 代理、私有端点）",
     )
     ssl_cert_file: Path | None = setting(
         None,
@@ -763,7 +768,7 @@ class Settings(BaseSettings):
     @field_validator("kiro_proxy")
     @classmethod
     def _proxy(cls, value: Any) -> Any:
-        return _url(value, ("http", "socks4", "socks5", "socks5h"))
+        return _url(value, ("http", "https", "socks4", "socks5", "socks5h"))
 
     @field_validator("kiro_ca_bundle", "ssl_cert_file")
     @classmethod

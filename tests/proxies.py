@@ -4,10 +4,14 @@
 Each keeps what it saw: the targets it was asked for (a SOCKS5 proxy also whether the name came
 unresolved, as socks5h sends it) and the bytes its clients sent through each tunnel, so a test
 over plain HTTP can tell whose requests went through which proxy. ``refuse=True`` makes one
-refuse every tunnel (403 / SOCKS "not allowed by ruleset").
+refuse every tunnel (403 / SOCKS "not allowed by ruleset"). ``tls=`` (a server context, e.g.
+:meth:`tests.tls.TlsFiles.server_context`) makes the HTTP CONNECT proxy an ``https://`` one: TLS
+to the proxy itself, the CONNECT inside it.
 
     with Socks5Proxy(username="u", password="p") as proxy:
         proxy.url  # socks5h://u:p@127.0.0.1:PORT
+    with HttpConnectProxy(tls=tls_files.server_context()) as proxy:
+        proxy.url  # https://127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import base64
 import contextlib
 import ipaddress
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -38,9 +43,14 @@ class _Proxy:
     scheme = ""
 
     def __init__(
-        self, *, username: str | None = None, password: str | None = None, refuse: bool = False
+        self,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        refuse: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.username, self.password, self.refuse = username, password, refuse
+        self.username, self.password, self.refuse, self.tls = username, password, refuse, tls
         self.tunnels: list[Tunnel] = []
         self.refused: list[str] = []  # why each refused attempt was refused
         self._loop = asyncio.new_event_loop()
@@ -61,7 +71,7 @@ class _Proxy:
         self._thread.start()
 
         async def listen() -> asyncio.base_events.Server:
-            return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            return await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=self.tls)
 
         self._server = asyncio.run_coroutine_threadsafe(listen(), self._loop).result(5)
         self.port = self._server.sockets[0].getsockname()[1]
@@ -140,7 +150,9 @@ class _Proxy:
 
 
 class HttpConnectProxy(_Proxy):
-    scheme = "http"
+    @property
+    def scheme(self) -> str:  # type: ignore[override]
+        return "https" if self.tls else "http"
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -156,7 +168,11 @@ class HttpConnectProxy(_Proxy):
         if self.username is not None:
             expected = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             if headers.get("proxy-authorization") != f"Basic {expected}":
-                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                writer.write(  # with a body, as real proxies send (the client ignores it)
+                    b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                    b'Proxy-Authenticate: Basic realm="tests"\r\ncontent-length: 12\r\n\r\n'
+                    b"log in first"
+                )
                 self.refused.append("credentials")
                 return None
         if self.refuse:

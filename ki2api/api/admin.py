@@ -14,7 +14,7 @@
     POST   /admin/accounts/{label}/refresh  refresh now; a success puts it back in rotation
     GET    /admin/accounts/{label}/usage    ask Kiro for the remaining credits (getUsageLimits)
 
-An account's fields may name its own outbound ``proxy`` (``http://``, ``socks5://``,
+An account's fields may name its own outbound ``proxy`` (``http://``, ``https://``, ``socks5://``,
 ``socks5h://``, with credentials; or ``direct``); listings show it masked, never its credentials.
 Protected by ``ADMIN_KEY``; off while it is unset. Accounts added here are kept in the store
 (``DATA_DIR``) with their tokens (and proxy) as they rotate, and come back after a restart; so

@@ -1,7 +1,8 @@
 """Outbound proxies: an account's own (its ``proxy`` field) or ``KIRO_PROXY`` for all.
 
-A proxy is a URL: ``http://`` (HTTP CONNECT), ``socks4://``, ``socks5://`` (the gateway resolves
-the host name) or ``socks5h://`` (the proxy resolves it), with optional credentials
+A proxy is a URL: ``http://`` (HTTP CONNECT), ``https://`` (HTTP CONNECT over TLS to the proxy,
+its certificate checked as Kiro's is), ``socks4://``, ``socks5://`` (the gateway resolves the host
+name) or ``socks5h://`` (the proxy resolves it), with optional credentials
 (``socks5://user:password@host:1080``). An account's ``proxy`` may also be ``direct``: no proxy
 for that account even when ``KIRO_PROXY`` is set. Credentials never leave this module unmasked:
 :meth:`ProxyUrl.masked` is what listings, logs and errors show.
@@ -14,7 +15,7 @@ from urllib.parse import unquote, urlsplit
 
 DIRECT = "direct"
 CONFIGURED_PROXY = "configured"  # setting an account's proxy to this undoes a run-time change
-DEFAULT_PORTS = {"http": 80, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
+DEFAULT_PORTS = {"http": 80, "https": 443, "socks4": 1080, "socks5": 1080, "socks5h": 1080}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,12 @@ class ProxyUrl:
     @property
     def remote_dns(self) -> bool:
         """The proxy resolves the target's name (SOCKS5h; HTTP CONNECT always sends the name)."""
-        return self.scheme in ("socks5h", "http")
+        return self.scheme in ("socks5h", "http", "https")
+
+    @property
+    def tls(self) -> bool:
+        """TLS to the proxy itself (``https://``), then CONNECT inside it."""
+        return self.scheme == "https"
 
     def masked(self) -> str:
         """``socks5://***@host:1080``: where it is, never who logs in."""
@@ -53,14 +59,10 @@ def parse_proxy(url: str) -> ProxyUrl:
             "the proxy is not a valid URL (scheme://[user:password@]host:port)"
         ) from None
     scheme = parts.scheme.lower()
-    if scheme == "https":
-        raise ValueError(
-            "https:// proxies (TLS to the proxy itself) are not supported; an http:// proxy "
-            "carries HTTPS to Kiro through a CONNECT tunnel"
-        )
     if scheme not in DEFAULT_PORTS:
         raise ValueError(
-            f"unsupported proxy scheme {scheme!r}: use http://, socks4://, socks5:// or socks5h://"
+            f"unsupported proxy scheme {scheme!r}: use http://, https://, socks4://, socks5:// "
+            "or socks5h://"
         )
     if not parts.hostname:
         raise ValueError("the proxy URL has no host")

@@ -14,7 +14,8 @@ its exception classes, redirects, timeouts, limits) and does the wire work itsel
 - a response closed before its end closes its connection (never reused half-read);
 - a response head is limited to :data:`MAX_HEAD_BYTES`;
 - an outbound proxy (HTTP CONNECT, SOCKS4, SOCKS5, SOCKS5h; python-socks does the handshake)
-  tunnels every connection, TLS to the origin then runs inside the tunnel.
+  tunnels every connection, TLS to the origin then runs inside the tunnel; an ``https://`` proxy
+  is HTTP CONNECT over TLS to the proxy (done here), so TLS to the origin runs inside TLS.
 
 :meth:`Http11Transport.exchange` is the same exchange without httpx's ``Request`` and
 ``Response`` objects, for the Kiro chat call (a pre-rendered request in, an :class:`Answer` out),
@@ -27,6 +28,8 @@ HTTP/1.1 only: the app's clients are created with ``http2=False, trust_env=False
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import socket
 import ssl
 import time
@@ -409,6 +412,9 @@ class _Pool:
                     _, conn = await loop.create_connection(
                         lambda: _Connection(origin), host, port, ssl=context, server_hostname=name
                     )
+                elif self._proxy.tls:
+                    tunnel = await _tls_tunnel(self._proxy, self._ssl, host, port, request)
+                    conn = await _inside(tunnel, origin, context, name)
                 else:
                     sock = await _tunnel(self._proxy, host, port, timeout, request)
                     try:
@@ -500,6 +506,112 @@ async def _tunnel(
         raise httpx.ProxyError(
             f"the proxy {proxy} refused the connection to {host}:{port}: {exc}", request=request
         ) from exc
+
+
+class _ProxyAnswer(asyncio.Protocol):
+    """An ``https://`` proxy's answer to CONNECT: what it sent up to the blank line and after."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[tuple[bytes, bytes]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._data = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        if self.answer.done():
+            return
+        self._data += data
+        head, blank, rest = self._data.partition(b"\r\n\r\n")
+        if blank:
+            self.answer.set_result((bytes(head), bytes(rest)))
+        elif len(self._data) > MAX_HEAD_BYTES:
+            self.answer.set_exception(ValueError("its answer to CONNECT is over the size limit"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ValueError("it closed the connection"))
+
+
+async def _tls_tunnel(
+    proxy: ProxyUrl, tls: ssl.SSLContext, host: str, port: int, request: httpx.Request | None
+) -> asyncio.Transport:
+    """A TLS connection to an ``https://`` proxy (its certificate checked with ``tls``, as
+    Kiro's is) tunnelled by CONNECT to ``host:port``. Its errors name the proxy, masked.
+    Not python-socks: its stream, cancelled during TLS to the proxy, waits for ever to close."""
+    loop = asyncio.get_running_loop()
+    try:
+        transport, protocol = await loop.create_connection(
+            _ProxyAnswer, proxy.host, proxy.port, ssl=tls, server_hostname=proxy.host
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise httpx.ProxyError(
+            f"the TLS certificate of the proxy {proxy} was not accepted ({exc.verify_message}); "
+            "if it signs with its own CA, add that CA with KIRO_CA_BUNDLE",
+            request=request,
+        ) from exc
+    except ssl.SSLError as exc:
+        raise httpx.ProxyError(
+            f"TLS with the proxy {proxy} failed: {exc.reason or exc}", request=request
+        ) from exc
+    except OSError as exc:
+        # asyncio's "Connect call failed (address)" says less than the errno's own words;
+        # a name that does not resolve has a negative one (its strerror says it).
+        code = exc.errno or 0
+        why = os.strerror(code) if code > 0 else exc.strerror or str(exc)
+        raise httpx.ProxyError(f"cannot reach the proxy {proxy}: {why}", request=request) from exc
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+    if proxy.username is not None:
+        who = base64.b64encode(f"{proxy.username}:{proxy.password or ''}".encode()).decode()
+        head += f"Proxy-Authorization: Basic {who}\r\n"
+    try:
+        transport.write(f"{head}\r\n".encode())
+        try:
+            answer, rest = await protocol.answer
+        except ValueError as exc:
+            raise httpx.ProxyError(
+                f"the proxy {proxy} did not open a tunnel to {host}:{port}: {exc}",
+                request=request,
+            ) from exc
+        line = answer.split(b"\r\n", 1)[0].decode("latin-1")
+        version, _, status = line.partition(" ")
+        if not version.startswith("HTTP/") or not status.startswith("200"):
+            why = status.strip()[:200] if version.startswith("HTTP/") else "not an HTTP answer"
+            raise httpx.ProxyError(
+                f"the proxy {proxy} refused the connection to {host}:{port}: {why}",
+                request=request,
+            )
+        if rest:  # the origin spoke before the request: not one of ours
+            raise httpx.ProxyError(
+                f"the proxy {proxy} sent data past its answer to CONNECT", request=request
+            )
+    except BaseException:
+        transport.abort()
+        raise
+    return transport
+
+
+async def _inside(
+    tunnel: asyncio.Transport, origin: Origin, tls: ssl.SSLContext | None, name: str | None
+) -> _Connection:
+    """A connection over an ``https://`` proxy's tunnel, with TLS to the origin inside the
+    proxy's own when ``tls`` is given (asyncio's start_tls takes a TLS transport)."""
+    conn = _Connection(origin)
+    transport = tunnel
+    try:
+        if tls is None:
+            transport.set_protocol(conn)
+        else:
+            loop = asyncio.get_running_loop()
+            started = await loop.start_tls(transport, conn, tls, server_hostname=name)
+            if started is None:  # the tunnel closed meanwhile
+                raise ConnectionResetError("the proxy closed the tunnel")
+            transport = started
+    except BaseException:
+        tunnel.abort()
+        raise
+    conn.connection_made(transport)
+    return conn
 
 
 class Answer:
