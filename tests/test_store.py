@@ -72,6 +72,14 @@ def _version(path: Path) -> tuple[int, int]:
         conn.close()
 
 
+def _tables(path: Path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        conn.close()
+
+
 def test_a_new_database_is_made_at_the_current_schema_and_only_its_owner_may_read_it(
     tmp_path: Path,
 ) -> None:
@@ -122,11 +130,7 @@ async def test_a_version_2_database_keeps_its_accounts_in_a_secret_table(
     finally:
         await store.aclose()
     assert _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
-    conn = sqlite3.connect(path)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        conn.close()
+    tables = _tables(path)
     # The backup drops every secret_* table (ki2api/store/backup.py): the tokens live in one.
     assert "accounts" not in tables and {"keys", "usage", "secret_accounts"} <= tables
 
@@ -157,11 +161,7 @@ async def test_a_version_3_database_gets_a_secret_table_for_the_proxies_set_at_r
     finally:
         await store.aclose()
     assert _version(path) == (SCHEMA_VERSION, APPLICATION_ID)
-    conn = sqlite3.connect(path)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    finally:
-        conn.close()
+    tables = _tables(path)
     # A proxy URL may hold a password: its table is one the backup drops.
     assert {"secret_accounts", "secret_account_proxies"} <= tables
 
