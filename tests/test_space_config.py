@@ -206,5 +206,6 @@ def test_documented_ki2api_commands_parse(doc: str) -> None:
     commands = re.findall(r"python -m ki2api ([^`#\n]*)", text)
     assert commands
     for command in commands:
+        command = re.sub(r"\s[<>]\s*\S+", "", command)  # the shell's redirections
         args = shlex.split(command.replace("...", "x").replace("$(id -u)", "1000"))
         build_parser().parse_args(args)  # exits (fails the test) on an unknown command/option
