@@ -212,8 +212,10 @@ def test_serve_without_a_login_says_so_everywhere(tmp_path: Path) -> None:
                 time.sleep(0.2)
         assert health is not None, "the server did not answer"
         assert health.status_code == 200 and health.json()["status"] == "no_accounts"
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-1")
-        with pytest.raises(openai.APIStatusError) as failed:
+        with (
+            openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k-1") as client,
+            pytest.raises(openai.APIStatusError) as failed,
+        ):
             client.chat.completions.create(
                 model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
             )
