@@ -108,12 +108,26 @@ def stack(stack_factory: StackFactory) -> Stack:
     return stack_factory({"ALLOW_PRIVATE_IMAGE_URLS": "1"})
 
 
+_clients: list[openai.OpenAI | anthropic.Anthropic] = []  # closed after each test
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def oai(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    made = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    _clients.append(made)
+    return made
 
 
 def claude(stack: Stack) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    made = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    _clients.append(made)
+    return made
 
 
 def sent_images(stack: Stack) -> list[bytes]:

@@ -55,10 +55,11 @@ def test_rate_limiter_memory_is_bounded() -> None:
 
 
 def test_rate_limit_answers_429_with_retry_after_in_each_format(
-    stack_factory: StackFactory,
+    stack_factory: StackFactory, request: pytest.FixtureRequest
 ) -> None:
     stack = stack_factory({"RATE_LIMIT": "2/minute"})
     c = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    request.addfinalizer(c.close)
     c.chat.completions.create(**CHAT)
     c.chat.completions.create(**CHAT)
     with pytest.raises(openai.RateLimitError) as info:
@@ -69,6 +70,7 @@ def test_rate_limit_answers_429_with_retry_after_in_each_format(
     assert r.headers["x-should-retry"] == "true" and r.headers["x-request-id"]
 
     a = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    request.addfinalizer(a.close)
     with pytest.raises(anthropic.RateLimitError) as ainfo:
         a.messages.create(
             model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hi"}]
@@ -83,9 +85,9 @@ def test_rate_limit_answers_429_with_retry_after_in_each_format(
 
 
 def test_no_rate_limit_by_default(stack: Stack) -> None:
-    c = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
-    for _ in range(30):
-        c.models.list()
+    with openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0) as c:
+        for _ in range(30):
+            c.models.list()
 
 
 def test_a_bad_rate_limit_setting_fails_at_start(stack_factory: StackFactory) -> None:

@@ -35,6 +35,22 @@ ACCOUNTS = orjson.dumps(
 ADMIN_KEY = "model-lists-admin-key"  # the admin API is off without one
 
 
+_clients: list[anthropic.Anthropic] = []  # closed after each test (their sockets)
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
+def sdk(url: str, api_key: str) -> anthropic.Anthropic:
+    made = anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0)
+    _clients.append(made)
+    return made
+
+
 def two_account_stack(stack_factory: StackFactory, **env: str) -> Stack:
     """Account a offers only Haiku 4.5; account b offers Sonnet 4.5 and Haiku 4.5."""
     state = SimulatorState(require_known_tokens=True)
@@ -76,7 +92,7 @@ def test_pool_serves_what_its_accounts_offer(stack_factory: StackFactory, caplog
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
 
     calls_before = len(stack.state.models_calls)
-    client = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    client = sdk(stack.url, stack.api_key)
     caplog.set_level(logging.INFO, logger="ki2api.access")
     for name in ("claude-sonnet-4-6", "claude-sonnet-4-5-20250929", "claude-opus-5-5"):
         if name == "claude-opus-5-5":  # no account offers an opus: a 404 naming what is served
@@ -311,7 +327,7 @@ def test_admin_edits_the_alias_table(stack_factory: StackFactory) -> None:
         {"MODEL_ALIASES": '{"gpt-4o": "claude-sonnet-4-6"}', "ADMIN_KEY": "admin-key-0123456789"}
     )
     admin = {"authorization": "Bearer admin-key-0123456789"}
-    client = anthropic.Anthropic(base_url=stack.url, api_key=stack.api_key, max_retries=0)
+    client = sdk(stack.url, stack.api_key)
 
     def served(name: str) -> str:
         raw = client.messages.with_raw_response.create(
@@ -341,13 +357,13 @@ def test_admin_edits_the_alias_table(stack_factory: StackFactory) -> None:
 
 def test_unknown_names_can_go_to_auto(stack_factory: StackFactory) -> None:
     strict = stack_factory()
-    client = anthropic.Anthropic(base_url=strict.url, api_key=strict.api_key, max_retries=0)
+    client = sdk(strict.url, strict.api_key)
     with pytest.raises(anthropic.NotFoundError, match="The closest: claude-sonnet-4-5"):
         client.messages.create(
             model="claude-sonet-4-5", max_tokens=20, messages=[{"role": "user", "content": "x"}]
         )
     lenient = stack_factory({"MODEL_FALLBACK": "auto"})
-    client = anthropic.Anthropic(base_url=lenient.url, api_key=lenient.api_key, max_retries=0)
+    client = sdk(lenient.url, lenient.api_key)
     raw = client.messages.with_raw_response.create(
         model="gpt-4o", max_tokens=20, messages=[{"role": "user", "content": "x"}]
     )

@@ -7,6 +7,7 @@ import base64
 import json
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -47,8 +48,20 @@ def png_bytes() -> bytes:
 PNG_URL = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
 
+_clients: list[openai.OpenAI] = []  # closed after each test (their sockets)
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _clients:
+        _clients.pop().close()
+
+
 def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    made = openai.OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0)
+    _clients.append(made)
+    return made
 
 
 def user(text: str) -> list[dict]:
