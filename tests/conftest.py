@@ -3,7 +3,10 @@ so nothing reads the developer's real Kiro login or API keys."""
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +44,21 @@ def session_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         for name in ("DATA_DIR", "XDG_DATA_HOME", "LOCALAPPDATA"):
             patch.delenv(name, raising=False)
         yield home
+
+
+@pytest.fixture(scope="module", autouse=True)
+def collect_what_the_module_left() -> Iterator[None]:
+    """Collect garbage at the end of each test module. A socket a test left open is then
+    finalised here, where it is reported with the module that leaked it, rather than in
+    whichever later test the collector happens to run in (where its ResourceWarning fails a
+    test that did nothing wrong; that happened in CI after a hypothesis test)."""
+    yield
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        gc.collect()
+    for warning in seen:
+        if issubclass(warning.category, ResourceWarning):
+            sys.__stderr__.write(f"\nleft open by this module's tests: {warning.message}\n")
 
 
 @pytest.fixture(autouse=True)
